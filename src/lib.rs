@@ -1,0 +1,23 @@
+// SPDX-License-Identifier: MPL-2.0
+//! `rtspannounce`: publishes RTP streams to an RTSP server with ANNOUNCE / SETUP / RECORD.
+#![allow(clippy::non_send_fields_in_send_ty, unused_doc_comments)]
+
+use gst::glib;
+
+mod rtspannounce;
+
+fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    rtspannounce::register(plugin)
+}
+
+gst::plugin_define!(
+    rtspannounce,
+    env!("CARGO_PKG_DESCRIPTION"),
+    plugin_init,
+    concat!(env!("CARGO_PKG_VERSION"), "-", env!("COMMIT_ID")),
+    "MPL",
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_NAME"),
+    env!("CARGO_PKG_REPOSITORY"),
+    env!("BUILD_REL_DATE")
+);
