@@ -4,6 +4,7 @@
 
 use gst::glib;
 
+pub mod rtsp;
 mod rtspannounce;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {

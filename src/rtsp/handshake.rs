@@ -1,0 +1,480 @@
+//! The push handshake as a state machine: ANNOUNCE, one SETUP per track, RECORD.
+//! It is fed parsed responses and returns the next request; it does no I/O.
+
+use super::headers::{Lower, Session, Transport};
+use super::message::{Request, Response};
+use super::url::{ControlStyle, RtspUrl};
+use std::fmt;
+
+/// Per-connection request context: CSeq, Session, User-Agent. Outlives the handshake, so
+/// keep-alives and TEARDOWN are built the same way.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    next_cseq: u32,
+    pub session: Option<Session>,
+    pub user_agent: String,
+}
+
+impl RequestContext {
+    pub fn new(user_agent: &str) -> Self {
+        RequestContext {
+            next_cseq: 1,
+            session: None,
+            user_agent: user_agent.to_string(),
+        }
+    }
+
+    /// A request with CSeq, User-Agent and (once known) the session id alone: MediaMTX rejects
+    /// a Session header that carries `;timeout=`.
+    pub fn request(&mut self, method: &str, uri: &str) -> Request {
+        let mut r = Request::new(method, uri);
+        r.headers.push("CSeq", self.next_cseq.to_string());
+        self.next_cseq += 1;
+        if !self.user_agent.is_empty() {
+            r.headers.push("User-Agent", self.user_agent.clone());
+        }
+        if let Some(s) = &self.session {
+            r.headers.push("Session", s.id.clone());
+        }
+        r
+    }
+
+    /// Takes the session from the first response that carries one.
+    pub fn learn_session(&mut self, resp: &Response) -> Result<(), HandshakeError> {
+        if let Some(v) = resp.headers.get("Session") {
+            let s = Session::parse(v).map_err(|e| HandshakeError::BadResponse(e.0))?;
+            match &mut self.session {
+                None => self.session = Some(s),
+                // Keep the id, but take a timeout the server states later.
+                Some(cur) if cur.timeout.is_none() => cur.timeout = s.timeout,
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What was agreed for one track.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NegotiatedTrack {
+    pub control_uri: String,
+    pub rtp_channel: u8,
+    pub rtcp_channel: u8,
+    /// SSRC the server says it expects, if any (informational).
+    pub ssrc: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Negotiated {
+    pub tracks: Vec<NegotiatedTrack>,
+    pub session_id: Option<String>,
+    /// Seconds, from `Session: id;timeout=N`, 60 when the server states none (RFC 2326 12.37).
+    pub session_timeout: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandshakeError {
+    /// The server refused a request.
+    Status {
+        method: String,
+        uri: String,
+        status: u16,
+        reason: String,
+    },
+    /// The answer was not what the protocol allows.
+    BadResponse(String),
+    /// SETUP's Transport answer is something we cannot send with.
+    Transport(String),
+}
+
+impl fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HandshakeError::Status {
+                method,
+                uri,
+                status,
+                reason,
+            } => write!(f, "server refused {method} {uri}: {status} {reason}"),
+            HandshakeError::BadResponse(m) => write!(f, "malformed server response: {m}"),
+            HandshakeError::Transport(m) => write!(f, "unusable SETUP Transport: {m}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Announce,
+    Setup(usize),
+    Record,
+    Done,
+}
+
+/// What the caller should do next.
+#[derive(Debug)]
+pub enum Step {
+    Send(Request),
+    Done(Negotiated),
+}
+
+pub struct Handshake {
+    url: RtspUrl,
+    style: ControlStyle,
+    sdp: String,
+    controls: Vec<String>,
+    pub ctx: RequestContext,
+    phase: Phase,
+    content_base: Option<String>,
+    tracks: Vec<NegotiatedTrack>,
+    /// Method, URI and CSeq of the request in flight.
+    pending: Option<(String, String, u32)>,
+}
+
+impl Handshake {
+    pub fn new(
+        url: RtspUrl,
+        style: ControlStyle,
+        sdp: String,
+        controls: Vec<String>,
+        ctx: RequestContext,
+    ) -> Self {
+        Handshake {
+            url,
+            style,
+            sdp,
+            controls,
+            ctx,
+            phase: Phase::Idle,
+            content_base: None,
+            tracks: Vec::new(),
+            pending: None,
+        }
+    }
+
+    fn send(&mut self, req: Request) -> Step {
+        let cseq = req.headers.cseq().unwrap_or(0);
+        self.pending = Some((req.method.clone(), req.uri.clone(), cseq));
+        Step::Send(req)
+    }
+
+    /// The first request: ANNOUNCE straight away (one round trip fewer than OPTIONS first).
+    pub fn start(&mut self) -> Request {
+        let uri = self.url.request_uri();
+        let mut r = self.ctx.request("ANNOUNCE", &uri);
+        r.headers.push("Content-Type", "application/sdp");
+        r.body = self.sdp.clone().into_bytes();
+        self.phase = Phase::Announce;
+        match self.send(r) {
+            Step::Send(r) => r,
+            Step::Done(_) => unreachable!(),
+        }
+    }
+
+    fn setup_request(&mut self, index: usize) -> Step {
+        let uri = self
+            .url
+            .control_uri(&self.controls[index], self.content_base.as_deref(), self.style);
+        let mut r = self.ctx.request("SETUP", &uri);
+        r.headers
+            .push("Transport", Transport::tcp_request((2 * index) as u8));
+        self.phase = Phase::Setup(index);
+        self.send(r)
+    }
+
+    /// Feeds the response to the request in flight.
+    pub fn handle_response(&mut self, resp: &Response) -> Result<Step, HandshakeError> {
+        let Some((method, uri, cseq)) = self.pending.take() else {
+            return Err(HandshakeError::BadResponse(
+                "response with no request in flight".into(),
+            ));
+        };
+        match resp.headers.cseq() {
+            Some(c) if c == cseq => {}
+            // A missing CSeq is tolerated (some tiny servers omit it); a wrong one is not.
+            None => {}
+            Some(c) => {
+                return Err(HandshakeError::BadResponse(format!(
+                    "{method} was sent with CSeq {cseq} but the answer has CSeq {c}"
+                )))
+            }
+        }
+        if !resp.is_success() {
+            return Err(HandshakeError::Status {
+                method,
+                uri,
+                status: resp.status,
+                reason: resp.reason.clone(),
+            });
+        }
+        self.ctx.learn_session(resp)?;
+        match self.phase {
+            Phase::Announce => {
+                self.content_base = resp
+                    .headers
+                    .get("Content-Base")
+                    .or_else(|| resp.headers.get("Content-Location"))
+                    .map(str::to_string);
+                if self.controls.is_empty() {
+                    return Err(HandshakeError::BadResponse("no tracks to set up".into()));
+                }
+                Ok(self.setup_request(0))
+            }
+            Phase::Setup(i) => {
+                let track = self.check_transport(i, resp)?;
+                self.tracks.push(track);
+                if i + 1 < self.controls.len() {
+                    Ok(self.setup_request(i + 1))
+                } else {
+                    let uri = self.url.request_uri();
+                    let mut r = self.ctx.request("RECORD", &uri);
+                    r.headers.push("Range", "npt=0.000-");
+                    self.phase = Phase::Record;
+                    Ok(self.send(r))
+                }
+            }
+            Phase::Record => {
+                self.phase = Phase::Done;
+                Ok(Step::Done(Negotiated {
+                    tracks: std::mem::take(&mut self.tracks),
+                    session_id: self.ctx.session.as_ref().map(|s| s.id.clone()),
+                    session_timeout: self
+                        .ctx
+                        .session
+                        .as_ref()
+                        .and_then(|s| s.timeout)
+                        .filter(|t| *t > 0)
+                        .unwrap_or(60),
+                }))
+            }
+            Phase::Idle | Phase::Done => Err(HandshakeError::BadResponse(
+                "unexpected response after the handshake".into(),
+            )),
+        }
+    }
+
+    fn check_transport(
+        &self,
+        index: usize,
+        resp: &Response,
+    ) -> Result<NegotiatedTrack, HandshakeError> {
+        let control_uri = self.pending_uri_for(index);
+        let asked = (2 * index) as u8;
+        let Some(value) = resp.headers.get("Transport") else {
+            // Some servers omit it when they accept the request as is.
+            return Ok(NegotiatedTrack {
+                control_uri,
+                rtp_channel: asked,
+                rtcp_channel: asked.wrapping_add(1),
+                ssrc: None,
+            });
+        };
+        let t = Transport::parse(value).map_err(|e| HandshakeError::Transport(e.0))?;
+        if t.lower != Lower::Tcp {
+            return Err(HandshakeError::Transport(format!(
+                "asked for TCP interleaved, server answered {value:?}"
+            )));
+        }
+        let (rtp, rtcp) = t.interleaved.unwrap_or((asked, asked.wrapping_add(1)));
+        if self
+            .tracks
+            .iter()
+            .any(|o| o.rtp_channel == rtp || o.rtcp_channel == rtp || o.rtp_channel == rtcp)
+        {
+            return Err(HandshakeError::Transport(format!(
+                "server gave track {index} interleaved channels {rtp}-{rtcp}, already used by another track"
+            )));
+        }
+        Ok(NegotiatedTrack {
+            control_uri,
+            rtp_channel: rtp,
+            rtcp_channel: rtcp,
+            ssrc: t.ssrc,
+        })
+    }
+
+    fn pending_uri_for(&self, index: usize) -> String {
+        self.url
+            .control_uri(&self.controls[index], self.content_base.as_deref(), self.style)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(cseq: u32, extra: &[(&str, &str)]) -> Response {
+        let mut r = Response::new(200, "OK");
+        r.headers.push("CSeq", cseq.to_string());
+        for (n, v) in extra {
+            r.headers.push(*n, *v);
+        }
+        r
+    }
+
+    fn hs(url: &str, n: usize) -> Handshake {
+        Handshake::new(
+            RtspUrl::parse(url).unwrap(),
+            ControlStyle::Ffmpeg,
+            "v=0\r\n".into(),
+            (0..n).map(|i| format!("streamid={i}")).collect(),
+            RequestContext::new("rtspannounce/0.1"),
+        )
+    }
+
+    fn send(step: Step) -> Request {
+        match step {
+            Step::Send(r) => r,
+            Step::Done(_) => panic!("done too early"),
+        }
+    }
+
+    #[test]
+    fn two_track_sequence_session_from_setup() {
+        let mut h = hs("rtsp://127.0.0.1:8554/live/cam1", 2);
+        let a = h.start();
+        assert_eq!(a.method, "ANNOUNCE");
+        assert_eq!(a.uri, "rtsp://127.0.0.1:8554/live/cam1");
+        assert_eq!(a.headers.get("CSeq"), Some("1"));
+        assert_eq!(a.headers.get("Content-Type"), Some("application/sdp"));
+        assert_eq!(a.headers.get("User-Agent"), Some("rtspannounce/0.1"));
+        assert_eq!(a.headers.get("Session"), None);
+
+        let s0 = send(h.handle_response(&ok(1, &[])).unwrap());
+        assert_eq!(s0.method, "SETUP");
+        assert_eq!(s0.uri, "rtsp://127.0.0.1:8554/live/cam1/streamid=0");
+        assert_eq!(
+            s0.headers.get("Transport"),
+            Some("RTP/AVP/TCP;unicast;interleaved=0-1;mode=record")
+        );
+        assert_eq!(s0.headers.get("CSeq"), Some("2"));
+        assert_eq!(s0.headers.get("Session"), None);
+
+        let s1 = send(
+            h.handle_response(&ok(
+                2,
+                &[
+                    ("Session", "ABC;timeout=30"),
+                    ("Transport", "RTP/AVP/TCP;unicast;interleaved=0-1"),
+                ],
+            ))
+            .unwrap(),
+        );
+        assert_eq!(s1.uri, "rtsp://127.0.0.1:8554/live/cam1/streamid=1");
+        assert_eq!(s1.headers.get("Session"), Some("ABC"));
+        assert_eq!(
+            s1.headers.get("Transport"),
+            Some("RTP/AVP/TCP;unicast;interleaved=2-3;mode=record")
+        );
+
+        // The server picks other channels: those are the ones used.
+        let rec = send(
+            h.handle_response(&ok(
+                3,
+                &[
+                    ("Session", "ABC;timeout=30"),
+                    ("Transport", "RTP/AVP/TCP;unicast;interleaved=6-7"),
+                ],
+            ))
+            .unwrap(),
+        );
+        assert_eq!(rec.method, "RECORD");
+        assert_eq!(rec.uri, "rtsp://127.0.0.1:8554/live/cam1");
+        assert_eq!(rec.headers.get("Range"), Some("npt=0.000-"));
+        assert_eq!(rec.headers.get("Session"), Some("ABC"));
+        assert_eq!(rec.headers.get("CSeq"), Some("4"));
+
+        let Step::Done(n) = h.handle_response(&ok(4, &[("Session", "ABC")])).unwrap() else {
+            panic!()
+        };
+        assert_eq!(n.session_id.as_deref(), Some("ABC"));
+        assert_eq!(n.session_timeout, 30);
+        assert_eq!((n.tracks[0].rtp_channel, n.tracks[0].rtcp_channel), (0, 1));
+        assert_eq!((n.tracks[1].rtp_channel, n.tracks[1].rtcp_channel), (6, 7));
+    }
+
+    #[test]
+    fn session_from_announce_and_content_base() {
+        let mut h = hs("rtsp://h/live/x?secret=1", 1);
+        h.start();
+        let s0 = send(
+            h.handle_response(&ok(
+                1,
+                &[
+                    ("Session", "Z1"),
+                    ("Content-Base", "rtsp://h/live/x?secret=1/"),
+                ],
+            ))
+            .unwrap(),
+        );
+        assert_eq!(s0.headers.get("Session"), Some("Z1"));
+        assert_eq!(s0.uri, "rtsp://h/live/x?secret=1/streamid=0");
+        let rec = send(h.handle_response(&ok(2, &[])).unwrap());
+        assert_eq!(rec.uri, "rtsp://h:554/live/x?secret=1");
+        let Step::Done(n) = h.handle_response(&ok(3, &[])).unwrap() else {
+            panic!()
+        };
+        assert_eq!(n.session_timeout, 60);
+    }
+
+    #[test]
+    fn query_style_without_content_base() {
+        let mut h = hs("rtsp://h/live/x?secret=1", 1);
+        h.start();
+        let s0 = send(h.handle_response(&ok(1, &[])).unwrap());
+        assert_eq!(s0.uri, "rtsp://h:554/live/x?secret=1/streamid=0");
+    }
+
+    #[test]
+    fn refusals_name_method_and_status() {
+        let mut h = hs("rtsp://h/live", 1);
+        h.start();
+        let mut r = Response::new(404, "Not Found");
+        r.headers.push("CSeq", "1");
+        let e = h.handle_response(&r).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "server refused ANNOUNCE rtsp://h:554/live: 404 Not Found"
+        );
+    }
+
+    #[test]
+    fn wrong_cseq_and_udp_transport_rejected() {
+        let mut h = hs("rtsp://h/live", 1);
+        h.start();
+        assert!(matches!(
+            h.handle_response(&ok(9, &[])),
+            Err(HandshakeError::BadResponse(_))
+        ));
+        let mut h = hs("rtsp://h/live", 1);
+        h.start();
+        h.handle_response(&ok(1, &[])).unwrap();
+        let e = h
+            .handle_response(&ok(
+                2,
+                &[("Transport", "RTP/AVP;unicast;client_port=5000-5001")],
+            ))
+            .unwrap_err();
+        assert!(matches!(e, HandshakeError::Transport(_)), "{e}");
+    }
+
+    #[test]
+    fn duplicate_channels_rejected() {
+        let mut h = hs("rtsp://h/live", 2);
+        h.start();
+        h.handle_response(&ok(1, &[])).unwrap();
+        h.handle_response(&ok(2, &[("Transport", "RTP/AVP/TCP;interleaved=0-1")]))
+            .unwrap();
+        let e = h
+            .handle_response(&ok(3, &[("Transport", "RTP/AVP/TCP;interleaved=0-1")]))
+            .unwrap_err();
+        assert!(matches!(e, HandshakeError::Transport(_)));
+    }
+
+    #[test]
+    fn bad_session_header_is_an_error() {
+        let mut h = hs("rtsp://h/live", 1);
+        h.start();
+        assert!(h.handle_response(&ok(1, &[("Session", "")])).is_err());
+    }
+}

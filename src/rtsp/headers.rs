@@ -1,0 +1,201 @@
+//! Typed views of the headers the push handshake needs: Transport, Session, Public.
+
+use std::fmt;
+
+/// What the server answered in SETUP's Transport header (the parts we use).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Transport {
+    pub profile: String,
+    pub lower: Lower,
+    pub unicast: bool,
+    pub interleaved: Option<(u8, u8)>,
+    pub client_port: Option<(u16, u16)>,
+    pub server_port: Option<(u16, u16)>,
+    pub source: Option<String>,
+    pub ssrc: Option<u32>,
+    pub mode: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Lower {
+    #[default]
+    Udp,
+    Tcp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderError(pub String);
+
+impl fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn pair<T: std::str::FromStr + Copy>(v: &str) -> Option<(T, T)> {
+    match v.split_once('-') {
+        Some((a, b)) => Some((a.trim().parse().ok()?, b.trim().parse().ok()?)),
+        // A single value means the pair starts there (RFC 2326 12.39 allows "interleaved=4").
+        None => {
+            let a: T = v.trim().parse().ok()?;
+            Some((a, a))
+        }
+    }
+}
+
+impl Transport {
+    /// The TCP interleaved request for track `index`: channels 2n and 2n+1.
+    /// Written by hand: `mode=record` must be lower-case and unquoted (FFmpeg's listener compares
+    /// it case-sensitively; rtsp-types would write `mode="RECORD"`).
+    pub fn tcp_request(rtp_channel: u8) -> String {
+        format!(
+            "RTP/AVP/TCP;unicast;interleaved={}-{};mode=record",
+            rtp_channel,
+            rtp_channel.wrapping_add(1)
+        )
+    }
+
+    /// Parses the first transport spec of a (possibly comma-separated) Transport header.
+    pub fn parse(value: &str) -> Result<Transport, HeaderError> {
+        let spec = value.split(',').next().unwrap_or("").trim();
+        let mut parts = spec.split(';');
+        let profile = parts.next().unwrap_or("").trim();
+        let mut t = Transport {
+            profile: profile.to_string(),
+            ..Default::default()
+        };
+        let upper = profile.to_ascii_uppercase();
+        if !upper.starts_with("RTP/AVP") && !upper.starts_with("RTP/SAVP") {
+            return Err(HeaderError(format!(
+                "unsupported transport profile {profile:?} in {value:?}"
+            )));
+        }
+        t.lower = if upper.ends_with("/TCP") {
+            Lower::Tcp
+        } else {
+            Lower::Udp
+        };
+        for p in parts {
+            let p = p.trim();
+            let (k, v) = match p.split_once('=') {
+                Some((k, v)) => (k.trim().to_ascii_lowercase(), v.trim().trim_matches('"')),
+                None => (p.to_ascii_lowercase(), ""),
+            };
+            let bad = || HeaderError(format!("malformed {k} parameter in Transport {value:?}"));
+            match k.as_str() {
+                "unicast" => t.unicast = true,
+                "multicast" => t.unicast = false,
+                "interleaved" => t.interleaved = Some(pair(v).ok_or_else(bad)?),
+                "client_port" => t.client_port = Some(pair(v).ok_or_else(bad)?),
+                "server_port" => t.server_port = Some(pair(v).ok_or_else(bad)?),
+                "source" => t.source = Some(v.to_string()),
+                "ssrc" => t.ssrc = u32::from_str_radix(v, 16).ok(),
+                "mode" => t.mode = Some(v.to_ascii_lowercase()),
+                _ => {}
+            }
+        }
+        Ok(t)
+    }
+}
+
+/// `Session: id[;timeout=N]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub id: String,
+    pub timeout: Option<u64>,
+}
+
+impl Session {
+    pub fn parse(value: &str) -> Result<Session, HeaderError> {
+        let mut parts = value.split(';');
+        let id = parts.next().unwrap_or("").trim();
+        if id.is_empty() || id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(HeaderError(format!("malformed Session header {value:?}")));
+        }
+        let timeout = parts.find_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            if k.trim().eq_ignore_ascii_case("timeout") {
+                v.trim().parse().ok()
+            } else {
+                None
+            }
+        });
+        Ok(Session {
+            id: id.to_string(),
+            timeout,
+        })
+    }
+}
+
+/// Methods listed in a `Public` header, upper-cased.
+pub fn parse_public(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(|m| m.trim().to_ascii_uppercase())
+        .filter(|m| !m.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_request_is_lower_case_unquoted() {
+        assert_eq!(
+            Transport::tcp_request(2),
+            "RTP/AVP/TCP;unicast;interleaved=2-3;mode=record"
+        );
+    }
+
+    #[test]
+    fn parse_server_transport() {
+        let t = Transport::parse("RTP/AVP/TCP;unicast;interleaved=0-1;ssrc=0000BEEF").unwrap();
+        assert_eq!(t.lower, Lower::Tcp);
+        assert!(t.unicast);
+        assert_eq!(t.interleaved, Some((0, 1)));
+        assert_eq!(t.ssrc, Some(0xbeef));
+        let t = Transport::parse(
+            "RTP/AVP;unicast;client_port=5000-5001;server_port=6000-6001;source=10.0.0.1;mode=\"RECORD\"",
+        )
+        .unwrap();
+        assert_eq!(t.lower, Lower::Udp);
+        assert_eq!(t.client_port, Some((5000, 5001)));
+        assert_eq!(t.server_port, Some((6000, 6001)));
+        assert_eq!(t.source.as_deref(), Some("10.0.0.1"));
+        assert_eq!(t.mode.as_deref(), Some("record"));
+        let t = Transport::parse("RTP/AVP/TCP;interleaved=4").unwrap();
+        assert_eq!(t.interleaved, Some((4, 4)));
+        assert!(Transport::parse("RAW/RAW/UDP;unicast").is_err());
+        assert!(Transport::parse("RTP/AVP/TCP;interleaved=x-y").is_err());
+        assert!(Transport::parse("RTP/AVP/TCP;interleaved=300-301").is_err());
+    }
+
+    #[test]
+    fn session_header() {
+        assert_eq!(
+            Session::parse("KPUZ49ejotyD").unwrap(),
+            Session {
+                id: "KPUZ49ejotyD".into(),
+                timeout: None
+            }
+        );
+        assert_eq!(
+            Session::parse("abc123; timeout=30").unwrap(),
+            Session {
+                id: "abc123".into(),
+                timeout: Some(30)
+            }
+        );
+        assert!(Session::parse("").is_err());
+        assert!(Session::parse(" ;timeout=3").is_err());
+    }
+
+    #[test]
+    fn public_header() {
+        assert_eq!(
+            parse_public("OPTIONS, ANNOUNCE,setup ,RECORD"),
+            vec!["OPTIONS", "ANNOUNCE", "SETUP", "RECORD"]
+        );
+    }
+}

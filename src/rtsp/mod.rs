@@ -1,0 +1,6 @@
+//! RTSP protocol core for a pushing client. No I/O here: everything is unit-tested on its own.
+
+pub mod handshake;
+pub mod headers;
+pub mod message;
+pub mod url;
