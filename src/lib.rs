@@ -4,8 +4,10 @@
 
 use gst::glib;
 
+pub mod net;
 pub mod rtsp;
 mod rtspannounce;
+pub mod sdp;
 
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     rtspannounce::register(plugin)
@@ -22,3 +24,13 @@ gst::plugin_define!(
     env!("CARGO_PKG_REPOSITORY"),
     env!("BUILD_REL_DATE")
 );
+
+/// The debug category of the element and its connection code: `GST_DEBUG=rtspannounce:5`
+/// shows every request and response (credentials masked).
+pub(crate) static CAT: std::sync::LazyLock<gst::DebugCategory> = std::sync::LazyLock::new(|| {
+    gst::DebugCategory::new(
+        "rtspannounce",
+        gst::DebugColorFlags::empty(),
+        Some("RTSP ANNOUNCE/RECORD sink"),
+    )
+});

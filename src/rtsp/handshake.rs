@@ -172,9 +172,11 @@ impl Handshake {
     }
 
     fn setup_request(&mut self, index: usize) -> Step {
-        let uri = self
-            .url
-            .control_uri(&self.controls[index], self.content_base.as_deref(), self.style);
+        let uri = self.url.control_uri(
+            &self.controls[index],
+            self.content_base.as_deref(),
+            self.style,
+        );
         let mut r = self.ctx.request("SETUP", &uri);
         r.headers
             .push("Transport", Transport::tcp_request((2 * index) as u8));
@@ -294,8 +296,11 @@ impl Handshake {
     }
 
     fn pending_uri_for(&self, index: usize) -> String {
-        self.url
-            .control_uri(&self.controls[index], self.content_base.as_deref(), self.style)
+        self.url.control_uri(
+            &self.controls[index],
+            self.content_base.as_deref(),
+            self.style,
+        )
     }
 }
 

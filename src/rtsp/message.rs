@@ -527,7 +527,10 @@ mod tests {
         let mut p = Parser::default();
         p.feed(b"RTSP/1.0 200 OK\r\nX: ");
         p.feed(&vec![b'a'; 70 * 1024]);
-        assert!(matches!(p.next_message(), Err(ParseError::HeaderTooLarge(_))));
+        assert!(matches!(
+            p.next_message(),
+            Err(ParseError::HeaderTooLarge(_))
+        ));
         let mut p = Parser::default();
         p.feed(b"RTSP/1.0 200 OK\r\nContent-Length: 1099511627776\r\n\r\n");
         assert!(matches!(p.next_message(), Err(ParseError::BodyTooLarge(_))));
@@ -544,6 +547,9 @@ mod tests {
         }
         m.extend_from_slice(b"\r\n");
         p.feed(&m);
-        assert!(matches!(p.next_message(), Err(ParseError::TooManyHeaders(_))));
+        assert!(matches!(
+            p.next_message(),
+            Err(ParseError::TooManyHeaders(_))
+        ));
     }
 }

@@ -84,12 +84,7 @@ impl RtspUrl {
             Some(url::Host::Domain(d)) if !d.is_empty() => d.to_string(),
             Some(url::Host::Ipv4(a)) => a.to_string(),
             Some(url::Host::Ipv6(a)) => a.to_string(),
-            _ => {
-                return Err(UrlError(format!(
-                    "URL {:?} has no host",
-                    redact(location)
-                )))
-            }
+            _ => return Err(UrlError(format!("URL {:?} has no host", redact(location)))),
         };
         let default_port = if scheme == Scheme::Rtsps { 322 } else { 554 };
         let port = url.port().unwrap_or(default_port);
@@ -247,11 +242,19 @@ mod tests {
             "rtsp://h:8554/live/cam1/streamid=0"
         );
         assert_eq!(
-            u.control_uri("streamid=1", Some("rtsp://h:8554/live/cam1/"), ControlStyle::Ffmpeg),
+            u.control_uri(
+                "streamid=1",
+                Some("rtsp://h:8554/live/cam1/"),
+                ControlStyle::Ffmpeg
+            ),
             "rtsp://h:8554/live/cam1/streamid=1"
         );
         assert_eq!(
-            u.control_uri("streamid=1", Some("rtsp://other/base"), ControlStyle::Ffmpeg),
+            u.control_uri(
+                "streamid=1",
+                Some("rtsp://other/base"),
+                ControlStyle::Ffmpeg
+            ),
             "rtsp://other/base/streamid=1"
         );
         assert_eq!(

@@ -1,8 +1,79 @@
+//! GStreamer glue: properties, request pads, state changes, EOS.
+//!
+//! The element is a bin holding one `appsink` per request pad (see docs/ARCHITECTURE.md): the
+//! appsinks give every pad mature BaseSink behaviour (clock sync, preroll, latency, flushing,
+//! per-pad EOS) and their callbacks feed the session in `session.rs`.
+
+use super::session::{PadError, Phase, SessionConfig, Shared};
+use crate::rtsp::url::{redact, ControlStyle, RtspUrl};
+use crate::CAT;
 use gst::glib;
+use gst::prelude::*;
 use gst::subclass::prelude::*;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const DEFAULT_USER_AGENT: &str = concat!("rtspannounce/", env!("CARGO_PKG_VERSION"));
+const DEFAULT_TCP_TIMEOUT_US: u64 = 20_000_000;
+const DEFAULT_ANNOUNCE_TIMEOUT_MS: u32 = 10_000;
+const DEFAULT_MAX_QUEUE_BYTES: u32 = 4 * 1024 * 1024;
+
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstRtspAnnounceSetupUrlStyle")]
+pub enum SetupUrlStyle {
+    #[enum_value(
+        name = "path?query/streamid=N (FFmpeg style: ZLMediaKit, MediaMTX, FFmpeg)",
+        nick = "ffmpeg"
+    )]
+    Ffmpeg = 0,
+    #[enum_value(
+        name = "path/streamid=N?query (GStreamer style: MediaMTX, gst-rtsp-server)",
+        nick = "gstreamer"
+    )]
+    Gstreamer = 1,
+}
+
+#[derive(Debug, Clone)]
+struct Settings {
+    location: Option<String>,
+    user_agent: String,
+    tcp_timeout_us: u64,
+    sync: bool,
+    setup_url_style: SetupUrlStyle,
+    announce_timeout_ms: u32,
+    max_queue_bytes: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            location: None,
+            user_agent: DEFAULT_USER_AGENT.to_string(),
+            tcp_timeout_us: DEFAULT_TCP_TIMEOUT_US,
+            sync: true,
+            setup_url_style: SetupUrlStyle::Ffmpeg,
+            announce_timeout_ms: DEFAULT_ANNOUNCE_TIMEOUT_MS,
+            max_queue_bytes: DEFAULT_MAX_QUEUE_BYTES,
+        }
+    }
+}
+
+/// Where a pad's callbacks find the session: set when the element goes to PAUSED.
+type PadLink = Arc<Mutex<Option<(Arc<Shared>, usize)>>>;
+
+struct PadEntry {
+    ghost: gst::GhostPad,
+    appsink: gst_app::AppSink,
+    link: PadLink,
+}
 
 #[derive(Default)]
-pub struct RtspAnnounce {}
+pub struct RtspAnnounce {
+    settings: Mutex<Settings>,
+    pads: Mutex<Vec<PadEntry>>,
+    shared: Mutex<Option<Arc<Shared>>>,
+}
 
 #[glib::object_subclass]
 impl ObjectSubclass for RtspAnnounce {
@@ -10,7 +81,438 @@ impl ObjectSubclass for RtspAnnounce {
     type Type = super::RtspAnnounce;
     type ParentType = gst::Bin;
 }
-impl ObjectImpl for RtspAnnounce {}
+
+fn pad_result(
+    link: &PadLink,
+    element: &gst::Element,
+    res: Result<(), PadError>,
+) -> Result<gst::FlowSuccess, gst::FlowError> {
+    let _ = link;
+    match res {
+        Ok(()) => Ok(gst::FlowSuccess::Ok),
+        Err(PadError::Flushing) => Err(gst::FlowError::Flushing),
+        Err(PadError::Error(msg)) => {
+            element.post_error_message(msg);
+            Err(gst::FlowError::Error)
+        }
+    }
+}
+
+impl RtspAnnounce {
+    fn session_config(&self) -> Result<SessionConfig, gst::ErrorMessage> {
+        let s = self.settings.lock().unwrap().clone();
+        let Some(location) = s.location.as_deref() else {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                ["No location set: set location=rtsp://host:port/path"]
+            ));
+        };
+        let url = RtspUrl::parse(location).map_err(|e| {
+            gst::error_msg!(gst::ResourceError::Settings, ["Invalid location: {}", e])
+        })?;
+        Ok(SessionConfig {
+            url,
+            user_agent: s.user_agent,
+            tcp_timeout: Duration::from_micros(s.tcp_timeout_us.max(1)),
+            style: match s.setup_url_style {
+                SetupUrlStyle::Ffmpeg => ControlStyle::Ffmpeg,
+                SetupUrlStyle::Gstreamer => ControlStyle::Gstreamer,
+            },
+            announce_timeout: Duration::from_millis(s.announce_timeout_ms as u64),
+            max_queue_bytes: s.max_queue_bytes as usize,
+        })
+    }
+
+    fn start_session(&self) -> Result<(), gst::ErrorMessage> {
+        let cfg = self.session_config()?;
+        let pads = self.pads.lock().unwrap();
+        if pads.is_empty() {
+            return Err(gst::error_msg!(
+                gst::CoreError::Pad,
+                ["No sink pads: link at least one RTP stream to rtspannounce (request sink_%u)"]
+            ));
+        }
+        let mut names: Vec<(u32, String)> = pads
+            .iter()
+            .map(|p| {
+                let name = p.ghost.name().to_string();
+                let n = name.trim_start_matches("sink_").parse().unwrap_or(u32::MAX);
+                (n, name)
+            })
+            .collect();
+        // Tracks follow pad numbers: sink_0 is streamid=0.
+        names.sort();
+        let order: Vec<String> = names.into_iter().map(|(_, n)| n).collect();
+        let shared = Shared::new(cfg, order.clone(), self.obj().upcast_ref());
+        for p in pads.iter() {
+            let idx = order.iter().position(|n| *n == p.ghost.name()).unwrap();
+            *p.link.lock().unwrap() = Some((shared.clone(), idx));
+        }
+        *self.shared.lock().unwrap() = Some(shared);
+        Ok(())
+    }
+
+    fn stop_session(&self) {
+        if let Some(shared) = self.shared.lock().unwrap().take() {
+            shared.stop();
+        }
+        for p in self.pads.lock().unwrap().iter() {
+            *p.link.lock().unwrap() = None;
+        }
+    }
+
+    fn make_appsink(&self, link: PadLink) -> gst_app::AppSink {
+        let sync = self.settings.lock().unwrap().sync;
+        let appsink = gst_app::AppSink::builder()
+            .caps(&gst::Caps::new_empty_simple("application/x-rtp"))
+            .sync(sync)
+            .enable_last_sample(false)
+            .buffer_list(true)
+            .build();
+        appsink.set_qos(false);
+        let weak = self.obj().downgrade();
+        let (l1, l2, l3) = (link.clone(), link.clone(), link.clone());
+        let (w1, w2, w3) = (weak.clone(), weak.clone(), weak);
+        appsink.set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_preroll(move |sink| {
+                    let sample = sink.pull_preroll().map_err(|_| gst::FlowError::Flushing)?;
+                    if let Some((shared, idx)) = l1.lock().unwrap().clone() {
+                        shared.preroll(idx, sample.caps_owned());
+                    }
+                    let _ = &w1;
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .new_sample(move |sink| {
+                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Flushing)?;
+                    let Some((shared, idx)) = l2.lock().unwrap().clone() else {
+                        return Err(gst::FlowError::Flushing);
+                    };
+                    let caps = sample.caps_owned();
+                    let res = if let Some(list) = sample.buffer_list_owned() {
+                        let n = list.len();
+                        shared.render(idx, caps, (0..n).filter_map(move |i| list.get_owned(i)))
+                    } else if let Some(buf) = sample.buffer_owned() {
+                        shared.render(idx, caps, std::iter::once(buf))
+                    } else {
+                        Ok(())
+                    };
+                    let Some(element) = w2.upgrade() else {
+                        return Err(gst::FlowError::Flushing);
+                    };
+                    pad_result(&l2, element.upcast_ref(), res)
+                })
+                .eos(move |_sink| {
+                    if let Some((shared, idx)) = l3.lock().unwrap().clone() {
+                        shared.eos(idx);
+                    }
+                    let _ = &w3;
+                })
+                .build(),
+        );
+        // Flushes must unblock a pad waiting for the handshake or for queue space.
+        let lf = link.clone();
+        appsink.static_pad("sink").unwrap().add_probe(
+            gst::PadProbeType::EVENT_FLUSH,
+            move |_pad, info| {
+                if let Some(ev) = info.event() {
+                    if let Some((shared, _)) = lf.lock().unwrap().clone() {
+                        match ev.type_() {
+                            gst::EventType::FlushStart => shared.set_flushing(true),
+                            gst::EventType::FlushStop => shared.set_flushing(false),
+                            _ => {}
+                        }
+                    }
+                }
+                gst::PadProbeReturn::Ok
+            },
+        );
+        appsink
+    }
+}
+
+impl ObjectImpl for RtspAnnounce {
+    fn properties() -> &'static [glib::ParamSpec] {
+        static PROPS: std::sync::LazyLock<Vec<glib::ParamSpec>> = std::sync::LazyLock::new(|| {
+            vec![
+                glib::ParamSpecString::builder("location")
+                    .nick("Location")
+                    .blurb("RTSP URL to publish to: rtsp://[user:pass@]host[:port]/path[?query] (required). Credentials in the URL are never sent in the Request-URI nor logged")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("user-agent")
+                    .nick("User-Agent")
+                    .blurb("User-Agent header sent with every request (do not start it with \"GStreamer\": MediaMTX delays such clients)")
+                    .default_value(Some(DEFAULT_USER_AGENT))
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt64::builder("tcp-timeout")
+                    .nick("TCP timeout")
+                    .blurb("Timeout in microseconds for connecting, for each server answer, and for the network to take queued data")
+                    .minimum(1_000)
+                    .default_value(DEFAULT_TCP_TIMEOUT_US)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoolean::builder("sync")
+                    .nick("Sync")
+                    .blurb("Send each packet at its running time on the pipeline clock (off: as fast as upstream produces)")
+                    .default_value(true)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecEnum::builder_with_default("setup-url-style", SetupUrlStyle::Ffmpeg)
+                    .nick("SETUP URL style")
+                    .blurb("How a track's control is joined to a location that has a query string")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("announce-timeout")
+                    .nick("Announce timeout")
+                    .blurb("Milliseconds to wait, from the first buffer, for every sink pad's caps and first buffer (and H.264/H.265 parameter sets) before ANNOUNCE; a pad still silent then is an error")
+                    .minimum(1)
+                    .default_value(DEFAULT_ANNOUNCE_TIMEOUT_MS)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("max-queue-bytes")
+                    .nick("Max queue bytes")
+                    .blurb("Bytes queued towards the network before upstream is blocked (backpressure)")
+                    .minimum(64 * 1024)
+                    .default_value(DEFAULT_MAX_QUEUE_BYTES)
+                    .mutable_ready()
+                    .build(),
+            ]
+        });
+        PROPS.as_ref()
+    }
+
+    fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        let mut s = self.settings.lock().unwrap();
+        match pspec.name() {
+            "location" => {
+                let v: Option<String> = value.get().unwrap();
+                if let Some(l) = v.as_deref() {
+                    if let Err(e) = RtspUrl::parse(l) {
+                        gst::warning!(CAT, imp = self, "location will not work: {e}");
+                    }
+                }
+                gst::debug!(
+                    CAT,
+                    imp = self,
+                    "location set to {:?}",
+                    v.as_deref().map(redact)
+                );
+                s.location = v;
+            }
+            "user-agent" => {
+                s.user_agent = value
+                    .get::<Option<String>>()
+                    .unwrap()
+                    .unwrap_or_default()
+                    .replace(['\r', '\n'], " ")
+            }
+            "tcp-timeout" => s.tcp_timeout_us = value.get().unwrap(),
+            "sync" => {
+                s.sync = value.get().unwrap();
+                for p in self.pads.lock().unwrap().iter() {
+                    p.appsink.set_sync(s.sync);
+                }
+            }
+            "setup-url-style" => s.setup_url_style = value.get().unwrap(),
+            "announce-timeout" => s.announce_timeout_ms = value.get().unwrap(),
+            "max-queue-bytes" => s.max_queue_bytes = value.get().unwrap(),
+            _ => unreachable!(),
+        }
+    }
+
+    fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+        let s = self.settings.lock().unwrap();
+        match pspec.name() {
+            "location" => s.location.to_value(),
+            "user-agent" => s.user_agent.to_value(),
+            "tcp-timeout" => s.tcp_timeout_us.to_value(),
+            "sync" => s.sync.to_value(),
+            "setup-url-style" => s.setup_url_style.to_value(),
+            "announce-timeout" => s.announce_timeout_ms.to_value(),
+            "max-queue-bytes" => s.max_queue_bytes.to_value(),
+            _ => unreachable!(),
+        }
+    }
+
+    fn constructed(&self) {
+        self.parent_constructed();
+        self.obj().set_element_flags(gst::ElementFlags::SINK);
+    }
+}
+
 impl GstObjectImpl for RtspAnnounce {}
-impl ElementImpl for RtspAnnounce {}
-impl BinImpl for RtspAnnounce {}
+
+impl ElementImpl for RtspAnnounce {
+    fn metadata() -> Option<&'static gst::subclass::ElementMetadata> {
+        static META: std::sync::LazyLock<gst::subclass::ElementMetadata> = std::sync::LazyLock::new(
+            || {
+                gst::subclass::ElementMetadata::new(
+                    "RTSP ANNOUNCE/RECORD sink",
+                    "Sink/Network",
+                    "Publishes RTP streams to an RTSP server (ANNOUNCE, SETUP, RECORD) over TCP interleaved transport",
+                    "rtspannounce developers",
+                )
+            },
+        );
+        Some(&META)
+    }
+
+    fn pad_templates() -> &'static [gst::PadTemplate] {
+        static T: std::sync::LazyLock<Vec<gst::PadTemplate>> = std::sync::LazyLock::new(|| {
+            vec![gst::PadTemplate::new(
+                "sink_%u",
+                gst::PadDirection::Sink,
+                gst::PadPresence::Request,
+                &gst::Caps::new_empty_simple("application/x-rtp"),
+            )
+            .unwrap()]
+        });
+        T.as_ref()
+    }
+
+    fn request_new_pad(
+        &self,
+        templ: &gst::PadTemplate,
+        name: Option<&str>,
+        _caps: Option<&gst::Caps>,
+    ) -> Option<gst::Pad> {
+        let mut pads = self.pads.lock().unwrap();
+        let taken = |n: &str| pads.iter().any(|p| p.ghost.name() == n);
+        let name = match name {
+            Some(n) => {
+                if taken(n)
+                    || n.strip_prefix("sink_")
+                        .and_then(|x| x.parse::<u32>().ok())
+                        .is_none()
+                {
+                    gst::error!(
+                        CAT,
+                        imp = self,
+                        "cannot create pad {n}: taken or not sink_N"
+                    );
+                    return None;
+                }
+                n.to_string()
+            }
+            None => (0..)
+                .map(|i| format!("sink_{i}"))
+                .find(|n| !taken(n))
+                .unwrap(),
+        };
+
+        let link: PadLink = Arc::new(Mutex::new(None));
+        if let Some(shared) = self.shared.lock().unwrap().clone() {
+            match shared.add_track(name.clone()) {
+                Ok(idx) => *link.lock().unwrap() = Some((shared, idx)),
+                Err(phase) => {
+                    gst::element_imp_error!(
+                        self,
+                        gst::CoreError::Pad,
+                        ("Cannot add pad {} while publishing ({:?}): the server was already told the stream list; request every pad before the pipeline starts", name, phase)
+                    );
+                    return None;
+                }
+            }
+        }
+        let appsink = self.make_appsink(link.clone());
+        appsink.set_property("name", format!("appsink-{name}"));
+        let obj = self.obj();
+        if obj.add(&appsink).is_err() {
+            return None;
+        }
+        let ghost = gst::GhostPad::builder_from_template(templ)
+            .name(name.as_str())
+            .build();
+        let target = appsink.static_pad("sink").unwrap();
+        if ghost.set_target(Some(&target)).is_err() || obj.add_pad(&ghost).is_err() {
+            let _ = obj.remove(&appsink);
+            return None;
+        }
+        let _ = ghost.set_active(true);
+        let _ = appsink.sync_state_with_parent();
+        pads.push(PadEntry {
+            ghost: ghost.clone(),
+            appsink,
+            link,
+        });
+        gst::debug!(CAT, imp = self, "created pad {name}");
+        Some(ghost.upcast())
+    }
+
+    fn release_pad(&self, pad: &gst::Pad) {
+        let entry = {
+            let mut pads = self.pads.lock().unwrap();
+            let Some(i) = pads
+                .iter()
+                .position(|p| p.ghost.upcast_ref::<gst::Pad>() == pad)
+            else {
+                return;
+            };
+            pads.remove(i)
+        };
+        if let Some(shared) = self.shared.lock().unwrap().as_ref() {
+            if shared.phase() != Phase::Waiting {
+                gst::warning!(
+                    CAT,
+                    imp = self,
+                    "pad {} released while publishing",
+                    pad.name()
+                );
+            }
+        }
+        *entry.link.lock().unwrap() = None;
+        let obj = self.obj();
+        let _ = entry.appsink.set_state(gst::State::Null);
+        let _ = obj.remove(&entry.appsink);
+        let _ = obj.remove_pad(&entry.ghost);
+    }
+
+    fn change_state(
+        &self,
+        transition: gst::StateChange,
+    ) -> Result<gst::StateChangeSuccess, gst::StateChangeError> {
+        gst::debug!(CAT, imp = self, "{transition:?}");
+        match transition {
+            gst::StateChange::NullToReady => {
+                if let Err(msg) = self.session_config() {
+                    self.post_error_message(msg);
+                    return Err(gst::StateChangeError);
+                }
+            }
+            gst::StateChange::ReadyToPaused => {
+                if let Err(msg) = self.start_session() {
+                    self.post_error_message(msg);
+                    return Err(gst::StateChangeError);
+                }
+            }
+            // Before the appsinks stop: wake any streaming thread blocked in our callbacks, or
+            // the upstream elements could never join their threads.
+            gst::StateChange::PausedToReady => self.stop_session(),
+            _ => {}
+        }
+        let ret = self.parent_change_state(transition);
+        if ret.is_err() && transition == gst::StateChange::ReadyToPaused {
+            self.stop_session();
+        }
+        ret
+    }
+}
+
+impl BinImpl for RtspAnnounce {
+    fn handle_message(&self, msg: gst::Message) {
+        // The appsinks' EOS means "this pad is done"; ours is posted after TEARDOWN's answer,
+        // when everything has been delivered.
+        if let gst::MessageView::Eos(_) = msg.view() {
+            gst::debug!(
+                CAT,
+                imp = self,
+                "pad EOS from {:?}",
+                msg.src().map(|s| s.name())
+            );
+            return;
+        }
+        self.parent_handle_message(msg)
+    }
+}

@@ -2,6 +2,7 @@ use gst::glib;
 use gst::prelude::*;
 
 mod imp;
+mod session;
 
 glib::wrapper! {
     pub struct RtspAnnounce(ObjectSubclass<imp::RtspAnnounce>) @extends gst::Bin, gst::Element, gst::Object;

@@ -1,0 +1,461 @@
+//! The RTSP connection: connect, run the handshake, then stream with one writer and one reader
+//! task, and TEARDOWN at the end.
+
+use super::queue::{write_batch, OutFrame, SendQueue};
+use crate::rtsp::handshake::{Handshake, HandshakeError, Negotiated, RequestContext, Step};
+use crate::rtsp::message::{Incoming, ParseError, Parser, Request, Response};
+use crate::rtsp::url::RtspUrl;
+use crate::CAT;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+/// Why a session could not be set up or went down. Each maps to one GStreamer error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionError {
+    /// Host name did not resolve.
+    Resolve(String),
+    /// No address accepted the connection.
+    Connect(String),
+    /// The server did not answer in time.
+    Timeout(String),
+    /// The server answered with something the handshake cannot accept.
+    Handshake(HandshakeError),
+    /// Bytes that are not RTSP, or over a limit.
+    Parse(ParseError),
+    /// The connection broke while streaming.
+    Io(String),
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionError::Resolve(m)
+            | SessionError::Connect(m)
+            | SessionError::Timeout(m)
+            | SessionError::Io(m) => f.write_str(m),
+            SessionError::Handshake(e) => write!(f, "{e}"),
+            SessionError::Parse(e) => write!(f, "server sent an invalid message: {e}"),
+        }
+    }
+}
+
+fn log_request(who: &str, req: &Request) {
+    gst::debug!(CAT, "{who}: sending\n{}", req.to_log_string());
+}
+
+fn log_response(who: &str, resp: &Response) {
+    gst::debug!(CAT, "{who}: received\n{}", resp.to_log_string());
+}
+
+/// Resolves the server name and connects to the first address that accepts, within `timeout`.
+pub async fn connect(url: &RtspUrl, timeout: Duration) -> Result<TcpStream, SessionError> {
+    let (host, port) = url.connect_target();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let addrs: Vec<_> =
+        tokio::time::timeout_at(deadline, tokio::net::lookup_host((host.as_str(), port)))
+            .await
+            .map_err(|_| {
+                SessionError::Timeout(format!("resolving {host} took longer than {timeout:?}"))
+            })?
+            .map_err(|e| SessionError::Resolve(format!("cannot resolve host {host:?}: {e}")))?
+            .collect();
+    if addrs.is_empty() {
+        return Err(SessionError::Resolve(format!(
+            "host {host:?} has no address"
+        )));
+    }
+    let mut last = String::new();
+    for addr in &addrs {
+        match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                gst::debug!(CAT, "connected to {addr}");
+                return Ok(s);
+            }
+            Ok(Err(e)) => last = format!("cannot connect to {addr}: {e}"),
+            Err(_) => {
+                return Err(SessionError::Timeout(format!(
+                    "connecting to {host}:{port} took longer than {timeout:?}"
+                )))
+            }
+        }
+    }
+    Err(SessionError::Connect(last))
+}
+
+/// The connection during the handshake: whole responses in, requests out.
+pub struct Control {
+    pub stream: TcpStream,
+    pub parser: Parser,
+    pub timeout: Duration,
+    pub name: String,
+}
+
+impl Control {
+    /// Sends `req` and returns its response, answering any request the server sends meanwhile.
+    pub async fn round_trip(&mut self, req: &Request) -> Result<Response, SessionError> {
+        log_request(&self.name, req);
+        let bytes = req.to_bytes();
+        tokio::time::timeout(self.timeout, self.stream.write_all(&bytes))
+            .await
+            .map_err(|_| {
+                SessionError::Timeout(format!(
+                    "sending {} took longer than {:?}",
+                    req.method, self.timeout
+                ))
+            })?
+            .map_err(|e| SessionError::Io(format!("sending {} failed: {e}", req.method)))?;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            while let Some(msg) = self.parser.next_message().map_err(SessionError::Parse)? {
+                match msg {
+                    Incoming::Response(r) => {
+                        log_response(&self.name, &r);
+                        return Ok(r);
+                    }
+                    Incoming::Request(sreq) => {
+                        let resp = answer_server_request(&self.name, &sreq);
+                        let _ = self.stream.write_all(&resp.to_bytes()).await;
+                    }
+                    Incoming::Interleaved { channel, data } => {
+                        gst::trace!(
+                            CAT,
+                            "{}: ignoring {} bytes on channel {channel} before RECORD",
+                            self.name,
+                            data.len()
+                        );
+                    }
+                }
+            }
+            let n = tokio::time::timeout_at(deadline, self.stream.read(&mut buf))
+                .await
+                .map_err(|_| {
+                    SessionError::Timeout(format!(
+                        "server did not answer {} within {:?}",
+                        req.method, self.timeout
+                    ))
+                })?
+                .map_err(|e| {
+                    SessionError::Io(format!("reading the answer to {} failed: {e}", req.method))
+                })?;
+            if n == 0 {
+                return Err(SessionError::Io(format!(
+                    "server closed the connection instead of answering {}",
+                    req.method
+                )));
+            }
+            self.parser.feed(&buf[..n]);
+        }
+    }
+
+    /// Drives the handshake to its end. Returns what was negotiated and the round trips taken.
+    pub async fn run_handshake(
+        &mut self,
+        hs: &mut Handshake,
+    ) -> Result<(Negotiated, u32), SessionError> {
+        let mut req = hs.start();
+        let mut trips = 0;
+        loop {
+            let resp = self.round_trip(&req).await?;
+            trips += 1;
+            match hs.handle_response(&resp).map_err(SessionError::Handshake)? {
+                Step::Send(next) => req = next,
+                Step::Done(n) => return Ok((n, trips)),
+            }
+        }
+    }
+}
+
+/// What we answer to requests a server sends us on the connection.
+pub fn answer_server_request(name: &str, req: &Request) -> Response {
+    gst::debug!(CAT, "{name}: server request\n{}", req.to_log_string());
+    let mut resp = match req.method.as_str() {
+        "OPTIONS" => {
+            let mut r = Response::new(200, "OK");
+            r.headers
+                .push("Public", "OPTIONS, GET_PARAMETER, SET_PARAMETER");
+            r
+        }
+        "GET_PARAMETER" | "SET_PARAMETER" => Response::new(200, "OK"),
+        _ => Response::new(501, "Not Implemented"),
+    };
+    if let Some(c) = req.headers.get("CSeq") {
+        resp.headers.push("CSeq", c.to_string());
+    }
+    if let Some(s) = req.headers.get("Session") {
+        resp.headers.push("Session", s.to_string());
+    }
+    log_response(name, &resp);
+    resp
+}
+
+/// How the end of a session went wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TeardownError {
+    /// Queued data did not reach the server.
+    NotDelivered(SessionError),
+    /// Everything was written, but TEARDOWN got no answer.
+    NoAnswer(SessionError),
+}
+
+/// Called from the I/O tasks when the connection fails while streaming.
+pub type FailureHandler = Arc<dyn Fn(SessionError) + Send + Sync>;
+
+/// A recording session: the writer drains the queue to the socket, the reader handles whatever
+/// the server sends (RTCP, answers, requests) so the server never blocks on us.
+pub struct Streaming {
+    pub queue: Arc<SendQueue>,
+    ctx: Mutex<RequestContext>,
+    uri: String,
+    waiting: Arc<Mutex<HashMap<u32, tokio::sync::oneshot::Sender<Response>>>>,
+    writer: Mutex<Option<tokio::task::JoinHandle<Result<(), SessionError>>>>,
+    reader: tokio::task::AbortHandle,
+    /// Set once TEARDOWN is on its way: the server closing is then expected, not a failure.
+    closing: Arc<AtomicBool>,
+    name: String,
+}
+
+impl Streaming {
+    /// Starts the I/O tasks. Must be called from within the runtime.
+    pub fn start(
+        control: Control,
+        ctx: RequestContext,
+        uri: String,
+        queue: Arc<SendQueue>,
+        on_failure: FailureHandler,
+    ) -> Arc<Streaming> {
+        let Control {
+            stream,
+            parser,
+            timeout,
+            name,
+        } = control;
+        let (rd, wr) = stream.into_split();
+        let waiting: Arc<Mutex<HashMap<u32, tokio::sync::oneshot::Sender<Response>>>> =
+            Arc::default();
+        let closing = Arc::new(AtomicBool::new(false));
+        // Failures after TEARDOWN was queued are reported by teardown() itself.
+        let on_failure: FailureHandler = {
+            let closing = closing.clone();
+            Arc::new(move |e| {
+                if !closing.load(Ordering::SeqCst) {
+                    on_failure(e)
+                }
+            })
+        };
+        let reader = tokio::spawn(read_loop(
+            rd,
+            parser,
+            queue.clone(),
+            waiting.clone(),
+            on_failure.clone(),
+            name.clone(),
+        ))
+        .abort_handle();
+        let writer = tokio::spawn(write_loop(
+            wr,
+            queue.clone(),
+            timeout,
+            on_failure,
+            name.clone(),
+        ));
+        Arc::new(Streaming {
+            queue,
+            ctx: Mutex::new(ctx),
+            uri,
+            waiting,
+            writer: Mutex::new(Some(writer)),
+            reader,
+            closing,
+            name,
+        })
+    }
+
+    /// Sends TEARDOWN after everything queued, waits for its answer (bounded), closes.
+    pub async fn teardown(&self, timeout: Duration) -> Result<(), TeardownError> {
+        self.end(false, timeout).await
+    }
+
+    /// Drops what is queued, sends TEARDOWN best-effort (bounded), closes.
+    pub async fn stop(&self, timeout: Duration) -> Result<(), TeardownError> {
+        self.end(true, timeout).await
+    }
+
+    async fn end(&self, drop_queued: bool, timeout: Duration) -> Result<(), TeardownError> {
+        let req = self.ctx.lock().unwrap().request("TEARDOWN", &self.uri);
+        log_request(&self.name, &req);
+        self.closing.store(true, Ordering::SeqCst);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if let Some(c) = req.headers.cseq() {
+            self.waiting.lock().unwrap().insert(c, tx);
+        }
+        let queued = if drop_queued {
+            self.queue.abandon_with(req.to_bytes());
+            Ok(())
+        } else {
+            let q = self.queue.push_control(req.to_bytes());
+            self.queue.close();
+            q
+        };
+        let writer = self.writer.lock().unwrap().take();
+        let writer_abort = writer.as_ref().map(|w| w.abort_handle());
+        let result = async {
+            use TeardownError::*;
+            queued.map_err(|e| {
+                NotDelivered(SessionError::Io(format!("cannot send TEARDOWN: {e:?}")))
+            })?;
+            if let Some(w) = writer {
+                match tokio::time::timeout(timeout, w).await {
+                    Ok(Ok(Err(e))) => return Err(NotDelivered(e)),
+                    Ok(Err(e)) => {
+                        return Err(NotDelivered(SessionError::Io(format!(
+                            "writer task ended: {e}"
+                        ))))
+                    }
+                    Ok(Ok(Ok(()))) => {}
+                    Err(_) => {
+                        return Err(NotDelivered(SessionError::Timeout(format!(
+                            "queued data not written within {timeout:?}"
+                        ))))
+                    }
+                }
+            }
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(_resp)) => Ok(()),
+                Ok(Err(_)) => Err(NoAnswer(SessionError::Io(
+                    "connection closed before the TEARDOWN answer".into(),
+                ))),
+                Err(_) => Err(NoAnswer(SessionError::Timeout(format!(
+                    "server did not answer TEARDOWN within {timeout:?}"
+                )))),
+            }
+        }
+        .await;
+        if let Some(a) = writer_abort {
+            a.abort();
+        }
+        self.abort();
+        result
+    }
+
+    /// Stops at once: nothing more is written, both tasks end.
+    pub fn abort(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        self.queue.cancel();
+        if let Some(w) = self.writer.lock().unwrap().take() {
+            w.abort();
+        }
+        self.reader.abort();
+    }
+}
+
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    queue: Arc<SendQueue>,
+    timeout: Duration,
+    on_failure: FailureHandler,
+    name: String,
+) -> Result<(), SessionError> {
+    let mut batch: Vec<OutFrame> = Vec::with_capacity(super::queue::MAX_BATCH);
+    while queue.next_batch(&mut batch).await {
+        let res = tokio::time::timeout(timeout, write_batch(&mut wr, &batch)).await;
+        batch.clear();
+        let err = match res {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => SessionError::Io(format!("writing to the server failed: {e}")),
+            Err(_) => SessionError::Io(format!(
+                "server accepted no data for {timeout:?} (not reading, or the network is down)"
+            )),
+        };
+        gst::warning!(CAT, "{name}: {err}");
+        queue.fail(err.to_string());
+        on_failure(err.clone());
+        return Err(err);
+    }
+    let _ = wr.flush().await;
+    gst::debug!(CAT, "{name}: writer done");
+    Ok(())
+}
+
+async fn read_loop(
+    mut rd: OwnedReadHalf,
+    mut parser: Parser,
+    queue: Arc<SendQueue>,
+    waiting: Arc<Mutex<HashMap<u32, tokio::sync::oneshot::Sender<Response>>>>,
+    on_failure: FailureHandler,
+    name: String,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let fail = |err: SessionError| {
+        gst::warning!(CAT, "{name}: {err}");
+        queue.fail(err.to_string());
+        // Whoever waits for an answer learns of the failure by the dropped sender.
+        waiting.lock().unwrap().clear();
+        on_failure(err);
+    };
+    loop {
+        loop {
+            match parser.next_message() {
+                Ok(Some(Incoming::Response(r))) => {
+                    log_response(&name, &r);
+                    // An answer without CSeq (FFmpeg's listener answers TEARDOWN so) belongs to
+                    // the request in flight when there is just one.
+                    let tx = {
+                        let mut w = waiting.lock().unwrap();
+                        match r.headers.cseq() {
+                            Some(c) => w.remove(&c),
+                            None if w.len() == 1 => {
+                                let c = *w.keys().next().unwrap();
+                                w.remove(&c)
+                            }
+                            None => None,
+                        }
+                    };
+                    match tx {
+                        Some(tx) => {
+                            let _ = tx.send(r);
+                        }
+                        None => gst::debug!(CAT, "{name}: unsolicited response ignored"),
+                    }
+                }
+                Ok(Some(Incoming::Request(req))) => {
+                    let resp = answer_server_request(&name, &req);
+                    let _ = queue.push_control(resp.to_bytes());
+                }
+                Ok(Some(Incoming::Interleaved { channel, data })) => {
+                    gst::trace!(
+                        CAT,
+                        "{name}: {} bytes from server on channel {channel}",
+                        data.len()
+                    );
+                }
+                Ok(None) => break,
+                Err(e) => return fail(SessionError::Parse(e)),
+            }
+        }
+        match rd.read(&mut buf).await {
+            Ok(0) => return fail(SessionError::Io("server closed the connection".into())),
+            Ok(n) => parser.feed(&buf[..n]),
+            Err(e) => {
+                return fail(SessionError::Io(format!(
+                    "reading from the server failed: {e}"
+                )))
+            }
+        }
+    }
+}
+
+/// Timing of a finished handshake, for stats and benchmarks.
+#[derive(Debug, Clone, Copy)]
+pub struct HandshakeTiming {
+    pub started: Instant,
+    pub duration: Duration,
+    pub round_trips: u32,
+}

@@ -1,0 +1,16 @@
+//! Network side: the shared I/O runtime, the RTSP connection and the interleaved data path.
+
+pub mod connection;
+pub mod queue;
+
+use std::sync::LazyLock;
+
+/// One small runtime for every session in the process: sessions cost tasks, not threads.
+pub static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("rtspannounce-io")
+        .enable_all()
+        .build()
+        .expect("cannot start the rtspannounce I/O runtime")
+});

@@ -1,0 +1,677 @@
+//! One publishing session as the streaming threads see it: which tracks have caps and data, the
+//! handshake in flight, the recording connection, and the waits that tie them together.
+//!
+//! Streaming threads (one per sink pad) call into [`Shared`]; the handshake and the teardown run
+//! as tasks on the shared I/O runtime. Every blocking wait here ends on stop, flush or failure.
+
+use crate::net::connection::{Control, SessionError, Streaming, TeardownError};
+use crate::net::queue::{OutFrame, QueueError, SendQueue};
+use crate::net::RUNTIME;
+use crate::rtsp::handshake::{Handshake, Negotiated, RequestContext};
+use crate::rtsp::message::{Limits, Parser};
+use crate::rtsp::url::{ControlStyle, RtspUrl};
+use crate::sdp;
+use crate::CAT;
+use gst::prelude::*;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+/// What a session needs from the element's settings, fixed when it starts.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub url: RtspUrl,
+    pub user_agent: String,
+    pub tcp_timeout: Duration,
+    pub style: ControlStyle,
+    pub announce_timeout: Duration,
+    pub max_queue_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Collecting every track's caps and first buffer.
+    Waiting,
+    /// Connect, ANNOUNCE, SETUP, RECORD in flight.
+    Connecting,
+    Recording,
+    /// Every pad had EOS: the queue drains, then TEARDOWN.
+    Finishing,
+    Done,
+    Failed,
+    Stopped,
+}
+
+/// Buffers a track may hold back while its payloader has not yet put the parameter sets in its
+/// caps (rtph264pay learns SPS/PPS from the stream); after that we announce without them.
+const MAX_HELD_FOR_PARAMS: usize = 300;
+
+pub struct Track {
+    pub pad_name: String,
+    caps: Option<gst::Caps>,
+    has_buffer: bool,
+    /// Buffers that arrived before RECORD's answer, sent first once it comes.
+    held: Vec<gst::Buffer>,
+    eos: bool,
+    channel: u8,
+    /// The payload type written into this track's packets when it differs from the payloader's.
+    pt_rewrite: Option<u8>,
+}
+
+impl Track {
+    fn new(pad_name: String) -> Self {
+        Track {
+            pad_name,
+            caps: None,
+            has_buffer: false,
+            held: Vec::new(),
+            eos: false,
+            channel: 0,
+            pt_rewrite: None,
+        }
+    }
+
+    /// Caps and a first buffer are known, and (for H.264/H.265) the parameter sets, unless we have
+    /// waited long enough for them.
+    fn ready(&self) -> bool {
+        match &self.caps {
+            Some(c) if self.has_buffer => {
+                !sdp::lacks_parameter_sets(c) || self.held.len() >= MAX_HELD_FOR_PARAMS
+            }
+            _ => false,
+        }
+    }
+}
+
+struct State {
+    phase: Phase,
+    tracks: Vec<Track>,
+    first_data: Option<Instant>,
+    flushing: bool,
+    streaming: Option<Arc<Streaming>>,
+    task: Option<tokio::task::AbortHandle>,
+}
+
+pub struct Shared {
+    state: Mutex<State>,
+    cond: Condvar,
+    pub queue: Arc<SendQueue>,
+    cfg: SessionConfig,
+    element: gst::glib::WeakRef<gst::Element>,
+}
+
+/// The result of an error in a pad thread: the flow return plus, for real errors, a message
+/// the element posts.
+pub enum PadError {
+    Flushing,
+    Error(gst::ErrorMessage),
+}
+
+fn resource_error(kind: gst::ResourceError, text: String) -> gst::ErrorMessage {
+    gst::ErrorMessage::new(&kind, Some(&text), None, file!(), "rtspannounce", line!())
+}
+
+/// The GStreamer error for a session failure: what kind, and a message a user can act on.
+pub fn error_message(url: &RtspUrl, err: &SessionError, streaming: bool) -> gst::ErrorMessage {
+    use crate::rtsp::handshake::HandshakeError;
+    let target = url.request_uri();
+    let kind = match err {
+        SessionError::Resolve(_) => gst::ResourceError::NotFound,
+        SessionError::Handshake(HandshakeError::Status { status: 401, .. })
+        | SessionError::Handshake(HandshakeError::Status { status: 403, .. }) => {
+            gst::ResourceError::NotAuthorized
+        }
+        SessionError::Handshake(HandshakeError::Status { status: 404, .. }) => {
+            gst::ResourceError::NotFound
+        }
+        _ if streaming => gst::ResourceError::Write,
+        _ => gst::ResourceError::OpenWrite,
+    };
+    let text = if streaming {
+        format!("Publishing to {target} failed: {err}")
+    } else {
+        format!("Could not publish to {target}: {err}")
+    };
+    resource_error(kind, text)
+}
+
+impl Shared {
+    pub fn new(cfg: SessionConfig, pad_names: Vec<String>, element: &gst::Element) -> Arc<Shared> {
+        Arc::new(Shared {
+            state: Mutex::new(State {
+                phase: Phase::Waiting,
+                tracks: pad_names.into_iter().map(Track::new).collect(),
+                first_data: None,
+                flushing: false,
+                streaming: None,
+                task: None,
+            }),
+            cond: Condvar::new(),
+            queue: Arc::new(SendQueue::new(cfg.max_queue_bytes)),
+            cfg,
+            element: element.downgrade(),
+        })
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.state.lock().unwrap().phase
+    }
+
+    /// Adds a track for a pad requested after the session was created. Refused once the
+    /// handshake has started: the server was told the stream list already.
+    pub fn add_track(&self, pad_name: String) -> Result<usize, Phase> {
+        let mut st = self.state.lock().unwrap();
+        if st.phase != Phase::Waiting || st.tracks.iter().any(|t| t.has_buffer) {
+            return Err(st.phase);
+        }
+        st.tracks.push(Track::new(pad_name));
+        Ok(st.tracks.len() - 1)
+    }
+
+    fn post_error(&self, msg: gst::ErrorMessage) {
+        if let Some(e) = self.element.upgrade() {
+            e.post_error_message(msg);
+        }
+    }
+
+    fn fail(&self, msg: gst::ErrorMessage) {
+        {
+            let mut st = self.state.lock().unwrap();
+            if matches!(st.phase, Phase::Failed | Phase::Stopped | Phase::Done) {
+                return;
+            }
+            st.phase = Phase::Failed;
+        }
+        self.queue.fail(msg.to_string());
+        self.cond.notify_all();
+        self.post_error(msg);
+    }
+
+    /// Preroll: note caps and that data exists, without sending (the buffer comes again when
+    /// PLAYING renders it).
+    pub fn preroll(self: &Arc<Self>, track: usize, caps: Option<gst::Caps>) {
+        let mut st = self.state.lock().unwrap();
+        if st.phase != Phase::Waiting {
+            return;
+        }
+        let t = &mut st.tracks[track];
+        if caps.is_some() {
+            t.caps = caps;
+        }
+        t.has_buffer = true;
+        if st.first_data.is_none() {
+            st.first_data = Some(Instant::now());
+        }
+        drop(self.maybe_start(st));
+    }
+
+    /// A buffer (or list) rendered on pad `track`: sent, or held until RECORD is answered.
+    pub fn render(
+        self: &Arc<Self>,
+        track: usize,
+        caps: Option<gst::Caps>,
+        buffers: impl Iterator<Item = gst::Buffer>,
+    ) -> Result<(), PadError> {
+        let mut st = self.state.lock().unwrap();
+        match st.phase {
+            Phase::Recording => {
+                let t = &st.tracks[track];
+                let (channel, pt) = (t.channel, t.pt_rewrite);
+                drop(st);
+                return self.send(track, channel, pt, buffers);
+            }
+            Phase::Waiting | Phase::Connecting => {}
+            Phase::Failed => return Err(PadError::Error(self.failed_message())),
+            Phase::Stopped => return Err(PadError::Flushing),
+            Phase::Finishing | Phase::Done => {
+                // Data after EOS on this pad is a programming error upstream; keep it visible.
+                gst::warning!(
+                    CAT,
+                    "buffer on {} after EOS dropped",
+                    st.tracks[track].pad_name
+                );
+                return Ok(());
+            }
+        }
+        if st.flushing {
+            return Err(PadError::Flushing);
+        }
+        let connecting = st.phase == Phase::Connecting;
+        let t = &mut st.tracks[track];
+        if let Some(c) = caps {
+            if t.caps.as_ref() != Some(&c) {
+                if connecting && t.caps.is_some() {
+                    // The SDP is already on its way; a later issue re-announces.
+                    gst::info!(CAT, "caps of {} changed while connecting", t.pad_name);
+                }
+                t.caps = Some(c);
+            }
+        }
+        let t = &mut st.tracks[track];
+        t.has_buffer = true;
+        t.held.extend(buffers);
+        if st.first_data.is_none() {
+            st.first_data = Some(Instant::now());
+        }
+        let deadline = st.first_data.unwrap() + self.cfg.announce_timeout;
+        st = self.maybe_start(st);
+        // A track still waiting for its parameter sets must keep its data flowing so the payloader
+        // can update its caps; other tracks wait here (backpressure) for RECORD's answer.
+        loop {
+            match st.phase {
+                Phase::Waiting if !st.tracks[track].ready() => {
+                    if Instant::now() >= deadline {
+                        drop(st);
+                        return Err(PadError::Error(self.timeout_message()));
+                    }
+                    return Ok(());
+                }
+                Phase::Waiting | Phase::Connecting => {}
+                Phase::Failed => return Err(PadError::Error(self.failed_message())),
+                Phase::Stopped => return Err(PadError::Flushing),
+                _ => return Ok(()),
+            }
+            if st.flushing {
+                return Err(PadError::Flushing);
+            }
+            if st.phase == Phase::Waiting {
+                let now = Instant::now();
+                if now >= deadline {
+                    drop(st);
+                    return Err(PadError::Error(self.timeout_message()));
+                }
+                st = self.cond.wait_timeout(st, deadline - now).unwrap().0;
+            } else {
+                st = self.cond.wait(st).unwrap();
+            }
+        }
+    }
+
+    fn failed_message(&self) -> gst::ErrorMessage {
+        resource_error(
+            gst::ResourceError::Write,
+            format!(
+                "Publishing to {} failed (see the earlier error)",
+                self.cfg.url.request_uri()
+            ),
+        )
+    }
+
+    fn timeout_message(&self) -> gst::ErrorMessage {
+        let st = self.state.lock().unwrap();
+        let silent: Vec<String> = st
+            .tracks
+            .iter()
+            .filter(|t| !t.ready())
+            .map(|t| {
+                let why = if !t.has_buffer {
+                    "no buffer"
+                } else {
+                    "no H.264/H.265 parameter sets in caps"
+                };
+                format!("{} ({why})", t.pad_name)
+            })
+            .collect();
+        drop(st);
+        gst::ErrorMessage::new(
+            &gst::StreamError::Failed,
+            Some(&format!(
+                "No data on {} within announce-timeout ({:?}): every sink pad needs caps and a first buffer before ANNOUNCE",
+                silent.join(", "),
+                self.cfg.announce_timeout
+            )),
+            None,
+            file!(),
+            "rtspannounce",
+            line!(),
+        )
+    }
+
+    fn send(
+        &self,
+        track: usize,
+        channel: u8,
+        pt: Option<u8>,
+        buffers: impl Iterator<Item = gst::Buffer>,
+    ) -> Result<(), PadError> {
+        let mut too_big = None;
+        let frames = buffers.filter_map(|b| match OutFrame::rtp(b, channel, pt) {
+            Ok(f) => Some(f),
+            Err(len) => {
+                too_big = Some(len);
+                None
+            }
+        });
+        let res = self.queue.push_all(frames);
+        if let Some(len) = too_big {
+            return Err(PadError::Error(gst::ErrorMessage::new(
+                &gst::StreamError::Format,
+                Some(&format!(
+                    "packet of {len} bytes on track {track} cannot be sent interleaved (at most 65535; lower the payloader's mtu)"
+                )),
+                None,
+                file!(),
+                "rtspannounce",
+                line!(),
+            )));
+        }
+        match res {
+            Ok(()) => Ok(()),
+            Err(QueueError::Cancelled) => Err(PadError::Flushing),
+            Err(QueueError::Failed(_)) => Err(PadError::Error(self.failed_message())),
+        }
+    }
+
+    /// Starts the handshake once every track is ready. Takes and returns the state guard.
+    fn maybe_start<'a>(self: &Arc<Self>, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        if st.phase != Phase::Waiting || st.tracks.is_empty() || !st.tracks.iter().all(Track::ready)
+        {
+            return st;
+        }
+        for t in &st.tracks {
+            if t.caps
+                .as_ref()
+                .is_some_and(|c| sdp::lacks_parameter_sets(c))
+            {
+                gst::warning!(
+                    CAT,
+                    "{}: announcing without H.264/H.265 parameter sets: the payloader put none in its caps",
+                    t.pad_name
+                );
+            }
+        }
+        st.phase = Phase::Connecting;
+        let caps: Vec<gst::Caps> = st.tracks.iter().map(|t| t.caps.clone().unwrap()).collect();
+        let this = self.clone();
+        let handle = RUNTIME.spawn(async move { this.run_handshake(caps).await });
+        st.task = Some(handle.abort_handle());
+        st
+    }
+
+    async fn run_handshake(self: Arc<Self>, caps: Vec<gst::Caps>) {
+        let started = Instant::now();
+        match self.connect_and_record(&caps).await {
+            Ok((control, negotiated, ctx, pts, trips)) => {
+                gst::info!(
+                    CAT,
+                    "recording to {} after {:?} ({trips} round trips), session {:?}",
+                    self.cfg.url.request_uri(),
+                    started.elapsed(),
+                    negotiated.session_id
+                );
+                self.begin_recording(control, negotiated, ctx, pts);
+            }
+            Err(e) => {
+                gst::error!(CAT, "handshake failed: {e}");
+                self.fail(error_message(&self.cfg.url, &e, false));
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn connect_and_record(
+        &self,
+        caps: &[gst::Caps],
+    ) -> Result<(Control, Negotiated, RequestContext, Vec<Option<u8>>, u32), SessionError> {
+        let cfg = &self.cfg;
+        let stream = crate::net::connection::connect(&cfg.url, cfg.tcp_timeout).await?;
+        let local = stream.local_addr().ok().map(|a| a.ip());
+        let peer = stream.peer_addr().ok().map(|a| a.ip());
+
+        let caps_pts: Vec<u8> = caps
+            .iter()
+            .map(|c| {
+                c.structure(0)
+                    .and_then(|s| s.get::<i32>("payload").ok())
+                    .map(|p| p.clamp(0, 255) as u8)
+                    .unwrap_or(96)
+            })
+            .collect();
+        let pts = sdp::assign_payload_types(&caps_pts);
+        let controls: Vec<String> = (0..caps.len()).map(|i| format!("streamid={i}")).collect();
+        let tracks: Vec<sdp::SdpTrack> = caps
+            .iter()
+            .zip(&pts)
+            .zip(&controls)
+            .map(|((c, pt), control)| sdp::SdpTrack {
+                caps: c.as_ref(),
+                payload_type: *pt,
+                control: control.clone(),
+            })
+            .collect();
+        let session = sdp::SdpSession {
+            local_addr: local,
+            server_addr: peer,
+            session_name: "rtspannounce",
+        };
+        let msg = sdp::build_sdp(&session, &tracks).map_err(|e| {
+            SessionError::Handshake(crate::rtsp::handshake::HandshakeError::BadResponse(
+                format!("cannot describe the streams: {e}"),
+            ))
+        })?;
+        let text = sdp::sdp_to_string(&msg);
+        let rewrites: Vec<Option<u8>> = caps_pts
+            .iter()
+            .zip(&pts)
+            .map(|(a, b)| (a != b).then_some(*b))
+            .collect();
+        for (i, r) in rewrites.iter().enumerate() {
+            if let Some(pt) = r {
+                gst::info!(
+                    CAT,
+                    "track {i}: payload type {} already used by an earlier track, sending as {pt}",
+                    caps_pts[i]
+                );
+            }
+        }
+
+        let mut control = Control {
+            stream,
+            parser: Parser::new(Limits::default()),
+            timeout: cfg.tcp_timeout,
+            name: cfg.url.request_uri(),
+        };
+        let mut hs = Handshake::new(
+            cfg.url.clone(),
+            cfg.style,
+            text,
+            controls,
+            RequestContext::new(&cfg.user_agent),
+        );
+        let (negotiated, trips) = control.run_handshake(&mut hs).await?;
+        Ok((control, negotiated, hs.ctx, rewrites, trips))
+    }
+
+    fn begin_recording(
+        self: &Arc<Self>,
+        control: Control,
+        negotiated: Negotiated,
+        ctx: RequestContext,
+        pt_rewrites: Vec<Option<u8>>,
+    ) {
+        let weak: Weak<Shared> = Arc::downgrade(self);
+        let url = self.cfg.url.clone();
+        let on_failure = Arc::new(move |e: SessionError| {
+            if let Some(s) = weak.upgrade() {
+                s.fail(error_message(&url, &e, true));
+            }
+        });
+        let streaming = Streaming::start(
+            control,
+            ctx,
+            self.cfg.url.request_uri(),
+            self.queue.clone(),
+            on_failure,
+        );
+        let mut st = self.state.lock().unwrap();
+        if st.phase != Phase::Connecting {
+            // Stopped or failed meanwhile.
+            streaming.abort();
+            return;
+        }
+        for (i, t) in st.tracks.iter_mut().enumerate() {
+            t.channel = negotiated.tracks[i].rtp_channel;
+            t.pt_rewrite = pt_rewrites[i];
+        }
+        // What arrived before RECORD's answer goes first, in order.
+        let mut frames = Vec::new();
+        for t in st.tracks.iter_mut() {
+            for b in t.held.drain(..) {
+                match OutFrame::rtp(b, t.channel, t.pt_rewrite) {
+                    Ok(f) => frames.push(f),
+                    Err(len) => gst::warning!(CAT, "dropping {len}-byte packet: too large"),
+                }
+            }
+        }
+        self.queue.preload(frames);
+        st.streaming = Some(streaming);
+        st.phase = Phase::Recording;
+        let all_eos = st.tracks.iter().all(|t| t.eos);
+        drop(st);
+        self.cond.notify_all();
+        if all_eos {
+            self.finish();
+        }
+    }
+
+    /// EOS on one pad. When every pad has had it: drain, TEARDOWN, then EOS on the bus.
+    pub fn eos(self: &Arc<Self>, track: usize) {
+        let mut st = self.state.lock().unwrap();
+        st.tracks[track].eos = true;
+        if !st.tracks.iter().all(|t| t.eos) {
+            return;
+        }
+        match st.phase {
+            Phase::Recording => {
+                drop(st);
+                self.finish();
+            }
+            Phase::Waiting => {
+                let silent: Vec<String> = st
+                    .tracks
+                    .iter()
+                    .filter(|t| !t.has_buffer)
+                    .map(|t| t.pad_name.clone())
+                    .collect();
+                drop(st);
+                if silent.is_empty() {
+                    // Data everywhere but parameter sets still missing: announce what we have.
+                    let mut st = self.state.lock().unwrap();
+                    self.start_forced(&mut st);
+                } else {
+                    self.fail(gst::ErrorMessage::new(
+                        &gst::StreamError::Failed,
+                        Some(&format!(
+                            "End of stream before any data on {}: nothing to publish",
+                            silent.join(", ")
+                        )),
+                        None,
+                        file!(),
+                        "rtspannounce",
+                        line!(),
+                    ));
+                }
+            }
+            // Connecting: begin_recording sees every pad at EOS and finishes.
+            _ => {}
+        }
+    }
+
+    /// Starts the handshake even if some track still lacks parameter sets (end of stream came).
+    fn start_forced(self: &Arc<Self>, st: &mut MutexGuard<'_, State>) {
+        if st.phase != Phase::Waiting {
+            return;
+        }
+        for t in st.tracks.iter_mut() {
+            if !t.ready() && t.has_buffer {
+                gst::warning!(CAT, "{}: no parameter sets before EOS", t.pad_name);
+            }
+        }
+        st.phase = Phase::Connecting;
+        let caps: Vec<gst::Caps> = st
+            .tracks
+            .iter()
+            .map(|t| {
+                t.caps
+                    .clone()
+                    .unwrap_or_else(|| gst::Caps::new_empty_simple("application/x-rtp"))
+            })
+            .collect();
+        let this = self.clone();
+        let handle = RUNTIME.spawn(async move { this.run_handshake(caps).await });
+        st.task = Some(handle.abort_handle());
+    }
+
+    fn finish(self: &Arc<Self>) {
+        let streaming = {
+            let mut st = self.state.lock().unwrap();
+            if st.phase != Phase::Recording {
+                return;
+            }
+            st.phase = Phase::Finishing;
+            st.streaming.clone()
+        };
+        let Some(streaming) = streaming else { return };
+        let this = self.clone();
+        let timeout = self.cfg.tcp_timeout;
+        RUNTIME.spawn(async move {
+            let res = streaming.teardown(timeout).await;
+            let Some(element) = this.element.upgrade() else {
+                return;
+            };
+            {
+                let mut st = this.state.lock().unwrap();
+                if st.phase != Phase::Finishing {
+                    return;
+                }
+                st.phase = Phase::Done;
+            }
+            match res {
+                Ok(()) => gst::info!(CAT, obj = &element, "TEARDOWN answered, all data delivered"),
+                Err(TeardownError::NotDelivered(e)) => {
+                    this.post_error(error_message(&this.cfg.url, &e, true));
+                    return;
+                }
+                Err(TeardownError::NoAnswer(e)) => {
+                    gst::element_warning!(
+                        element,
+                        gst::ResourceError::Close,
+                        ("All data was sent, but TEARDOWN failed: {}", e)
+                    );
+                }
+            }
+            let _ = element.post_message(gst::message::Eos::builder().src(&element).build());
+        });
+    }
+
+    /// Flush-start/stop on a pad: blocked waits return at once while flushing.
+    pub fn set_flushing(&self, flushing: bool) {
+        self.state.lock().unwrap().flushing = flushing;
+        self.queue.set_flushing(flushing);
+        self.cond.notify_all();
+    }
+
+    /// Going to READY: stop now, without waiting on the network. A recording session gets a
+    /// best-effort TEARDOWN from a task bounded by the timeout.
+    pub fn stop(&self) {
+        let (streaming, task, phase) = {
+            let mut st = self.state.lock().unwrap();
+            let phase = st.phase;
+            st.phase = Phase::Stopped;
+            (st.streaming.take(), st.task.take(), phase)
+        };
+        self.cond.notify_all();
+        if let Some(t) = task {
+            t.abort();
+        }
+        match streaming {
+            Some(s) if matches!(phase, Phase::Recording | Phase::Finishing) => {
+                let timeout = self.cfg.tcp_timeout.min(Duration::from_secs(2));
+                RUNTIME.spawn(async move {
+                    let _ = s.stop(timeout).await;
+                });
+            }
+            Some(s) => s.abort(),
+            None => self.queue.cancel(),
+        }
+    }
+}
