@@ -19,6 +19,10 @@
 //!   (non-string fields are silently ignored), with one rewrite: for H264 a `profile` field
 //!   (which rtph264pay copies from the encoder caps, e.g. `profile=high`) is written as
 //!   `level-asymmetry-allowed=1`.
+//! - empty strings are written as they are: `sprop-parameter-sets=""` gives
+//!   `...;sprop-parameter-sets=` in fmtp, `a-recvonly=""` gives `a=recvonly`;
+//! - attributes come in caps field order, with fmtp last (so `a=framerate` lands before
+//!   `a=fmtp`; we move rtpmap and fmtp first).
 //!
 //! Because every attribute that names a payload type takes it from the caps' `payload` field, we
 //! call it on a copy of the caps whose `payload` is the payload type we announce: rtpmap, fmtp,
@@ -53,7 +57,7 @@ pub struct SdpSession<'a> {
 pub enum SdpError {
     /// No track at all: an ANNOUNCE needs at least one `m=` line.
     NoTracks,
-    /// The caps of a track are not `application/x-rtp` (or are empty / not fixed).
+    /// The caps of a track are not fixed `application/x-rtp` caps (or are empty / ANY).
     CapsNotRtp(String),
     /// A required field (media, encoding-name, clock-rate, payload) is missing or has the wrong type.
     MissingField {
@@ -90,7 +94,7 @@ impl fmt::Display for SdpError {
             SdpError::NoTracks => write!(f, "cannot build an SDP without any stream (no sink pad has caps)"),
             SdpError::CapsNotRtp(caps) => write!(
                 f,
-                "caps are not application/x-rtp (link an RTP payloader such as rtph264pay before rtspannounce): {caps}"
+                "caps are not fixed application/x-rtp caps (link an RTP payloader such as rtph264pay before rtspannounce): {caps}"
             ),
             SdpError::MissingField { field, expected, caps } => write!(
                 f,
@@ -324,7 +328,7 @@ fn sanitize_structure(
 fn build_media(track: &SdpTrack) -> Result<gst_sdp::SDPMedia, SdpError> {
     let caps_str = || track.caps.to_string();
     let s = match track.caps.structure(0) {
-        Some(s) if track.caps.size() == 1 && s.name() == "application/x-rtp" => s,
+        Some(s) if track.caps.is_fixed() && s.name() == "application/x-rtp" => s,
         _ => return Err(SdpError::CapsNotRtp(caps_str())),
     };
     check_required(s, &caps_str)?;

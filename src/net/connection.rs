@@ -375,8 +375,8 @@ async fn write_loop(
             )),
         };
         gst::warning!(CAT, "{name}: {err}");
-        queue.fail(err.to_string());
         on_failure(err.clone());
+        queue.fail(err.to_string());
         return Err(err);
     }
     let _ = wr.flush().await;
@@ -395,10 +395,10 @@ async fn read_loop(
     let mut buf = vec![0u8; 16 * 1024];
     let fail = |err: SessionError| {
         gst::warning!(CAT, "{name}: {err}");
-        queue.fail(err.to_string());
         // Whoever waits for an answer learns of the failure by the dropped sender.
         waiting.lock().unwrap().clear();
-        on_failure(err);
+        on_failure(err.clone());
+        queue.fail(err.to_string());
     };
     loop {
         loop {

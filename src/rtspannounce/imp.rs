@@ -91,6 +91,7 @@ fn pad_result(
     match res {
         Ok(()) => Ok(gst::FlowSuccess::Ok),
         Err(PadError::Flushing) => Err(gst::FlowError::Flushing),
+        Err(PadError::Failed) => Err(gst::FlowError::Error),
         Err(PadError::Error(msg)) => {
             element.post_error_message(msg);
             Err(gst::FlowError::Error)

@@ -87,6 +87,8 @@ struct State {
     tracks: Vec<Track>,
     first_data: Option<Instant>,
     flushing: bool,
+    /// An error is being posted; set before `phase` becomes Failed.
+    failing: bool,
     streaming: Option<Arc<Streaming>>,
     task: Option<tokio::task::AbortHandle>,
 }
@@ -103,6 +105,8 @@ pub struct Shared {
 /// the element posts.
 pub enum PadError {
     Flushing,
+    /// The session failed; its error is already on the bus.
+    Failed,
     Error(gst::ErrorMessage),
 }
 
@@ -142,6 +146,7 @@ impl Shared {
                 tracks: pad_names.into_iter().map(Track::new).collect(),
                 first_data: None,
                 flushing: false,
+                failing: false,
                 streaming: None,
                 task: None,
             }),
@@ -173,17 +178,26 @@ impl Shared {
         }
     }
 
+    /// Posts the error, then lets the pad threads see the failure: the cause must be the
+    /// first error on the bus, before upstream's "Internal data stream error".
     fn fail(&self, msg: gst::ErrorMessage) {
         {
             let mut st = self.state.lock().unwrap();
-            if matches!(st.phase, Phase::Failed | Phase::Stopped | Phase::Done) {
+            if st.failing || matches!(st.phase, Phase::Failed | Phase::Stopped | Phase::Done) {
                 return;
             }
-            st.phase = Phase::Failed;
+            st.failing = true;
         }
-        self.queue.fail(msg.to_string());
-        self.cond.notify_all();
+        let text = msg.to_string();
         self.post_error(msg);
+        {
+            let mut st = self.state.lock().unwrap();
+            if st.phase != Phase::Stopped {
+                st.phase = Phase::Failed;
+            }
+        }
+        self.queue.fail(text);
+        self.cond.notify_all();
     }
 
     /// Preroll: note caps and that data exists, without sending (the buffer comes again when
@@ -220,7 +234,7 @@ impl Shared {
                 return self.send(track, channel, pt, buffers);
             }
             Phase::Waiting | Phase::Connecting => {}
-            Phase::Failed => return Err(PadError::Error(self.failed_message())),
+            Phase::Failed => return Err(PadError::Failed),
             Phase::Stopped => return Err(PadError::Flushing),
             Phase::Finishing | Phase::Done => {
                 // Data after EOS on this pad is a programming error upstream; keep it visible.
@@ -266,7 +280,7 @@ impl Shared {
                     return Ok(());
                 }
                 Phase::Waiting | Phase::Connecting => {}
-                Phase::Failed => return Err(PadError::Error(self.failed_message())),
+                Phase::Failed => return Err(PadError::Failed),
                 Phase::Stopped => return Err(PadError::Flushing),
                 _ => return Ok(()),
             }
@@ -284,16 +298,6 @@ impl Shared {
                 st = self.cond.wait(st).unwrap();
             }
         }
-    }
-
-    fn failed_message(&self) -> gst::ErrorMessage {
-        resource_error(
-            gst::ResourceError::Write,
-            format!(
-                "Publishing to {} failed (see the earlier error)",
-                self.cfg.url.request_uri()
-            ),
-        )
     }
 
     fn timeout_message(&self) -> gst::ErrorMessage {
@@ -357,7 +361,7 @@ impl Shared {
         match res {
             Ok(()) => Ok(()),
             Err(QueueError::Cancelled) => Err(PadError::Flushing),
-            Err(QueueError::Failed(_)) => Err(PadError::Error(self.failed_message())),
+            Err(QueueError::Failed(_)) => Err(PadError::Failed),
         }
     }
 
