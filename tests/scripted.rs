@@ -119,7 +119,10 @@ fn two_pads_same_pt_remapped_and_bytes_exact() {
     let sdp = reqs[0].body_str();
     assert!(sdp.contains("m=video 0 RTP/AVP 96\r\n"), "{sdp}");
     assert!(sdp.contains("m=audio 0 RTP/AVP 97\r\n"), "{sdp}");
-    assert!(sdp.contains("a=rtpmap:97 MPEG4-GENERIC/48000/2\r\n"), "{sdp}");
+    assert!(
+        sdp.contains("a=rtpmap:97 MPEG4-GENERIC/48000/2\r\n"),
+        "{sdp}"
+    );
     assert!(sdp.contains("a=fmtp:97 "), "{sdp}");
     assert!(sdp.contains("config="), "{sdp}");
     assert!(sdp.contains("a=control:streamid=1\r\n"), "{sdp}");
@@ -173,7 +176,10 @@ fn query_and_content_base_control_urls() {
     assert!(run(&p, T).eos);
     let r = server.requests();
     let port = server.port();
-    assert_eq!(r[0].uri, format!("rtsp://127.0.0.1:{port}/live/cam?secret=abc"));
+    assert_eq!(
+        r[0].uri,
+        format!("rtsp://127.0.0.1:{port}/live/cam?secret=abc")
+    );
     assert_eq!(
         r[1].uri,
         format!("rtsp://127.0.0.1:{port}/live/cam?secret=abc/streamid=0")
@@ -248,9 +254,16 @@ fn sync_true_pushes_at_real_time() {
     let out = run(&p, T);
     assert!(out.eos, "{out:?}");
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(1400), "pushed in {took:?}: not clock-synced");
+    assert!(
+        took >= Duration::from_millis(1400),
+        "pushed in {took:?}: not clock-synced"
+    );
     let frames = server.frames();
     let first = frames.first().unwrap().at;
     let last = frames.last().unwrap().at;
-    assert!(last - first >= Duration::from_millis(1300), "{:?}", last - first);
+    assert!(
+        last - first >= Duration::from_millis(1300),
+        "{:?}",
+        last - first
+    );
 }

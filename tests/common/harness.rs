@@ -47,7 +47,9 @@ pub fn run(pipeline: &gst::Pipeline, timeout: Duration) -> Outcome {
             out.timed_out = true;
             break;
         }
-        let Some(msg) = bus.timed_pop(gst::ClockTime::from_nseconds((deadline - now).as_nanos() as u64)) else {
+        let Some(msg) = bus.timed_pop(gst::ClockTime::from_nseconds(
+            (deadline - now).as_nanos() as u64
+        )) else {
             out.timed_out = true;
             break;
         };
@@ -117,5 +119,7 @@ pub fn aac_branch(buffers: u32, pay_name: &str) -> String {
 }
 
 pub fn threads() -> usize {
-    std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0)
 }

@@ -1,0 +1,1050 @@
+//! An in-process RTSP server in RECORD mode, built on gst-rtsp-server.
+//!
+//! A pusher (our `rtspannounce`, `rtspclientsink`, ffmpeg...) ANNOUNCEs, SETUPs and RECORDs
+//! to `rtsp://127.0.0.1:PORT/mount`; every ANNOUNCE creates a new media (one "session" here)
+//! whose pipeline depayloads, parses, *decodes* every track (so a report proves the stream is
+//! decodable, not only that packets arrived) and optionally writes an MP4 or MKV file.
+//!
+//! Used by the integration tests (`#[path = "common/record_server.rs"] mod record_server;`)
+//! and by `examples/record-server.rs`. It depends on nothing else in `tests/common`.
+//!
+//! Facts about gst-rtsp-server's record mode this relies on:
+//! - the factory launch line names its depayloaders `depay0`, `depay1`, ... and an ANNOUNCE is
+//!   refused unless the SDP has exactly as many `m=` lines as there are depayloaders, in the
+//!   same order (video first, then audio, for [`Tracks::H264Aac`] / [`Tracks::H264Opus`]);
+//! - with `eos-shutdown` the media sends EOS into its pipeline when it is unprepared (client
+//!   TEARDOWN, or disconnect since `stop-on-disconnect` is on by default), waits for the EOS
+//!   message and only then goes to NULL and emits `unprepared`: at that point mp4mux has
+//!   written its `moov` and filesink has closed the file;
+//! - the media thread runs the pipeline; our pad probes count in the streaming threads.
+
+#![allow(dead_code)]
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Condvar, Mutex, MutexGuard,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context as _};
+use gst::glib;
+use gst::prelude::*;
+use gst_rtsp_server::gst_rtsp;
+use gst_rtsp_server::prelude::*;
+
+/// Which tracks the pusher announces, in `m=` order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tracks {
+    /// One H.264 video track (`RTP/AVP` H264).
+    H264,
+    /// H.264 video (stream 0) + AAC audio (stream 1). AAC may come as MPEG4-GENERIC or
+    /// MP4A-LATM: the audio depayloader is picked from the announced caps.
+    H264Aac,
+    /// One AAC audio track.
+    Aac,
+    /// H.264 video (stream 0) + Opus audio (stream 1).
+    H264Opus,
+}
+
+impl Tracks {
+    /// Parses `h264`, `h264+aac`, `aac`, `h264+opus` (case-insensitive).
+    pub fn parse(s: &str) -> Option<Tracks> {
+        match s.to_ascii_lowercase().as_str() {
+            "h264" => Some(Tracks::H264),
+            "h264+aac" => Some(Tracks::H264Aac),
+            "aac" => Some(Tracks::Aac),
+            "h264+opus" => Some(Tracks::H264Opus),
+            _ => None,
+        }
+    }
+
+    fn kinds(self) -> &'static [TrackKind] {
+        match self {
+            Tracks::H264 => &[TrackKind::H264],
+            Tracks::H264Aac => &[TrackKind::H264, TrackKind::Aac],
+            Tracks::Aac => &[TrackKind::Aac],
+            Tracks::H264Opus => &[TrackKind::H264, TrackKind::Opus],
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TrackKind {
+    H264,
+    Aac,
+    Opus,
+}
+
+impl TrackKind {
+    /// Depayloader + parser. For AAC, parsebin picks rtpmp4gdepay or rtpmp4adepay from the
+    /// caps that gst-rtsp-server derived from the SDP, then aacparse.
+    fn depay_and_parse(self, i: usize) -> String {
+        match self {
+            TrackKind::H264 => format!("rtph264depay name=depay{i} ! h264parse name=parse{i}"),
+            TrackKind::Aac => format!("parsebin name=depay{i}"),
+            TrackKind::Opus => format!("rtpopusdepay name=depay{i} ! opusparse name=parse{i}"),
+        }
+    }
+
+    fn encoding_names(self) -> &'static [&'static str] {
+        match self {
+            TrackKind::H264 => &["H264"],
+            TrackKind::Aac => &["MPEG4-GENERIC", "MP4A-LATM"],
+            TrackKind::Opus => &["OPUS", "X-GST-OPUS-DRAFT-SPITTKA-00", "MULTIOPUS"],
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            TrackKind::H264 => "H.264",
+            TrackKind::Aac => "AAC",
+            TrackKind::Opus => "Opus",
+        }
+    }
+
+    fn decoder(self) -> &'static str {
+        match self {
+            TrackKind::H264 => "avdec_h264",
+            TrackKind::Aac => "avdec_aac",
+            TrackKind::Opus => "opusdec",
+        }
+    }
+
+    fn elements(self) -> &'static [&'static str] {
+        match self {
+            TrackKind::H264 => &["rtph264depay", "h264parse", "avdec_h264"],
+            TrackKind::Aac => &[
+                "parsebin",
+                "rtpmp4gdepay",
+                "rtpmp4adepay",
+                "aacparse",
+                "avdec_aac",
+            ],
+            TrackKind::Opus => &["rtpopusdepay", "opusparse", "opusdec"],
+        }
+    }
+
+    fn is_video(self) -> bool {
+        matches!(self, TrackKind::H264)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Container {
+    Mp4,
+    Mkv,
+}
+
+impl Container {
+    fn from_path(p: &Path) -> Container {
+        match p
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.to_ascii_lowercase())
+            .as_deref()
+        {
+            Some("mkv") | Some("mka") | Some("webm") => Container::Mkv,
+            _ => Container::Mp4,
+        }
+    }
+
+    fn muxer(self) -> &'static str {
+        match self {
+            Container::Mp4 => "mp4mux",
+            Container::Mkv => "matroskamux",
+        }
+    }
+}
+
+/// What the server expects and where it records.
+#[derive(Clone, Debug)]
+pub struct RecordServerConfig {
+    /// Mount point, e.g. `/live/cam1`.
+    pub mount: String,
+    pub tracks: Tracks,
+    /// Record to this file (`.mkv`/`.mka`/`.webm` → matroskamux, anything else → mp4mux).
+    /// Session 1 writes exactly this path; session N ≥ 2 writes `STEM-N.EXT` beside it.
+    pub output: Option<PathBuf>,
+}
+
+impl RecordServerConfig {
+    pub fn new(mount: &str, tracks: Tracks) -> RecordServerConfig {
+        RecordServerConfig {
+            mount: mount.to_owned(),
+            tracks,
+            output: None,
+        }
+    }
+
+    pub fn with_output(mut self, output: impl Into<PathBuf>) -> RecordServerConfig {
+        self.output = Some(output.into());
+        self
+    }
+}
+
+impl Default for RecordServerConfig {
+    fn default() -> RecordServerConfig {
+        RecordServerConfig::new("/live/cam1", Tracks::H264)
+    }
+}
+
+/// What arrived on one track, measured after the decoder.
+#[derive(Clone, Debug, Default)]
+pub struct TrackReport {
+    /// Index of the track (= stream index = `depayN`).
+    pub index: usize,
+    /// Caps after the parser, e.g. `video/x-h264, stream-format=avc, width=320, ...`.
+    pub caps: String,
+    /// Caps after the decoder, e.g. `video/x-raw, format=I420, width=320, ...`.
+    pub decoded_caps: String,
+    /// `H.264`, `AAC`, `Opus`, or the caps name if unknown.
+    pub codec: String,
+    /// RTP packets that reached the depayloader (after the jitterbuffer).
+    pub packets: u64,
+    /// Access units out of the parser: what the muxer and the decoder were fed.
+    pub parsed: u64,
+    /// Decoded video frames, or decoded audio buffers (one per AAC/Opus frame).
+    pub frames: u64,
+    /// Decoded audio samples per channel (0 for video).
+    pub samples: u64,
+    /// PTS of the first / last decoded buffer (running on the receiver's timeline).
+    pub first_pts: Option<gst::ClockTime>,
+    pub last_pts: Option<gst::ClockTime>,
+    /// End of the last decoded buffer (PTS + duration).
+    pub end_pts: Option<gst::ClockTime>,
+    pub width: Option<i32>,
+    pub height: Option<i32>,
+    pub rate: Option<i32>,
+    pub channels: Option<i32>,
+    /// EOS reached the end of the decode branch.
+    pub eos: bool,
+}
+
+impl TrackReport {
+    pub fn is_video(&self) -> bool {
+        self.caps.starts_with("video/") || self.decoded_caps.starts_with("video/")
+    }
+
+    /// `last_pts - first_pts` plus the last buffer's duration.
+    pub fn duration(&self) -> Option<gst::ClockTime> {
+        let first = self.first_pts?;
+        let end = self.end_pts.or(self.last_pts)?;
+        end.checked_sub(first)
+    }
+}
+
+/// One recording session (one ANNOUNCE → media), or a snapshot of it.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// 1-based number of this session on the server (0 in a snapshot taken before any).
+    pub session: u32,
+    pub tracks: Vec<TrackReport>,
+    /// The file written for this session, if recording was configured.
+    pub output: Option<PathBuf>,
+    /// From the earliest first PTS to the latest end over all tracks.
+    pub duration: Option<gst::ClockTime>,
+    /// Sessions (medias) created on the server so far.
+    pub sessions: u32,
+    /// RTSP methods the session's client sent (seen on arrival, whatever the answer), in
+    /// order, e.g. OPTIONS, ANNOUNCE, SETUP, SETUP, RECORD, TEARDOWN.
+    pub requests: Vec<String>,
+    /// The media pipeline got EOS and was shut down (so the output file is finalised), and the
+    /// client sent TEARDOWN or disconnected.
+    pub finished: bool,
+    /// Errors posted by the recording pipeline, or why the session never recorded.
+    pub errors: Vec<String>,
+}
+
+impl Report {
+    /// Total decoded frames over all video tracks.
+    pub fn video_frames(&self) -> u64 {
+        self.tracks
+            .iter()
+            .filter(|t| t.is_video())
+            .map(|t| t.frames)
+            .sum()
+    }
+
+    /// Total decoded buffers over all audio tracks.
+    pub fn audio_frames(&self) -> u64 {
+        self.tracks
+            .iter()
+            .filter(|t| !t.is_video())
+            .map(|t| t.frames)
+            .sum()
+    }
+}
+
+fn fmt_time(t: Option<gst::ClockTime>) -> String {
+    match t {
+        Some(t) => format!("{:.3}s", t.nseconds() as f64 / 1e9),
+        None => "-".to_owned(),
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "session {} of {} ({}), duration {}, requests: {}",
+            self.session,
+            self.sessions,
+            if self.finished { "finished" } else { "running" },
+            fmt_time(self.duration),
+            if self.requests.is_empty() {
+                "-".to_owned()
+            } else {
+                self.requests.join(" ")
+            }
+        )?;
+        if let Some(out) = &self.output {
+            writeln!(f, "  output: {}", out.display())?;
+        }
+        for t in &self.tracks {
+            let params = if t.is_video() {
+                format!(
+                    "{}x{}",
+                    t.width.map_or("?".into(), |v| v.to_string()),
+                    t.height.map_or("?".into(), |v| v.to_string())
+                )
+            } else {
+                format!(
+                    "{} Hz, {} ch",
+                    t.rate.map_or("?".into(), |v| v.to_string()),
+                    t.channels.map_or("?".into(), |v| v.to_string())
+                )
+            };
+            let samples = if t.is_video() {
+                String::new()
+            } else {
+                format!(" ({} samples)", t.samples)
+            };
+            writeln!(
+                f,
+                "  track {}: {} {}, {} RTP packets, {} parsed, {} decoded frames{}, pts {} .. {}, duration {}{}",
+                t.index,
+                if t.codec.is_empty() { "?" } else { &t.codec },
+                params,
+                t.packets,
+                t.parsed,
+                t.frames,
+                samples,
+                fmt_time(t.first_pts),
+                fmt_time(t.last_pts),
+                fmt_time(t.duration()),
+                if t.eos { ", eos" } else { "" }
+            )?;
+            if !t.caps.is_empty() {
+                writeln!(f, "    caps: {}", t.caps)?;
+            }
+        }
+        for e in &self.errors {
+            writeln!(f, "  error: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared state between the server's signal handlers, pad probes and the API.
+
+#[derive(Default)]
+struct ClientRec {
+    client: glib::WeakRef<gst_rtsp_server::RTSPClient>,
+    requests: Vec<String>,
+    closed: bool,
+}
+
+impl ClientRec {
+    fn done(&self) -> bool {
+        self.closed || self.requests.iter().any(|r| r == "TEARDOWN")
+    }
+}
+
+struct SessionRec {
+    client: Option<usize>,
+    tracks: Vec<TrackReport>,
+    output: Option<PathBuf>,
+    /// `unprepared` was emitted (or the media was destroyed).
+    media_done: bool,
+    reported: bool,
+    prepared: bool,
+    errors: Vec<String>,
+}
+
+#[derive(Default)]
+struct State {
+    clients: Vec<ClientRec>,
+    sessions: Vec<SessionRec>,
+}
+
+impl State {
+    fn finished(&self, idx: usize) -> bool {
+        let s = &self.sessions[idx];
+        s.media_done && s.client.is_none_or(|c| self.clients[c].done())
+    }
+
+    fn report(&self, idx: usize) -> Report {
+        let s = &self.sessions[idx];
+        let first = s.tracks.iter().filter_map(|t| t.first_pts).min();
+        let end = s
+            .tracks
+            .iter()
+            .filter_map(|t| t.end_pts.or(t.last_pts))
+            .max();
+        Report {
+            session: idx as u32 + 1,
+            tracks: s.tracks.clone(),
+            output: s.output.clone(),
+            duration: match (first, end) {
+                (Some(a), Some(b)) => b.checked_sub(a),
+                _ => None,
+            },
+            sessions: self.sessions.len() as u32,
+            requests: s
+                .client
+                .map(|c| self.clients[c].requests.clone())
+                .unwrap_or_default(),
+            finished: self.finished(idx),
+            errors: s.errors.clone(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    cond: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic in a probe must not hide the report: ignore poisoning.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// The running server. Stops (quits its main loop, closes clients, joins its thread) on
+/// [`RecordServer::stop`] or drop.
+pub struct RecordServer {
+    shared: Arc<Shared>,
+    server: gst_rtsp_server::RTSPServer,
+    ctx: glib::MainContext,
+    main_loop: glib::MainLoop,
+    source: Option<glib::SourceId>,
+    thread: Option<thread::JoinHandle<()>>,
+    port: u16,
+    mount: String,
+}
+
+fn launch_line(tracks: Tracks, container: Option<Container>) -> String {
+    // Unbounded queues: the muxer may hold one branch while it waits for the other track.
+    const Q: &str = "queue max-size-buffers=0 max-size-bytes=0 max-size-time=0";
+    let mut s = String::from("( ");
+    for (i, kind) in tracks.kinds().iter().enumerate() {
+        s += &kind.depay_and_parse(i);
+        let dec = kind.decoder();
+        match container {
+            // Name the muxer pad: with parsebin's caps unknown at launch time, "mux." would
+            // pick the first template (video_%u) for an audio branch.
+            Some(_) => {
+                let mux_pad = if kind.is_video() { "video" } else { "audio" };
+                s += &format!(
+                    " ! tee name=tee{i} tee{i}. ! {Q} ! mux.{mux_pad}_{i} tee{i}. ! {Q} ! {dec} ! fakesink name=sink{i} sync=false async=false "
+                )
+            }
+            None => s += &format!(" ! {Q} ! {dec} ! fakesink name=sink{i} sync=false async=false "),
+        }
+    }
+    if let Some(c) = container {
+        s += &format!(
+            "{} name=mux ! filesink name=filesink sync=false async=false ",
+            c.muxer()
+        );
+    }
+    s += ")";
+    s
+}
+
+fn session_output(base: &Path, n: usize) -> PathBuf {
+    if n <= 1 {
+        return base.to_owned();
+    }
+    let stem = base
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "record".into());
+    let name = match base.extension() {
+        Some(ext) => format!("{stem}-{n}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-{n}"),
+    };
+    base.with_file_name(name)
+}
+
+fn codec_name(s: &gst::StructureRef) -> String {
+    match s.name().as_str() {
+        "video/x-h264" => "H.264".into(),
+        "video/x-h265" => "H.265".into(),
+        "audio/mpeg" => match s.get::<i32>("mpegversion") {
+            Ok(4) | Ok(2) => "AAC".into(),
+            Ok(1) => "MPEG audio".into(),
+            _ => "audio/mpeg".into(),
+        },
+        "audio/x-opus" => "Opus".into(),
+        other => other.into(),
+    }
+}
+
+fn bytes_per_sample(format: &str) -> u64 {
+    match format {
+        f if f.starts_with("F64") => 8,
+        f if f.starts_with("F32") || f.starts_with("S32") || f.starts_with("U32") => 4,
+        f if f.starts_with("S24_32") || f.starts_with("U24_32") => 4,
+        f if f.starts_with("S24") || f.starts_with("U24") => 3,
+        f if f.starts_with("S16") || f.starts_with("U16") => 2,
+        _ => 1,
+    }
+}
+
+/// Fills width/height/rate/channels from caps (keeps values already known).
+fn take_params(t: &mut TrackReport, s: &gst::StructureRef) {
+    if let Ok(v) = s.get::<i32>("width") {
+        t.width = Some(v);
+    }
+    if let Ok(v) = s.get::<i32>("height") {
+        t.height = Some(v);
+    }
+    if let Ok(v) = s.get::<i32>("rate") {
+        t.rate = Some(v);
+    }
+    if let Ok(v) = s.get::<i32>("channels") {
+        t.channels = Some(v);
+    }
+}
+
+/// Records the parsed caps seen on `pad` (CAPS events) into track `ti` of session `si`, and
+/// counts the parsed access units.
+fn probe_parsed(pad: &gst::Pad, shared: &Arc<Shared>, si: usize, ti: usize) {
+    let shared = shared.clone();
+    pad.add_probe(
+        gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
+        move |_, info| {
+            if let Some(gst::PadProbeData::Buffer(_)) = &info.data {
+                shared.lock().sessions[si].tracks[ti].parsed += 1;
+            }
+            if let Some(gst::PadProbeData::Event(ev)) = &info.data {
+                if let gst::EventView::Caps(c) = ev.view() {
+                    let caps = c.caps();
+                    if let Some(s) = caps.structure(0) {
+                        let mut st = shared.lock();
+                        let t = &mut st.sessions[si].tracks[ti];
+                        t.caps = caps.to_string();
+                        t.codec = codec_name(s);
+                        take_params(t, s);
+                    }
+                }
+            }
+            gst::PadProbeReturn::Ok
+        },
+    );
+}
+
+/// Counts decoded buffers arriving at the decode branch's fakesink.
+fn probe_decoded(pad: &gst::Pad, shared: &Arc<Shared>, si: usize, ti: usize) {
+    let shared = shared.clone();
+    // Bytes per audio frame (all channels), from the decoded caps.
+    let bpf = AtomicU64::new(0);
+    pad.add_probe(
+        gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
+        move |_, info| {
+            match &info.data {
+                Some(gst::PadProbeData::Buffer(buf)) => {
+                    let mut st = shared.lock();
+                    let t = &mut st.sessions[si].tracks[ti];
+                    t.frames += 1;
+                    let bpf = bpf.load(Ordering::Relaxed);
+                    if bpf > 0 {
+                        t.samples += buf.size() as u64 / bpf;
+                    }
+                    if let Some(pts) = buf.pts() {
+                        if t.first_pts.is_none() {
+                            t.first_pts = Some(pts);
+                        }
+                        t.last_pts = Some(pts);
+                        t.end_pts = Some(pts + buf.duration().unwrap_or(gst::ClockTime::ZERO));
+                    }
+                }
+                Some(gst::PadProbeData::Event(ev)) => match ev.view() {
+                    gst::EventView::Caps(c) => {
+                        let caps = c.caps();
+                        if let Some(s) = caps.structure(0) {
+                            if s.name().starts_with("audio/") {
+                                let bps =
+                                    s.get::<&str>("format").map(bytes_per_sample).unwrap_or(0);
+                                let ch = s.get::<i32>("channels").unwrap_or(1).max(1) as u64;
+                                bpf.store(bps * ch, Ordering::Relaxed);
+                            }
+                            let mut st = shared.lock();
+                            let t = &mut st.sessions[si].tracks[ti];
+                            t.decoded_caps = caps.to_string();
+                            // Parsed caps may lack width/height (or AAC's channels): fill gaps.
+                            if t.width.is_none() && t.rate.is_none() {
+                                take_params(t, s);
+                            }
+                        }
+                    }
+                    gst::EventView::Eos(_) => {
+                        shared.lock().sessions[si].tracks[ti].eos = true;
+                        shared.cond.notify_all();
+                    }
+                    _ => {}
+                },
+                _ => {}
+            }
+            gst::PadProbeReturn::Ok
+        },
+    );
+}
+
+/// Counts RTP packets entering the depayloader, and checks their encoding-name.
+fn probe_rtp(pad: &gst::Pad, shared: &Arc<Shared>, si: usize, ti: usize, kind: TrackKind) {
+    let shared = shared.clone();
+    pad.add_probe(
+        gst::PadProbeType::BUFFER
+            | gst::PadProbeType::BUFFER_LIST
+            | gst::PadProbeType::EVENT_DOWNSTREAM,
+        move |_, info| {
+            match &info.data {
+                Some(gst::PadProbeData::Buffer(_)) => {
+                    shared.lock().sessions[si].tracks[ti].packets += 1;
+                }
+                Some(gst::PadProbeData::BufferList(l)) => {
+                    shared.lock().sessions[si].tracks[ti].packets += l.len() as u64;
+                }
+                Some(gst::PadProbeData::Event(ev)) => {
+                    if let gst::EventView::Caps(c) = ev.view() {
+                        let enc = c
+                            .caps()
+                            .structure(0)
+                            .and_then(|s| s.get::<String>("encoding-name").ok())
+                            .unwrap_or_default()
+                            .to_ascii_uppercase();
+                        if !kind.encoding_names().contains(&enc.as_str()) {
+                            shared.lock().sessions[si].errors.push(format!(
+                                "track {ti}: expected {} ({}) but the SDP's m= line {ti} announced \
+                                 encoding-name={enc:?}: are the m= lines in the expected order?",
+                                kind.name(),
+                                kind.encoding_names().join("/"),
+                            ));
+                            shared.cond.notify_all();
+                        }
+                    }
+                }
+                _ => {}
+            }
+            gst::PadProbeReturn::Ok
+        },
+    );
+}
+
+/// parsebin (AAC) exposes its pad later: probe it when it appears.
+fn probe_parsebin(bin: &gst::Element, shared: &Arc<Shared>, si: usize, ti: usize) {
+    let shared = shared.clone();
+    bin.connect_pad_added(move |_, pad| {
+        if pad.direction() == gst::PadDirection::Src {
+            probe_parsed(pad, &shared, si, ti);
+        }
+    });
+}
+
+fn configure_media(
+    shared: &Arc<Shared>,
+    tracks: Tracks,
+    output: Option<&Path>,
+    media: &gst_rtsp_server::RTSPMedia,
+) {
+    // Which client is doing the ANNOUNCE: the signal is emitted while it handles the request.
+    let client =
+        gst_rtsp_server::RTSPContext::with_current_context(|ctx| ctx.client().cloned()).flatten();
+
+    let (si, out) = {
+        let mut st = shared.lock();
+        let client_idx = client.and_then(|c| {
+            st.clients
+                .iter()
+                .position(|r| r.client.upgrade().as_ref() == Some(&c))
+        });
+        let si = st.sessions.len();
+        let out = output.map(|o| session_output(o, si + 1));
+        st.sessions.push(SessionRec {
+            client: client_idx,
+            tracks: (0..tracks.kinds().len())
+                .map(|index| TrackReport {
+                    index,
+                    ..Default::default()
+                })
+                .collect(),
+            output: out.clone(),
+            media_done: false,
+            reported: false,
+            prepared: false,
+            errors: Vec::new(),
+        });
+        (si, out)
+    };
+
+    let record_error = {
+        let shared = shared.clone();
+        move |msg: String| {
+            shared.lock().sessions[si].errors.push(msg);
+            shared.cond.notify_all();
+        }
+    };
+
+    let element = media.element();
+    let Some(bin) = element.downcast_ref::<gst::Bin>() else {
+        record_error("media element is not a bin".into());
+        return;
+    };
+
+    if let Some(out) = &out {
+        match bin.by_name("filesink") {
+            Some(sink) => sink.set_property("location", out.to_string_lossy().as_ref()),
+            None => record_error("no filesink in the media pipeline".into()),
+        }
+    }
+
+    for (ti, kind) in tracks.kinds().iter().enumerate() {
+        match bin
+            .by_name(&format!("depay{ti}"))
+            .and_then(|p| p.static_pad("sink"))
+        {
+            Some(pad) => probe_rtp(&pad, shared, si, ti, *kind),
+            None => record_error(format!("no depay{ti} sink pad")),
+        }
+        if *kind == TrackKind::Aac {
+            match bin.by_name(&format!("depay{ti}")) {
+                Some(pb) => probe_parsebin(&pb, shared, si, ti),
+                None => record_error(format!("no depay{ti}")),
+            }
+        } else {
+            match bin
+                .by_name(&format!("parse{ti}"))
+                .and_then(|p| p.static_pad("src"))
+            {
+                Some(pad) => probe_parsed(&pad, shared, si, ti),
+                None => record_error(format!("no parse{ti} src pad")),
+            }
+        }
+        match bin
+            .by_name(&format!("sink{ti}"))
+            .and_then(|p| p.static_pad("sink"))
+        {
+            Some(pad) => probe_decoded(&pad, shared, si, ti),
+            None => record_error(format!("no sink{ti} sink pad")),
+        }
+    }
+
+    {
+        let shared = shared.clone();
+        media.connect_prepared(move |_| {
+            shared.lock().sessions[si].prepared = true;
+        });
+    }
+    {
+        let shared = shared.clone();
+        media.connect_unprepared(move |_| {
+            shared.lock().sessions[si].media_done = true;
+            shared.cond.notify_all();
+        });
+    }
+    {
+        let record_error = record_error.clone();
+        media.connect_handle_message(Some("error"), move |_, msg| {
+            if let gst::MessageView::Error(e) = msg.view() {
+                let src = msg
+                    .src()
+                    .map(|s| s.path_string().to_string())
+                    .unwrap_or_default();
+                let dbg = e.debug().map(|d| d.to_string()).unwrap_or_default();
+                record_error(format!("{src}: {} ({dbg})", e.error()));
+            }
+            // The class handler runs after us and decides the return value.
+            true
+        });
+    }
+    {
+        // A media dropped without being unprepared never recorded: typically the ANNOUNCE
+        // was refused (m= count differs from the depayloaders, unknown caps...).
+        let shared = shared.clone();
+        let _ = media.add_weak_ref_notify(move || {
+            let mut st = shared.lock();
+            let s = &mut st.sessions[si];
+            if !s.media_done {
+                s.media_done = true;
+                if !s.prepared {
+                    s.errors.push(
+                        "media destroyed before it was prepared: ANNOUNCE or SETUP refused? \
+                         (the SDP must have one m= line per expected track, in order)"
+                            .into(),
+                    );
+                }
+            }
+            drop(st);
+            shared.cond.notify_all();
+        });
+    }
+}
+
+fn watch_client(shared: &Arc<Shared>, client: &gst_rtsp_server::RTSPClient) {
+    let ci = {
+        let mut st = shared.lock();
+        st.clients.push(ClientRec {
+            client: client.downgrade(),
+            requests: Vec::new(),
+            closed: false,
+        });
+        st.clients.len() - 1
+    };
+    {
+        let shared = shared.clone();
+        client.connect_closed(move |_| {
+            shared.lock().clients[ci].closed = true;
+            shared.cond.notify_all();
+        });
+    }
+    // The pre-* signals fire when a request arrives, before it is handled, so TEARDOWN is
+    // logged before the media is unprepared (the post signals would race with that).
+    let log = |method: &'static str| {
+        let shared = shared.clone();
+        move |_: &gst_rtsp_server::RTSPClient, _: &gst_rtsp_server::RTSPContext| {
+            shared.lock().clients[ci].requests.push(method.to_owned());
+            shared.cond.notify_all();
+            gst_rtsp::RTSPStatusCode::Ok
+        }
+    };
+    client.connect_pre_options_request(log("OPTIONS"));
+    client.connect_pre_describe_request(log("DESCRIBE"));
+    client.connect_pre_announce_request(log("ANNOUNCE"));
+    client.connect_pre_setup_request(log("SETUP"));
+    client.connect_pre_play_request(log("PLAY"));
+    client.connect_pre_pause_request(log("PAUSE"));
+    client.connect_pre_record_request(log("RECORD"));
+    client.connect_pre_teardown_request(log("TEARDOWN"));
+    client.connect_pre_get_parameter_request(log("GET_PARAMETER"));
+    client.connect_pre_set_parameter_request(log("SET_PARAMETER"));
+}
+
+impl RecordServer {
+    /// Starts listening on 127.0.0.1 (OS-chosen port) and returns once the socket is bound.
+    pub fn start(cfg: RecordServerConfig) -> anyhow::Result<RecordServer> {
+        RecordServer::start_on_port(cfg, 0)
+    }
+
+    /// As [`RecordServer::start`], on a given port (0: the OS picks one).
+    pub fn start_on_port(cfg: RecordServerConfig, port: u16) -> anyhow::Result<RecordServer> {
+        gst::init().context("gst::init")?;
+
+        let container = cfg.output.as_deref().map(Container::from_path);
+        let mut needed: Vec<&str> = vec!["fakesink", "queue", "rtpbin"];
+        for k in cfg.tracks.kinds() {
+            needed.extend_from_slice(k.elements());
+        }
+        if let Some(c) = container {
+            needed.extend_from_slice(&["tee", c.muxer(), "filesink"]);
+        }
+        let missing: Vec<&str> = needed
+            .into_iter()
+            .filter(|n| gst::ElementFactory::find(n).is_none())
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "GStreamer elements missing for the record server: {} \
+                 (install gstreamer1.0-plugins-good/-bad/-base and gstreamer1.0-libav)",
+                missing.join(", ")
+            );
+        }
+        if !cfg.mount.starts_with('/') {
+            bail!("mount must start with '/': {:?}", cfg.mount);
+        }
+        if let Some(parent) = cfg.output.as_deref().and_then(Path::parent) {
+            if !parent.as_os_str().is_empty() && !parent.is_dir() {
+                bail!("output directory {} does not exist", parent.display());
+            }
+        }
+
+        let shared = Arc::new(Shared::default());
+        let ctx = glib::MainContext::new();
+        let main_loop = glib::MainLoop::new(Some(&ctx), false);
+
+        let server = gst_rtsp_server::RTSPServer::new();
+        server.set_address("127.0.0.1");
+        server.set_service(&port.to_string());
+
+        let factory = gst_rtsp_server::RTSPMediaFactory::new();
+        factory.set_launch(&launch_line(cfg.tracks, container));
+        factory.set_transport_mode(gst_rtsp_server::RTSPTransportMode::RECORD);
+        // One media per ANNOUNCE: never shared, never reused.
+        factory.set_shared(false);
+        // Unprepare (TEARDOWN / disconnect) pushes EOS first so the muxer finalises the file.
+        factory.set_eos_shutdown(true);
+        factory.set_stop_on_disconnect(true);
+        factory.set_protocols(gst_rtsp::RTSPLowerTrans::TCP | gst_rtsp::RTSPLowerTrans::UDP);
+        {
+            let shared = shared.clone();
+            let tracks = cfg.tracks;
+            let output = cfg.output.clone();
+            factory.connect_media_configure(move |_, media| {
+                configure_media(&shared, tracks, output.as_deref(), media);
+            });
+        }
+
+        let mounts = server
+            .mount_points()
+            .ok_or_else(|| anyhow!("RTSP server has no mount points"))?;
+        mounts.add_factory(&cfg.mount, factory);
+
+        {
+            let shared = shared.clone();
+            server.connect_client_connected(move |_, client| watch_client(&shared, client));
+        }
+
+        let source = server.attach(Some(&ctx)).with_context(|| {
+            format!("could not listen on 127.0.0.1:{port} (RTSP server attach)")
+        })?;
+        let port = server.bound_port();
+        let port = u16::try_from(port).map_err(|_| anyhow!("bad bound port {port}"))?;
+
+        let thread = {
+            let ctx = ctx.clone();
+            let main_loop = main_loop.clone();
+            thread::Builder::new()
+                .name("record-server".into())
+                .spawn(move || {
+                    ctx.with_thread_default(|| main_loop.run())
+                        .expect("record server main context is owned by another thread");
+                })
+                .context("spawn record server thread")?
+        };
+
+        Ok(RecordServer {
+            shared,
+            server,
+            ctx,
+            main_loop,
+            source: Some(source),
+            thread: Some(thread),
+            port,
+            mount: cfg.mount,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("rtsp://127.0.0.1:{}{}", self.port, self.mount)
+    }
+
+    /// Waits for the next session (lowest-numbered one not yet returned) to finish: its
+    /// media was unprepared after TEARDOWN or disconnect, EOS went through the pipeline and
+    /// the output file is closed. Each finished session is returned once.
+    pub fn wait_finished(&self, timeout: Duration) -> anyhow::Result<Report> {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.shared.lock();
+        loop {
+            if let Some(i) =
+                (0..st.sessions.len()).find(|&i| !st.sessions[i].reported && st.finished(i))
+            {
+                st.sessions[i].reported = true;
+                let report = st.report(i);
+                if !report.errors.is_empty() && report.tracks.iter().all(|t| t.frames == 0) {
+                    bail!("recording session failed:\n{report}");
+                }
+                return Ok(report);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let snapshot = st
+                    .sessions
+                    .iter()
+                    .position(|s| !s.reported)
+                    .map(|i| st.report(i).to_string())
+                    .unwrap_or_else(|| {
+                        format!(
+                            "no new session (sessions so far: {}, clients connected: {})",
+                            st.sessions.len(),
+                            st.clients.len()
+                        )
+                    });
+                bail!(
+                    "timed out after {:?} waiting for a recording session on {} to finish; so far:\n{}",
+                    timeout,
+                    self.url(),
+                    snapshot
+                );
+            }
+            st = self
+                .shared
+                .cond
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Snapshot of the latest session (an empty report if none started yet).
+    pub fn stats(&self) -> Report {
+        let st = self.shared.lock();
+        match st.sessions.len() {
+            0 => Report::default(),
+            n => st.report(n - 1),
+        }
+    }
+
+    /// Snapshot of every session so far, in order.
+    pub fn all_stats(&self) -> Vec<Report> {
+        let st = self.shared.lock();
+        (0..st.sessions.len()).map(|i| st.report(i)).collect()
+    }
+
+    /// Stops the server: closes client connections, quits the main loop, joins its thread.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let server = self.server.clone();
+        let ctx = self.ctx.clone();
+        let source = self.source.take();
+        let main_loop = self.main_loop.clone();
+        // Run the teardown in the server's own context, then quit its loop.
+        self.ctx.invoke(move || {
+            if let Some(id) = source {
+                if let Some(src) = ctx.find_source_by_id(&id) {
+                    src.destroy();
+                }
+            }
+            server.client_filter(Some(&mut |_, _| gst_rtsp_server::RTSPFilterResult::Remove));
+            main_loop.quit();
+        });
+        let _ = thread.join();
+    }
+}
+
+impl Drop for RecordServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

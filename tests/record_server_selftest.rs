@@ -1,0 +1,2 @@
+#[path = "common/record_server.rs"]
+mod record_server;
