@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The test suite: unit tests, scripted-server tests, interop with gst-rtsp-server and ffmpeg,
+# then the meson build, checked by loading the built plugin with gst-inspect-1.0.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo test"
+cargo test --all-targets -- --test-threads=2
+
+echo "== meson build + gst-inspect-1.0"
+rm -rf target/meson target/meson-stage
+meson setup target/meson --prefix=/usr --buildtype=release >/dev/null
+meson compile -C target/meson
+DESTDIR="$PWD/target/meson-stage" meson install -C target/meson >/dev/null
+so=$(find target/meson-stage -name libgstrtspannounce.so | head -n1)
+[ -n "$so" ] || { echo "meson install did not install libgstrtspannounce.so" >&2; exit 1; }
+echo "installed to ${so#target/meson-stage}"
+GST_REGISTRY="$PWD/target/meson-registry.bin" GST_PLUGIN_PATH="$(dirname "$so")" \
+  gst-inspect-1.0 rtspannounce | grep -q "Sink/Network"
+echo "meson build: gst-inspect-1.0 loads the installed plugin"
