@@ -267,3 +267,87 @@ fn sync_true_pushes_at_real_time() {
         last - first
     );
 }
+
+#[test]
+fn null_mid_stream_sends_teardown_and_closes() {
+    let server = ScriptedServer::start(Script::new());
+    let url = server.url("/live/cam");
+    let p = pipeline(&format!(
+        "videotestsrc is-live=true ! video/x-raw,width=160,height=120,framerate=30/1 ! \
+         x264enc tune=zerolatency ! rtph264pay ! rtspannounce location={url}"
+    ));
+    p.set_state(gst::State::Playing).unwrap();
+    assert!(server.wait_frames(10, T));
+    let t = std::time::Instant::now();
+    p.set_state(gst::State::Null).unwrap();
+    // The state change itself does not wait on the network.
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert!(server.wait_requests("TEARDOWN", 1, T));
+    assert!(server.wait_closed(T));
+    let snap = server.snapshot();
+    assert_eq!(
+        snap.last("TEARDOWN").unwrap().header("Session"),
+        Some(DEFAULT_SESSION_ID)
+    );
+}
+
+#[test]
+fn pad_requested_while_publishing_is_an_error() {
+    let server = ScriptedServer::start(Script::new());
+    let url = server.url("/live/cam");
+    let p = pipeline(&format!(
+        "videotestsrc is-live=true ! video/x-raw,width=160,height=120,framerate=30/1 ! \
+         x264enc tune=zerolatency ! rtph264pay ! rtspannounce name=s location={url}"
+    ));
+    let bus = p.bus().unwrap();
+    p.set_state(gst::State::Playing).unwrap();
+    assert!(server.wait_frames(5, T));
+    let sink = by_name(&p, "s");
+    assert!(sink.request_pad_simple("sink_%u").is_none());
+    let msg = bus
+        .timed_pop_filtered(gst::ClockTime::from_seconds(10), &[gst::MessageType::Error])
+        .expect("error message");
+    let gst::MessageView::Error(e) = msg.view() else {
+        unreachable!()
+    };
+    assert!(
+        e.error().message().contains("while publishing"),
+        "{}",
+        e.error()
+    );
+    p.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn host_names_resolve() {
+    let server = ScriptedServer::start(Script::new());
+    let url = format!("rtsp://localhost:{}/live/cam", server.port());
+    let p = pipeline(&format!(
+        "{} ! rtspannounce location={url} sync=false",
+        h264_branch(5, "vpay")
+    ));
+    let out = run(&p, T);
+    assert!(out.eos, "{out:?}");
+    assert_eq!(server.snapshot().count("RECORD"), 1);
+}
+
+#[test]
+fn live_pad_silent_is_named_in_the_error() {
+    let server = ScriptedServer::start(Script::new());
+    let url = server.url("/live/cam");
+    // sink_1 is requested but never fed.
+    let p = pipeline(&format!(
+        "videotestsrc is-live=true ! video/x-raw,width=160,height=120,framerate=30/1 ! \
+         x264enc tune=zerolatency ! rtph264pay ! rtspannounce name=s location={url} announce-timeout=500"
+    ));
+    let _silent = by_name(&p, "s").request_pad_simple("sink_%u").unwrap();
+    let out = run(&p, T);
+    assert!(out.error.is_some(), "{out:?}");
+    let text = out.error_text();
+    assert!(
+        text.contains("sink_1") && text.contains("announce-timeout"),
+        "{text}"
+    );
+    assert!(!text.contains("sink_0"), "{text}");
+    assert_eq!(server.snapshot().count("ANNOUNCE"), 0);
+}

@@ -212,10 +212,28 @@ impl Shared {
             t.caps = caps;
         }
         t.has_buffer = true;
-        if st.first_data.is_none() {
-            st.first_data = Some(Instant::now());
-        }
+        self.note_first_data(&mut st);
         drop(self.maybe_start(st));
+    }
+
+    /// Arms the announce-timeout at the first buffer on any pad. A timer, not the pad threads,
+    /// enforces it: a pad that prerolled waits in preroll while its silent sibling keeps the
+    /// bin from PLAYING, so no streaming thread would ever look at the clock.
+    fn note_first_data(self: &Arc<Self>, st: &mut State) {
+        if st.first_data.is_some() {
+            return;
+        }
+        st.first_data = Some(Instant::now());
+        let weak = Arc::downgrade(self);
+        let timeout = self.cfg.announce_timeout;
+        RUNTIME.spawn(async move {
+            tokio::time::sleep(timeout).await;
+            if let Some(s) = weak.upgrade() {
+                if s.phase() == Phase::Waiting {
+                    s.fail(s.timeout_message());
+                }
+            }
+        });
     }
 
     /// A buffer (or list) rendered on pad `track`: sent, or held until RECORD is answered.
@@ -263,22 +281,14 @@ impl Shared {
         let t = &mut st.tracks[track];
         t.has_buffer = true;
         t.held.extend(buffers);
-        if st.first_data.is_none() {
-            st.first_data = Some(Instant::now());
-        }
-        let deadline = st.first_data.unwrap() + self.cfg.announce_timeout;
+        self.note_first_data(&mut st);
         st = self.maybe_start(st);
         // A track still waiting for its parameter sets must keep its data flowing so the payloader
-        // can update its caps; other tracks wait here (backpressure) for RECORD's answer.
+        // can update its caps; other tracks wait here (backpressure) for RECORD's answer. The
+        // announce-timeout timer ends a wait that would otherwise last for ever.
         loop {
             match st.phase {
-                Phase::Waiting if !st.tracks[track].ready() => {
-                    if Instant::now() >= deadline {
-                        drop(st);
-                        return Err(PadError::Error(self.timeout_message()));
-                    }
-                    return Ok(());
-                }
+                Phase::Waiting if !st.tracks[track].ready() => return Ok(()),
                 Phase::Waiting | Phase::Connecting => {}
                 Phase::Failed => return Err(PadError::Failed),
                 Phase::Stopped => return Err(PadError::Flushing),
@@ -287,16 +297,7 @@ impl Shared {
             if st.flushing {
                 return Err(PadError::Flushing);
             }
-            if st.phase == Phase::Waiting {
-                let now = Instant::now();
-                if now >= deadline {
-                    drop(st);
-                    return Err(PadError::Error(self.timeout_message()));
-                }
-                st = self.cond.wait_timeout(st, deadline - now).unwrap().0;
-            } else {
-                st = self.cond.wait(st).unwrap();
-            }
+            st = self.cond.wait(st).unwrap();
         }
     }
 
