@@ -228,7 +228,7 @@ impl Handshake {
                 if i + 1 < self.controls.len() {
                     Ok(self.setup_request(i + 1))
                 } else {
-                    let uri = self.url.request_uri();
+                    let uri = self.url.aggregate_uri(self.style);
                     let mut r = self.ctx.request("RECORD", &uri);
                     r.headers.push("Range", "npt=0.000-");
                     self.phase = Phase::Record;

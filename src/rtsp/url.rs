@@ -19,8 +19,13 @@ pub enum ControlStyle {
     /// `path?query/streamid=0`: accepted by ZLMediaKit, MediaMTX and FFmpeg's listener.
     #[default]
     Ffmpeg,
-    /// `path/streamid=0?query`: accepted by MediaMTX and gst-rtsp-server.
+    /// `path/streamid=0?query`: rtspclientsink's way, accepted by MediaMTX.
     Gstreamer,
+    /// `path/streamid=0`, and RECORD/TEARDOWN on `path`: the query only on ANNOUNCE.
+    /// gst-rtsp-server 1.22 takes the query as part of the path after ANNOUNCE, so this is the
+    /// only form it accepts when the location has a query (checked against it, every other
+    /// combination gets 404 or 454).
+    NoQuery,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -135,6 +140,14 @@ impl RtspUrl {
         }
     }
 
+    /// The aggregate URI for RECORD and TEARDOWN.
+    pub fn aggregate_uri(&self, style: ControlStyle) -> String {
+        match style {
+            ControlStyle::NoQuery => format!("{}{}", self.base(), self.path),
+            _ => self.request_uri(),
+        }
+    }
+
     /// Host and port to connect to, in the form `lookup_host` takes.
     pub fn connect_target(&self) -> (String, u16) {
         (self.host.clone(), self.port)
@@ -165,6 +178,7 @@ impl RtspUrl {
             (Some(q), ControlStyle::Gstreamer) => {
                 format!("{}{}/{}?{}", self.base(), path, control, q)
             }
+            (Some(_), ControlStyle::NoQuery) => format!("{}{}/{}", self.base(), path, control),
         }
     }
 }
@@ -269,6 +283,18 @@ mod tests {
         assert_eq!(
             q.control_uri("streamid=0", None, ControlStyle::Gstreamer),
             "rtsp://h:8554/live/cam1/streamid=0?secret=abc"
+        );
+        assert_eq!(
+            q.control_uri("streamid=0", None, ControlStyle::NoQuery),
+            "rtsp://h:8554/live/cam1/streamid=0"
+        );
+        assert_eq!(
+            q.aggregate_uri(ControlStyle::NoQuery),
+            "rtsp://h:8554/live/cam1"
+        );
+        assert_eq!(
+            q.aggregate_uri(ControlStyle::Ffmpeg),
+            "rtsp://h:8554/live/cam1?secret=abc"
         );
         let slash = RtspUrl::parse("rtsp://h/live/").unwrap();
         assert_eq!(

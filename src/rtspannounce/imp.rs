@@ -28,10 +28,15 @@ pub enum SetupUrlStyle {
     )]
     Ffmpeg = 0,
     #[enum_value(
-        name = "path/streamid=N?query (GStreamer style: MediaMTX, gst-rtsp-server)",
+        name = "path/streamid=N?query (rtspclientsink style: MediaMTX)",
         nick = "gstreamer"
     )]
     Gstreamer = 1,
+    #[enum_value(
+        name = "path/streamid=N, query only on ANNOUNCE/RECORD (gst-rtsp-server)",
+        nick = "no-query"
+    )]
+    NoQuery = 2,
 }
 
 #[derive(Debug, Clone)]
@@ -118,6 +123,7 @@ impl RtspAnnounce {
             style: match s.setup_url_style {
                 SetupUrlStyle::Ffmpeg => ControlStyle::Ffmpeg,
                 SetupUrlStyle::Gstreamer => ControlStyle::Gstreamer,
+                SetupUrlStyle::NoQuery => ControlStyle::NoQuery,
             },
             announce_timeout: Duration::from_millis(s.announce_timeout_ms as u64),
             max_queue_bytes: s.max_queue_bytes as usize,

@@ -503,7 +503,7 @@ impl Shared {
         let streaming = Streaming::start(
             control,
             ctx,
-            self.cfg.url.request_uri(),
+            self.cfg.url.aggregate_uri(self.cfg.style),
             self.queue.clone(),
             on_failure,
         );

@@ -1,0 +1,105 @@
+//! Interop with gst-rtsp-server in RECORD mode (in-process): what arrives is depayloaded,
+//! parsed and decoded at the server, and every frame is counted.
+//!
+//! Pushed at real-time speed (`sync=true`, the default), as a server expects: its receive
+//! side is a jitterbuffer, which drops what arrives seconds ahead of its timestamps.
+
+#[path = "common/harness.rs"]
+mod harness;
+#[path = "common/peers.rs"]
+mod peers;
+#[path = "common/record_server.rs"]
+mod record_server;
+
+use gst::prelude::*;
+use harness::*;
+use record_server::*;
+use std::time::Duration;
+
+fn push(desc: &str) -> Outcome {
+    init();
+    let p = gst::parse::launch(desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap();
+    run(&p, Duration::from_secs(60))
+}
+
+#[test]
+fn h264_alone_300_of_300_frames() {
+    let server = RecordServer::start(RecordServerConfig::new("/live/cam1", Tracks::H264)).unwrap();
+    let out = push(&format!(
+        "{} ! rtspannounce location={}",
+        h264_branch(300, "vpay"),
+        server.url()
+    ));
+    assert!(out.eos, "{out:?}");
+    let report = server.wait_finished(Duration::from_secs(20)).unwrap();
+    assert_eq!(
+        report.requests,
+        ["ANNOUNCE", "SETUP", "RECORD", "TEARDOWN"],
+        "{report}"
+    );
+    assert_eq!(report.tracks.len(), 1);
+    let v = &report.tracks[0];
+    assert_eq!(v.codec, "H.264", "{report}");
+    assert_eq!(v.frames, 300, "{report}");
+    assert_eq!((v.width, v.height), (Some(320), Some(240)));
+    assert!(report.errors.is_empty(), "{report}");
+}
+
+#[test]
+fn h264_and_aac_both_pt96_every_frame_decoded_and_recorded() {
+    let dir = peers::temp_dir("gst-av");
+    let mp4 = dir.join("av.mp4");
+    let server =
+        RecordServer::start(RecordServerConfig::new("/live/av", Tracks::H264Aac).with_output(&mp4))
+            .unwrap();
+    // Both payloaders at their default payload type 96: the audio track is remapped to 97.
+    let out = push(&format!(
+        "rtspannounce name=s location={} {} ! s.sink_0 {} ! s.sink_1",
+        server.url(),
+        h264_branch(300, "vpay"),
+        aac_branch(470, "apay")
+    ));
+    assert!(out.eos, "{out:?}");
+    let report = server.wait_finished(Duration::from_secs(20)).unwrap();
+    assert_eq!(
+        report.requests,
+        ["ANNOUNCE", "SETUP", "SETUP", "RECORD", "TEARDOWN"]
+    );
+    let v = report.tracks.iter().find(|t| t.is_video()).unwrap();
+    let a = report.tracks.iter().find(|t| !t.is_video()).unwrap();
+    assert_eq!(v.frames, 300, "{report}");
+    assert_eq!(a.codec, "AAC", "{report}");
+    // 470 buffers of 1024 samples in; the encoder adds one frame of priming.
+    assert!(a.frames >= 470, "{report}");
+    assert_eq!((a.rate, a.channels), (Some(48000), Some(2)));
+    assert!(report.errors.is_empty(), "{report}");
+
+    // The recording holds the same.
+    let probed = peers::ffprobe(&mp4);
+    let pv = probed
+        .iter()
+        .find(|s| s.codec == "h264")
+        .expect("h264 in mp4");
+    let pa = probed
+        .iter()
+        .find(|s| s.codec == "aac")
+        .expect("aac in mp4");
+    assert_eq!(pv.frames, 300, "{probed:?}");
+    assert!(pa.frames >= 470, "{probed:?}");
+}
+
+#[test]
+fn query_string_needs_no_query_setup_urls() {
+    let server = RecordServer::start(RecordServerConfig::new("/live/q", Tracks::H264)).unwrap();
+    let out = push(&format!(
+        "{} ! rtspannounce location=\"{}?token=abc\" setup-url-style=no-query",
+        h264_branch(60, "vpay"),
+        server.url()
+    ));
+    assert!(out.eos, "{out:?}");
+    let report = server.wait_finished(Duration::from_secs(20)).unwrap();
+    assert_eq!(report.tracks[0].frames, 60, "{report}");
+}
