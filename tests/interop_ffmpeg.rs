@@ -36,7 +36,10 @@ fn h264_alone_all_frames_arrive() {
     assert_eq!(streams.len(), 1, "{streams:?}");
     assert_eq!(streams[0].codec, "h264");
     assert_eq!(streams[0].frames, 150, "{streams:?}\n{}", ff.log_text());
-    assert_eq!((streams[0].width, streams[0].height), (Some(320), Some(240)));
+    assert_eq!(
+        (streams[0].width, streams[0].height),
+        (Some(320), Some(240))
+    );
 }
 
 #[test]

@@ -198,6 +198,20 @@ fn query_and_content_base_control_urls() {
         format!("rtsp://127.0.0.1:{port}/live/cam/streamid=0?secret=abc")
     );
 
+    let server = ScriptedServer::start(Script::new());
+    let url = server.url("/live/cam?secret=abc");
+    let p = pipeline(&format!(
+        "{} ! rtspannounce location={url} sync=false setup-url-style=no-query",
+        h264_branch(5, "vpay")
+    ));
+    assert!(run(&p, T).eos);
+    let port = server.port();
+    let r = server.requests();
+    assert_eq!(r[0].uri, format!("rtsp://127.0.0.1:{port}/live/cam?secret=abc"));
+    assert_eq!(r[1].uri, format!("rtsp://127.0.0.1:{port}/live/cam/streamid=0"));
+    assert_eq!(r[2].uri, format!("rtsp://127.0.0.1:{port}/live/cam"));
+    assert_eq!(r[3].uri, format!("rtsp://127.0.0.1:{port}/live/cam"));
+
     let server = ScriptedServer::start(Script::new().content_base("rtsp://127.0.0.1/base/"));
     let url = server.url("/live/cam");
     let p = pipeline(&format!(

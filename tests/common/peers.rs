@@ -73,20 +73,34 @@ pub struct FfmpegListener {
 }
 
 impl FfmpegListener {
-    pub fn start(dir: &Path, path: &str, out_name: &str, extra_input_args: &[&str]) -> FfmpegListener {
+    pub fn start(
+        dir: &Path,
+        path: &str,
+        out_name: &str,
+        extra_input_args: &[&str],
+    ) -> FfmpegListener {
         let port = free_port();
         let out = dir.join(out_name);
         let log = dir.join(format!("{out_name}.ffmpeg.log"));
         let url = format!("rtsp://127.0.0.1:{port}{path}");
         let mut cmd = Command::new("ffmpeg");
-        cmd.args(["-hide_banner", "-nostdin", "-loglevel", "info", "-rtsp_flags", "listen"])
-            .args(extra_input_args)
-            .args(["-timeout", "30", "-i", &url, "-c", "copy", "-y"])
-            .arg(&out)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        let child = cmd.spawn().expect("ffmpeg must be installed (apt-get install ffmpeg)");
+        cmd.args([
+            "-hide_banner",
+            "-nostdin",
+            "-loglevel",
+            "info",
+            "-rtsp_flags",
+            "listen",
+        ])
+        .args(extra_input_args)
+        .args(["-timeout", "30", "-i", &url, "-c", "copy", "-y"])
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+        let child = cmd
+            .spawn()
+            .expect("ffmpeg must be installed (apt-get install ffmpeg)");
         let mut guard = ChildGuard(Some(child));
         let deadline = Instant::now() + Duration::from_secs(10);
         while !is_listening(port) {
@@ -149,7 +163,9 @@ pub fn ffprobe(path: &Path) -> Vec<ProbedStream> {
             };
             ProbedStream {
                 codec: get("codec_name").unwrap_or_default(),
-                frames: get("nb_read_frames").and_then(|v| v.parse().ok()).unwrap_or(0),
+                frames: get("nb_read_frames")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
                 width: get("width").and_then(|v| v.parse().ok()),
                 height: get("height").and_then(|v| v.parse().ok()),
                 sample_rate: get("sample_rate").and_then(|v| v.parse().ok()),

@@ -82,11 +82,14 @@ enum TrackKind {
 
 impl TrackKind {
     /// Depayloader + parser. For AAC, parsebin picks rtpmp4gdepay or rtpmp4adepay from the
-    /// caps that gst-rtsp-server derived from the SDP, then aacparse.
+    /// caps that gst-rtsp-server derived from the SDP.
     fn depay_and_parse(self, i: usize) -> String {
         match self {
             TrackKind::H264 => format!("rtph264depay name=depay{i} ! h264parse name=parse{i}"),
-            TrackKind::Aac => format!("parsebin name=depay{i}"),
+            // aacparse after parsebin even if parsebin already has one: it interpolates the
+            // PTS of the 2nd..nth AU when a pusher packs several AUs in one RTP packet (as
+            // ffmpeg does), which mp4mux needs.
+            TrackKind::Aac => format!("parsebin name=depay{i} ! aacparse name=parse{i}"),
             TrackKind::Opus => format!("rtpopusdepay name=depay{i} ! opusparse name=parse{i}"),
         }
     }
@@ -208,6 +211,9 @@ pub struct TrackReport {
     pub packets: u64,
     /// Access units out of the parser: what the muxer and the decoder were fed.
     pub parsed: u64,
+    /// Parsed audio AUs that came without a PTS and got one interpolated here (a pusher that
+    /// packs several AUs per RTP packet).
+    pub interpolated_pts: u64,
     /// Decoded video frames, or decoded audio buffers (one per AAC/Opus frame).
     pub frames: u64,
     /// Decoded audio samples per channel (0 for video).
@@ -321,6 +327,11 @@ impl fmt::Display for Report {
             };
             let samples = if t.is_video() {
                 String::new()
+            } else if t.interpolated_pts > 0 {
+                format!(
+                    " ({} samples; {} AUs had no PTS)",
+                    t.samples, t.interpolated_pts
+                )
             } else {
                 format!(" ({} samples)", t.samples)
             };
@@ -529,20 +540,50 @@ fn take_params(t: &mut TrackReport, s: &gst::StructureRef) {
     }
 }
 
-/// Records the parsed caps seen on `pad` (CAPS events) into track `ti` of session `si`, and
-/// counts the parsed access units.
-fn probe_parsed(pad: &gst::Pad, shared: &Arc<Shared>, si: usize, ti: usize) {
+/// Records the parsed caps seen on `pad` (CAPS events) into track `ti` of session `si`,
+/// counts the parsed access units and (audio) fills in missing PTS.
+fn probe_parsed(pad: &gst::Pad, shared: &Arc<Shared>, si: usize, ti: usize, interpolate: bool) {
     let shared = shared.clone();
+    let next_pts = AtomicU64::new(u64::MAX);
+    let rate = AtomicU64::new(0);
     pad.add_probe(
         gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
         move |_, info| {
-            if let Some(gst::PadProbeData::Buffer(_)) = &info.data {
-                shared.lock().sessions[si].tracks[ti].parsed += 1;
+            if let Some(gst::PadProbeData::Buffer(buf)) = &mut info.data {
+                // Depayloaders stamp only the first of several AUs in one RTP packet (ffmpeg
+                // packs AAC that way); muxers need every PTS: continue from the previous AU.
+                let mut filled = false;
+                let prev_end = next_pts.load(Ordering::Relaxed);
+                if buf.pts().is_none() && interpolate && prev_end != u64::MAX {
+                    let b = buf.make_mut();
+                    b.set_pts(gst::ClockTime::from_nseconds(prev_end));
+                    filled = true;
+                }
+                // aacparse in passthrough leaves durations unset: an AAC AU is 1024 samples.
+                let rate = rate.load(Ordering::Relaxed);
+                let dur = buf.duration().or_else(|| {
+                    (rate > 0).then(|| gst::ClockTime::from_nseconds(1024 * 1_000_000_000 / rate))
+                });
+                if let (Some(pts), Some(dur)) = (buf.pts(), dur) {
+                    next_pts.store((pts + dur).nseconds(), Ordering::Relaxed);
+                } else {
+                    next_pts.store(u64::MAX, Ordering::Relaxed);
+                }
+                let mut st = shared.lock();
+                let t = &mut st.sessions[si].tracks[ti];
+                t.parsed += 1;
+                if filled {
+                    t.interpolated_pts += 1;
+                }
             }
             if let Some(gst::PadProbeData::Event(ev)) = &info.data {
                 if let gst::EventView::Caps(c) = ev.view() {
                     let caps = c.caps();
                     if let Some(s) = caps.structure(0) {
+                        if s.name() == "audio/mpeg" {
+                            let r = s.get::<i32>("rate").unwrap_or(0).max(0) as u64;
+                            rate.store(r, Ordering::Relaxed);
+                        }
                         let mut st = shared.lock();
                         let t = &mut st.sessions[si].tracks[ti];
                         t.caps = caps.to_string();
@@ -654,16 +695,6 @@ fn probe_rtp(pad: &gst::Pad, shared: &Arc<Shared>, si: usize, ti: usize, kind: T
     );
 }
 
-/// parsebin (AAC) exposes its pad later: probe it when it appears.
-fn probe_parsebin(bin: &gst::Element, shared: &Arc<Shared>, si: usize, ti: usize) {
-    let shared = shared.clone();
-    bin.connect_pad_added(move |_, pad| {
-        if pad.direction() == gst::PadDirection::Src {
-            probe_parsed(pad, &shared, si, ti);
-        }
-    });
-}
-
 fn configure_media(
     shared: &Arc<Shared>,
     tracks: Tracks,
@@ -729,19 +760,12 @@ fn configure_media(
             Some(pad) => probe_rtp(&pad, shared, si, ti, *kind),
             None => record_error(format!("no depay{ti} sink pad")),
         }
-        if *kind == TrackKind::Aac {
-            match bin.by_name(&format!("depay{ti}")) {
-                Some(pb) => probe_parsebin(&pb, shared, si, ti),
-                None => record_error(format!("no depay{ti}")),
-            }
-        } else {
-            match bin
-                .by_name(&format!("parse{ti}"))
-                .and_then(|p| p.static_pad("src"))
-            {
-                Some(pad) => probe_parsed(&pad, shared, si, ti),
-                None => record_error(format!("no parse{ti} src pad")),
-            }
+        match bin
+            .by_name(&format!("parse{ti}"))
+            .and_then(|p| p.static_pad("src"))
+        {
+            Some(pad) => probe_parsed(&pad, shared, si, ti, !kind.is_video()),
+            None => record_error(format!("no parse{ti} src pad")),
         }
         match bin
             .by_name(&format!("sink{ti}"))
