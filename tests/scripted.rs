@@ -207,8 +207,14 @@ fn query_and_content_base_control_urls() {
     assert!(run(&p, T).eos);
     let port = server.port();
     let r = server.requests();
-    assert_eq!(r[0].uri, format!("rtsp://127.0.0.1:{port}/live/cam?secret=abc"));
-    assert_eq!(r[1].uri, format!("rtsp://127.0.0.1:{port}/live/cam/streamid=0"));
+    assert_eq!(
+        r[0].uri,
+        format!("rtsp://127.0.0.1:{port}/live/cam?secret=abc")
+    );
+    assert_eq!(
+        r[1].uri,
+        format!("rtsp://127.0.0.1:{port}/live/cam/streamid=0")
+    );
     assert_eq!(r[2].uri, format!("rtsp://127.0.0.1:{port}/live/cam"));
     assert_eq!(r[3].uri, format!("rtsp://127.0.0.1:{port}/live/cam"));
 

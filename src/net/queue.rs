@@ -10,11 +10,13 @@ use std::sync::{Condvar, Mutex};
 /// One interleaved frame or a piece of RTSP text, written in queue order.
 pub enum OutFrame {
     /// `$`, channel, 16-bit length, then optionally the first two RTP bytes rewritten (payload type
-    /// remapping) followed by the rest of the buffer's memory, not copied.
+    /// remapping), followed by the buffer's memories from byte `skip` on. The memories are mapped
+    /// one by one at write time: mapping a multi-memory buffer whole (payloaders append the
+    /// payload as a second memory) would merge it into a fresh copy.
     Rtp {
         head: [u8; 6],
         head_len: u8,
-        data: gst::MappedBuffer<gst::buffer::Readable>,
+        buffer: gst::Buffer,
         skip: u8,
     },
     Control(Vec<u8>),
@@ -27,28 +29,28 @@ impl OutFrame {
     /// Frames an RTP/RTCP buffer for `channel`; `pt` rewrites the payload type byte (keeping the
     /// marker bit) when this track's payload type was remapped.
     pub fn rtp(buffer: gst::Buffer, channel: u8, pt: Option<u8>) -> Result<OutFrame, usize> {
-        let data = buffer.into_mapped_buffer_readable().map_err(|_| 0usize)?;
-        let len = data.len();
+        let len = buffer.size();
         if len > MAX_INTERLEAVED {
             return Err(len);
         }
         let l = (len as u16).to_be_bytes();
         let mut head = [b'$', channel, l[0], l[1], 0, 0];
+        let mut first = [0u8; 2];
         match pt {
-            Some(pt) if len >= 2 => {
-                head[4] = data[0];
-                head[5] = (data[1] & 0x80) | (pt & 0x7f);
+            Some(pt) if len >= 2 && buffer.copy_to_slice(0, &mut first).is_ok() => {
+                head[4] = first[0];
+                head[5] = (first[1] & 0x80) | (pt & 0x7f);
                 Ok(OutFrame::Rtp {
                     head,
                     head_len: 6,
-                    data,
+                    buffer,
                     skip: 2,
                 })
             }
             _ => Ok(OutFrame::Rtp {
                 head,
                 head_len: 4,
-                data,
+                buffer,
                 skip: 0,
             }),
         }
@@ -58,34 +60,16 @@ impl OutFrame {
         match self {
             OutFrame::Rtp {
                 head_len,
-                data,
+                buffer,
                 skip,
                 ..
-            } => *head_len as usize + data.len() - *skip as usize,
+            } => *head_len as usize + buffer.size() - *skip as usize,
             OutFrame::Control(v) => v.len(),
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    fn push_slices<'a>(&'a self, out: &mut Vec<IoSlice<'a>>) {
-        match self {
-            OutFrame::Rtp {
-                head,
-                head_len,
-                data,
-                skip,
-            } => {
-                out.push(IoSlice::new(&head[..*head_len as usize]));
-                let rest = &data.as_slice()[*skip as usize..];
-                if !rest.is_empty() {
-                    out.push(IoSlice::new(rest));
-                }
-            }
-            OutFrame::Control(v) => out.push(IoSlice::new(v)),
-        }
     }
 }
 
@@ -280,15 +264,48 @@ impl SendQueue {
     }
 }
 
-/// Writes a batch with vectored writes, resuming after partial writes.
+/// Writes a batch with vectored writes (one `writev` for all of it when the socket takes it),
+/// resuming after partial writes.
 pub async fn write_batch<W: tokio::io::AsyncWrite + Unpin>(
     w: &mut W,
     batch: &[OutFrame],
 ) -> std::io::Result<()> {
     use tokio::io::AsyncWriteExt;
-    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(batch.len() * 2);
+    let mut maps = Vec::with_capacity(batch.len() * 2);
     for f in batch {
-        f.push_slices(&mut slices);
+        if let OutFrame::Rtp { buffer, .. } = f {
+            for m in buffer.iter_memories() {
+                maps.push(
+                    m.map_readable()
+                        .map_err(|_| std::io::Error::other("cannot map buffer memory"))?,
+                );
+            }
+        }
+    }
+    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(batch.len() * 3);
+    let mut next_map = maps.iter();
+    for f in batch {
+        match f {
+            OutFrame::Rtp {
+                head,
+                head_len,
+                buffer,
+                skip,
+            } => {
+                slices.push(IoSlice::new(&head[..*head_len as usize]));
+                let mut to_skip = *skip as usize;
+                for _ in 0..buffer.n_memory() {
+                    let mem = next_map.next().map(|m| m.as_slice()).unwrap_or(&[]);
+                    if to_skip >= mem.len() {
+                        to_skip -= mem.len();
+                        continue;
+                    }
+                    slices.push(IoSlice::new(&mem[to_skip..]));
+                    to_skip = 0;
+                }
+            }
+            OutFrame::Control(v) => slices.push(IoSlice::new(v)),
+        }
     }
     let mut rest = &mut slices[..];
     while !rest.is_empty() {
@@ -309,28 +326,50 @@ mod tests {
         gst::Buffer::from_slice(bytes.to_vec())
     }
 
+    fn wire(frames: &[OutFrame]) -> Vec<u8> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut out: Vec<u8> = Vec::new();
+        rt.block_on(write_batch(&mut out, frames)).unwrap();
+        out
+    }
+
     #[test]
     fn frame_layout_and_pt_rewrite() {
         gst::init().unwrap();
         let pkt = [0x80u8, 0xe0, 1, 2, 3];
         let f = OutFrame::rtp(buf(&pkt), 2, None).unwrap();
-        let mut s = Vec::new();
-        f.push_slices(&mut s);
-        let bytes: Vec<u8> = s.iter().flat_map(|x| x.iter().copied()).collect();
-        assert_eq!(bytes, [b'$', 2, 0, 5, 0x80, 0xe0, 1, 2, 3]);
         assert_eq!(f.len(), 9);
+        assert_eq!(wire(&[f]), [b'$', 2, 0, 5, 0x80, 0xe0, 1, 2, 3]);
 
         // PT 96 -> 97, marker bit kept.
         let f = OutFrame::rtp(buf(&pkt), 3, Some(97)).unwrap();
-        let mut s = Vec::new();
-        f.push_slices(&mut s);
-        let bytes: Vec<u8> = s.iter().flat_map(|x| x.iter().copied()).collect();
-        assert_eq!(bytes, [b'$', 3, 0, 5, 0x80, 0x80 | 97, 1, 2, 3]);
         assert_eq!(f.len(), 9);
+        assert_eq!(wire(&[f]), [b'$', 3, 0, 5, 0x80, 0x80 | 97, 1, 2, 3]);
 
         assert_eq!(
             OutFrame::rtp(buf(&vec![0u8; 70000]), 0, None).err(),
             Some(70000)
+        );
+    }
+
+    #[test]
+    fn multi_memory_buffers_are_written_memory_by_memory() {
+        gst::init().unwrap();
+        // Header split over memories of 1, 3 and 2 bytes, as payloaders append payloads.
+        let mut b = gst::Buffer::new();
+        {
+            let b = b.get_mut().unwrap();
+            b.append_memory(gst::Memory::from_slice(vec![0x80u8]));
+            b.append_memory(gst::Memory::from_slice(vec![0x60u8, 7, 8]));
+            b.append_memory(gst::Memory::from_slice(vec![9u8, 10]));
+        }
+        let plain = OutFrame::rtp(b.clone(), 0, None).unwrap();
+        let remapped = OutFrame::rtp(b, 1, Some(100)).unwrap();
+        assert_eq!(
+            wire(&[plain, remapped]),
+            [b'$', 0, 0, 6, 0x80, 0x60, 7, 8, 9, 10, b'$', 1, 0, 6, 0x80, 100, 7, 8, 9, 10]
         );
     }
 
