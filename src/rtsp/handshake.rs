@@ -1,6 +1,7 @@
 //! The push handshake as a state machine: ANNOUNCE, one SETUP per track, RECORD.
 //! It is fed parsed responses and returns the next request; it does no I/O.
 
+use super::auth::{parse_challenges, strongest, Authenticator, Credentials};
 use super::headers::{Lower, Session, Transport};
 use super::message::{Request, Response};
 use super::url::{ControlStyle, RtspUrl};
@@ -13,6 +14,8 @@ pub struct RequestContext {
     next_cseq: u32,
     pub session: Option<Session>,
     pub user_agent: String,
+    /// Set once a server asked for credentials: every later request carries them.
+    pub auth: Option<Authenticator>,
 }
 
 impl RequestContext {
@@ -21,7 +24,20 @@ impl RequestContext {
             next_cseq: 1,
             session: None,
             user_agent: user_agent.to_string(),
+            auth: None,
         }
+    }
+
+    /// Gives `req` the next CSeq and current credentials (for a request sent again after 401).
+    pub fn renew(&mut self, req: &Request) -> Request {
+        let mut r = self.request(&req.method, &req.uri);
+        for (n, v) in &req.headers.0 {
+            if r.headers.get(n).is_none() && !n.eq_ignore_ascii_case("Authorization") {
+                r.headers.push(n.clone(), v.clone());
+            }
+        }
+        r.body = req.body.clone();
+        r
     }
 
     /// A request with CSeq, User-Agent and (once known) the session id alone: MediaMTX rejects
@@ -35,6 +51,10 @@ impl RequestContext {
         }
         if let Some(s) = &self.session {
             r.headers.push("Session", s.id.clone());
+        }
+        if let Some(a) = &mut self.auth {
+            r.headers
+                .push("Authorization", a.authorization(method, uri));
         }
         r
     }
@@ -85,6 +105,10 @@ pub enum HandshakeError {
     BadResponse(String),
     /// SETUP's Transport answer is something we cannot send with.
     Transport(String),
+    /// 401 and we have no credentials.
+    AuthRequired { method: String, challenge: String },
+    /// 401 again after we answered the challenge.
+    AuthRefused { method: String, challenge: String },
 }
 
 impl fmt::Display for HandshakeError {
@@ -98,6 +122,14 @@ impl fmt::Display for HandshakeError {
             } => write!(f, "server refused {method} {uri}: {status} {reason}"),
             HandshakeError::BadResponse(m) => write!(f, "malformed server response: {m}"),
             HandshakeError::Transport(m) => write!(f, "unusable SETUP Transport: {m}"),
+            HandshakeError::AuthRequired { method, challenge } => write!(
+                f,
+                "server requires authentication for {method} ({challenge}): set user-id and user-pw, or put them in the location URL"
+            ),
+            HandshakeError::AuthRefused { method, challenge } => write!(
+                f,
+                "server refused the credentials for {method} ({challenge}): check user-id and user-pw"
+            ),
         }
     }
 }
@@ -120,6 +152,9 @@ pub enum Step {
 
 pub struct Handshake {
     url: RtspUrl,
+    creds: Option<Credentials>,
+    /// The request in flight, to send again with credentials after a 401.
+    last: Option<Request>,
     style: ControlStyle,
     sdp: String,
     controls: Vec<String>,
@@ -141,6 +176,8 @@ impl Handshake {
     ) -> Self {
         Handshake {
             url,
+            creds: None,
+            last: None,
             style,
             sdp,
             controls,
@@ -152,10 +189,50 @@ impl Handshake {
         }
     }
 
+    /// Credentials to answer a 401 with.
+    pub fn with_credentials(mut self, creds: Option<Credentials>) -> Self {
+        self.creds = creds;
+        self
+    }
+
     fn send(&mut self, req: Request) -> Step {
         let cseq = req.headers.cseq().unwrap_or(0);
         self.pending = Some((req.method.clone(), req.uri.clone(), cseq));
+        self.last = Some(req.clone());
         Step::Send(req)
+    }
+
+    /// 401: answer the strongest challenge once (again only if the nonce went stale).
+    fn authenticate(&mut self, method: String, resp: &Response) -> Result<Step, HandshakeError> {
+        let challenges = parse_challenges(resp.headers.get_all("WWW-Authenticate"));
+        let Some(ch) = strongest(&challenges).cloned() else {
+            return Err(HandshakeError::Status {
+                method,
+                uri: self
+                    .last
+                    .as_ref()
+                    .map(|r| r.uri.clone())
+                    .unwrap_or_default(),
+                status: resp.status,
+                reason: format!("{} (no usable WWW-Authenticate challenge)", resp.reason),
+            });
+        };
+        let Some(creds) = self.creds.clone() else {
+            return Err(HandshakeError::AuthRequired {
+                method,
+                challenge: ch.describe(),
+            });
+        };
+        if self.ctx.auth.is_some() && !ch.is_stale() {
+            return Err(HandshakeError::AuthRefused {
+                method,
+                challenge: ch.describe(),
+            });
+        }
+        self.ctx.auth = Some(Authenticator::new(ch, creds));
+        let last = self.last.take().expect("a request was in flight");
+        let again = self.ctx.renew(&last);
+        Ok(self.send(again))
     }
 
     /// The first request: ANNOUNCE straight away (one round trip fewer than OPTIONS first).
@@ -200,6 +277,9 @@ impl Handshake {
                     "{method} was sent with CSeq {cseq} but the answer has CSeq {c}"
                 )))
             }
+        }
+        if resp.status == 401 {
+            return self.authenticate(method, resp);
         }
         if !resp.is_success() {
             return Err(HandshakeError::Status {
@@ -474,6 +554,83 @@ mod tests {
             .handle_response(&ok(3, &[("Transport", "RTP/AVP/TCP;interleaved=0-1")]))
             .unwrap_err();
         assert!(matches!(e, HandshakeError::Transport(_)));
+    }
+
+    fn unauthorized(cseq: u32, challenge: &str) -> Response {
+        let mut r = Response::new(401, "Unauthorized");
+        r.headers.push("CSeq", cseq.to_string());
+        r.headers.push("WWW-Authenticate", challenge);
+        r
+    }
+
+    fn with_creds(url: &str) -> Handshake {
+        hs(url, 1).with_credentials(Some(Credentials {
+            user: "u".into(),
+            password: "p".into(),
+        }))
+    }
+
+    #[test]
+    fn basic_auth_once_then_on_every_request() {
+        let mut h = with_creds("rtsp://h/live");
+        let a = h.start();
+        assert_eq!(a.headers.get("Authorization"), None);
+        let again = send(
+            h.handle_response(&unauthorized(1, "Basic realm=\"x\""))
+                .unwrap(),
+        );
+        assert_eq!(again.method, "ANNOUNCE");
+        assert_eq!(again.headers.get("CSeq"), Some("2"));
+        assert_eq!(again.headers.get("Authorization"), Some("Basic dTpw"));
+        assert_eq!(again.body, a.body);
+        assert_eq!(again.headers.get("Content-Type"), Some("application/sdp"));
+        let setup = send(h.handle_response(&ok(2, &[])).unwrap());
+        assert_eq!(setup.headers.get("Authorization"), Some("Basic dTpw"));
+        // A second 401 is a refusal.
+        let e = h
+            .handle_response(&unauthorized(3, "Basic realm=\"x\""))
+            .unwrap_err();
+        assert!(matches!(e, HandshakeError::AuthRefused { .. }), "{e}");
+    }
+
+    #[test]
+    fn digest_stale_nonce_is_retried() {
+        let mut h = with_creds("rtsp://h/live");
+        h.start();
+        let r = send(
+            h.handle_response(&unauthorized(1, "Digest realm=\"x\", nonce=\"n1\""))
+                .unwrap(),
+        );
+        assert!(r
+            .headers
+            .get("Authorization")
+            .unwrap()
+            .contains("nonce=\"n1\""));
+        let r = send(
+            h.handle_response(&unauthorized(
+                2,
+                "Digest realm=\"x\", nonce=\"n2\", stale=true",
+            ))
+            .unwrap(),
+        );
+        assert!(r
+            .headers
+            .get("Authorization")
+            .unwrap()
+            .contains("nonce=\"n2\""));
+        assert_eq!(r.headers.get("CSeq"), Some("3"));
+    }
+
+    #[test]
+    fn no_credentials_is_a_clear_error() {
+        let mut h = hs("rtsp://h/live", 1);
+        h.start();
+        let e = h
+            .handle_response(&unauthorized(1, "Digest realm=\"cams\", nonce=\"n\""))
+            .unwrap_err();
+        assert!(matches!(e, HandshakeError::AuthRequired { .. }));
+        assert!(e.to_string().contains("user-id"), "{e}");
+        assert!(e.to_string().contains("cams"), "{e}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! per-pad EOS) and their callbacks feed the session in `session.rs`.
 
 use super::session::{PadError, Phase, SessionConfig, Shared};
+use crate::rtsp::auth::Credentials;
 use crate::rtsp::url::{redact, ControlStyle, RtspUrl};
 use crate::CAT;
 use gst::glib;
@@ -42,6 +43,8 @@ pub enum SetupUrlStyle {
 #[derive(Debug, Clone)]
 struct Settings {
     location: Option<String>,
+    user_id: Option<String>,
+    user_pw: Option<String>,
     user_agent: String,
     tcp_timeout_us: u64,
     sync: bool,
@@ -54,6 +57,8 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             location: None,
+            user_id: None,
+            user_pw: None,
             user_agent: DEFAULT_USER_AGENT.to_string(),
             tcp_timeout_us: DEFAULT_TCP_TIMEOUT_US,
             sync: true,
@@ -116,7 +121,20 @@ impl RtspAnnounce {
         let url = RtspUrl::parse(location).map_err(|e| {
             gst::error_msg!(gst::ResourceError::Settings, ["Invalid location: {}", e])
         })?;
+        // Properties win over credentials in the URL.
+        let creds = match (s.user_id.as_deref(), &url.user) {
+            (Some(u), _) if !u.is_empty() => Some(Credentials {
+                user: u.to_string(),
+                password: s.user_pw.clone().unwrap_or_default(),
+            }),
+            (_, Some(u)) => Some(Credentials {
+                user: u.clone(),
+                password: url.password.clone().unwrap_or_default(),
+            }),
+            _ => None,
+        };
         Ok(SessionConfig {
+            creds,
             url,
             user_agent: s.user_agent,
             tcp_timeout: Duration::from_micros(s.tcp_timeout_us.max(1)),
@@ -247,6 +265,16 @@ impl ObjectImpl for RtspAnnounce {
                     .blurb("RTSP URL to publish to: rtsp://[user:pass@]host[:port]/path[?query] (required). Credentials in the URL are never sent in the Request-URI nor logged")
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecString::builder("user-id")
+                    .nick("User ID")
+                    .blurb("User name for Basic or Digest authentication (overrides one in the location URL); sent only when the server asks")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("user-pw")
+                    .nick("User password")
+                    .blurb("Password for Basic or Digest authentication (never logged)")
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecString::builder("user-agent")
                     .nick("User-Agent")
                     .blurb("User-Agent header sent with every request (do not start it with \"GStreamer\": MediaMTX delays such clients)")
@@ -308,6 +336,8 @@ impl ObjectImpl for RtspAnnounce {
                 );
                 s.location = v;
             }
+            "user-id" => s.user_id = value.get().unwrap(),
+            "user-pw" => s.user_pw = value.get().unwrap(),
             "user-agent" => {
                 s.user_agent = value
                     .get::<Option<String>>()
@@ -333,6 +363,8 @@ impl ObjectImpl for RtspAnnounce {
         let s = self.settings.lock().unwrap();
         match pspec.name() {
             "location" => s.location.to_value(),
+            "user-id" => s.user_id.to_value(),
+            "user-pw" => s.user_pw.to_value(),
             "user-agent" => s.user_agent.to_value(),
             "tcp-timeout" => s.tcp_timeout_us.to_value(),
             "sync" => s.sync.to_value(),

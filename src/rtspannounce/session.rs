@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     pub url: RtspUrl,
+    pub creds: Option<crate::rtsp::auth::Credentials>,
     pub user_agent: String,
     pub tcp_timeout: Duration,
     pub style: ControlStyle,
@@ -120,7 +121,9 @@ pub fn error_message(url: &RtspUrl, err: &SessionError, streaming: bool) -> gst:
     let target = url.request_uri();
     let kind = match err {
         SessionError::Resolve(_) => gst::ResourceError::NotFound,
-        SessionError::Handshake(HandshakeError::Status { status: 401, .. })
+        SessionError::Handshake(HandshakeError::AuthRequired { .. })
+        | SessionError::Handshake(HandshakeError::AuthRefused { .. })
+        | SessionError::Handshake(HandshakeError::Status { status: 401, .. })
         | SessionError::Handshake(HandshakeError::Status { status: 403, .. }) => {
             gst::ResourceError::NotAuthorized
         }
@@ -481,7 +484,8 @@ impl Shared {
             text,
             controls,
             RequestContext::new(&cfg.user_agent),
-        );
+        )
+        .with_credentials(cfg.creds.clone());
         let (negotiated, trips) = control.run_handshake(&mut hs).await?;
         Ok((control, negotiated, hs.ctx, rewrites, trips))
     }
