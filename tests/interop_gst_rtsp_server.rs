@@ -16,6 +16,16 @@ use harness::*;
 use record_server::*;
 use std::time::Duration;
 
+/// The requests the server saw, keep-alives left out (one may fall in a 10 s push).
+fn requests(report: &Report) -> Vec<&str> {
+    report
+        .requests
+        .iter()
+        .map(String::as_str)
+        .filter(|m| *m != "GET_PARAMETER")
+        .collect()
+}
+
 fn push(desc: &str) -> Outcome {
     init();
     let p = gst::parse::launch(desc)
@@ -36,7 +46,7 @@ fn h264_alone_300_of_300_frames() {
     assert!(out.eos, "{out:?}");
     let report = server.wait_finished(Duration::from_secs(20)).unwrap();
     assert_eq!(
-        report.requests,
+        requests(&report),
         ["ANNOUNCE", "SETUP", "RECORD", "TEARDOWN"],
         "{report}"
     );
@@ -65,7 +75,7 @@ fn h264_and_aac_both_pt96_every_frame_decoded_and_recorded() {
     assert!(out.eos, "{out:?}");
     let report = server.wait_finished(Duration::from_secs(20)).unwrap();
     assert_eq!(
-        report.requests,
+        requests(&report),
         ["ANNOUNCE", "SETUP", "SETUP", "RECORD", "TEARDOWN"]
     );
     let v = report.tracks.iter().find(|t| t.is_video()).unwrap();

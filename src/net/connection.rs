@@ -217,6 +217,9 @@ pub struct Streaming {
     waiting: Arc<Mutex<HashMap<u32, tokio::sync::oneshot::Sender<Response>>>>,
     writer: Mutex<Option<tokio::task::JoinHandle<Result<(), SessionError>>>>,
     reader: tokio::task::AbortHandle,
+    keepalive: Mutex<Option<tokio::task::AbortHandle>>,
+    timeout: Duration,
+    on_failure: FailureHandler,
     /// Set once TEARDOWN is on its way: the server closing is then expected, not a failure.
     closing: Arc<AtomicBool>,
     name: String,
@@ -263,7 +266,7 @@ impl Streaming {
             wr,
             queue.clone(),
             timeout,
-            on_failure,
+            on_failure.clone(),
             name.clone(),
         ));
         Arc::new(Streaming {
@@ -273,9 +276,91 @@ impl Streaming {
             waiting,
             writer: Mutex::new(Some(writer)),
             reader,
+            keepalive: Mutex::new(None),
+            timeout,
+            on_failure,
             closing,
             name,
         })
+    }
+
+    /// Sends a request after what is queued and waits (bounded) for its answer.
+    pub async fn request(&self, method: &str) -> Result<Response, SessionError> {
+        let req = self.ctx.lock().unwrap().request(method, &self.uri);
+        log_request(&self.name, &req);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let cseq = req.headers.cseq().unwrap_or(0);
+        self.waiting.lock().unwrap().insert(cseq, tx);
+        self.queue
+            .push_control(req.to_bytes())
+            .map_err(|e| SessionError::Io(format!("cannot send {method}: {e:?}")))?;
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(_)) => Err(SessionError::Io(format!(
+                "connection lost before the answer to {method}"
+            ))),
+            Err(_) => {
+                self.waiting.lock().unwrap().remove(&cseq);
+                Err(SessionError::Timeout(format!(
+                    "server did not answer the {method} keep-alive within {:?}",
+                    self.timeout
+                )))
+            }
+        }
+    }
+
+    /// Keeps the session alive with GET_PARAMETER (OPTIONS if the server refuses it, or if
+    /// `prefer_options`) every `interval`, whether media flows or not.
+    pub fn start_keepalive(self: &Arc<Self>, interval: Duration, prefer_options: bool) {
+        let weak = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            let mut method = if prefer_options {
+                "OPTIONS"
+            } else {
+                "GET_PARAMETER"
+            };
+            let mut ticker =
+                tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(this) = weak.upgrade() else { return };
+                if this.closing.load(Ordering::SeqCst) {
+                    return;
+                }
+                match this.request(method).await {
+                    Ok(r) if r.is_success() => {}
+                    Ok(r)
+                        if method == "GET_PARAMETER"
+                            && matches!(r.status, 400 | 405 | 451 | 501 | 551) =>
+                    {
+                        gst::info!(
+                            CAT,
+                            "{}: GET_PARAMETER refused ({}), keeping alive with OPTIONS",
+                            this.name,
+                            r.status
+                        );
+                        method = "OPTIONS";
+                    }
+                    Ok(r) => gst::warning!(
+                        CAT,
+                        "{}: keep-alive {method} answered {} {}",
+                        this.name,
+                        r.status,
+                        r.reason
+                    ),
+                    Err(e) => {
+                        if !this.closing.load(Ordering::SeqCst) {
+                            gst::warning!(CAT, "{}: {e}", this.name);
+                            (this.on_failure)(e.clone());
+                            this.queue.fail(e.to_string());
+                        }
+                        return;
+                    }
+                }
+            }
+        });
+        *self.keepalive.lock().unwrap() = Some(task.abort_handle());
     }
 
     /// Sends TEARDOWN after everything queued, waits for its answer (bounded), closes.
@@ -292,6 +377,9 @@ impl Streaming {
         let req = self.ctx.lock().unwrap().request("TEARDOWN", &self.uri);
         log_request(&self.name, &req);
         self.closing.store(true, Ordering::SeqCst);
+        if let Some(k) = self.keepalive.lock().unwrap().take() {
+            k.abort();
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         if let Some(c) = req.headers.cseq() {
             self.waiting.lock().unwrap().insert(c, tx);
@@ -348,6 +436,9 @@ impl Streaming {
     /// Stops at once: nothing more is written, both tasks end.
     pub fn abort(&self) {
         self.closing.store(true, Ordering::SeqCst);
+        if let Some(k) = self.keepalive.lock().unwrap().take() {
+            k.abort();
+        }
         self.queue.cancel();
         if let Some(w) = self.writer.lock().unwrap().take() {
             w.abort();

@@ -48,6 +48,7 @@ struct Settings {
     user_agent: String,
     tcp_timeout_us: u64,
     sync: bool,
+    keepalive: bool,
     setup_url_style: SetupUrlStyle,
     announce_timeout_ms: u32,
     max_queue_bytes: u32,
@@ -62,6 +63,7 @@ impl Default for Settings {
             user_agent: DEFAULT_USER_AGENT.to_string(),
             tcp_timeout_us: DEFAULT_TCP_TIMEOUT_US,
             sync: true,
+            keepalive: true,
             setup_url_style: SetupUrlStyle::Ffmpeg,
             announce_timeout_ms: DEFAULT_ANNOUNCE_TIMEOUT_MS,
             max_queue_bytes: DEFAULT_MAX_QUEUE_BYTES,
@@ -144,6 +146,7 @@ impl RtspAnnounce {
                 SetupUrlStyle::NoQuery => ControlStyle::NoQuery,
             },
             announce_timeout: Duration::from_millis(s.announce_timeout_ms as u64),
+            keepalive: s.keepalive,
             max_queue_bytes: s.max_queue_bytes as usize,
         })
     }
@@ -294,6 +297,12 @@ impl ObjectImpl for RtspAnnounce {
                     .default_value(true)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecBoolean::builder("do-rtsp-keep-alive")
+                    .nick("Do RTSP keep-alive")
+                    .blurb("Send GET_PARAMETER (OPTIONS if refused) every half session timeout, at most every 10 s, whether media flows or not")
+                    .default_value(true)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecEnum::builder_with_default("setup-url-style", SetupUrlStyle::Ffmpeg)
                     .nick("SETUP URL style")
                     .blurb("How a track's control is joined to a location that has a query string")
@@ -352,6 +361,7 @@ impl ObjectImpl for RtspAnnounce {
                     p.appsink.set_sync(s.sync);
                 }
             }
+            "do-rtsp-keep-alive" => s.keepalive = value.get().unwrap(),
             "setup-url-style" => s.setup_url_style = value.get().unwrap(),
             "announce-timeout" => s.announce_timeout_ms = value.get().unwrap(),
             "max-queue-bytes" => s.max_queue_bytes = value.get().unwrap(),
@@ -368,6 +378,7 @@ impl ObjectImpl for RtspAnnounce {
             "user-agent" => s.user_agent.to_value(),
             "tcp-timeout" => s.tcp_timeout_us.to_value(),
             "sync" => s.sync.to_value(),
+            "do-rtsp-keep-alive" => s.keepalive.to_value(),
             "setup-url-style" => s.setup_url_style.to_value(),
             "announce-timeout" => s.announce_timeout_ms.to_value(),
             "max-queue-bytes" => s.max_queue_bytes.to_value(),

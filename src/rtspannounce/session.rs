@@ -25,6 +25,7 @@ pub struct SessionConfig {
     pub tcp_timeout: Duration,
     pub style: ControlStyle,
     pub announce_timeout: Duration,
+    pub keepalive: bool,
     pub max_queue_bytes: usize,
 }
 
@@ -113,6 +114,12 @@ pub enum PadError {
 
 fn resource_error(kind: gst::ResourceError, text: String) -> gst::ErrorMessage {
     gst::ErrorMessage::new(&kind, Some(&text), None, file!(), "rtspannounce", line!())
+}
+
+/// Half the session timeout, at most 10 s: servers that time out on silence (ZLMediaKit 15 s,
+/// MediaMTX 10 s) see a request well within their limit even when no media flows.
+pub fn keepalive_interval(session_timeout_s: u64) -> Duration {
+    Duration::from_millis((session_timeout_s * 1000 / 2).clamp(500, 10_000))
 }
 
 /// The GStreamer error for a session failure: what kind, and a message a user can act on.
@@ -511,6 +518,9 @@ impl Shared {
             self.queue.clone(),
             on_failure,
         );
+        if self.cfg.keepalive {
+            streaming.start_keepalive(keepalive_interval(negotiated.session_timeout), false);
+        }
         let mut st = self.state.lock().unwrap();
         if st.phase != Phase::Connecting {
             // Stopped or failed meanwhile.

@@ -1,0 +1,76 @@
+//! The element as gst-inspect-1.0 and applications see it: metadata, pads, properties.
+
+#[path = "common/harness.rs"]
+mod harness;
+
+use gst::prelude::*;
+
+#[test]
+fn metadata_pads_and_properties() {
+    harness::init();
+    let f = gst::ElementFactory::find("rtspannounce").unwrap();
+    assert_eq!(f.metadata("klass"), Some("Sink/Network"));
+    let t: Vec<_> = f
+        .static_pad_templates()
+        .iter()
+        .map(|t| t.name_template().to_string())
+        .collect();
+    assert_eq!(t, ["sink_%u"]);
+
+    let e = gst::ElementFactory::make("rtspannounce").build().unwrap();
+    let expect: &[(&str, &str)] = &[
+        ("location", "NULL"),
+        ("user-id", "NULL"),
+        ("user-pw", "NULL"),
+        ("tcp-timeout", "20000000"),
+        ("sync", "true"),
+        ("do-rtsp-keep-alive", "true"),
+        ("setup-url-style", "ffmpeg"),
+        ("announce-timeout", "10000"),
+        ("max-queue-bytes", "4194304"),
+    ];
+    for (name, default) in expect {
+        let p = e
+            .find_property(name)
+            .unwrap_or_else(|| panic!("no property {name}"));
+        assert!(
+            !p.blurb().unwrap_or_default().is_empty(),
+            "{name} has no blurb"
+        );
+        let v = p.default_value();
+        let s = if let Ok(Some(s)) = v.get::<Option<String>>() {
+            s
+        } else if let Ok(None) = v.get::<Option<String>>() {
+            "NULL".to_string()
+        } else if let Ok(en) = v.get::<&gst::glib::EnumValue>() {
+            en.nick().to_string()
+        } else {
+            v.serialize().unwrap().to_string()
+        };
+        assert_eq!(&s, default, "{name}");
+    }
+    let ua: String = e.property("user-agent");
+    assert!(ua.starts_with("rtspannounce/") && !ua.starts_with("GStreamer"));
+    // Property names are unique (a duplicate would hide the ones after it).
+    let mut names: Vec<String> = e
+        .list_properties()
+        .iter()
+        .map(|p| p.name().to_string())
+        .collect();
+    let n = names.len();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), n);
+}
+
+#[test]
+fn request_pads_get_increasing_names() {
+    harness::init();
+    let e = gst::ElementFactory::make("rtspannounce").build().unwrap();
+    let a = e.request_pad_simple("sink_%u").unwrap();
+    let b = e.request_pad_simple("sink_%u").unwrap();
+    assert_eq!((a.name().as_str(), b.name().as_str()), ("sink_0", "sink_1"));
+    e.release_request_pad(&a);
+    let c = e.request_pad_simple("sink_%u").unwrap();
+    assert_eq!(c.name(), "sink_0");
+}
