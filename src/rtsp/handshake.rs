@@ -90,6 +90,8 @@ pub struct Negotiated {
     pub session_id: Option<String>,
     /// Seconds, from `Session: id;timeout=N`, 60 when the server states none (RFC 2326 12.37).
     pub session_timeout: u64,
+    /// Methods from a `Public` header, if the server sent one.
+    pub public: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +107,8 @@ pub enum HandshakeError {
     BadResponse(String),
     /// SETUP's Transport answer is something we cannot send with.
     Transport(String),
+    /// 3xx with a Location: the caller connects there and starts again.
+    Redirect { status: u16, location: String },
     /// 401 and we have no credentials.
     AuthRequired { method: String, challenge: String },
     /// 401 again after we answered the challenge.
@@ -122,6 +126,9 @@ impl fmt::Display for HandshakeError {
             } => write!(f, "server refused {method} {uri}: {status} {reason}"),
             HandshakeError::BadResponse(m) => write!(f, "malformed server response: {m}"),
             HandshakeError::Transport(m) => write!(f, "unusable SETUP Transport: {m}"),
+            HandshakeError::Redirect { status, location } => {
+                write!(f, "redirected ({status}) to {location}")
+            }
             HandshakeError::AuthRequired { method, challenge } => write!(
                 f,
                 "server requires authentication for {method} ({challenge}): set user-id and user-pw, or put them in the location URL"
@@ -138,6 +145,8 @@ impl fmt::Display for HandshakeError {
 enum Phase {
     Idle,
     Announce,
+    /// OPTIONS sent because ANNOUNCE was refused in a way OPTIONS first may cure.
+    Options,
     Setup(usize),
     Record,
     Done,
@@ -164,6 +173,8 @@ pub struct Handshake {
     tracks: Vec<NegotiatedTrack>,
     /// Method, URI and CSeq of the request in flight.
     pending: Option<(String, String, u32)>,
+    tried_options: bool,
+    public: Option<Vec<String>>,
 }
 
 impl Handshake {
@@ -186,6 +197,8 @@ impl Handshake {
             content_base: None,
             tracks: Vec::new(),
             pending: None,
+            tried_options: false,
+            public: None,
         }
     }
 
@@ -278,8 +291,29 @@ impl Handshake {
                 )))
             }
         }
+        if let Some(p) = resp.headers.get("Public") {
+            self.public = Some(super::headers::parse_public(p));
+        }
         if resp.status == 401 {
             return self.authenticate(method, resp);
+        }
+        if matches!(resp.status, 301 | 302 | 303 | 305 | 307 | 308) {
+            if let Some(loc) = resp.headers.get("Location") {
+                return Err(HandshakeError::Redirect {
+                    status: resp.status,
+                    location: loc.trim().to_string(),
+                });
+            }
+        }
+        // Some servers want OPTIONS before ANNOUNCE: try that once, then ANNOUNCE again.
+        if self.phase == Phase::Announce
+            && !self.tried_options
+            && matches!(resp.status, 400 | 405 | 454 | 455 | 459 | 501)
+        {
+            self.tried_options = true;
+            self.phase = Phase::Options;
+            let r = self.ctx.request("OPTIONS", &self.url.request_uri());
+            return Ok(self.send(r));
         }
         if !resp.is_success() {
             return Err(HandshakeError::Status {
@@ -291,6 +325,15 @@ impl Handshake {
         }
         self.ctx.learn_session(resp)?;
         match self.phase {
+            Phase::Options => {
+                // ANNOUNCE again, now that the server has seen OPTIONS.
+                let uri = self.url.request_uri();
+                let mut r = self.ctx.request("ANNOUNCE", &uri);
+                r.headers.push("Content-Type", "application/sdp");
+                r.body = self.sdp.clone().into_bytes();
+                self.phase = Phase::Announce;
+                Ok(self.send(r))
+            }
             Phase::Announce => {
                 self.content_base = resp
                     .headers
@@ -327,6 +370,7 @@ impl Handshake {
                         .and_then(|s| s.timeout)
                         .filter(|t| *t > 0)
                         .unwrap_or(60),
+                    public: self.public.clone(),
                 }))
             }
             Phase::Idle | Phase::Done => Err(HandshakeError::BadResponse(
@@ -631,6 +675,62 @@ mod tests {
         assert!(matches!(e, HandshakeError::AuthRequired { .. }));
         assert!(e.to_string().contains("user-id"), "{e}");
         assert!(e.to_string().contains("cams"), "{e}");
+    }
+
+    #[test]
+    fn options_then_announce_again_when_refused() {
+        let mut h = hs("rtsp://h/live", 1);
+        let a = h.start();
+        let mut r = Response::new(455, "Method Not Valid in This State");
+        r.headers.push("CSeq", "1");
+        let o = send(h.handle_response(&r).unwrap());
+        assert_eq!(o.method, "OPTIONS");
+        let a2 = send(
+            h.handle_response(&ok(
+                2,
+                &[("Public", "OPTIONS, ANNOUNCE, SETUP, RECORD, TEARDOWN")],
+            ))
+            .unwrap(),
+        );
+        assert_eq!(a2.method, "ANNOUNCE");
+        assert_eq!(a2.body, a.body);
+        assert_eq!(a2.headers.get("CSeq"), Some("3"));
+        send(h.handle_response(&ok(3, &[])).unwrap());
+        send(h.handle_response(&ok(4, &[])).unwrap());
+        let Step::Done(n) = h.handle_response(&ok(5, &[])).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            n.public.unwrap(),
+            ["OPTIONS", "ANNOUNCE", "SETUP", "RECORD", "TEARDOWN"]
+        );
+        // A second refusal is final.
+        let mut h = hs("rtsp://h/live", 1);
+        h.start();
+        h.handle_response(&r).unwrap();
+        h.handle_response(&ok(2, &[])).unwrap();
+        let mut r2 = r.clone();
+        r2.headers.set("CSeq", "3");
+        assert!(matches!(
+            h.handle_response(&r2),
+            Err(HandshakeError::Status { status: 455, .. })
+        ));
+    }
+
+    #[test]
+    fn redirect_is_reported_with_location() {
+        let mut h = hs("rtsp://h/live", 1);
+        h.start();
+        let mut r = Response::new(302, "Found");
+        r.headers.push("CSeq", "1");
+        r.headers.push("Location", "rtsp://other:8554/live");
+        assert_eq!(
+            h.handle_response(&r).unwrap_err(),
+            HandshakeError::Redirect {
+                status: 302,
+                location: "rtsp://other:8554/live".into()
+            }
+        );
     }
 
     #[test]

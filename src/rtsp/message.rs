@@ -274,7 +274,11 @@ impl Parser {
 
         // Reject early what cannot be RTSP, rather than waiting for a header end that never comes.
         let probe = &self.buf[..self.buf.len().min(5)];
-        if !b"RTSP/"[..probe.len()].eq(probe) && !probe.iter().all(|b| b.is_ascii_uppercase()) {
+        if !b"RTSP/"[..probe.len()].eq(probe)
+            && !probe
+                .iter()
+                .all(|b| b.is_ascii_uppercase() || *b == b'_' || *b == b'-')
+        {
             let line_end = self
                 .buf
                 .iter()
@@ -517,6 +521,9 @@ mod tests {
         let mut p = Parser::default();
         p.feed(b"HTTP/1.1 200 OK\r\n\r\n");
         assert!(matches!(p.next_message(), Err(ParseError::BadStartLine(_))));
+        let mut p = Parser::default();
+        p.feed(b"GET_PARAMETER rtsp://h/x RTSP/1.0\r\nCSeq: 3\r\n\r\n");
+        assert!(matches!(p.next_message(), Ok(Some(Incoming::Request(_)))));
         let mut p = Parser::default();
         p.feed(b"RTSP/1.0 abc OK\r\n\r\n");
         assert!(matches!(p.next_message(), Err(ParseError::BadStartLine(_))));

@@ -327,6 +327,20 @@ impl ObjectImpl for RtspAnnounce {
         PROPS.as_ref()
     }
 
+    fn signals() -> &'static [glib::subclass::Signal] {
+        static SIGNALS: std::sync::LazyLock<Vec<glib::subclass::Signal>> =
+            std::sync::LazyLock::new(|| {
+                vec![
+                    // Emitted from the I/O thread with the SDP about to be announced; handlers
+                    // may edit it in place (same name and meaning as rtspclientsink's).
+                    glib::subclass::Signal::builder("update-sdp")
+                        .param_types([gst_sdp::SDPMessage::static_type()])
+                        .build(),
+                ]
+            });
+        SIGNALS.as_ref()
+    }
+
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
         let mut s = self.settings.lock().unwrap();
         match pspec.name() {

@@ -7,7 +7,8 @@
 use crate::net::connection::{Control, SessionError, Streaming, TeardownError};
 use crate::net::queue::{OutFrame, QueueError, SendQueue};
 use crate::net::RUNTIME;
-use crate::rtsp::handshake::{Handshake, Negotiated, RequestContext};
+use crate::rtsp::auth::Credentials;
+use crate::rtsp::handshake::{Handshake, HandshakeError, Negotiated, RequestContext};
 use crate::rtsp::message::{Limits, Parser};
 use crate::rtsp::url::{ControlStyle, RtspUrl};
 use crate::sdp;
@@ -116,6 +117,23 @@ fn resource_error(kind: gst::ResourceError, text: String) -> gst::ErrorMessage {
     gst::ErrorMessage::new(&kind, Some(&text), None, file!(), "rtspannounce", line!())
 }
 
+/// A finished handshake: the connection, what was agreed, and where (after redirects).
+struct Recorded {
+    control: Control,
+    negotiated: Negotiated,
+    ctx: RequestContext,
+    pt_rewrites: Vec<Option<u8>>,
+    round_trips: u32,
+    url: RtspUrl,
+}
+
+/// A Location header, absolute or relative to the URL that was redirected.
+fn resolve_redirect(from: &RtspUrl, location: &str) -> Result<RtspUrl, String> {
+    let base = url::Url::parse(&from.request_uri()).map_err(|e| e.to_string())?;
+    let joined = base.join(location).map_err(|e| e.to_string())?;
+    RtspUrl::parse(joined.as_str()).map_err(|e| e.0)
+}
+
 /// Half the session timeout, at most 10 s: servers that time out on silence (ZLMediaKit 15 s,
 /// MediaMTX 10 s) see a request well within their limit even when no media flows.
 pub fn keepalive_interval(session_timeout_s: u64) -> Duration {
@@ -180,6 +198,37 @@ impl Shared {
         }
         st.tracks.push(Track::new(pad_name));
         Ok(st.tracks.len() - 1)
+    }
+
+    /// Lets the application edit the SDP before ANNOUNCE (`update-sdp`, as rtspclientsink).
+    fn emit_update_sdp(&self, msg: &mut gst_sdp::SDPMessage) {
+        use gst::glib::translate::{IntoGlib, ToGlibPtr, ToGlibPtrMut};
+        let Some(element) = self.element.upgrade() else {
+            return;
+        };
+        let Some(id) = gst::glib::subclass::SignalId::lookup("update-sdp", element.type_()) else {
+            return;
+        };
+        let mut sdp_value = gst::glib::Value::from_type(gst_sdp::SDPMessage::static_type());
+        let values = unsafe {
+            // SAFETY: the value points at `msg` itself ("static": the value never frees it), so
+            // handlers edit our message. Emitting through glib-rs would g_value_copy the
+            // arguments, and copying a boxed value copies the message: edits would be lost.
+            gst::glib::gobject_ffi::g_value_set_static_boxed(
+                sdp_value.to_glib_none_mut().0,
+                ToGlibPtr::<*const gst_sdp::ffi::GstSDPMessage>::to_glib_none(&*msg).0
+                    as gst::glib::ffi::gconstpointer,
+            );
+            [element.to_value(), sdp_value]
+        };
+        unsafe {
+            gst::glib::gobject_ffi::g_signal_emitv(
+                values.as_ptr() as *const gst::glib::gobject_ffi::GValue,
+                id.into_glib(),
+                0,
+                std::ptr::null_mut(),
+            );
+        }
     }
 
     fn post_error(&self, msg: gst::ErrorMessage) {
@@ -405,15 +454,16 @@ impl Shared {
     async fn run_handshake(self: Arc<Self>, caps: Vec<gst::Caps>) {
         let started = Instant::now();
         match self.connect_and_record(&caps).await {
-            Ok((control, negotiated, ctx, pts, trips)) => {
+            Ok(rec) => {
                 gst::info!(
                     CAT,
-                    "recording to {} after {:?} ({trips} round trips), session {:?}",
-                    self.cfg.url.request_uri(),
+                    "recording to {} after {:?} ({} round trips), session {:?}",
+                    rec.url.request_uri(),
                     started.elapsed(),
-                    negotiated.session_id
+                    rec.round_trips,
+                    rec.negotiated.session_id
                 );
-                self.begin_recording(control, negotiated, ctx, pts);
+                self.begin_recording(rec);
             }
             Err(e) => {
                 gst::error!(CAT, "handshake failed: {e}");
@@ -422,13 +472,59 @@ impl Shared {
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    async fn connect_and_record(
+    /// Connects and runs the handshake, following redirects (at most 5 hops, no loops;
+    /// credentials go along only to the same host).
+    async fn connect_and_record(&self, caps: &[gst::Caps]) -> Result<Recorded, SessionError> {
+        const MAX_HOPS: usize = 5;
+        let mut url = self.cfg.url.clone();
+        let mut creds = self.cfg.creds.clone();
+        let mut visited = vec![url.request_uri()];
+        loop {
+            match self.record_once(&url, creds.clone(), caps).await {
+                Err(SessionError::Handshake(HandshakeError::Redirect { status, location })) => {
+                    let next = resolve_redirect(&url, &location).map_err(|e| {
+                        SessionError::Handshake(HandshakeError::BadResponse(format!(
+                            "redirect ({status}) to an unusable Location {location:?}: {e}"
+                        )))
+                    })?;
+                    if visited.contains(&next.request_uri()) {
+                        return Err(SessionError::Handshake(HandshakeError::BadResponse(
+                            format!("redirect loop: {} was already visited", next.request_uri()),
+                        )));
+                    }
+                    if visited.len() > MAX_HOPS {
+                        return Err(SessionError::Handshake(HandshakeError::BadResponse(
+                            format!(
+                                "more than {MAX_HOPS} redirects, last to {}",
+                                next.request_uri()
+                            ),
+                        )));
+                    }
+                    gst::info!(CAT, "redirected ({status}) to {}", next.request_uri());
+                    if next.user.is_some() {
+                        creds = next.user.clone().map(|user| Credentials {
+                            user,
+                            password: next.password.clone().unwrap_or_default(),
+                        });
+                    } else if !next.host.eq_ignore_ascii_case(&self.cfg.url.host) {
+                        creds = None;
+                    }
+                    visited.push(next.request_uri());
+                    url = next;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn record_once(
         &self,
+        url: &RtspUrl,
+        creds: Option<Credentials>,
         caps: &[gst::Caps],
-    ) -> Result<(Control, Negotiated, RequestContext, Vec<Option<u8>>, u32), SessionError> {
+    ) -> Result<Recorded, SessionError> {
         let cfg = &self.cfg;
-        let stream = crate::net::connection::connect(&cfg.url, cfg.tcp_timeout).await?;
+        let stream = crate::net::connection::connect(url, cfg.tcp_timeout).await?;
         let local = stream.local_addr().ok().map(|a| a.ip());
         let peer = stream.peer_addr().ok().map(|a| a.ip());
 
@@ -463,6 +559,8 @@ impl Shared {
                 format!("cannot describe the streams: {e}"),
             ))
         })?;
+        let mut msg = msg;
+        self.emit_update_sdp(&mut msg);
         let text = sdp::sdp_to_string(&msg);
         let rewrites: Vec<Option<u8>> = caps_pts
             .iter()
@@ -483,27 +581,36 @@ impl Shared {
             stream,
             parser: Parser::new(Limits::default()),
             timeout: cfg.tcp_timeout,
-            name: cfg.url.request_uri(),
+            name: url.request_uri(),
         };
         let mut hs = Handshake::new(
-            cfg.url.clone(),
+            url.clone(),
             cfg.style,
             text,
             controls,
             RequestContext::new(&cfg.user_agent),
         )
-        .with_credentials(cfg.creds.clone());
+        .with_credentials(creds);
         let (negotiated, trips) = control.run_handshake(&mut hs).await?;
-        Ok((control, negotiated, hs.ctx, rewrites, trips))
+        Ok(Recorded {
+            control,
+            negotiated,
+            ctx: hs.ctx,
+            pt_rewrites: rewrites,
+            round_trips: trips,
+            url: url.clone(),
+        })
     }
 
-    fn begin_recording(
-        self: &Arc<Self>,
-        control: Control,
-        negotiated: Negotiated,
-        ctx: RequestContext,
-        pt_rewrites: Vec<Option<u8>>,
-    ) {
+    fn begin_recording(self: &Arc<Self>, rec: Recorded) {
+        let Recorded {
+            control,
+            negotiated,
+            ctx,
+            pt_rewrites,
+            url: rec_url,
+            ..
+        } = rec;
         let weak: Weak<Shared> = Arc::downgrade(self);
         let url = self.cfg.url.clone();
         let on_failure = Arc::new(move |e: SessionError| {
@@ -514,12 +621,17 @@ impl Shared {
         let streaming = Streaming::start(
             control,
             ctx,
-            self.cfg.url.aggregate_uri(self.cfg.style),
+            rec_url.aggregate_uri(self.cfg.style),
             self.queue.clone(),
             on_failure,
         );
         if self.cfg.keepalive {
-            streaming.start_keepalive(keepalive_interval(negotiated.session_timeout), false);
+            // A Public list without GET_PARAMETER: keep alive with OPTIONS from the start.
+            let options = negotiated
+                .public
+                .as_ref()
+                .is_some_and(|p| !p.iter().any(|m| m == "GET_PARAMETER"));
+            streaming.start_keepalive(keepalive_interval(negotiated.session_timeout), options);
         }
         let mut st = self.state.lock().unwrap();
         if st.phase != Phase::Connecting {
