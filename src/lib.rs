@@ -5,6 +5,7 @@
 use gst::glib;
 
 pub mod net;
+pub mod rtcp;
 pub mod rtsp;
 mod rtspannounce;
 pub mod sdp;
