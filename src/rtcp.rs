@@ -93,7 +93,9 @@ impl ReportBlock {
         if self.lsr == 0 {
             return None;
         }
-        let rtt = arrival_middle.wrapping_sub(self.lsr).wrapping_sub(self.dlsr);
+        let rtt = arrival_middle
+            .wrapping_sub(self.lsr)
+            .wrapping_sub(self.dlsr);
         // More than an hour means clocks or fields are off; say nothing rather than nonsense.
         if rtt > 3600 << 16 {
             return None;
@@ -239,7 +241,10 @@ mod tests {
 
     #[test]
     fn ntp_conversion() {
-        assert_eq!(ntp_timestamp(Duration::from_millis(1500)), (1 << 32) | (1 << 31));
+        assert_eq!(
+            ntp_timestamp(Duration::from_millis(1500)),
+            (1 << 32) | (1 << 31)
+        );
         let t = ntp_timestamp(Duration::from_secs(NTP_UNIX_OFFSET));
         assert_eq!(t >> 32, NTP_UNIX_OFFSET);
         assert_eq!(ntp_middle(0x0001_0002_0003_0004), 0x0002_0003);
@@ -250,10 +255,16 @@ mod tests {
         // Video at 90 kHz: 1 s after a packet stamped 1000 at running time 2 s.
         assert_eq!(rtp_at(1000, 2_000_000_000, 3_000_000_000, 90_000), 91_000);
         // Before the last packet, and across the 32-bit wrap.
-        assert_eq!(rtp_at(100, 1_000_000_000, 500_000_000, 90_000), 100u32.wrapping_sub(45_000));
+        assert_eq!(
+            rtp_at(100, 1_000_000_000, 500_000_000, 90_000),
+            100u32.wrapping_sub(45_000)
+        );
         assert_eq!(rtp_at(u32::MAX - 10, 0, 1_000_000_000, 48_000), 48_000 - 11);
         // 44.1 kHz: 10 ms = 441 ticks.
-        assert_eq!(rtp_at(0x8000_0000, 5_000_000_000, 5_010_000_000, 44_100), 0x8000_0000 + 441);
+        assert_eq!(
+            rtp_at(0x8000_0000, 5_000_000_000, 5_010_000_000, 44_100),
+            0x8000_0000 + 441
+        );
     }
 
     #[test]
@@ -280,9 +291,17 @@ mod tests {
         };
         let p = pkt(0x80, &[], 100, 0);
         let f = rtp_facts(p.len(), read(&p)).unwrap();
-        assert_eq!((f.ssrc, f.timestamp, f.seq, f.payload_len), (0xdeadbeef, 9, 5, 100));
+        assert_eq!(
+            (f.ssrc, f.timestamp, f.seq, f.payload_len),
+            (0xdeadbeef, 9, 5, 100)
+        );
         // One CSRC, an extension of one word, 4 bytes of padding.
-        let p = pkt(0x80 | 0x10 | 0x20 | 1, &[0, 0, 0, 1, 0xbe, 0xde, 0, 1, 1, 2, 3, 4], 50, 4);
+        let p = pkt(
+            0x80 | 0x10 | 0x20 | 1,
+            &[0, 0, 0, 1, 0xbe, 0xde, 0, 1, 1, 2, 3, 4],
+            50,
+            4,
+        );
         let f = rtp_facts(p.len(), read(&p)).unwrap();
         assert_eq!(f.payload_len, 50);
         assert!(rtp_facts(5, read(&vec![0x80; 5])).is_none());
@@ -302,7 +321,7 @@ mod tests {
         let lsr = 0x0001_8000u32; // 1.5 s
         rr.extend_from_slice(&lsr.to_be_bytes());
         rr.extend_from_slice(&(1u32 << 15).to_be_bytes()); // DLSR 0.5 s
-        // Followed by an SDES the walk skips.
+                                                           // Followed by an SDES the walk skips.
         let mut c = rr.clone();
         write_sdes_cname(&mut c, 0x01020304, "srv");
         let blocks = report_blocks(&c);

@@ -205,6 +205,9 @@ pub enum TeardownError {
     NoAnswer(SessionError),
 }
 
+/// Called with interleaved data the server sends (its RTCP).
+pub type RtcpHandler = Arc<dyn Fn(u8, &[u8]) + Send + Sync>;
+
 /// Called from the I/O tasks when the connection fails while streaming.
 pub type FailureHandler = Arc<dyn Fn(SessionError) + Send + Sync>;
 
@@ -233,6 +236,7 @@ impl Streaming {
         uri: String,
         queue: Arc<SendQueue>,
         on_failure: FailureHandler,
+        on_rtcp: RtcpHandler,
     ) -> Arc<Streaming> {
         let Control {
             stream,
@@ -259,6 +263,8 @@ impl Streaming {
             queue.clone(),
             waiting.clone(),
             on_failure.clone(),
+            on_rtcp,
+            closing.clone(),
             name.clone(),
         ))
         .abort_handle();
@@ -267,6 +273,7 @@ impl Streaming {
             queue.clone(),
             timeout,
             on_failure.clone(),
+            closing.clone(),
             name.clone(),
         ));
         Arc::new(Streaming {
@@ -363,6 +370,12 @@ impl Streaming {
         *self.keepalive.lock().unwrap() = Some(task.abort_handle());
     }
 
+    /// The end is near (BYE is about to go out): the server closing is no longer a failure;
+    /// `teardown` reports what matters.
+    pub fn expect_close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+    }
+
     /// Sends TEARDOWN after everything queued, waits for its answer (bounded), closes.
     pub async fn teardown(&self, timeout: Duration) -> Result<(), TeardownError> {
         self.end(false, timeout).await
@@ -452,12 +465,23 @@ async fn write_loop(
     queue: Arc<SendQueue>,
     timeout: Duration,
     on_failure: FailureHandler,
+    closing: Arc<AtomicBool>,
     name: String,
 ) -> Result<(), SessionError> {
     let mut batch: Vec<OutFrame> = Vec::with_capacity(super::queue::MAX_BATCH);
     while queue.next_batch(&mut batch).await {
         let res = tokio::time::timeout(timeout, write_batch(&mut wr, &batch)).await;
+        let media_in_batch = batch.iter().any(|f| matches!(f, OutFrame::Rtp { .. }));
         batch.clear();
+        if res.as_ref().is_ok_and(|r| r.is_err())
+            && closing.load(Ordering::SeqCst)
+            && !media_in_batch
+            && !queue.has_media()
+        {
+            // Only BYE/TEARDOWN were left when a closing server went away: all media arrived.
+            gst::debug!(CAT, "{name}: server gone while closing, after all media");
+            return Ok(());
+        }
         let err = match res {
             Ok(Ok(())) => continue,
             Ok(Err(e)) => SessionError::Io(format!("writing to the server failed: {e}")),
@@ -481,6 +505,8 @@ async fn read_loop(
     queue: Arc<SendQueue>,
     waiting: Arc<Mutex<HashMap<u32, tokio::sync::oneshot::Sender<Response>>>>,
     on_failure: FailureHandler,
+    on_rtcp: RtcpHandler,
+    closing: Arc<AtomicBool>,
     name: String,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
@@ -526,12 +552,20 @@ async fn read_loop(
                         "{name}: {} bytes from server on channel {channel}",
                         data.len()
                     );
+                    on_rtcp(channel, &data);
                 }
                 Ok(None) => break,
                 Err(e) => return fail(SessionError::Parse(e)),
             }
         }
         match rd.read(&mut buf).await {
+            Ok(0) | Err(_) if closing.load(Ordering::SeqCst) => {
+                // Expected at the end: whoever waits for an answer learns by the dropped sender;
+                // the writer finishes what is queued and reports itself.
+                gst::debug!(CAT, "{name}: server closed the connection at the end");
+                waiting.lock().unwrap().clear();
+                return;
+            }
             Ok(0) => return fail(SessionError::Io("server closed the connection".into())),
             Ok(n) => parser.feed(&buf[..n]),
             Err(e) => {

@@ -189,6 +189,16 @@ impl SendQueue {
         self.data.notify_one();
     }
 
+    /// Whether media (not only control messages) is still queued.
+    pub fn has_media(&self) -> bool {
+        self.inner
+            .lock()
+            .unwrap()
+            .frames
+            .iter()
+            .any(|f| matches!(f, OutFrame::Rtp { .. }))
+    }
+
     /// Bytes queued and not yet taken by the writer.
     pub fn level(&self) -> usize {
         self.inner.lock().unwrap().bytes

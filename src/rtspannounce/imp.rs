@@ -4,6 +4,7 @@
 //! appsinks give every pad mature BaseSink behaviour (clock sync, preroll, latency, flushing,
 //! per-pad EOS) and their callbacks feed the session in `session.rs`.
 
+use super::sender::NtpSource;
 use super::session::{PadError, Phase, SessionConfig, Shared};
 use crate::rtsp::auth::Credentials;
 use crate::rtsp::url::{redact, ControlStyle, RtspUrl};
@@ -40,6 +41,20 @@ pub enum SetupUrlStyle {
     NoQuery = 2,
 }
 
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstRtspAnnounceNtpTimeSource")]
+pub enum NtpTimeSource {
+    #[enum_value(name = "NTP time based on realtime clock", nick = "ntp")]
+    Ntp = 0,
+    #[enum_value(name = "UNIX time based on realtime clock", nick = "unix")]
+    Unix = 1,
+    #[enum_value(name = "Running time based on pipeline clock", nick = "running-time")]
+    RunningTime = 2,
+    #[enum_value(name = "Pipeline clock time", nick = "clock-time")]
+    ClockTime = 3,
+}
+
 #[derive(Debug, Clone)]
 struct Settings {
     location: Option<String>,
@@ -52,6 +67,8 @@ struct Settings {
     setup_url_style: SetupUrlStyle,
     announce_timeout_ms: u32,
     max_queue_bytes: u32,
+    ntp_time_source: NtpTimeSource,
+    rtcp_interval_ms: u32,
 }
 
 impl Default for Settings {
@@ -67,6 +84,8 @@ impl Default for Settings {
             setup_url_style: SetupUrlStyle::Ffmpeg,
             announce_timeout_ms: DEFAULT_ANNOUNCE_TIMEOUT_MS,
             max_queue_bytes: DEFAULT_MAX_QUEUE_BYTES,
+            ntp_time_source: NtpTimeSource::Ntp,
+            rtcp_interval_ms: 5000,
         }
     }
 }
@@ -147,6 +166,13 @@ impl RtspAnnounce {
             },
             announce_timeout: Duration::from_millis(s.announce_timeout_ms as u64),
             keepalive: s.keepalive,
+            ntp_source: match s.ntp_time_source {
+                NtpTimeSource::Ntp => NtpSource::Ntp,
+                NtpTimeSource::Unix => NtpSource::Unix,
+                NtpTimeSource::RunningTime => NtpSource::RunningTime,
+                NtpTimeSource::ClockTime => NtpSource::ClockTime,
+            },
+            rtcp_interval: Duration::from_millis(s.rtcp_interval_ms as u64),
             max_queue_bytes: s.max_queue_bytes as usize,
         })
     }
@@ -217,11 +243,20 @@ impl RtspAnnounce {
                         return Err(gst::FlowError::Flushing);
                     };
                     let caps = sample.caps_owned();
+                    let segment = sample
+                        .segment()
+                        .and_then(|s| s.downcast_ref::<gst::ClockTime>().cloned());
+                    let segment = segment.as_ref();
                     let res = if let Some(list) = sample.buffer_list_owned() {
                         let n = list.len();
-                        shared.render(idx, caps, (0..n).filter_map(move |i| list.get_owned(i)))
+                        shared.render(
+                            idx,
+                            caps,
+                            segment,
+                            (0..n).filter_map(move |i| list.get_owned(i)),
+                        )
                     } else if let Some(buf) = sample.buffer_owned() {
-                        shared.render(idx, caps, std::iter::once(buf))
+                        shared.render(idx, caps, segment, std::iter::once(buf))
                     } else {
                         Ok(())
                     };
@@ -315,6 +350,24 @@ impl ObjectImpl for RtspAnnounce {
                     .default_value(DEFAULT_ANNOUNCE_TIMEOUT_MS)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("ntp-time-source", NtpTimeSource::Ntp)
+                    .nick("NTP time source")
+                    .blurb("Clock the NTP timestamps of RTCP sender reports follow")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("rtcp-interval")
+                    .nick("RTCP interval")
+                    .blurb("Milliseconds between RTCP sender reports, randomised by 0.5 to 1.5 as RFC 3550 asks (the first goes with each track's first packet)")
+                    .minimum(100)
+                    .maximum(3_600_000)
+                    .default_value(5000)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
+                    .nick("Statistics")
+                    .blurb("Connection state, server, session id, handshake time and round trips, queue level, and per track: ssrc, channels, packets, bytes, sender reports, and what the server's receiver reports say (loss, jitter, RTT)")
+                    .read_only()
+                    .build(),
                 glib::ParamSpecUInt::builder("max-queue-bytes")
                     .nick("Max queue bytes")
                     .blurb("Bytes queued towards the network before upstream is blocked (backpressure)")
@@ -379,6 +432,8 @@ impl ObjectImpl for RtspAnnounce {
             "setup-url-style" => s.setup_url_style = value.get().unwrap(),
             "announce-timeout" => s.announce_timeout_ms = value.get().unwrap(),
             "max-queue-bytes" => s.max_queue_bytes = value.get().unwrap(),
+            "ntp-time-source" => s.ntp_time_source = value.get().unwrap(),
+            "rtcp-interval" => s.rtcp_interval_ms = value.get().unwrap(),
             _ => unreachable!(),
         }
     }
@@ -396,6 +451,18 @@ impl ObjectImpl for RtspAnnounce {
             "setup-url-style" => s.setup_url_style.to_value(),
             "announce-timeout" => s.announce_timeout_ms.to_value(),
             "max-queue-bytes" => s.max_queue_bytes.to_value(),
+            "ntp-time-source" => s.ntp_time_source.to_value(),
+            "rtcp-interval" => s.rtcp_interval_ms.to_value(),
+            "stats" => {
+                drop(s);
+                match self.shared.lock().unwrap().as_ref() {
+                    Some(sh) => sh.stats().to_value(),
+                    None => gst::Structure::builder("application/x-rtspannounce-stats")
+                        .field("state", "stopped")
+                        .build()
+                        .to_value(),
+                }
+            }
             _ => unreachable!(),
         }
     }

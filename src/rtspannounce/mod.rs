@@ -2,6 +2,7 @@ use gst::glib;
 use gst::prelude::*;
 
 mod imp;
+mod sender;
 mod session;
 
 glib::wrapper! {

@@ -4,6 +4,7 @@
 //! Streaming threads (one per sink pad) call into [`Shared`]; the handshake and the teardown run
 //! as tasks on the shared I/O runtime. Every blocking wait here ends on stop, flush or failure.
 
+use super::sender::{NtpMapper, NtpSource, TrackSender};
 use crate::net::connection::{Control, SessionError, Streaming, TeardownError};
 use crate::net::queue::{OutFrame, QueueError, SendQueue};
 use crate::net::RUNTIME;
@@ -27,6 +28,8 @@ pub struct SessionConfig {
     pub style: ControlStyle,
     pub announce_timeout: Duration,
     pub keepalive: bool,
+    pub ntp_source: NtpSource,
+    pub rtcp_interval: Duration,
     pub max_queue_bytes: usize,
 }
 
@@ -52,12 +55,12 @@ pub struct Track {
     pub pad_name: String,
     caps: Option<gst::Caps>,
     has_buffer: bool,
-    /// Buffers that arrived before RECORD's answer, sent first once it comes.
-    held: Vec<gst::Buffer>,
+    /// Buffers (with running times) that arrived before RECORD's answer, sent first once it
+    /// comes.
+    held: Vec<(gst::Buffer, Option<u64>)>,
     eos: bool,
-    channel: u8,
-    /// The payload type written into this track's packets when it differs from the payloader's.
-    pt_rewrite: Option<u8>,
+    /// Set once recording: channel, payload type rewrite, counters.
+    tx: Option<Arc<TrackSender>>,
 }
 
 impl Track {
@@ -68,8 +71,7 @@ impl Track {
             has_buffer: false,
             held: Vec::new(),
             eos: false,
-            channel: 0,
-            pt_rewrite: None,
+            tx: None,
         }
     }
 
@@ -94,6 +96,11 @@ struct State {
     failing: bool,
     streaming: Option<Arc<Streaming>>,
     task: Option<tokio::task::AbortHandle>,
+    /// What the stats report about the connection.
+    server: Option<String>,
+    session_id: Option<String>,
+    handshake: Option<(Duration, u32)>,
+    loss_warned: Option<Instant>,
 }
 
 pub struct Shared {
@@ -119,6 +126,7 @@ fn resource_error(kind: gst::ResourceError, text: String) -> gst::ErrorMessage {
 
 /// A finished handshake: the connection, what was agreed, and where (after redirects).
 struct Recorded {
+    duration: Duration,
     control: Control,
     negotiated: Negotiated,
     ctx: RequestContext,
@@ -177,6 +185,10 @@ impl Shared {
                 failing: false,
                 streaming: None,
                 task: None,
+                server: None,
+                session_id: None,
+                handshake: None,
+                loss_warned: None,
             }),
             cond: Condvar::new(),
             queue: Arc::new(SendQueue::new(cfg.max_queue_bytes)),
@@ -300,15 +312,25 @@ impl Shared {
         self: &Arc<Self>,
         track: usize,
         caps: Option<gst::Caps>,
+        segment: Option<&gst::FormattedSegment<gst::ClockTime>>,
         buffers: impl Iterator<Item = gst::Buffer>,
     ) -> Result<(), PadError> {
+        let buffers = buffers.map(|b| {
+            let rt = segment
+                .zip(b.pts())
+                .and_then(|(seg, pts)| seg.to_running_time(pts))
+                .map(|t| t.nseconds());
+            (b, rt)
+        });
         let mut st = self.state.lock().unwrap();
         match st.phase {
             Phase::Recording => {
-                let t = &st.tracks[track];
-                let (channel, pt) = (t.channel, t.pt_rewrite);
+                let tx = st.tracks[track].tx.clone();
                 drop(st);
-                return self.send(track, channel, pt, buffers);
+                return match tx {
+                    Some(tx) => self.send(track, &tx, buffers),
+                    None => Err(PadError::Failed),
+                };
             }
             Phase::Waiting | Phase::Connecting => {}
             Phase::Failed => return Err(PadError::Failed),
@@ -390,21 +412,29 @@ impl Shared {
         )
     }
 
+    /// The pipeline clock as sender reports need it.
+    fn ntp_mapper(&self) -> NtpMapper {
+        let element = self.element.upgrade();
+        let clock = element.as_ref().and_then(|e| e.clock());
+        NtpMapper {
+            source: self.cfg.ntp_source,
+            clock_now: clock.map(|c| c.time().nseconds()),
+            base_time: element
+                .and_then(|e| e.base_time())
+                .map(|t| t.nseconds())
+                .unwrap_or(0),
+            wall_now: std::time::SystemTime::now(),
+        }
+    }
+
     fn send(
         &self,
         track: usize,
-        channel: u8,
-        pt: Option<u8>,
-        buffers: impl Iterator<Item = gst::Buffer>,
+        tx: &TrackSender,
+        buffers: impl Iterator<Item = (gst::Buffer, Option<u64>)>,
     ) -> Result<(), PadError> {
-        let mut too_big = None;
-        let frames = buffers.filter_map(|b| match OutFrame::rtp(b, channel, pt) {
-            Ok(f) => Some(f),
-            Err(len) => {
-                too_big = Some(len);
-                None
-            }
-        });
+        let mut frames = Vec::new();
+        let too_big = tx.frames(buffers, &self.ntp_mapper(), &mut frames).err();
         let res = self.queue.push_all(frames);
         if let Some(len) = too_big {
             return Err(PadError::Error(gst::ErrorMessage::new(
@@ -454,7 +484,8 @@ impl Shared {
     async fn run_handshake(self: Arc<Self>, caps: Vec<gst::Caps>) {
         let started = Instant::now();
         match self.connect_and_record(&caps).await {
-            Ok(rec) => {
+            Ok(mut rec) => {
+                rec.duration = started.elapsed();
                 gst::info!(
                     CAT,
                     "recording to {} after {:?} ({} round trips), session {:?}",
@@ -593,6 +624,7 @@ impl Shared {
         .with_credentials(creds);
         let (negotiated, trips) = control.run_handshake(&mut hs).await?;
         Ok(Recorded {
+            duration: Duration::ZERO,
             control,
             negotiated,
             ctx: hs.ctx,
@@ -618,12 +650,21 @@ impl Shared {
                 s.fail(error_message(&url, &e, true));
             }
         });
+        let weak: Weak<Shared> = Arc::downgrade(self);
+        let on_rtcp = Arc::new(move |channel: u8, data: &[u8]| {
+            if let Some(s) = weak.upgrade() {
+                s.receiver_report(channel, data);
+            }
+        });
+        let local = control.stream.local_addr().ok();
+        let server = control.stream.peer_addr().ok();
         let streaming = Streaming::start(
             control,
             ctx,
             rec_url.aggregate_uri(self.cfg.style),
             self.queue.clone(),
             on_failure,
+            on_rtcp,
         );
         if self.cfg.keepalive {
             // A Public list without GET_PARAMETER: keep alive with OPTIONS from the start.
@@ -639,29 +680,199 @@ impl Shared {
             streaming.abort();
             return;
         }
-        for (i, t) in st.tracks.iter_mut().enumerate() {
-            t.channel = negotiated.tracks[i].rtp_channel;
-            t.pt_rewrite = pt_rewrites[i];
-        }
+        // One CNAME for every track: receivers sync the tracks that share it.
+        let cname = format!(
+            "rtspannounce-{:08x}@{}",
+            rand::random::<u32>(),
+            local
+                .map(|a| a.ip().to_string())
+                .unwrap_or_else(|| "localhost".into())
+        );
+        let ntp = self.ntp_mapper();
         // What arrived before RECORD's answer goes first, in order.
         let mut frames = Vec::new();
-        for t in st.tracks.iter_mut() {
-            for b in t.held.drain(..) {
-                match OutFrame::rtp(b, t.channel, t.pt_rewrite) {
-                    Ok(f) => frames.push(f),
-                    Err(len) => gst::warning!(CAT, "dropping {len}-byte packet: too large"),
-                }
+        for (i, t) in st.tracks.iter_mut().enumerate() {
+            let clock_rate = t
+                .caps
+                .as_ref()
+                .and_then(|c| c.structure(0).and_then(|s| s.get::<i32>("clock-rate").ok()))
+                .unwrap_or(90_000)
+                .max(1) as u32;
+            let tx = Arc::new(TrackSender::new(
+                negotiated.tracks[i].rtp_channel,
+                negotiated.tracks[i].rtcp_channel,
+                pt_rewrites[i],
+                clock_rate,
+                cname.clone(),
+            ));
+            if let Err(len) = tx.frames(t.held.drain(..), &ntp, &mut frames) {
+                gst::warning!(CAT, "dropping {len}-byte packet: too large");
             }
+            t.tx = Some(tx);
         }
         self.queue.preload(frames);
         st.streaming = Some(streaming);
         st.phase = Phase::Recording;
+        st.server = server.map(|a| a.to_string());
+        st.session_id = negotiated.session_id.clone();
+        st.handshake = Some((rec.duration, rec.round_trips));
+        self.start_reports();
+        let msg = gst::Structure::builder("rtspannounce-connected")
+            .field("location", rec_url.request_uri())
+            .field("server", st.server.clone().unwrap_or_default())
+            .field(
+                "session-id",
+                negotiated.session_id.clone().unwrap_or_default(),
+            )
+            .field("tracks", st.tracks.len() as u32)
+            .field("handshake-us", rec.duration.as_micros() as u64)
+            .field("round-trips", rec.round_trips)
+            .build();
         let all_eos = st.tracks.iter().all(|t| t.eos);
         drop(st);
         self.cond.notify_all();
+        self.post_element_message(msg);
         if all_eos {
             self.finish();
         }
+    }
+
+    fn post_element_message(&self, s: gst::Structure) {
+        if let Some(e) = self.element.upgrade() {
+            let _ = e.post_message(gst::message::Element::builder(s).src(&e).build());
+        }
+    }
+
+    /// Sender reports every `rtcp-interval` (randomised over [0.5, 1.5] as RFC 3550 asks), for
+    /// as long as the session records.
+    fn start_reports(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let base = self.cfg.rtcp_interval;
+        RUNTIME.spawn(async move {
+            loop {
+                tokio::time::sleep(crate::rtcp::jittered(base, rand::random::<f64>())).await;
+                let Some(this) = weak.upgrade() else { return };
+                let txs: Vec<Arc<TrackSender>> = {
+                    let st = this.state.lock().unwrap();
+                    if st.phase != Phase::Recording {
+                        return;
+                    }
+                    st.tracks.iter().filter_map(|t| t.tx.clone()).collect()
+                };
+                let ntp = this.ntp_mapper();
+                for tx in txs {
+                    if let Some(f) = tx.report(&ntp, false) {
+                        if let OutFrame::Control(bytes) = f {
+                            if this.queue.push_control(bytes).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// RTCP from the server: report blocks about our tracks update the stats; new loss is a
+    /// warning (at most one every 10 s).
+    fn receiver_report(&self, channel: u8, data: &[u8]) {
+        let txs: Vec<Arc<TrackSender>> = {
+            let st = self.state.lock().unwrap();
+            st.tracks.iter().filter_map(|t| t.tx.clone()).collect()
+        };
+        let Some(tx) = txs
+            .iter()
+            .find(|t| t.rtcp_channel == channel || t.channel == channel)
+        else {
+            return;
+        };
+        let ntp = self.ntp_mapper();
+        let arrival = crate::rtcp::ntp_middle(ntp.ntp_at(ntp.running_now().unwrap_or(0)));
+        for block in crate::rtcp::report_blocks(data) {
+            if let Some(lost) = tx.receiver_report(&block, arrival) {
+                let mut st = self.state.lock().unwrap();
+                let due = st
+                    .loss_warned
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+                if due {
+                    st.loss_warned = Some(Instant::now());
+                    drop(st);
+                    if let Some(e) = self.element.upgrade() {
+                        gst::element_warning!(
+                            e,
+                            gst::StreamError::Failed,
+                            (
+                                "The server reports {} packets lost on channel {} ({}% recently)",
+                                lost,
+                                tx.channel,
+                                block.fraction_lost as u32 * 100 / 256
+                            )
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The `stats` property.
+    pub fn stats(&self) -> gst::Structure {
+        let st = self.state.lock().unwrap();
+        let phase = match st.phase {
+            Phase::Waiting => "waiting-for-data",
+            Phase::Connecting => "connecting",
+            Phase::Recording => "recording",
+            Phase::Finishing => "finishing",
+            Phase::Done => "done",
+            Phase::Failed => "failed",
+            Phase::Stopped => "stopped",
+        };
+        let tracks: Vec<gst::glib::SendValue> = st
+            .tracks
+            .iter()
+            .map(|t| {
+                let mut b = gst::Structure::builder("track").field("pad", t.pad_name.clone());
+                if let Some(tx) = &t.tx {
+                    let c = tx.counters.lock().unwrap();
+                    b = b
+                        .field("ssrc", c.ssrc.unwrap_or(0))
+                        .field("channel", tx.channel as u32)
+                        .field("rtcp-channel", tx.rtcp_channel as u32)
+                        .field(
+                            "payload-type-rewrite",
+                            tx.pt_rewrite.map(u32::from).unwrap_or(0),
+                        )
+                        .field("packets", c.packets)
+                        .field("payload-bytes", c.octets)
+                        .field("bytes", c.bytes)
+                        .field("sender-reports", c.sender_reports)
+                        .field("receiver-reports", c.receiver.reports)
+                        .field("fraction-lost", c.receiver.fraction_lost as u32)
+                        .field("cumulative-lost", c.receiver.cumulative_lost)
+                        .field("jitter", c.receiver.jitter)
+                        .field(
+                            "rtt-us",
+                            c.receiver.rtt.map(|r| r.as_micros() as u64).unwrap_or(0),
+                        );
+                } else {
+                    b = b.field("held-buffers", t.held.len() as u32);
+                }
+                b.build().to_send_value()
+            })
+            .collect();
+        gst::Structure::builder("application/x-rtspannounce-stats")
+            .field("state", phase)
+            .field("server", st.server.clone().unwrap_or_default())
+            .field("session-id", st.session_id.clone().unwrap_or_default())
+            .field(
+                "handshake-us",
+                st.handshake.map(|h| h.0.as_micros() as u64).unwrap_or(0),
+            )
+            .field("round-trips", st.handshake.map(|h| h.1).unwrap_or(0))
+            .field("queue-bytes", self.queue.level() as u64)
+            .field("reconnects", 0u32)
+            .field("dropped-packets", 0u64)
+            .field("tracks", gst::Array::from_values(tracks))
+            .build()
     }
 
     /// EOS on one pad. When every pad has had it: drain, TEARDOWN, then EOS on the bus.
@@ -742,6 +953,19 @@ impl Shared {
             st.streaming.clone()
         };
         let Some(streaming) = streaming else { return };
+        // A last report with BYE per track, after all data and before TEARDOWN. Some servers
+        // (FFmpeg's listener) close once every track said BYE.
+        streaming.expect_close();
+        let ntp = self.ntp_mapper();
+        let txs: Vec<Arc<TrackSender>> = {
+            let st = self.state.lock().unwrap();
+            st.tracks.iter().filter_map(|t| t.tx.clone()).collect()
+        };
+        for tx in txs {
+            if let Some(OutFrame::Control(bytes)) = tx.report(&ntp, true) {
+                let _ = self.queue.push_control(bytes);
+            }
+        }
         let this = self.clone();
         let timeout = self.cfg.tcp_timeout;
         RUNTIME.spawn(async move {
@@ -756,11 +980,30 @@ impl Shared {
                 }
                 st.phase = Phase::Done;
             }
+            this.post_element_message(
+                gst::Structure::builder("rtspannounce-disconnected")
+                    .field(
+                        "reason",
+                        if res.is_ok() {
+                            "eos"
+                        } else {
+                            "teardown-failed"
+                        },
+                    )
+                    .build(),
+            );
             match res {
                 Ok(()) => gst::info!(CAT, obj = &element, "TEARDOWN answered, all data delivered"),
                 Err(TeardownError::NotDelivered(e)) => {
                     this.post_error(error_message(&this.cfg.url, &e, true));
                     return;
+                }
+                Err(TeardownError::NoAnswer(SessionError::Io(e))) => {
+                    gst::info!(
+                        CAT,
+                        obj = &element,
+                        "no TEARDOWN answer, the server closed: {e}"
+                    );
                 }
                 Err(TeardownError::NoAnswer(e)) => {
                     gst::element_warning!(

@@ -1,0 +1,211 @@
+//! Per-track sending state once RECORD is answered: framing, the packet and octet counts that
+//! sender reports carry, the RTP/running-time mapping, and what receiver reports told us.
+
+use crate::net::queue::OutFrame;
+use crate::rtcp::{self, RtpFacts, SenderInfo};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Which clock the NTP field of sender reports follows (rtspclientsink's `ntp-time-source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NtpSource {
+    /// Wall clock, NTP epoch.
+    Ntp,
+    /// Wall clock, Unix epoch.
+    Unix,
+    /// The pipeline's running time.
+    RunningTime,
+    /// The pipeline clock's time.
+    ClockTime,
+}
+
+/// Maps running time to the NTP field: the same function for every track of a session, which
+/// is what lets a receiver line tracks up.
+#[derive(Debug, Clone, Copy)]
+pub struct NtpMapper {
+    pub source: NtpSource,
+    /// Pipeline clock now and base time, if the element has a clock.
+    pub clock_now: Option<u64>,
+    pub base_time: u64,
+    pub wall_now: SystemTime,
+}
+
+impl NtpMapper {
+    pub fn running_now(&self) -> Option<u64> {
+        self.clock_now.map(|c| c.saturating_sub(self.base_time))
+    }
+
+    /// NTP timestamp of the instant the pipeline reaches running time `rt`.
+    pub fn ntp_at(&self, rt: u64) -> u64 {
+        let clock_at = self.base_time.saturating_add(rt);
+        match self.source {
+            NtpSource::RunningTime => rtcp::ntp_timestamp(Duration::from_nanos(rt)),
+            NtpSource::ClockTime => rtcp::ntp_timestamp(Duration::from_nanos(clock_at)),
+            NtpSource::Ntp | NtpSource::Unix => {
+                let unix = self.wall_now.duration_since(UNIX_EPOCH).unwrap_or_default();
+                // Wall time now, moved by how far `rt` lies from now on the pipeline clock.
+                let delta = self
+                    .clock_now
+                    .map(|c| clock_at as i128 - c as i128)
+                    .unwrap_or(0);
+                let at = (unix.as_nanos() as i128 + delta).max(0) as u128;
+                let at = Duration::from_nanos(at as u64);
+                let at = if self.source == NtpSource::Ntp {
+                    at + Duration::from_secs(rtcp::NTP_UNIX_OFFSET)
+                } else {
+                    at
+                };
+                rtcp::ntp_timestamp(at)
+            }
+        }
+    }
+}
+
+/// What the server reported about one of our tracks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReceiverView {
+    pub reports: u64,
+    pub fraction_lost: u8,
+    pub cumulative_lost: i32,
+    pub jitter: u32,
+    pub rtt: Option<Duration>,
+}
+
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub ssrc: Option<u32>,
+    pub packets: u64,
+    /// Payload octets, as sender reports count them.
+    pub octets: u64,
+    /// Bytes on the wire, interleave headers included.
+    pub bytes: u64,
+    last_rtp: u32,
+    last_running: Option<u64>,
+    pub sender_reports: u64,
+    pub receiver: ReceiverView,
+}
+
+pub struct TrackSender {
+    pub channel: u8,
+    pub rtcp_channel: u8,
+    pub pt_rewrite: Option<u8>,
+    pub clock_rate: u32,
+    cname: String,
+    pub counters: Mutex<Counters>,
+}
+
+fn frame_rtcp(channel: u8, packet: &[u8]) -> OutFrame {
+    let mut v = Vec::with_capacity(4 + packet.len());
+    v.push(b'$');
+    v.push(channel);
+    v.extend_from_slice(&(packet.len() as u16).to_be_bytes());
+    v.extend_from_slice(packet);
+    OutFrame::Control(v)
+}
+
+impl TrackSender {
+    pub fn new(
+        channel: u8,
+        rtcp_channel: u8,
+        pt_rewrite: Option<u8>,
+        clock_rate: u32,
+        cname: String,
+    ) -> Self {
+        TrackSender {
+            channel,
+            rtcp_channel,
+            pt_rewrite,
+            clock_rate: clock_rate.max(1),
+            cname,
+            counters: Mutex::new(Counters::default()),
+        }
+    }
+
+    /// Frames buffers (with their running times) for the queue, counting them. The very first
+    /// packet of the track is preceded by a sender report, so a receiver can place the track on
+    /// the common timeline from its first packet on.
+    pub fn frames(
+        &self,
+        buffers: impl IntoIterator<Item = (gst::Buffer, Option<u64>)>,
+        ntp: &NtpMapper,
+        out: &mut Vec<OutFrame>,
+    ) -> Result<(), usize> {
+        let mut c = self.counters.lock().unwrap();
+        for (buffer, running) in buffers {
+            let len = buffer.size();
+            let facts = rtcp::rtp_facts(len, |off, dst| buffer.copy_to_slice(off, dst).is_ok());
+            let frame = OutFrame::rtp(buffer, self.channel, self.pt_rewrite)?;
+            if let Some(RtpFacts {
+                ssrc,
+                timestamp,
+                payload_len,
+                ..
+            }) = facts
+            {
+                if c.ssrc != Some(ssrc) {
+                    c.ssrc = Some(ssrc);
+                }
+                if let Some(rt) = running {
+                    c.last_rtp = timestamp;
+                    c.last_running = Some(rt);
+                    if c.sender_reports == 0 {
+                        out.push(self.report_locked(&mut c, rt, ntp, false));
+                    }
+                }
+                c.octets += payload_len as u64;
+            }
+            c.packets += 1;
+            c.bytes += frame.len() as u64;
+            out.push(frame);
+        }
+        Ok(())
+    }
+
+    fn report_locked(&self, c: &mut Counters, at: u64, ntp: &NtpMapper, bye: bool) -> OutFrame {
+        let rtp = match c.last_running {
+            Some(last) => rtcp::rtp_at(c.last_rtp, last, at, self.clock_rate),
+            None => c.last_rtp,
+        };
+        let info = SenderInfo {
+            ssrc: c.ssrc.unwrap_or(0),
+            ntp: ntp.ntp_at(at),
+            rtp_timestamp: rtp,
+            packets: c.packets as u32,
+            octets: c.octets as u32,
+        };
+        c.sender_reports += 1;
+        frame_rtcp(self.rtcp_channel, &rtcp::compound(&info, &self.cname, bye))
+    }
+
+    /// A periodic report (or the last one, with BYE): stamped "now" on the pipeline clock, or at
+    /// the last packet when there is no clock. None before the track's first packet.
+    pub fn report(&self, ntp: &NtpMapper, bye: bool) -> Option<OutFrame> {
+        let mut c = self.counters.lock().unwrap();
+        c.ssrc?;
+        let last = c.last_running?;
+        let at = ntp.running_now().unwrap_or(last);
+        Some(self.report_locked(&mut c, at, ntp, bye))
+    }
+
+    /// Takes report blocks about our SSRC; returns the new cumulative loss if it grew.
+    pub fn receiver_report(&self, block: &rcp_block::Block, arrival_middle: u32) -> Option<i32> {
+        let mut c = self.counters.lock().unwrap();
+        if c.ssrc != Some(block.ssrc) {
+            return None;
+        }
+        let grew = block.cumulative_lost > c.receiver.cumulative_lost;
+        c.receiver = ReceiverView {
+            reports: c.receiver.reports + 1,
+            fraction_lost: block.fraction_lost,
+            cumulative_lost: block.cumulative_lost,
+            jitter: block.jitter,
+            rtt: block.rtt(arrival_middle).or(c.receiver.rtt),
+        };
+        grew.then_some(block.cumulative_lost)
+    }
+}
+
+/// Re-export so callers name one type.
+pub mod rcp_block {
+    pub use crate::rtcp::ReportBlock as Block;
+}
