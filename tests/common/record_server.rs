@@ -8,15 +8,25 @@
 //! Used by the integration tests (`#[path = "common/record_server.rs"] mod record_server;`)
 //! and by `examples/record-server.rs`. It depends on nothing else in `tests/common`.
 //!
-//! Facts about gst-rtsp-server's record mode this relies on:
-//! - the factory launch line names its depayloaders `depay0`, `depay1`, ... and an ANNOUNCE is
-//!   refused unless the SDP has exactly as many `m=` lines as there are depayloaders, in the
-//!   same order (video first, then audio, for [`Tracks::H264Aac`] / [`Tracks::H264Opus`]);
+//! A session is *finished* when its media pipeline got EOS and was shut down (so the file is
+//! complete) and its client sent TEARDOWN or disconnected; [`RecordServer::wait_finished`]
+//! returns each finished session once, in order.
+//!
+//! Facts about gst-rtsp-server's record mode (1.22) this relies on:
+//! - the factory launch line names its depayloaders `depay0`, `depay1`, ...; an ANNOUNCE whose
+//!   SDP has a different number of `m=` lines is refused (the media is dropped unprepared,
+//!   which the report names), and `m=` line N feeds `depayN` whatever its codec: a pusher
+//!   that announces audio first gets a not-negotiated pipeline, which the report names too;
 //! - with `eos-shutdown` the media sends EOS into its pipeline when it is unprepared (client
 //!   TEARDOWN, or disconnect since `stop-on-disconnect` is on by default), waits for the EOS
 //!   message and only then goes to NULL and emits `unprepared`: at that point mp4mux has
 //!   written its `moov` and filesink has closed the file;
-//! - the media thread runs the pipeline; our pad probes count in the streaming threads.
+//! - the media's rtpbin stamps packets by arrival time by default (`buffer-mode=slave`), which
+//!   distorts the recorded timeline when the machine is loaded: we switch it to `none`, so
+//!   PTS come from the RTP timestamps and durations are exact (5.000 s for 150 frames at 30/s);
+//! - the media thread runs the pipeline; our pad probes count in the streaming threads; the
+//!   RTSP methods are logged from the client's `pre-*-request` signals (the post signals
+//!   fire after TEARDOWN has already unprepared the media).
 
 #![allow(dead_code)]
 
@@ -201,6 +211,8 @@ impl Default for RecordServerConfig {
 pub struct TrackReport {
     /// Index of the track (= stream index = `depayN`).
     pub index: usize,
+    /// The codec this server expects on this track (`H.264`, `AAC`, `Opus`).
+    pub expected: String,
     /// Caps after the parser, e.g. `video/x-h264, stream-format=avc, width=320, ...`.
     pub caps: String,
     /// Caps after the decoder, e.g. `video/x-raw, format=I420, width=320, ...`.
@@ -233,6 +245,9 @@ pub struct TrackReport {
 
 impl TrackReport {
     pub fn is_video(&self) -> bool {
+        if self.caps.is_empty() && self.decoded_caps.is_empty() {
+            return self.expected == TrackKind::H264.name();
+        }
         self.caps.starts_with("video/") || self.decoded_caps.starts_with("video/")
     }
 
@@ -339,7 +354,11 @@ impl fmt::Display for Report {
                 f,
                 "  track {}: {} {}, {} RTP packets, {} parsed, {} decoded frames{}, pts {} .. {}, duration {}{}",
                 t.index,
-                if t.codec.is_empty() { "?" } else { &t.codec },
+                if t.codec.is_empty() {
+                    format!("(no caps; expected {})", t.expected)
+                } else {
+                    t.codec.clone()
+                },
                 params,
                 t.packets,
                 t.parsed,
@@ -611,9 +630,8 @@ fn probe_decoded(pad: &gst::Pad, shared: &Arc<Shared>, si: usize, ti: usize) {
                     let t = &mut st.sessions[si].tracks[ti];
                     t.frames += 1;
                     let bpf = bpf.load(Ordering::Relaxed);
-                    if bpf > 0 {
-                        t.samples += buf.size() as u64 / bpf;
-                    }
+                    // bpf is 0 until the decoder's caps are known.
+                    t.samples += (buf.size() as u64).checked_div(bpf).unwrap_or(0);
                     if let Some(pts) = buf.pts() {
                         if t.first_pts.is_none() {
                             t.first_pts = Some(pts);
@@ -716,9 +734,13 @@ fn configure_media(
         let out = output.map(|o| session_output(o, si + 1));
         st.sessions.push(SessionRec {
             client: client_idx,
-            tracks: (0..tracks.kinds().len())
-                .map(|index| TrackReport {
+            tracks: tracks
+                .kinds()
+                .iter()
+                .enumerate()
+                .map(|(index, kind)| TrackReport {
                     index,
+                    expected: kind.name().to_owned(),
                     ..Default::default()
                 })
                 .collect(),
@@ -744,6 +766,21 @@ fn configure_media(
         record_error("media element is not a bin".into());
         return;
     };
+
+    // The media adds its rtpbin to this pipeline when it is prepared. Its default
+    // buffer-mode "slave" stamps packets from their arrival time, so a loaded machine (or a
+    // bursty pusher) squeezes or stretches the recorded timeline; "none" derives PTS from the
+    // RTP timestamps only: the receiver reports the sender's timing.
+    match bin.parent().and_then(|p| p.downcast::<gst::Bin>().ok()) {
+        Some(pipeline) => {
+            pipeline.connect_element_added(|_, element| {
+                if element.factory().is_some_and(|f| f.name() == "rtpbin") {
+                    element.set_property_from_str("buffer-mode", "none");
+                }
+            });
+        }
+        None => record_error("media element has no parent pipeline".into()),
+    }
 
     if let Some(out) = &out {
         match bin.by_name("filesink") {
