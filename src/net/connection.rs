@@ -260,12 +260,14 @@ impl Streaming {
         let reader = tokio::spawn(read_loop(
             rd,
             parser,
-            queue.clone(),
-            waiting.clone(),
-            on_failure.clone(),
-            on_rtcp,
-            closing.clone(),
-            name.clone(),
+            ReaderCtx {
+                queue: queue.clone(),
+                waiting: waiting.clone(),
+                on_failure: on_failure.clone(),
+                on_rtcp,
+                closing: closing.clone(),
+                name: name.clone(),
+            },
         ))
         .abort_handle();
         let writer = tokio::spawn(write_loop(
@@ -499,16 +501,25 @@ async fn write_loop(
     Ok(())
 }
 
-async fn read_loop(
-    mut rd: OwnedReadHalf,
-    mut parser: Parser,
+/// What the reader task shares with the rest of the session.
+struct ReaderCtx {
     queue: Arc<SendQueue>,
     waiting: Arc<Mutex<HashMap<u32, tokio::sync::oneshot::Sender<Response>>>>,
     on_failure: FailureHandler,
     on_rtcp: RtcpHandler,
     closing: Arc<AtomicBool>,
     name: String,
-) {
+}
+
+async fn read_loop(mut rd: OwnedReadHalf, mut parser: Parser, cx: ReaderCtx) {
+    let ReaderCtx {
+        queue,
+        waiting,
+        on_failure,
+        on_rtcp,
+        closing,
+        name,
+    } = cx;
     let mut buf = vec![0u8; 16 * 1024];
     let fail = |err: SessionError| {
         gst::warning!(CAT, "{name}: {err}");

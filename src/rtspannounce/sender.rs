@@ -94,13 +94,14 @@ pub struct TrackSender {
     pub counters: Mutex<Counters>,
 }
 
-fn frame_rtcp(channel: u8, packet: &[u8]) -> OutFrame {
+/// An RTCP compound as an interleaved frame.
+fn frame_rtcp(channel: u8, packet: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(4 + packet.len());
     v.push(b'$');
     v.push(channel);
     v.extend_from_slice(&(packet.len() as u16).to_be_bytes());
     v.extend_from_slice(packet);
-    OutFrame::Control(v)
+    v
 }
 
 impl TrackSender {
@@ -149,7 +150,9 @@ impl TrackSender {
                     c.last_rtp = timestamp;
                     c.last_running = Some(rt);
                     if c.sender_reports == 0 {
-                        out.push(self.report_locked(&mut c, rt, ntp, false));
+                        out.push(OutFrame::Control(
+                            self.report_locked(&mut c, rt, ntp, false),
+                        ));
                     }
                 }
                 c.octets += payload_len as u64;
@@ -161,7 +164,7 @@ impl TrackSender {
         Ok(())
     }
 
-    fn report_locked(&self, c: &mut Counters, at: u64, ntp: &NtpMapper, bye: bool) -> OutFrame {
+    fn report_locked(&self, c: &mut Counters, at: u64, ntp: &NtpMapper, bye: bool) -> Vec<u8> {
         let rtp = match c.last_running {
             Some(last) => rtcp::rtp_at(c.last_rtp, last, at, self.clock_rate),
             None => c.last_rtp,
@@ -179,7 +182,7 @@ impl TrackSender {
 
     /// A periodic report (or the last one, with BYE): stamped "now" on the pipeline clock, or at
     /// the last packet when there is no clock. None before the track's first packet.
-    pub fn report(&self, ntp: &NtpMapper, bye: bool) -> Option<OutFrame> {
+    pub fn report(&self, ntp: &NtpMapper, bye: bool) -> Option<Vec<u8>> {
         let mut c = self.counters.lock().unwrap();
         c.ssrc?;
         let last = c.last_running?;
@@ -188,7 +191,7 @@ impl TrackSender {
     }
 
     /// Takes report blocks about our SSRC; returns the new cumulative loss if it grew.
-    pub fn receiver_report(&self, block: &rcp_block::Block, arrival_middle: u32) -> Option<i32> {
+    pub fn receiver_report(&self, block: &rtcp::ReportBlock, arrival_middle: u32) -> Option<i32> {
         let mut c = self.counters.lock().unwrap();
         if c.ssrc != Some(block.ssrc) {
             return None;
@@ -203,9 +206,4 @@ impl TrackSender {
         };
         grew.then_some(block.cumulative_lost)
     }
-}
-
-/// Re-export so callers name one type.
-pub mod rcp_block {
-    pub use crate::rtcp::ReportBlock as Block;
 }

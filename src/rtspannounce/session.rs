@@ -6,7 +6,7 @@
 
 use super::sender::{NtpMapper, NtpSource, TrackSender};
 use crate::net::connection::{Control, SessionError, Streaming, TeardownError};
-use crate::net::queue::{OutFrame, QueueError, SendQueue};
+use crate::net::queue::{QueueError, SendQueue};
 use crate::net::RUNTIME;
 use crate::rtsp::auth::Credentials;
 use crate::rtsp::handshake::{Handshake, HandshakeError, Negotiated, RequestContext};
@@ -761,11 +761,9 @@ impl Shared {
                 };
                 let ntp = this.ntp_mapper();
                 for tx in txs {
-                    if let Some(f) = tx.report(&ntp, false) {
-                        if let OutFrame::Control(bytes) = f {
-                            if this.queue.push_control(bytes).is_err() {
-                                return;
-                            }
+                    if let Some(bytes) = tx.report(&ntp, false) {
+                        if this.queue.push_control(bytes).is_err() {
+                            return;
                         }
                     }
                 }
@@ -962,7 +960,7 @@ impl Shared {
             st.tracks.iter().filter_map(|t| t.tx.clone()).collect()
         };
         for tx in txs {
-            if let Some(OutFrame::Control(bytes)) = tx.report(&ntp, true) {
+            if let Some(bytes) = tx.report(&ntp, true) {
                 let _ = self.queue.push_control(bytes);
             }
         }
