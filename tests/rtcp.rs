@@ -23,7 +23,11 @@ fn payload_len(p: &[u8]) -> usize {
     if p[0] & 0x10 != 0 {
         head += 4 + 4 * u16::from_be_bytes([p[head + 2], p[head + 3]]) as usize;
     }
-    let pad = if p[0] & 0x20 != 0 { p[p.len() - 1] as usize } else { 0 };
+    let pad = if p[0] & 0x20 != 0 {
+        p[p.len() - 1] as usize
+    } else {
+        0
+    };
     p.len() - head - pad
 }
 
@@ -116,7 +120,11 @@ fn reports_first_then_periodic_then_bye_with_exact_counts() {
         }
         // Counts in every report equal what arrived before it; the last one carries BYE.
         for sr in &srs {
-            let before: Vec<&Frame> = media.iter().filter(|(i, _)| *i < sr.index).map(|(_, f)| *f).collect();
+            let before: Vec<&Frame> = media
+                .iter()
+                .filter(|(i, _)| *i < sr.index)
+                .map(|(_, f)| *f)
+                .collect();
             assert_eq!(sr.packets as usize, before.len());
             let octets: usize = before.iter().map(|f| payload_len(&f.data)).sum();
             assert_eq!(sr.octets as usize, octets);
@@ -129,10 +137,16 @@ fn reports_first_then_periodic_then_bye_with_exact_counts() {
         let (a, b) = (&srs[1], &srs[srs.len() - 2]);
         let ntp_secs = (b.ntp - a.ntp) as f64 / (1u64 << 32) as f64;
         let rtp_secs = b.rtp.wrapping_sub(a.rtp) as f64 / rate as f64;
-        assert!((ntp_secs - rtp_secs).abs() < 0.02, "ntp {ntp_secs} rtp {rtp_secs}");
+        assert!(
+            (ntp_secs - rtp_secs).abs() < 0.02,
+            "ntp {ntp_secs} rtp {rtp_secs}"
+        );
     }
     // One CNAME for both tracks, so receivers sync them.
-    assert_eq!(sender_reports(&snap, 1)[0].cname, sender_reports(&snap, 3)[0].cname);
+    assert_eq!(
+        sender_reports(&snap, 1)[0].cname,
+        sender_reports(&snap, 3)[0].cname
+    );
     // The reports went before TEARDOWN.
     assert_eq!(snap.methods().last(), Some(&"TEARDOWN"));
 }
@@ -175,10 +189,19 @@ fn receiver_reports_fill_stats_and_loss_warns() {
     assert!(server.send_interleaved(1, &rr));
 
     let msg = bus
-        .timed_pop_filtered(gst::ClockTime::from_seconds(10), &[gst::MessageType::Warning])
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(10),
+            &[gst::MessageType::Warning],
+        )
         .expect("loss warning");
-    let gst::MessageView::Warning(w) = msg.view() else { unreachable!() };
-    assert!(w.error().message().contains("3 packets lost"), "{}", w.error());
+    let gst::MessageView::Warning(w) = msg.view() else {
+        unreachable!()
+    };
+    assert!(
+        w.error().message().contains("3 packets lost"),
+        "{}",
+        w.error()
+    );
 
     assert!(server.wait_frames(server.frame_count() + 10, T));
     let stats: gst::Structure = sink.property("stats");

@@ -177,6 +177,13 @@ impl TrackSender {
             octets: c.octets as u32,
         };
         c.sender_reports += 1;
+        gst::log!(
+            crate::CAT,
+            "SR ssrc {:08x} at running time {at} ns: rtp {rtp}, ntp {:016x}, {} packets",
+            info.ssrc,
+            info.ntp,
+            info.packets
+        );
         frame_rtcp(self.rtcp_channel, &rtcp::compound(&info, &self.cname, bye))
     }
 

@@ -183,14 +183,23 @@ pub struct RecordServerConfig {
     /// Record to this file (`.mkv`/`.mka`/`.webm` → matroskamux, anything else → mp4mux).
     /// Session 1 writes exactly this path; session N ≥ 2 writes `STEM-N.EXT` beside it.
     pub output: Option<PathBuf>,
+    /// Leave the media's rtpbin as gst-rtsp-server sets it up (`buffer-mode=slave`, lip-sync
+    /// from RTCP sender reports) instead of deriving PTS from RTP timestamps alone.
+    pub stock_rtpbin: bool,
 }
 
 impl RecordServerConfig {
+    pub fn with_stock_rtpbin(mut self) -> RecordServerConfig {
+        self.stock_rtpbin = true;
+        self
+    }
+
     pub fn new(mount: &str, tracks: Tracks) -> RecordServerConfig {
         RecordServerConfig {
             mount: mount.to_owned(),
             tracks,
             output: None,
+            stock_rtpbin: false,
         }
     }
 
@@ -717,6 +726,7 @@ fn configure_media(
     shared: &Arc<Shared>,
     tracks: Tracks,
     output: Option<&Path>,
+    stock_rtpbin: bool,
     media: &gst_rtsp_server::RTSPMedia,
 ) {
     // Which client is doing the ANNOUNCE: the signal is emitted while it handles the request.
@@ -772,6 +782,7 @@ fn configure_media(
     // bursty pusher) squeezes or stretches the recorded timeline; "none" derives PTS from the
     // RTP timestamps only: the receiver reports the sender's timing.
     match bin.parent().and_then(|p| p.downcast::<gst::Bin>().ok()) {
+        Some(_) if stock_rtpbin => {}
         Some(pipeline) => {
             pipeline.connect_element_added(|_, element| {
                 if element.factory().is_some_and(|f| f.name() == "rtpbin") {
@@ -962,8 +973,9 @@ impl RecordServer {
             let shared = shared.clone();
             let tracks = cfg.tracks;
             let output = cfg.output.clone();
+            let stock_rtpbin = cfg.stock_rtpbin;
             factory.connect_media_configure(move |_, media| {
-                configure_media(&shared, tracks, output.as_deref(), media);
+                configure_media(&shared, tracks, output.as_deref(), stock_rtpbin, media);
             });
         }
 
