@@ -113,3 +113,30 @@ fn query_string_needs_no_query_setup_urls() {
     let report = server.wait_finished(Duration::from_secs(20)).unwrap();
     assert_eq!(report.tracks[0].frames, 60, "{report}");
 }
+
+fn push_with_auth(methods: gst_rtsp_server::gst_rtsp::RTSPAuthMethod, creds: &str) -> (Outcome, Option<Report>) {
+    let server = RecordServer::start(
+        RecordServerConfig::new("/live/auth", Tracks::H264).with_auth("pub", "Pa55-w0rd", methods),
+    )
+    .unwrap();
+    let out = push(&format!(
+        "{} ! rtspannounce location={} {creds}",
+        h264_branch(60, "vpay"),
+        server.url()
+    ));
+    let report = out.eos.then(|| server.wait_finished(Duration::from_secs(20)).unwrap());
+    (out, report)
+}
+
+#[test]
+fn gst_rtsp_server_basic_and_digest_auth() {
+    use gst_rtsp_server::gst_rtsp::RTSPAuthMethod;
+    for methods in [RTSPAuthMethod::Basic, RTSPAuthMethod::Digest] {
+        let (out, report) = push_with_auth(methods, "user-id=pub user-pw=Pa55-w0rd");
+        assert!(out.eos, "{methods:?}: {out:?}");
+        let report = report.unwrap();
+        assert_eq!(report.tracks[0].frames, 60, "{methods:?}: {report}");
+    }
+    let (out, _) = push_with_auth(RTSPAuthMethod::Digest, "user-id=pub user-pw=wrong");
+    assert_eq!(out.error_is, Some(gst::ResourceError::NotAuthorized), "{out:?}");
+}

@@ -186,9 +186,22 @@ pub struct RecordServerConfig {
     /// Leave the media's rtpbin as gst-rtsp-server sets it up (`buffer-mode=slave`, lip-sync
     /// from RTCP sender reports) instead of deriving PTS from RTP timestamps alone.
     pub stock_rtpbin: bool,
+    /// Require these credentials (gst-rtsp-server's RTSPAuth) with the given methods.
+    pub auth: Option<(String, String, gst_rtsp::RTSPAuthMethod)>,
 }
 
 impl RecordServerConfig {
+    /// Only `user`/`pass` may publish, authenticated by `methods` (Basic and/or Digest).
+    pub fn with_auth(
+        mut self,
+        user: &str,
+        pass: &str,
+        methods: gst_rtsp::RTSPAuthMethod,
+    ) -> RecordServerConfig {
+        self.auth = Some((user.to_owned(), pass.to_owned(), methods));
+        self
+    }
+
     pub fn with_stock_rtpbin(mut self) -> RecordServerConfig {
         self.stock_rtpbin = true;
         self
@@ -200,6 +213,7 @@ impl RecordServerConfig {
             tracks,
             output: None,
             stock_rtpbin: false,
+            auth: None,
         }
     }
 
@@ -969,6 +983,25 @@ impl RecordServer {
         factory.set_eos_shutdown(true);
         factory.set_stop_on_disconnect(true);
         factory.set_protocols(gst_rtsp::RTSPLowerTrans::TCP | gst_rtsp::RTSPLowerTrans::UDP);
+        if let Some((user, pass, methods)) = &cfg.auth {
+            let auth = gst_rtsp_server::RTSPAuth::new();
+            auth.set_supported_methods(*methods);
+            let token = gst_rtsp_server::RTSPToken::builder()
+                .field(gst_rtsp_server::RTSP_TOKEN_MEDIA_FACTORY_ROLE, "publisher")
+                .build();
+            auth.add_basic(
+                gst_rtsp_server::RTSPAuth::make_basic(user, pass).as_str(),
+                &token,
+            );
+            auth.add_digest(user, pass, &token);
+            server.set_auth(Some(&auth));
+            factory.add_role_from_structure(
+                &gst::Structure::builder("publisher")
+                    .field(gst_rtsp_server::RTSP_PERM_MEDIA_FACTORY_ACCESS, true)
+                    .field(gst_rtsp_server::RTSP_PERM_MEDIA_FACTORY_CONSTRUCT, true)
+                    .build(),
+            );
+        }
         {
             let shared = shared.clone();
             let tracks = cfg.tracks;
