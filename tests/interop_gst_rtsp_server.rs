@@ -114,7 +114,10 @@ fn query_string_needs_no_query_setup_urls() {
     assert_eq!(report.tracks[0].frames, 60, "{report}");
 }
 
-fn push_with_auth(methods: gst_rtsp_server::gst_rtsp::RTSPAuthMethod, creds: &str) -> (Outcome, Option<Report>) {
+fn push_with_auth(
+    methods: gst_rtsp_server::gst_rtsp::RTSPAuthMethod,
+    creds: &str,
+) -> (Outcome, Option<Report>) {
     let server = RecordServer::start(
         RecordServerConfig::new("/live/auth", Tracks::H264).with_auth("pub", "Pa55-w0rd", methods),
     )
@@ -124,7 +127,9 @@ fn push_with_auth(methods: gst_rtsp_server::gst_rtsp::RTSPAuthMethod, creds: &st
         h264_branch(60, "vpay"),
         server.url()
     ));
-    let report = out.eos.then(|| server.wait_finished(Duration::from_secs(20)).unwrap());
+    let report = out
+        .eos
+        .then(|| server.wait_finished(Duration::from_secs(20)).unwrap());
     (out, report)
 }
 
@@ -138,5 +143,9 @@ fn gst_rtsp_server_basic_and_digest_auth() {
         assert_eq!(report.tracks[0].frames, 60, "{methods:?}: {report}");
     }
     let (out, _) = push_with_auth(RTSPAuthMethod::Digest, "user-id=pub user-pw=wrong");
-    assert_eq!(out.error_is, Some(gst::ResourceError::NotAuthorized), "{out:?}");
+    assert_eq!(
+        out.error_is,
+        Some(gst::ResourceError::NotAuthorized),
+        "{out:?}"
+    );
 }

@@ -220,3 +220,75 @@ fn get_parameter_from_the_server_is_answered() {
         Some(DEFAULT_SESSION_ID)
     );
 }
+
+fn live(location: &str) -> gst::Pipeline {
+    init();
+    gst::parse::launch(&format!(
+        "videotestsrc is-live=true ! video/x-raw,width=160,height=120,framerate=30/1 ! \
+         x264enc tune=zerolatency ! rtph264pay ! rtspannounce name=s location={location}"
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap()
+}
+
+#[test]
+fn teardown_from_the_server_ends_the_session_with_an_error() {
+    let server = ScriptedServer::start(Script::new());
+    let p = live(&server.url("/live"));
+    let bus = p.bus().unwrap();
+    p.set_state(gst::State::Playing).unwrap();
+    assert!(server.wait_frames(10, T));
+    server.send_request("TEARDOWN").unwrap();
+    let msg = bus
+        .timed_pop_filtered(gst::ClockTime::from_seconds(10), &[gst::MessageType::Error])
+        .expect("error after the server's TEARDOWN");
+    let gst::MessageView::Error(e) = msg.view() else {
+        unreachable!()
+    };
+    assert!(
+        e.error().message().contains("sent TEARDOWN"),
+        "{}",
+        e.error()
+    );
+    p.set_state(gst::State::Null).unwrap();
+    let snap = server.snapshot();
+    assert_eq!(snap.responses.len(), 1);
+    assert_eq!(snap.responses[0].status, 200);
+}
+
+#[test]
+fn handle_request_lets_the_application_answer() {
+    let server = ScriptedServer::start(Script::new());
+    let p = live(&server.url("/live"));
+    let sink = p.by_name("s").unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let s2 = seen.clone();
+    sink.connect("handle-request", false, move |args| {
+        let req = args[1].get::<gst::Structure>().unwrap();
+        s2.lock().unwrap().push(req.name().to_string());
+        if req.name() == "SET_PARAMETER" {
+            let resp = gst::Structure::builder("response")
+                .field("status", 451u32)
+                .field("reason", "Parameter Not Understood")
+                .field("X-App", "yes")
+                .build();
+            return Some(Some(resp).to_value());
+        }
+        Some(None::<gst::Structure>.to_value())
+    });
+    p.set_state(gst::State::Playing).unwrap();
+    assert!(server.wait_frames(5, T));
+    server.send_request("SET_PARAMETER").unwrap();
+    server.send_request("OPTIONS").unwrap();
+    assert!(server.wait_responses(2, T));
+    p.set_state(gst::State::Null).unwrap();
+    let snap = server.snapshot();
+    assert_eq!(snap.responses[0].status, 451);
+    assert_eq!(snap.responses[0].header("X-App"), Some("yes"));
+    assert_eq!(
+        snap.responses[1].status, 200,
+        "default answer when the app says nothing"
+    );
+    assert_eq!(*seen.lock().unwrap(), ["SET_PARAMETER", "OPTIONS"]);
+}

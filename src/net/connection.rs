@@ -121,7 +121,7 @@ impl Control {
                         return Ok(r);
                     }
                     Incoming::Request(sreq) => {
-                        let resp = answer_server_request(&self.name, &sreq);
+                        let resp = answer_server_request(&self.name, &sreq, None);
                         let _ = self.stream.write_all(&resp.to_bytes()).await;
                     }
                     Incoming::Interleaved { channel, data } => {
@@ -174,23 +174,28 @@ impl Control {
 }
 
 /// What we answer to requests a server sends us on the connection.
-pub fn answer_server_request(name: &str, req: &Request) -> Response {
+/// `app` may answer first (the element's `handle-request` signal); TEARDOWN is accepted.
+pub fn answer_server_request(name: &str, req: &Request, app: Option<&RequestHandler>) -> Response {
     gst::debug!(CAT, "{name}: server request\n{}", req.to_log_string());
-    let mut resp = match req.method.as_str() {
-        "OPTIONS" => {
+    let mut resp = match (app.and_then(|h| h(req)), req.method.as_str()) {
+        (Some(r), _) => r,
+        (None, "TEARDOWN") => Response::new(200, "OK"),
+        (None, "OPTIONS") => {
             let mut r = Response::new(200, "OK");
             r.headers
                 .push("Public", "OPTIONS, GET_PARAMETER, SET_PARAMETER");
             r
         }
-        "GET_PARAMETER" | "SET_PARAMETER" => Response::new(200, "OK"),
-        _ => Response::new(501, "Not Implemented"),
+        (None, "GET_PARAMETER" | "SET_PARAMETER") => Response::new(200, "OK"),
+        (None, _) => Response::new(501, "Not Implemented"),
     };
     if let Some(c) = req.headers.get("CSeq") {
-        resp.headers.push("CSeq", c.to_string());
+        resp.headers.set("CSeq", c.to_string());
     }
     if let Some(s) = req.headers.get("Session") {
-        resp.headers.push("Session", s.to_string());
+        if resp.headers.get("Session").is_none() {
+            resp.headers.push("Session", s.to_string());
+        }
     }
     log_response(name, &resp);
     resp
@@ -204,6 +209,9 @@ pub enum TeardownError {
     /// Everything was written, but TEARDOWN got no answer.
     NoAnswer(SessionError),
 }
+
+/// Lets the application answer a request the server sent (None: the default answer).
+pub type RequestHandler = Arc<dyn Fn(&Request) -> Option<Response> + Send + Sync>;
 
 /// Called with interleaved data the server sends (its RTCP).
 pub type RtcpHandler = Arc<dyn Fn(u8, &[u8]) + Send + Sync>;
@@ -237,6 +245,7 @@ impl Streaming {
         queue: Arc<SendQueue>,
         on_failure: FailureHandler,
         on_rtcp: RtcpHandler,
+        on_request: Option<RequestHandler>,
     ) -> Arc<Streaming> {
         let Control {
             stream,
@@ -265,6 +274,7 @@ impl Streaming {
                 waiting: waiting.clone(),
                 on_failure: on_failure.clone(),
                 on_rtcp,
+                on_request,
                 closing: closing.clone(),
                 name: name.clone(),
             },
@@ -507,6 +517,7 @@ struct ReaderCtx {
     waiting: Arc<Mutex<HashMap<u32, tokio::sync::oneshot::Sender<Response>>>>,
     on_failure: FailureHandler,
     on_rtcp: RtcpHandler,
+    on_request: Option<RequestHandler>,
     closing: Arc<AtomicBool>,
     name: String,
 }
@@ -517,6 +528,7 @@ async fn read_loop(mut rd: OwnedReadHalf, mut parser: Parser, cx: ReaderCtx) {
         waiting,
         on_failure,
         on_rtcp,
+        on_request,
         closing,
         name,
     } = cx;
@@ -554,8 +566,16 @@ async fn read_loop(mut rd: OwnedReadHalf, mut parser: Parser, cx: ReaderCtx) {
                     }
                 }
                 Ok(Some(Incoming::Request(req))) => {
-                    let resp = answer_server_request(&name, &req);
+                    let resp = answer_server_request(&name, &req, on_request.as_ref());
                     let _ = queue.push_control(resp.to_bytes());
+                    if req.method == "TEARDOWN" && !closing.load(Ordering::SeqCst) {
+                        // Our 200 still goes out; then the session is over.
+                        let err = SessionError::Io(
+                            "the server ended the session (it sent TEARDOWN)".into(),
+                        );
+                        queue.fail_after_control(err.to_string());
+                        return fail(err);
+                    }
                 }
                 Ok(Some(Incoming::Interleaved { channel, data })) => {
                     gst::trace!(

@@ -88,6 +88,9 @@ enum QState {
     Closing,
     Cancelled,
     Failed(String),
+    /// Failed for producers, but control messages still queued go out (an answer to the
+    /// server's TEARDOWN).
+    Draining(String),
 }
 
 struct Inner {
@@ -124,7 +127,7 @@ impl SendQueue {
 
     fn check(inner: &Inner) -> Result<(), QueueError> {
         match &inner.state {
-            QState::Failed(m) => Err(QueueError::Failed(m.clone())),
+            QState::Failed(m) | QState::Draining(m) => Err(QueueError::Failed(m.clone())),
             QState::Cancelled | QState::Closing => Err(QueueError::Cancelled),
             _ if inner.flushing => Err(QueueError::Cancelled),
             _ => Ok(()),
@@ -153,7 +156,7 @@ impl SendQueue {
     pub fn push_control(&self, bytes: Vec<u8>) -> Result<(), QueueError> {
         let mut inner = self.inner.lock().unwrap();
         match &inner.state {
-            QState::Failed(m) => return Err(QueueError::Failed(m.clone())),
+            QState::Failed(m) | QState::Draining(m) => return Err(QueueError::Failed(m.clone())),
             QState::Cancelled => return Err(QueueError::Cancelled),
             _ => {}
         }
@@ -178,7 +181,10 @@ impl SendQueue {
     /// final thing the writer sends.
     pub fn abandon_with(&self, last: Vec<u8>) {
         let mut inner = self.inner.lock().unwrap();
-        if matches!(inner.state, QState::Failed(_) | QState::Cancelled) {
+        if matches!(
+            inner.state,
+            QState::Failed(_) | QState::Cancelled | QState::Draining(_)
+        ) {
             return;
         }
         inner.frames.clear();
@@ -227,11 +233,31 @@ impl SendQueue {
 
     pub fn fail(&self, why: String) {
         let mut inner = self.inner.lock().unwrap();
-        if !matches!(inner.state, QState::Failed(_)) {
-            inner.state = QState::Failed(why);
+        match inner.state {
+            QState::Failed(_) => {}
+            // Let the control messages already queued go out.
+            QState::Draining(_) => {
+                self.space.notify_all();
+                return;
+            }
+            _ => inner.state = QState::Failed(why),
         }
         inner.frames.clear();
         inner.bytes = 0;
+        self.space.notify_all();
+        self.data.notify_one();
+    }
+
+    /// Fails producers at once, drops queued media, and lets the writer send the control
+    /// messages still queued before it ends.
+    pub fn fail_after_control(&self, why: String) {
+        let mut inner = self.inner.lock().unwrap();
+        if matches!(inner.state, QState::Failed(_) | QState::Cancelled) {
+            return;
+        }
+        inner.state = QState::Draining(why);
+        inner.frames.retain(|f| matches!(f, OutFrame::Control(_)));
+        inner.bytes = inner.frames.iter().map(OutFrame::len).sum();
         self.space.notify_all();
         self.data.notify_one();
     }
@@ -265,7 +291,7 @@ impl SendQueue {
                     self.space.notify_all();
                     return true;
                 }
-                if inner.state == QState::Closing {
+                if matches!(inner.state, QState::Closing | QState::Draining(_)) {
                     return false;
                 }
             }

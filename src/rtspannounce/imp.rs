@@ -294,6 +294,42 @@ impl RtspAnnounce {
     }
 }
 
+/// Emits `handle-request` for a request from the server and turns the answer into a response.
+pub(super) fn emit_handle_request(
+    element: &gst::Element,
+    req: &crate::rtsp::message::Request,
+) -> Option<crate::rtsp::message::Response> {
+    let mut s = gst::Structure::builder(req.method.as_str()).field("uri", req.uri.as_str());
+    for (n, v) in &req.headers.0 {
+        if n != "uri" {
+            s = s.field(n.as_str(), v.as_str());
+        }
+    }
+    if !req.body.is_empty() {
+        s = s.field("body", String::from_utf8_lossy(&req.body).as_ref());
+    }
+    let answer = element.emit_by_name::<Option<gst::Structure>>("handle-request", &[&s.build()])?;
+    let status = answer
+        .get::<u32>("status")
+        .ok()
+        .filter(|s| (100..1000).contains(s))?;
+    let mut resp = crate::rtsp::message::Response::new(
+        status as u16,
+        answer.get::<&str>("reason").unwrap_or("OK"),
+    );
+    for (n, v) in answer.iter() {
+        if !matches!(n.as_str(), "status" | "reason" | "body") {
+            if let Ok(v) = v.get::<&str>() {
+                resp.headers.push(n.as_str(), v.replace(['\r', '\n'], " "));
+            }
+        }
+    }
+    if let Ok(b) = answer.get::<&str>("body") {
+        resp.body = b.as_bytes().to_vec();
+    }
+    Some(resp)
+}
+
 impl ObjectImpl for RtspAnnounce {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPS: std::sync::LazyLock<Vec<glib::ParamSpec>> = std::sync::LazyLock::new(|| {
@@ -388,6 +424,28 @@ impl ObjectImpl for RtspAnnounce {
                     // may edit it in place (same name and meaning as rtspclientsink's).
                     glib::subclass::Signal::builder("update-sdp")
                         .param_types([gst_sdp::SDPMessage::static_type()])
+                        .build(),
+                    // A request the server sent while we publish, as a structure named after
+                    // the method with "uri" and every header as a string field. A handler may
+                    // return a "response" structure ("status" uint, optional "reason" and
+                    // header string fields, "body" string); NULL leaves the default answer
+                    // (200 for OPTIONS, GET_PARAMETER, SET_PARAMETER, TEARDOWN; else 501).
+                    glib::subclass::Signal::builder("handle-request")
+                        .param_types([gst::Structure::static_type()])
+                        .return_type::<Option<gst::Structure>>()
+                        .accumulator(|_hint, _acc, value| {
+                            // The first handler that answers wins.
+                            let answered = value
+                                .get::<Option<gst::Structure>>()
+                                .ok()
+                                .flatten()
+                                .is_some();
+                            if answered {
+                                std::ops::ControlFlow::Break(value.clone())
+                            } else {
+                                std::ops::ControlFlow::Continue(value.clone())
+                            }
+                        })
                         .build(),
                 ]
             });

@@ -658,6 +658,12 @@ impl Shared {
         });
         let local = control.stream.local_addr().ok();
         let server = control.stream.peer_addr().ok();
+        let element = self.element.clone();
+        let on_request: crate::net::connection::RequestHandler = Arc::new(move |req| {
+            element
+                .upgrade()
+                .and_then(|e| super::imp::emit_handle_request(&e, req))
+        });
         let streaming = Streaming::start(
             control,
             ctx,
@@ -665,6 +671,7 @@ impl Shared {
             self.queue.clone(),
             on_failure,
             on_rtcp,
+            Some(on_request),
         );
         if self.cfg.keepalive {
             // A Public list without GET_PARAMETER: keep alive with OPTIONS from the start.
