@@ -197,11 +197,9 @@ fn h264_to_mp4_counts_every_frame() {
     let _serial = serial();
     let dir = work_dir("h264_to_mp4");
     let out = dir.join("out.mp4");
-    let server = RecordServer::start(RecordServerConfig {
-        mount: "/live/cam1".into(),
-        tracks: Tracks::H264,
-        output: Some(out.clone()),
-    })
+    let server = RecordServer::start(
+        RecordServerConfig::new("/live/cam1", Tracks::H264).with_output(out.clone()),
+    )
     .unwrap();
     assert!(server.url().starts_with("rtsp://127.0.0.1:"));
     assert!(server.url().ends_with("/live/cam1"));
