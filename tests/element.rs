@@ -74,3 +74,47 @@ fn request_pads_get_increasing_names() {
     let c = e.request_pad_simple("sink_%u").unwrap();
     assert_eq!(c.name(), "sink_0");
 }
+
+#[test]
+fn uri_handler_makes_the_element_with_the_location() {
+    harness::init();
+    for uri in [
+        "rtsp://127.0.0.1:8554/live/a",
+        "rtspt://user:pw@cam.example:554/x?y=1",
+    ] {
+        let e = gst::Element::make_from_uri(gst::URIType::Sink, uri, None).unwrap();
+        assert_eq!(e.factory().unwrap().name(), "rtspannounce", "{uri}");
+        assert_eq!(
+            e.property::<Option<String>>("location").as_deref(),
+            Some(uri)
+        );
+        let h = e.dynamic_cast_ref::<gst::URIHandler>().unwrap();
+        assert_eq!(h.uri().as_deref(), Some(uri));
+    }
+    let e = gst::ElementFactory::make("rtspannounce").build().unwrap();
+    let h = e.dynamic_cast_ref::<gst::URIHandler>().unwrap();
+    assert!(h.set_uri("http://example.com/x").is_err());
+}
+
+#[test]
+fn unsupported_schemes_fail_clearly_at_start() {
+    harness::init();
+    for (uri, what) in [
+        ("rtsps://127.0.0.1/x", "TLS"),
+        ("rtspu://127.0.0.1/x", "UDP"),
+    ] {
+        let e = gst::ElementFactory::make("rtspannounce")
+            .property("location", uri)
+            .build()
+            .unwrap();
+        let bus = gst::Bus::new();
+        e.set_bus(Some(&bus));
+        assert!(e.set_state(gst::State::Ready).is_err());
+        let msg = bus.pop_filtered(&[gst::MessageType::Error]).unwrap();
+        let gst::MessageView::Error(err) = msg.view() else {
+            unreachable!()
+        };
+        assert!(err.error().message().contains(what), "{}", err.error());
+        let _ = e.set_state(gst::State::Null);
+    }
+}

@@ -111,6 +111,33 @@ impl ObjectSubclass for RtspAnnounce {
     const NAME: &'static str = "GstRtspAnnounce";
     type Type = super::RtspAnnounce;
     type ParentType = gst::Bin;
+    type Interfaces = (gst::URIHandler,);
+}
+
+impl URIHandlerImpl for RtspAnnounce {
+    const URI_TYPE: gst::URIType = gst::URIType::Sink;
+
+    // rtsps:// and rtspu:// parse, but TLS and UDP are not implemented yet: claiming them
+    // would lose to nothing and fail later.
+    fn protocols() -> &'static [&'static str] {
+        &["rtsp", "rtspt"]
+    }
+
+    fn uri(&self) -> Option<String> {
+        self.settings.lock().unwrap().location.clone()
+    }
+
+    fn set_uri(&self, uri: &str) -> Result<(), glib::Error> {
+        if self.obj().current_state() > gst::State::Ready {
+            return Err(glib::Error::new(
+                gst::URIError::BadState,
+                "the location cannot change while publishing",
+            ));
+        }
+        RtspUrl::parse(uri).map_err(|e| glib::Error::new(gst::URIError::BadUri, &e.to_string()))?;
+        self.settings.lock().unwrap().location = Some(uri.to_string());
+        Ok(())
+    }
 }
 
 fn pad_result(
@@ -136,12 +163,27 @@ impl RtspAnnounce {
         let Some(location) = s.location.as_deref() else {
             return Err(gst::error_msg!(
                 gst::ResourceError::Settings,
-                ["No location set: set location=rtsp://host:port/path"]
+                ("No location set: set location=rtsp://host:port/path")
             ));
         };
         let url = RtspUrl::parse(location).map_err(|e| {
-            gst::error_msg!(gst::ResourceError::Settings, ["Invalid location: {}", e])
+            gst::error_msg!(gst::ResourceError::Settings, ("Invalid location: {}", e))
         })?;
+        match url.scheme {
+            crate::rtsp::url::Scheme::Rtsps => {
+                return Err(gst::error_msg!(
+                    gst::ResourceError::Settings,
+                    ("rtsps:// (RTSP over TLS) is not supported yet: use rtsp:// or rtspt://")
+                ))
+            }
+            crate::rtsp::url::Scheme::RtspU => {
+                return Err(gst::error_msg!(
+                    gst::ResourceError::Settings,
+                    ("rtspu:// (RTP over UDP) is not supported yet: use rtsp:// or rtspt:// (TCP interleaved)")
+                ))
+            }
+            _ => {}
+        }
         // Properties win over credentials in the URL.
         let creds = match (s.user_id.as_deref(), &url.user) {
             (Some(u), _) if !u.is_empty() => Some(Credentials {
@@ -183,7 +225,7 @@ impl RtspAnnounce {
         if pads.is_empty() {
             return Err(gst::error_msg!(
                 gst::CoreError::Pad,
-                ["No sink pads: link at least one RTP stream to rtspannounce (request sink_%u)"]
+                ("No sink pads: link at least one RTP stream to rtspannounce (request sink_%u)")
             ));
         }
         let mut names: Vec<(u32, String)> = pads

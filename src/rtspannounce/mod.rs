@@ -6,14 +6,15 @@ mod sender;
 mod session;
 
 glib::wrapper! {
-    pub struct RtspAnnounce(ObjectSubclass<imp::RtspAnnounce>) @extends gst::Bin, gst::Element, gst::Object;
+    pub struct RtspAnnounce(ObjectSubclass<imp::RtspAnnounce>) @extends gst::Bin, gst::Element, gst::Object, @implements gst::URIHandler, gst::ChildProxy;
 }
 
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     gst::Element::register(
         Some(plugin),
         "rtspannounce",
-        gst::Rank::NONE,
+        // MARGINAL: gst_element_make_from_uri() only considers ranked elements.
+        gst::Rank::MARGINAL,
         RtspAnnounce::static_type(),
     )
 }
