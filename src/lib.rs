@@ -4,6 +4,7 @@
 
 use gst::glib;
 
+pub mod keyframe;
 pub mod net;
 pub mod rtcp;
 pub mod rtsp;

@@ -157,6 +157,8 @@ pub struct RtpFacts {
     pub seq: u16,
     /// Payload octets: without header, CSRCs, extension or padding.
     pub payload_len: usize,
+    /// Where the payload starts.
+    pub header_len: usize,
 }
 
 /// Reads what is needed from the start and end of a packet through `read(offset, buf)`, so a
@@ -188,6 +190,7 @@ pub fn rtp_facts(len: usize, read: impl Fn(usize, &mut [u8]) -> bool) -> Option<
         timestamp: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
         seq: u16::from_be_bytes([h[2], h[3]]),
         payload_len: len.checked_sub(head + pad)?,
+        header_len: head,
     })
 }
 

@@ -186,7 +186,7 @@ fn server_lost_while_streaming_is_a_write_error() {
     let url = server.url("/x");
     let p = gst::parse::launch(&format!(
         "videotestsrc is-live=true ! video/x-raw,width=160,height=120,framerate=30/1 ! \
-         x264enc tune=zerolatency ! rtph264pay ! rtspannounce location={url}"
+         x264enc tune=zerolatency ! rtph264pay ! rtspannounce location={url} retry-max=0"
     ))
     .unwrap()
     .downcast::<gst::Pipeline>()

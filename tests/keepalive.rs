@@ -98,7 +98,7 @@ fn unanswered_keepalive_is_an_error() {
             .session_timeout(Some(1))
             .never_answer("GET_PARAMETER"),
     );
-    let p = live_pipeline(&server.url("/live/cam"), "tcp-timeout=1000000");
+    let p = live_pipeline(&server.url("/live/cam"), "tcp-timeout=1000000 retry-max=0");
     let out = run(&p, T);
     assert_eq!(out.error_is, Some(gst::ResourceError::Write), "{out:?}");
     assert!(

@@ -225,7 +225,7 @@ fn live(location: &str) -> gst::Pipeline {
     init();
     gst::parse::launch(&format!(
         "videotestsrc is-live=true ! video/x-raw,width=160,height=120,framerate=30/1 ! \
-         x264enc tune=zerolatency ! rtph264pay ! rtspannounce name=s location={location}"
+         x264enc tune=zerolatency ! rtph264pay ! rtspannounce name=s location={location} retry-max=0"
     ))
     .unwrap()
     .downcast::<gst::Pipeline>()

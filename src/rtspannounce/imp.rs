@@ -69,6 +69,9 @@ struct Settings {
     max_queue_bytes: u32,
     ntp_time_source: NtpTimeSource,
     rtcp_interval_ms: u32,
+    retry_max: i32,
+    retry_delay_min_ms: u32,
+    retry_delay_max_ms: u32,
 }
 
 impl Default for Settings {
@@ -86,6 +89,9 @@ impl Default for Settings {
             max_queue_bytes: DEFAULT_MAX_QUEUE_BYTES,
             ntp_time_source: NtpTimeSource::Ntp,
             rtcp_interval_ms: 5000,
+            retry_max: -1,
+            retry_delay_min_ms: 500,
+            retry_delay_max_ms: 10_000,
         }
     }
 }
@@ -215,6 +221,11 @@ impl RtspAnnounce {
                 NtpTimeSource::ClockTime => NtpSource::ClockTime,
             },
             rtcp_interval: Duration::from_millis(s.rtcp_interval_ms as u64),
+            retry_max: s.retry_max,
+            retry_delay_min: Duration::from_millis(s.retry_delay_min_ms as u64),
+            retry_delay_max: Duration::from_millis(
+                s.retry_delay_max_ms.max(s.retry_delay_min_ms) as u64
+            ),
             max_queue_bytes: s.max_queue_bytes as usize,
         })
     }
@@ -242,6 +253,7 @@ impl RtspAnnounce {
         let shared = Shared::new(cfg, order.clone(), self.obj().upcast_ref());
         for p in pads.iter() {
             let idx = order.iter().position(|n| *n == p.ghost.name()).unwrap();
+            shared.set_pad(idx, p.ghost.upcast_ref());
             *p.link.lock().unwrap() = Some((shared.clone(), idx));
         }
         *self.shared.lock().unwrap() = Some(shared);
@@ -441,6 +453,27 @@ impl ObjectImpl for RtspAnnounce {
                     .default_value(5000)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecInt::builder("retry-max")
+                    .nick("Retry max")
+                    .blurb("Reconnect attempts after the connection is lost while publishing (lost connection, write error or stall, keep-alive failure, server TEARDOWN): -1 for ever, 0 to fail at once. Video resumes on a keyframe")
+                    .minimum(-1)
+                    .default_value(-1)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("retry-delay-min")
+                    .nick("Retry delay min")
+                    .blurb("Milliseconds before the first reconnect attempt; doubles per attempt up to retry-delay-max (each randomised by ±20 %)")
+                    .minimum(10)
+                    .default_value(500)
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecUInt::builder("retry-delay-max")
+                    .nick("Retry delay max")
+                    .blurb("Longest wait in milliseconds between reconnect attempts")
+                    .minimum(10)
+                    .default_value(10_000)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
                     .blurb("Connection state, server, session id, handshake time and round trips, queue level, and per track: ssrc, channels, packets, bytes, sender reports, and what the server's receiver reports say (loss, jitter, RTT)")
@@ -534,6 +567,9 @@ impl ObjectImpl for RtspAnnounce {
             "max-queue-bytes" => s.max_queue_bytes = value.get().unwrap(),
             "ntp-time-source" => s.ntp_time_source = value.get().unwrap(),
             "rtcp-interval" => s.rtcp_interval_ms = value.get().unwrap(),
+            "retry-max" => s.retry_max = value.get().unwrap(),
+            "retry-delay-min" => s.retry_delay_min_ms = value.get().unwrap(),
+            "retry-delay-max" => s.retry_delay_max_ms = value.get().unwrap(),
             _ => unreachable!(),
         }
     }
@@ -553,6 +589,9 @@ impl ObjectImpl for RtspAnnounce {
             "max-queue-bytes" => s.max_queue_bytes.to_value(),
             "ntp-time-source" => s.ntp_time_source.to_value(),
             "rtcp-interval" => s.rtcp_interval_ms.to_value(),
+            "retry-max" => s.retry_max.to_value(),
+            "retry-delay-min" => s.retry_delay_min_ms.to_value(),
+            "retry-delay-max" => s.retry_delay_max_ms.to_value(),
             "stats" => {
                 drop(s);
                 match self.shared.lock().unwrap().as_ref() {

@@ -1,8 +1,10 @@
 //! Per-track sending state once RECORD is answered: framing, the packet and octet counts that
 //! sender reports carry, the RTP/running-time mapping, and what receiver reports told us.
 
+use crate::keyframe::{self, Start};
 use crate::net::queue::OutFrame;
 use crate::rtcp::{self, RtpFacts, SenderInfo};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -83,6 +85,8 @@ pub struct Counters {
     last_running: Option<u64>,
     pub sender_reports: u64,
     pub receiver: ReceiverView,
+    /// Packets held back until a keyframe after a reconnect.
+    pub dropped: u64,
 }
 
 pub struct TrackSender {
@@ -91,6 +95,9 @@ pub struct TrackSender {
     pub pt_rewrite: Option<u8>,
     pub clock_rate: u32,
     cname: String,
+    encoding: String,
+    /// Set while delta frames must be held back: the server's first frame must be decodable.
+    waiting_keyframe: AtomicBool,
     pub counters: Mutex<Counters>,
 }
 
@@ -111,6 +118,8 @@ impl TrackSender {
         pt_rewrite: Option<u8>,
         clock_rate: u32,
         cname: String,
+        encoding: String,
+        wait_keyframe: bool,
     ) -> Self {
         TrackSender {
             channel,
@@ -118,7 +127,28 @@ impl TrackSender {
             pt_rewrite,
             clock_rate: clock_rate.max(1),
             cname,
+            encoding,
+            waiting_keyframe: AtomicBool::new(wait_keyframe),
             counters: Mutex::new(Counters::default()),
+        }
+    }
+
+    pub fn waiting_keyframe(&self) -> bool {
+        self.waiting_keyframe.load(Ordering::Relaxed)
+    }
+
+    /// Whether a decoder could start at this packet.
+    fn is_key(&self, buffer: &gst::Buffer, facts: Option<&RtpFacts>) -> bool {
+        let mut head = [0u8; 6];
+        let n = facts.map(|f| f.payload_len.min(6)).unwrap_or(0);
+        let payload = match facts {
+            Some(f) if buffer.copy_to_slice(f.header_len, &mut head[..n]).is_ok() => &head[..n],
+            _ => &[],
+        };
+        match keyframe::classify(&self.encoding, payload) {
+            Start::Key => true,
+            Start::Delta => false,
+            Start::Unknown => !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
         }
     }
 
@@ -135,6 +165,13 @@ impl TrackSender {
         for (buffer, running) in buffers {
             let len = buffer.size();
             let facts = rtcp::rtp_facts(len, |off, dst| buffer.copy_to_slice(off, dst).is_ok());
+            if self.waiting_keyframe() {
+                if !self.is_key(&buffer, facts.as_ref()) {
+                    c.dropped += 1;
+                    continue;
+                }
+                self.waiting_keyframe.store(false, Ordering::Relaxed);
+            }
             let frame = OutFrame::rtp(buffer, self.channel, self.pt_rewrite)?;
             if let Some(RtpFacts {
                 ssrc,

@@ -30,6 +30,10 @@ pub struct SessionConfig {
     pub keepalive: bool,
     pub ntp_source: NtpSource,
     pub rtcp_interval: Duration,
+    /// Reconnect attempts after a loss: -1 for ever, 0 never.
+    pub retry_max: i32,
+    pub retry_delay_min: Duration,
+    pub retry_delay_max: Duration,
     pub max_queue_bytes: usize,
 }
 
@@ -40,6 +44,8 @@ pub enum Phase {
     /// Connect, ANNOUNCE, SETUP, RECORD in flight.
     Connecting,
     Recording,
+    /// The connection was lost: media is dropped while a task reconnects.
+    Reconnecting,
     /// Every pad had EOS: the queue drains, then TEARDOWN.
     Finishing,
     Done,
@@ -61,6 +67,9 @@ pub struct Track {
     eos: bool,
     /// Set once recording: channel, payload type rewrite, counters.
     tx: Option<Arc<TrackSender>>,
+    /// The sink pad, to ask upstream for a keyframe after a reconnect.
+    pad: Option<gst::glib::WeakRef<gst::Pad>>,
+    is_video: bool,
 }
 
 impl Track {
@@ -72,6 +81,8 @@ impl Track {
             held: Vec::new(),
             eos: false,
             tx: None,
+            pad: None,
+            is_video: false,
         }
     }
 
@@ -101,12 +112,16 @@ struct State {
     session_id: Option<String>,
     handshake: Option<(Duration, u32)>,
     loss_warned: Option<Instant>,
+    reconnects: u32,
+    /// Packets dropped while reconnecting (held-back delta frames are in the track counters).
+    dropped_offline: u64,
 }
 
 pub struct Shared {
     state: Mutex<State>,
     cond: Condvar,
-    pub queue: Arc<SendQueue>,
+    /// One queue per connection: a lost connection's queue stays failed, the next one is new.
+    queue: Mutex<Arc<SendQueue>>,
     cfg: SessionConfig,
     element: gst::glib::WeakRef<gst::Element>,
 }
@@ -150,9 +165,18 @@ pub fn keepalive_interval(session_timeout_s: u64) -> Duration {
 
 /// The GStreamer error for a session failure: what kind, and a message a user can act on.
 pub fn error_message(url: &RtspUrl, err: &SessionError, streaming: bool) -> gst::ErrorMessage {
-    use crate::rtsp::handshake::HandshakeError;
     let target = url.request_uri();
-    let kind = match err {
+    let text = if streaming {
+        format!("Publishing to {target} failed: {err}")
+    } else {
+        format!("Could not publish to {target}: {err}")
+    };
+    resource_error(error_kind(err, streaming), text)
+}
+
+fn error_kind(err: &SessionError, streaming: bool) -> gst::ResourceError {
+    use crate::rtsp::handshake::HandshakeError;
+    match err {
         SessionError::Resolve(_) => gst::ResourceError::NotFound,
         SessionError::Handshake(HandshakeError::AuthRequired { .. })
         | SessionError::Handshake(HandshakeError::AuthRefused { .. })
@@ -165,13 +189,7 @@ pub fn error_message(url: &RtspUrl, err: &SessionError, streaming: bool) -> gst:
         }
         _ if streaming => gst::ResourceError::Write,
         _ => gst::ResourceError::OpenWrite,
-    };
-    let text = if streaming {
-        format!("Publishing to {target} failed: {err}")
-    } else {
-        format!("Could not publish to {target}: {err}")
-    };
-    resource_error(kind, text)
+    }
 }
 
 impl Shared {
@@ -189,12 +207,25 @@ impl Shared {
                 session_id: None,
                 handshake: None,
                 loss_warned: None,
+                reconnects: 0,
+                dropped_offline: 0,
             }),
             cond: Condvar::new(),
-            queue: Arc::new(SendQueue::new(cfg.max_queue_bytes)),
+            queue: Mutex::new(Arc::new(SendQueue::new(cfg.max_queue_bytes))),
             cfg,
             element: element.downgrade(),
         })
+    }
+
+    fn queue(&self) -> Arc<SendQueue> {
+        self.queue.lock().unwrap().clone()
+    }
+
+    /// The sink pad of a track, for upstream events.
+    pub fn set_pad(&self, track: usize, pad: &gst::Pad) {
+        if let Some(t) = self.state.lock().unwrap().tracks.get_mut(track) {
+            t.pad = Some(pad.downgrade());
+        }
     }
 
     pub fn phase(&self) -> Phase {
@@ -267,7 +298,7 @@ impl Shared {
                 st.phase = Phase::Failed;
             }
         }
-        self.queue.fail(text);
+        self.queue().fail(text);
         self.cond.notify_all();
     }
 
@@ -331,6 +362,11 @@ impl Shared {
                     Some(tx) => self.send(track, &tx, buffers),
                     None => Err(PadError::Failed),
                 };
+            }
+            Phase::Reconnecting => {
+                // Nowhere to send it: dropped and counted; the new session starts on a keyframe.
+                st.dropped_offline += buffers.count() as u64;
+                return Ok(());
             }
             Phase::Waiting | Phase::Connecting => {}
             Phase::Failed => return Err(PadError::Failed),
@@ -435,7 +471,7 @@ impl Shared {
     ) -> Result<(), PadError> {
         let mut frames = Vec::new();
         let too_big = tx.frames(buffers, &self.ntp_mapper(), &mut frames).err();
-        let res = self.queue.push_all(frames);
+        let res = self.queue().push_all(frames);
         if let Some(len) = too_big {
             return Err(PadError::Error(gst::ErrorMessage::new(
                 &gst::StreamError::Format,
@@ -450,8 +486,110 @@ impl Shared {
         }
         match res {
             Ok(()) => Ok(()),
+            // The connection went away under us and a new one is being made: dropped, counted.
+            Err(_) if self.phase() == Phase::Reconnecting => {
+                self.state.lock().unwrap().dropped_offline += 1;
+                Ok(())
+            }
             Err(QueueError::Cancelled) => Err(PadError::Flushing),
             Err(QueueError::Failed(_)) => Err(PadError::Failed),
+        }
+    }
+
+    /// The connection broke while recording: reconnect (warning, element message, backoff) while
+    /// `retry-max` allows, else the error.
+    fn connection_lost(self: &Arc<Self>, url: &RtspUrl, err: SessionError) {
+        let old = {
+            let mut st = self.state.lock().unwrap();
+            if st.phase != Phase::Recording || self.cfg.retry_max == 0 {
+                drop(st);
+                self.fail(error_message(url, &err, true));
+                return;
+            }
+            st.phase = Phase::Reconnecting;
+            st.reconnects += 1;
+            st.streaming.take()
+        };
+        let fresh = Arc::new(SendQueue::new(self.cfg.max_queue_bytes));
+        let stale = std::mem::replace(&mut *self.queue.lock().unwrap(), fresh);
+        // Producers blocked on the lost connection's queue return (and drop) at once.
+        stale.fail(err.to_string());
+        if let Some(s) = old {
+            s.abort();
+        }
+        self.cond.notify_all();
+        if let Some(e) = self.element.upgrade() {
+            gst::element_warning!(
+                e,
+                gst::ResourceError::Write,
+                (
+                    "Connection to {} lost ({}): reconnecting",
+                    url.request_uri(),
+                    err
+                )
+            );
+        }
+        self.post_element_message(
+            gst::Structure::builder("rtspannounce-reconnecting")
+                .field("reason", err.to_string())
+                .build(),
+        );
+        let this = self.clone();
+        let reason = err;
+        let handle = RUNTIME.spawn(async move { this.reconnect(reason).await });
+        self.state.lock().unwrap().task = Some(handle.abort_handle());
+    }
+
+    /// Exponential backoff from `retry-delay-min` to `retry-delay-max`, each delay randomised
+    /// by ±20 % so many publishers do not come back in step.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let min = self.cfg.retry_delay_min;
+        let d = min.saturating_mul(1u32 << (attempt.saturating_sub(1)).min(16));
+        d.min(self.cfg.retry_delay_max)
+            .mul_f64(0.8 + 0.4 * rand::random::<f64>())
+    }
+
+    async fn reconnect(self: Arc<Self>, mut last: SessionError) {
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            if self.cfg.retry_max >= 0 && attempt >= self.cfg.retry_max as u32 {
+                self.fail(resource_error(
+                    error_kind(&last, true),
+                    format!(
+                        "Publishing to {} failed: gave up after {attempt} reconnect attempts in {:.1} s; last: {last}",
+                        self.cfg.url.request_uri(),
+                        started.elapsed().as_secs_f64()
+                    ),
+                ));
+                return;
+            }
+            attempt += 1;
+            tokio::time::sleep(self.backoff(attempt)).await;
+            let caps: Vec<gst::Caps> = {
+                let st = self.state.lock().unwrap();
+                if st.phase != Phase::Reconnecting {
+                    return;
+                }
+                st.tracks.iter().filter_map(|t| t.caps.clone()).collect()
+            };
+            let t0 = Instant::now();
+            match self.connect_and_record(&caps).await {
+                Ok(mut rec) => {
+                    rec.duration = t0.elapsed();
+                    gst::info!(
+                        CAT,
+                        "reconnected after {:?} and {attempt} attempts",
+                        started.elapsed()
+                    );
+                    self.begin_recording(rec);
+                    return;
+                }
+                Err(e) => {
+                    gst::warning!(CAT, "reconnect attempt {attempt} failed: {e}");
+                    last = e;
+                }
+            }
         }
     }
 
@@ -647,7 +785,7 @@ impl Shared {
         let url = self.cfg.url.clone();
         let on_failure = Arc::new(move |e: SessionError| {
             if let Some(s) = weak.upgrade() {
-                s.fail(error_message(&url, &e, true));
+                s.connection_lost(&url, e);
             }
         });
         let weak: Weak<Shared> = Arc::downgrade(self);
@@ -668,7 +806,7 @@ impl Shared {
             control,
             ctx,
             rec_url.aggregate_uri(self.cfg.style),
-            self.queue.clone(),
+            self.queue().clone(),
             on_failure,
             on_rtcp,
             Some(on_request),
@@ -682,7 +820,8 @@ impl Shared {
             streaming.start_keepalive(keepalive_interval(negotiated.session_timeout), options);
         }
         let mut st = self.state.lock().unwrap();
-        if st.phase != Phase::Connecting {
+        let reconnected = st.phase == Phase::Reconnecting;
+        if !matches!(st.phase, Phase::Connecting | Phase::Reconnecting) {
             // Stopped or failed meanwhile.
             streaming.abort();
             return;
@@ -705,40 +844,70 @@ impl Shared {
                 .and_then(|c| c.structure(0).and_then(|s| s.get::<i32>("clock-rate").ok()))
                 .unwrap_or(90_000)
                 .max(1) as u32;
+            let s0 = t.caps.as_ref().and_then(|c| c.structure(0));
+            let encoding = s0
+                .and_then(|s| s.get::<&str>("encoding-name").ok())
+                .unwrap_or("")
+                .to_string();
+            t.is_video = s0.and_then(|s| s.get::<&str>("media").ok()) == Some("video");
+            // After a reconnect, video waits for a keyframe; audio resumes at once.
             let tx = Arc::new(TrackSender::new(
                 negotiated.tracks[i].rtp_channel,
                 negotiated.tracks[i].rtcp_channel,
                 pt_rewrites[i],
                 clock_rate,
                 cname.clone(),
+                encoding,
+                reconnected && t.is_video,
             ));
             if let Err(len) = tx.frames(t.held.drain(..), &ntp, &mut frames) {
                 gst::warning!(CAT, "dropping {len}-byte packet: too large");
             }
             t.tx = Some(tx);
         }
-        self.queue.preload(frames);
+        self.queue().preload(frames);
         st.streaming = Some(streaming);
         st.phase = Phase::Recording;
         st.server = server.map(|a| a.to_string());
         st.session_id = negotiated.session_id.clone();
         st.handshake = Some((rec.duration, rec.round_trips));
         self.start_reports();
-        let msg = gst::Structure::builder("rtspannounce-connected")
-            .field("location", rec_url.request_uri())
-            .field("server", st.server.clone().unwrap_or_default())
-            .field(
-                "session-id",
-                negotiated.session_id.clone().unwrap_or_default(),
-            )
-            .field("tracks", st.tracks.len() as u32)
-            .field("handshake-us", rec.duration.as_micros() as u64)
-            .field("round-trips", rec.round_trips)
-            .build();
+        let msg = gst::Structure::builder(if reconnected {
+            "rtspannounce-reconnected"
+        } else {
+            "rtspannounce-connected"
+        })
+        .field("reconnects", st.reconnects)
+        .field("location", rec_url.request_uri())
+        .field("server", st.server.clone().unwrap_or_default())
+        .field(
+            "session-id",
+            negotiated.session_id.clone().unwrap_or_default(),
+        )
+        .field("tracks", st.tracks.len() as u32)
+        .field("handshake-us", rec.duration.as_micros() as u64)
+        .field("round-trips", rec.round_trips)
+        .build();
         let all_eos = st.tracks.iter().all(|t| t.eos);
+        let video_pads: Vec<gst::Pad> = st
+            .tracks
+            .iter()
+            .filter(|t| reconnected && t.is_video)
+            .filter_map(|t| t.pad.as_ref().and_then(|p| p.upgrade()))
+            .collect();
         drop(st);
         self.cond.notify_all();
         self.post_element_message(msg);
+        // Ask the encoders for a keyframe now rather than at the end of their GOP.
+        for pad in video_pads {
+            let ev = gst::event::CustomUpstream::new(
+                gst::Structure::builder("GstForceKeyUnit")
+                    .field("all-headers", true)
+                    .field("count", 0u32)
+                    .build(),
+            );
+            let _ = pad.push_event(ev);
+        }
         if all_eos {
             self.finish();
         }
@@ -769,7 +938,7 @@ impl Shared {
                 let ntp = this.ntp_mapper();
                 for tx in txs {
                     if let Some(bytes) = tx.report(&ntp, false) {
-                        if this.queue.push_control(bytes).is_err() {
+                        if this.queue().push_control(bytes).is_err() {
                             return;
                         }
                     }
@@ -826,6 +995,7 @@ impl Shared {
             Phase::Waiting => "waiting-for-data",
             Phase::Connecting => "connecting",
             Phase::Recording => "recording",
+            Phase::Reconnecting => "reconnecting",
             Phase::Finishing => "finishing",
             Phase::Done => "done",
             Phase::Failed => "failed",
@@ -873,9 +1043,17 @@ impl Shared {
                 st.handshake.map(|h| h.0.as_micros() as u64).unwrap_or(0),
             )
             .field("round-trips", st.handshake.map(|h| h.1).unwrap_or(0))
-            .field("queue-bytes", self.queue.level() as u64)
-            .field("reconnects", 0u32)
-            .field("dropped-packets", 0u64)
+            .field("queue-bytes", self.queue().level() as u64)
+            .field("reconnects", st.reconnects)
+            .field(
+                "dropped-packets",
+                st.dropped_offline
+                    + st.tracks
+                        .iter()
+                        .filter_map(|t| t.tx.as_ref())
+                        .map(|tx| tx.counters.lock().unwrap().dropped)
+                        .sum::<u64>(),
+            )
             .field("tracks", gst::Array::from_values(tracks))
             .build()
     }
@@ -891,6 +1069,27 @@ impl Shared {
             Phase::Recording => {
                 drop(st);
                 self.finish();
+            }
+            Phase::Reconnecting => {
+                // Nothing to tear down: say what was lost, then end.
+                st.phase = Phase::Done;
+                let task = st.task.take();
+                let dropped = st.dropped_offline;
+                drop(st);
+                if let Some(t) = task {
+                    t.abort();
+                }
+                if let Some(e) = self.element.upgrade() {
+                    gst::element_warning!(
+                        e,
+                        gst::ResourceError::Write,
+                        (
+                            "End of stream while reconnecting: {} packets since the connection loss were not delivered",
+                            dropped
+                        )
+                    );
+                    let _ = e.post_message(gst::message::Eos::builder().src(&e).build());
+                }
             }
             Phase::Waiting => {
                 let silent: Vec<String> = st
@@ -968,7 +1167,7 @@ impl Shared {
         };
         for tx in txs {
             if let Some(bytes) = tx.report(&ntp, true) {
-                let _ = self.queue.push_control(bytes);
+                let _ = self.queue().push_control(bytes);
             }
         }
         let this = self.clone();
@@ -1025,7 +1224,7 @@ impl Shared {
     /// Flush-start/stop on a pad: blocked waits return at once while flushing.
     pub fn set_flushing(&self, flushing: bool) {
         self.state.lock().unwrap().flushing = flushing;
-        self.queue.set_flushing(flushing);
+        self.queue().set_flushing(flushing);
         self.cond.notify_all();
     }
 
@@ -1050,7 +1249,7 @@ impl Shared {
                 });
             }
             Some(s) => s.abort(),
-            None => self.queue.cancel(),
+            None => self.queue().cancel(),
         }
     }
 }
