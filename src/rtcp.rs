@@ -159,6 +159,8 @@ pub struct RtpFacts {
     pub payload_len: usize,
     /// Where the payload starts.
     pub header_len: usize,
+    /// Marker bit: for video, the last packet of a frame.
+    pub marker: bool,
 }
 
 /// Reads what is needed from the start and end of a packet through `read(offset, buf)`, so a
@@ -191,6 +193,7 @@ pub fn rtp_facts(len: usize, read: impl Fn(usize, &mut [u8]) -> bool) -> Option<
         seq: u16::from_be_bytes([h[2], h[3]]),
         payload_len: len.checked_sub(head + pad)?,
         header_len: head,
+        marker: h[1] & 0x80 != 0,
     })
 }
 

@@ -152,6 +152,19 @@ impl SendQueue {
         Ok(())
     }
 
+    /// Queues frames without waiting for room: for the drop policy, which decides itself what
+    /// fits (it may overshoot the bound by the rest of a frame already started).
+    pub fn push_all_nowait(&self, frames: Vec<OutFrame>) -> Result<(), QueueError> {
+        let mut inner = self.inner.lock().unwrap();
+        Self::check(&inner)?;
+        for f in frames {
+            inner.bytes += f.len();
+            inner.frames.push_back(f);
+        }
+        self.data.notify_one();
+        Ok(())
+    }
+
     /// Queues a control message regardless of the size bound (it is small and must go out).
     pub fn push_control(&self, bytes: Vec<u8>) -> Result<(), QueueError> {
         let mut inner = self.inner.lock().unwrap();

@@ -55,6 +55,22 @@ pub enum NtpTimeSource {
     ClockTime = 3,
 }
 
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstRtspAnnounceCongestionPolicy")]
+pub enum CongestionPolicy {
+    #[enum_value(
+        name = "Block upstream until the network takes the data (nothing lost; right for files)",
+        nick = "block"
+    )]
+    Block = 0,
+    #[enum_value(
+        name = "Drop whole frames (video up to the next keyframe) while the queue is full (right for live sources)",
+        nick = "drop"
+    )]
+    Drop = 1,
+}
+
 #[derive(Debug, Clone)]
 struct Settings {
     location: Option<String>,
@@ -72,6 +88,7 @@ struct Settings {
     retry_max: i32,
     retry_delay_min_ms: u32,
     retry_delay_max_ms: u32,
+    congestion_policy: CongestionPolicy,
 }
 
 impl Default for Settings {
@@ -92,6 +109,7 @@ impl Default for Settings {
             retry_max: -1,
             retry_delay_min_ms: 500,
             retry_delay_max_ms: 10_000,
+            congestion_policy: CongestionPolicy::Block,
         }
     }
 }
@@ -110,6 +128,8 @@ pub struct RtspAnnounce {
     settings: Mutex<Settings>,
     pads: Mutex<Vec<PadEntry>>,
     shared: Mutex<Option<Arc<Shared>>>,
+    /// The stats of the last session, still readable after it stopped.
+    last_stats: Mutex<Option<gst::Structure>>,
 }
 
 #[glib::object_subclass]
@@ -223,6 +243,7 @@ impl RtspAnnounce {
             rtcp_interval: Duration::from_millis(s.rtcp_interval_ms as u64),
             retry_max: s.retry_max,
             retry_delay_min: Duration::from_millis(s.retry_delay_min_ms as u64),
+            drop_when_congested: s.congestion_policy == CongestionPolicy::Drop,
             retry_delay_max: Duration::from_millis(
                 s.retry_delay_max_ms.max(s.retry_delay_min_ms) as u64
             ),
@@ -263,6 +284,7 @@ impl RtspAnnounce {
     fn stop_session(&self) {
         if let Some(shared) = self.shared.lock().unwrap().take() {
             shared.stop();
+            *self.last_stats.lock().unwrap() = Some(shared.stats());
         }
         for p in self.pads.lock().unwrap().iter() {
             *p.link.lock().unwrap() = None;
@@ -453,6 +475,11 @@ impl ObjectImpl for RtspAnnounce {
                     .default_value(5000)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecEnum::builder_with_default("congestion-policy", CongestionPolicy::Block)
+                    .nick("Congestion policy")
+                    .blurb("What to do when max-queue-bytes are queued towards a slow network: block upstream, or drop whole frames (video up to the next keyframe; a keyframe is requested when room is back; drops counted in stats, one warning per episode)")
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecInt::builder("retry-max")
                     .nick("Retry max")
                     .blurb("Reconnect attempts after the connection is lost while publishing (lost connection, write error or stall, keep-alive failure, server TEARDOWN): -1 for ever, 0 to fail at once. Video resumes on a keyframe")
@@ -568,6 +595,7 @@ impl ObjectImpl for RtspAnnounce {
             "ntp-time-source" => s.ntp_time_source = value.get().unwrap(),
             "rtcp-interval" => s.rtcp_interval_ms = value.get().unwrap(),
             "retry-max" => s.retry_max = value.get().unwrap(),
+            "congestion-policy" => s.congestion_policy = value.get().unwrap(),
             "retry-delay-min" => s.retry_delay_min_ms = value.get().unwrap(),
             "retry-delay-max" => s.retry_delay_max_ms = value.get().unwrap(),
             _ => unreachable!(),
@@ -590,15 +618,23 @@ impl ObjectImpl for RtspAnnounce {
             "ntp-time-source" => s.ntp_time_source.to_value(),
             "rtcp-interval" => s.rtcp_interval_ms.to_value(),
             "retry-max" => s.retry_max.to_value(),
+            "congestion-policy" => s.congestion_policy.to_value(),
             "retry-delay-min" => s.retry_delay_min_ms.to_value(),
             "retry-delay-max" => s.retry_delay_max_ms.to_value(),
             "stats" => {
                 drop(s);
                 match self.shared.lock().unwrap().as_ref() {
                     Some(sh) => sh.stats().to_value(),
-                    None => gst::Structure::builder("application/x-rtspannounce-stats")
-                        .field("state", "stopped")
-                        .build()
+                    None => self
+                        .last_stats
+                        .lock()
+                        .unwrap()
+                        .clone()
+                        .unwrap_or_else(|| {
+                            gst::Structure::builder("application/x-rtspannounce-stats")
+                                .field("state", "stopped")
+                                .build()
+                        })
                         .to_value(),
                 }
             }

@@ -85,8 +85,32 @@ pub struct Counters {
     last_running: Option<u64>,
     pub sender_reports: u64,
     pub receiver: ReceiverView,
-    /// Packets held back until a keyframe after a reconnect.
+    /// Packets held back until a keyframe (after a reconnect or under congestion).
     pub dropped: u64,
+    /// The next packet starts a frame (the previous one had the marker bit).
+    mid_frame: bool,
+    /// Dropping because the network is too slow; the episode ends at a keyframe with room.
+    congested: bool,
+    keyframe_requested: bool,
+}
+
+/// What `frames` noticed that the session acts on.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FrameEvents {
+    /// A congestion episode began: warn once.
+    pub congestion_started: bool,
+    /// Room is back while waiting for a keyframe: ask the encoder for one.
+    pub want_keyframe: bool,
+}
+
+/// How full the queue is, as the drop policy sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Room {
+    /// Below half the bound: a dropped stream may resume.
+    Plenty,
+    Some,
+    /// At the bound: no new frame starts.
+    Full,
 }
 
 pub struct TrackSender {
@@ -96,6 +120,7 @@ pub struct TrackSender {
     pub clock_rate: u32,
     cname: String,
     encoding: String,
+    is_video: bool,
     /// Set while delta frames must be held back: the server's first frame must be decodable.
     waiting_keyframe: AtomicBool,
     pub counters: Mutex<Counters>,
@@ -119,6 +144,7 @@ impl TrackSender {
         clock_rate: u32,
         cname: String,
         encoding: String,
+        is_video: bool,
         wait_keyframe: bool,
     ) -> Self {
         TrackSender {
@@ -128,6 +154,7 @@ impl TrackSender {
             clock_rate: clock_rate.max(1),
             cname,
             encoding,
+            is_video,
             waiting_keyframe: AtomicBool::new(wait_keyframe),
             counters: Mutex::new(Counters::default()),
         }
@@ -155,22 +182,59 @@ impl TrackSender {
     /// Frames buffers (with their running times) for the queue, counting them. The very first
     /// packet of the track is preceded by a sender report, so a receiver can place the track on
     /// the common timeline from its first packet on.
+    ///
+    /// With `room` (the drop policy), a frame only starts when the queue has room; once one is
+    /// dropped, video drops everything up to a keyframe that finds room again, so the server
+    /// never gets half a frame or a delta frame it cannot decode. Audio drops frame by frame.
     pub fn frames(
         &self,
         buffers: impl IntoIterator<Item = (gst::Buffer, Option<u64>)>,
         ntp: &NtpMapper,
+        room: Option<&dyn Fn() -> Room>,
         out: &mut Vec<OutFrame>,
-    ) -> Result<(), usize> {
+    ) -> Result<FrameEvents, usize> {
         let mut c = self.counters.lock().unwrap();
+        let mut ev = FrameEvents::default();
         for (buffer, running) in buffers {
             let len = buffer.size();
             let facts = rtcp::rtp_facts(len, |off, dst| buffer.copy_to_slice(off, dst).is_ok());
+            let marker = facts.as_ref().is_none_or(|f| f.marker);
+            let frame_start = !c.mid_frame;
+            c.mid_frame = !marker;
+            if let (Some(room), true) = (room, frame_start) {
+                let r = room();
+                if r == Room::Full && !c.congested {
+                    c.congested = true;
+                    c.keyframe_requested = false;
+                    ev.congestion_started = true;
+                    if self.is_video {
+                        self.waiting_keyframe.store(true, Ordering::Relaxed);
+                    }
+                } else if c.congested && !self.is_video && r != Room::Full {
+                    c.congested = false;
+                }
+                if c.congested && !self.is_video {
+                    c.dropped += 1;
+                    c.mid_frame = !marker;
+                    continue;
+                }
+                if c.congested && r == Room::Plenty && !c.keyframe_requested {
+                    c.keyframe_requested = true;
+                    ev.want_keyframe = true;
+                }
+            } else if c.congested && !self.is_video {
+                // The rest of a dropped audio frame.
+                c.dropped += 1;
+                continue;
+            }
             if self.waiting_keyframe() {
-                if !self.is_key(&buffer, facts.as_ref()) {
+                let may_resume = !c.congested || room.is_none_or(|r| r() == Room::Plenty);
+                if !(frame_start && may_resume && self.is_key(&buffer, facts.as_ref())) {
                     c.dropped += 1;
                     continue;
                 }
                 self.waiting_keyframe.store(false, Ordering::Relaxed);
+                c.congested = false;
             }
             let frame = OutFrame::rtp(buffer, self.channel, self.pt_rewrite)?;
             if let Some(RtpFacts {
@@ -198,7 +262,7 @@ impl TrackSender {
             c.bytes += frame.len() as u64;
             out.push(frame);
         }
-        Ok(())
+        Ok(ev)
     }
 
     fn report_locked(&self, c: &mut Counters, at: u64, ntp: &NtpMapper, bye: bool) -> Vec<u8> {

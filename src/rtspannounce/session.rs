@@ -4,7 +4,7 @@
 //! Streaming threads (one per sink pad) call into [`Shared`]; the handshake and the teardown run
 //! as tasks on the shared I/O runtime. Every blocking wait here ends on stop, flush or failure.
 
-use super::sender::{NtpMapper, NtpSource, TrackSender};
+use super::sender::{FrameEvents, NtpMapper, NtpSource, Room, TrackSender};
 use crate::net::connection::{Control, SessionError, Streaming, TeardownError};
 use crate::net::queue::{QueueError, SendQueue};
 use crate::net::RUNTIME;
@@ -34,6 +34,8 @@ pub struct SessionConfig {
     pub retry_max: i32,
     pub retry_delay_min: Duration,
     pub retry_delay_max: Duration,
+    /// Congestion policy: drop (whole frames, video up to a keyframe) instead of blocking.
+    pub drop_when_congested: bool,
     pub max_queue_bytes: usize,
 }
 
@@ -137,6 +139,17 @@ pub enum PadError {
 
 fn resource_error(kind: gst::ResourceError, text: String) -> gst::ErrorMessage {
     gst::ErrorMessage::new(&kind, Some(&text), None, file!(), "rtspannounce", line!())
+}
+
+/// The upstream event encoders answer with a keyframe (what
+/// gst_video_event_new_upstream_force_key_unit builds: as soon as possible, with headers).
+fn force_key_unit() -> gst::Event {
+    gst::event::CustomUpstream::new(
+        gst::Structure::builder("GstForceKeyUnit")
+            .field("all-headers", true)
+            .field("count", 0u32)
+            .build(),
+    )
 }
 
 /// A finished handshake: the connection, what was agreed, and where (after redirects).
@@ -470,8 +483,33 @@ impl Shared {
         buffers: impl Iterator<Item = (gst::Buffer, Option<u64>)>,
     ) -> Result<(), PadError> {
         let mut frames = Vec::new();
-        let too_big = tx.frames(buffers, &self.ntp_mapper(), &mut frames).err();
-        let res = self.queue().push_all(frames);
+        let queue = self.queue();
+        let max = self.cfg.max_queue_bytes;
+        let room = || match queue.level() {
+            l if l >= max => Room::Full,
+            l if l < max / 2 => Room::Plenty,
+            _ => Room::Some,
+        };
+        let drop_policy = self.cfg.drop_when_congested;
+        let result = tx.frames(
+            buffers,
+            &self.ntp_mapper(),
+            drop_policy.then_some(&room as &dyn Fn() -> Room),
+            &mut frames,
+        );
+        // Drop policy: never wait for room (frames were only started when there was some).
+        let res = if drop_policy {
+            queue.push_all_nowait(frames)
+        } else {
+            queue.push_all(frames)
+        };
+        let too_big = match result {
+            Ok(ev) => {
+                self.congestion_events(track, ev);
+                None
+            }
+            Err(len) => Some(len),
+        };
         if let Some(len) = too_big {
             return Err(PadError::Error(gst::ErrorMessage::new(
                 &gst::StreamError::Format,
@@ -494,6 +532,34 @@ impl Shared {
             Err(QueueError::Cancelled) => Err(PadError::Flushing),
             Err(QueueError::Failed(_)) => Err(PadError::Failed),
         }
+    }
+
+    fn congestion_events(&self, track: usize, ev: FrameEvents) {
+        if ev.congestion_started {
+            if let Some(e) = self.element.upgrade() {
+                gst::element_warning!(
+                    e,
+                    gst::ResourceError::Write,
+                    (
+                        "The network is slower than the stream: dropping on {} (video up to the next keyframe) until the queue drains",
+                        self.track_name(track)
+                    )
+                );
+            }
+        }
+        if ev.want_keyframe {
+            let pad = {
+                let st = self.state.lock().unwrap();
+                st.tracks[track].pad.as_ref().and_then(|p| p.upgrade())
+            };
+            if let Some(pad) = pad {
+                let _ = pad.push_event(force_key_unit());
+            }
+        }
+    }
+
+    fn track_name(&self, track: usize) -> String {
+        self.state.lock().unwrap().tracks[track].pad_name.clone()
     }
 
     /// The connection broke while recording: reconnect (warning, element message, backoff) while
@@ -858,9 +924,10 @@ impl Shared {
                 clock_rate,
                 cname.clone(),
                 encoding,
+                t.is_video,
                 reconnected && t.is_video,
             ));
-            if let Err(len) = tx.frames(t.held.drain(..), &ntp, &mut frames) {
+            if let Err(len) = tx.frames(t.held.drain(..), &ntp, None, &mut frames) {
                 gst::warning!(CAT, "dropping {len}-byte packet: too large");
             }
             t.tx = Some(tx);
@@ -900,13 +967,7 @@ impl Shared {
         self.post_element_message(msg);
         // Ask the encoders for a keyframe now rather than at the end of their GOP.
         for pad in video_pads {
-            let ev = gst::event::CustomUpstream::new(
-                gst::Structure::builder("GstForceKeyUnit")
-                    .field("all-headers", true)
-                    .field("count", 0u32)
-                    .build(),
-            );
-            let _ = pad.push_event(ev);
+            let _ = pad.push_event(force_key_unit());
         }
         if all_eos {
             self.finish();
