@@ -134,3 +134,30 @@ fn block_policy_throttles_and_delivers_every_packet() {
     let s: gst::Structure = sink.property("stats");
     assert_eq!(s.get::<u64>("dropped-packets").unwrap(), 0);
 }
+
+#[test]
+fn half_open_server_is_detected_within_tcp_timeout() {
+    let server = ScriptedServer::start(Script::new().stop_reading_after_record());
+    let p = pipeline(&server.url("/live"), "retry-max=0 tcp-timeout=1000000");
+    let sink = p.by_name("s").unwrap();
+    let bus = p.bus().unwrap();
+    p.set_state(gst::State::Playing).unwrap();
+    // From the moment nothing more fits (socket buffers and our queue full)...
+    wait_until(|| stat::<u64>(&sink, "queue-bytes") >= 200_000);
+    let stalled = Instant::now();
+    let msg = bus
+        .timed_pop_filtered(gst::ClockTime::from_seconds(30), &[gst::MessageType::Error])
+        .expect("the stall is an error");
+    let took = stalled.elapsed();
+    p.set_state(gst::State::Null).unwrap();
+    let gst::MessageView::Error(e) = msg.view() else {
+        unreachable!()
+    };
+    assert!(
+        e.error().message().contains("accepted no data"),
+        "{}",
+        e.error()
+    );
+    // ...the error comes within tcp-timeout (1 s) + 1 s.
+    assert!(took < Duration::from_secs(2), "detected after {took:?}");
+}

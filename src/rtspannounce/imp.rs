@@ -89,6 +89,7 @@ struct Settings {
     retry_delay_min_ms: u32,
     retry_delay_max_ms: u32,
     congestion_policy: CongestionPolicy,
+    reannounce_on_caps_change: bool,
 }
 
 impl Default for Settings {
@@ -110,6 +111,7 @@ impl Default for Settings {
             retry_delay_min_ms: 500,
             retry_delay_max_ms: 10_000,
             congestion_policy: CongestionPolicy::Block,
+            reannounce_on_caps_change: false,
         }
     }
 }
@@ -244,6 +246,7 @@ impl RtspAnnounce {
             retry_max: s.retry_max,
             retry_delay_min: Duration::from_millis(s.retry_delay_min_ms as u64),
             drop_when_congested: s.congestion_policy == CongestionPolicy::Drop,
+            reannounce_on_caps_change: s.reannounce_on_caps_change,
             retry_delay_max: Duration::from_millis(
                 s.retry_delay_max_ms.max(s.retry_delay_min_ms) as u64
             ),
@@ -480,6 +483,12 @@ impl ObjectImpl for RtspAnnounce {
                     .blurb("What to do when max-queue-bytes are queued towards a slow network: block upstream, or drop whole frames (video up to the next keyframe; a keyframe is requested when room is back; drops counted in stats, one warning per episode)")
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecBoolean::builder("reannounce-on-caps-change")
+                    .nick("Re-announce on caps change")
+                    .blurb("ANNOUNCE again on any caps change (new resolution, parameter sets), not only when the codec changes (which always re-announces)")
+                    .default_value(false)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecInt::builder("retry-max")
                     .nick("Retry max")
                     .blurb("Reconnect attempts after the connection is lost while publishing (lost connection, write error or stall, keep-alive failure, server TEARDOWN): -1 for ever, 0 to fail at once. Video resumes on a keyframe")
@@ -596,6 +605,7 @@ impl ObjectImpl for RtspAnnounce {
             "rtcp-interval" => s.rtcp_interval_ms = value.get().unwrap(),
             "retry-max" => s.retry_max = value.get().unwrap(),
             "congestion-policy" => s.congestion_policy = value.get().unwrap(),
+            "reannounce-on-caps-change" => s.reannounce_on_caps_change = value.get().unwrap(),
             "retry-delay-min" => s.retry_delay_min_ms = value.get().unwrap(),
             "retry-delay-max" => s.retry_delay_max_ms = value.get().unwrap(),
             _ => unreachable!(),
@@ -619,6 +629,7 @@ impl ObjectImpl for RtspAnnounce {
             "rtcp-interval" => s.rtcp_interval_ms.to_value(),
             "retry-max" => s.retry_max.to_value(),
             "congestion-policy" => s.congestion_policy.to_value(),
+            "reannounce-on-caps-change" => s.reannounce_on_caps_change.to_value(),
             "retry-delay-min" => s.retry_delay_min_ms.to_value(),
             "retry-delay-max" => s.retry_delay_max_ms.to_value(),
             "stats" => {

@@ -36,6 +36,7 @@ pub struct SessionConfig {
     pub retry_delay_max: Duration,
     /// Congestion policy: drop (whole frames, video up to a keyframe) instead of blocking.
     pub drop_when_congested: bool,
+    pub reannounce_on_caps_change: bool,
     pub max_queue_bytes: usize,
 }
 
@@ -115,6 +116,7 @@ struct State {
     handshake: Option<(Duration, u32)>,
     loss_warned: Option<Instant>,
     reconnects: u32,
+    reannounces: u32,
     /// Packets dropped while reconnecting (held-back delta frames are in the track counters).
     dropped_offline: u64,
 }
@@ -221,6 +223,7 @@ impl Shared {
                 handshake: None,
                 loss_warned: None,
                 reconnects: 0,
+                reannounces: 0,
                 dropped_offline: 0,
             }),
             cond: Condvar::new(),
@@ -369,6 +372,27 @@ impl Shared {
         let mut st = self.state.lock().unwrap();
         match st.phase {
             Phase::Recording => {
+                if let Some(c) = caps {
+                    if st.tracks[track].caps.as_ref() != Some(&c) {
+                        let old = st.tracks[track].caps.replace(c.clone());
+                        if self.needs_reannounce(old.as_ref(), &c) {
+                            gst::info!(
+                                CAT,
+                                "{}: new caps {c}: announcing again",
+                                st.tracks[track].pad_name
+                            );
+                            st.dropped_offline += buffers.count() as u64;
+                            drop(st);
+                            self.renegotiate(format!("caps changed on track {track}"));
+                            return Ok(());
+                        }
+                        gst::info!(
+                            CAT,
+                            "{}: new caps, same codec: streaming on (parameters travel in-band)",
+                            st.tracks[track].pad_name
+                        );
+                    }
+                }
                 let tx = st.tracks[track].tx.clone();
                 drop(st);
                 return match tx {
@@ -562,6 +586,57 @@ impl Shared {
         self.state.lock().unwrap().tracks[track].pad_name.clone()
     }
 
+    /// A codec change (encoding, clock rate, channels, media) makes the announced SDP wrong: a
+    /// new ANNOUNCE is needed. Other changes (resolution, parameter sets) travel in-band, unless
+    /// `reannounce-on-caps-change` asks for a new ANNOUNCE on any change.
+    fn needs_reannounce(&self, old: Option<&gst::Caps>, new: &gst::Caps) -> bool {
+        let key = |c: Option<&gst::Caps>| {
+            c.and_then(|c| c.structure(0)).map(|s| {
+                (
+                    s.get::<String>("media").ok(),
+                    s.get::<String>("encoding-name").ok(),
+                    s.get::<i32>("clock-rate").ok(),
+                    s.get::<String>("encoding-params").ok(),
+                )
+            })
+        };
+        self.cfg.reannounce_on_caps_change || key(old) != key(Some(new))
+    }
+
+    /// Ends the current session politely (TEARDOWN) and announces again with the current caps,
+    /// through the reconnect path (video resumes on a keyframe).
+    fn renegotiate(self: &Arc<Self>, reason: String) {
+        let old = {
+            let mut st = self.state.lock().unwrap();
+            if st.phase != Phase::Recording {
+                return;
+            }
+            st.phase = Phase::Reconnecting;
+            st.reannounces += 1;
+            st.streaming.take()
+        };
+        let fresh = Arc::new(SendQueue::new(self.cfg.max_queue_bytes));
+        let stale = std::mem::replace(&mut *self.queue.lock().unwrap(), fresh);
+        if let Some(s) = old {
+            let timeout = self.cfg.tcp_timeout.min(Duration::from_secs(2));
+            RUNTIME.spawn(async move {
+                let _ = s.stop(timeout).await;
+            });
+        } else {
+            stale.cancel();
+        }
+        self.cond.notify_all();
+        self.post_element_message(
+            gst::Structure::builder("rtspannounce-reannouncing")
+                .field("reason", reason.as_str())
+                .build(),
+        );
+        let this = self.clone();
+        let handle =
+            RUNTIME.spawn(async move { this.reconnect(SessionError::Io(reason), true).await });
+        self.state.lock().unwrap().task = Some(handle.abort_handle());
+    }
+
     /// The connection broke while recording: reconnect (warning, element message, backoff) while
     /// `retry-max` allows, else the error.
     fn connection_lost(self: &Arc<Self>, url: &RtspUrl, err: SessionError) {
@@ -602,7 +677,7 @@ impl Shared {
         );
         let this = self.clone();
         let reason = err;
-        let handle = RUNTIME.spawn(async move { this.reconnect(reason).await });
+        let handle = RUNTIME.spawn(async move { this.reconnect(reason, false).await });
         self.state.lock().unwrap().task = Some(handle.abort_handle());
     }
 
@@ -615,11 +690,18 @@ impl Shared {
             .mul_f64(0.8 + 0.4 * rand::random::<f64>())
     }
 
-    async fn reconnect(self: Arc<Self>, mut last: SessionError) {
+    /// `renegotiating`: a new ANNOUNCE for new caps, not a loss: the first attempt goes at once
+    /// and is made even with `retry-max=0`.
+    async fn reconnect(self: Arc<Self>, mut last: SessionError, renegotiating: bool) {
         let started = Instant::now();
         let mut attempt = 0u32;
+        let max = if renegotiating {
+            self.cfg.retry_max.max(1)
+        } else {
+            self.cfg.retry_max
+        };
         loop {
-            if self.cfg.retry_max >= 0 && attempt >= self.cfg.retry_max as u32 {
+            if max >= 0 && attempt >= max as u32 {
                 self.fail(resource_error(
                     error_kind(&last, true),
                     format!(
@@ -631,7 +713,9 @@ impl Shared {
                 return;
             }
             attempt += 1;
-            tokio::time::sleep(self.backoff(attempt)).await;
+            if !(renegotiating && attempt == 1) {
+                tokio::time::sleep(self.backoff(attempt)).await;
+            }
             let caps: Vec<gst::Caps> = {
                 let st = self.state.lock().unwrap();
                 if st.phase != Phase::Reconnecting {
@@ -1106,6 +1190,7 @@ impl Shared {
             .field("round-trips", st.handshake.map(|h| h.1).unwrap_or(0))
             .field("queue-bytes", self.queue().level() as u64)
             .field("reconnects", st.reconnects)
+            .field("reannounces", st.reannounces)
             .field(
                 "dropped-packets",
                 st.dropped_offline
