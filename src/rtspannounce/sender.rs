@@ -113,6 +113,19 @@ pub enum Room {
     Full,
 }
 
+/// What a track is sent with, fixed for one connection.
+pub struct TrackSetup {
+    pub channel: u8,
+    pub rtcp_channel: u8,
+    pub pt_rewrite: Option<u8>,
+    pub clock_rate: u32,
+    pub cname: String,
+    pub encoding: String,
+    pub is_video: bool,
+    /// Hold delta frames back until a keyframe (after a reconnect).
+    pub wait_keyframe: bool,
+}
+
 pub struct TrackSender {
     pub channel: u8,
     pub rtcp_channel: u8,
@@ -137,25 +150,16 @@ fn frame_rtcp(channel: u8, packet: &[u8]) -> Vec<u8> {
 }
 
 impl TrackSender {
-    pub fn new(
-        channel: u8,
-        rtcp_channel: u8,
-        pt_rewrite: Option<u8>,
-        clock_rate: u32,
-        cname: String,
-        encoding: String,
-        is_video: bool,
-        wait_keyframe: bool,
-    ) -> Self {
+    pub fn new(t: TrackSetup) -> Self {
         TrackSender {
-            channel,
-            rtcp_channel,
-            pt_rewrite,
-            clock_rate: clock_rate.max(1),
-            cname,
-            encoding,
-            is_video,
-            waiting_keyframe: AtomicBool::new(wait_keyframe),
+            channel: t.channel,
+            rtcp_channel: t.rtcp_channel,
+            pt_rewrite: t.pt_rewrite,
+            clock_rate: t.clock_rate.max(1),
+            cname: t.cname,
+            encoding: t.encoding,
+            is_video: t.is_video,
+            waiting_keyframe: AtomicBool::new(t.wait_keyframe),
             counters: Mutex::new(Counters::default()),
         }
     }

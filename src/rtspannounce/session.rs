@@ -4,7 +4,7 @@
 //! Streaming threads (one per sink pad) call into [`Shared`]; the handshake and the teardown run
 //! as tasks on the shared I/O runtime. Every blocking wait here ends on stop, flush or failure.
 
-use super::sender::{FrameEvents, NtpMapper, NtpSource, Room, TrackSender};
+use super::sender::{FrameEvents, NtpMapper, NtpSource, Room, TrackSender, TrackSetup};
 use crate::net::connection::{Control, SessionError, Streaming, TeardownError};
 use crate::net::queue::{QueueError, SendQueue};
 use crate::net::RUNTIME;
@@ -1001,16 +1001,16 @@ impl Shared {
                 .to_string();
             t.is_video = s0.and_then(|s| s.get::<&str>("media").ok()) == Some("video");
             // After a reconnect, video waits for a keyframe; audio resumes at once.
-            let tx = Arc::new(TrackSender::new(
-                negotiated.tracks[i].rtp_channel,
-                negotiated.tracks[i].rtcp_channel,
-                pt_rewrites[i],
+            let tx = Arc::new(TrackSender::new(TrackSetup {
+                channel: negotiated.tracks[i].rtp_channel,
+                rtcp_channel: negotiated.tracks[i].rtcp_channel,
+                pt_rewrite: pt_rewrites[i],
                 clock_rate,
-                cname.clone(),
+                cname: cname.clone(),
                 encoding,
-                t.is_video,
-                reconnected && t.is_video,
-            ));
+                is_video: t.is_video,
+                wait_keyframe: reconnected && t.is_video,
+            }));
             if let Err(len) = tx.frames(t.held.drain(..), &ntp, None, &mut frames) {
                 gst::warning!(CAT, "dropping {len}-byte packet: too large");
             }
