@@ -8,6 +8,9 @@ pub enum Start {
     Key,
     /// Part of a frame that needs earlier frames.
     Delta,
+    /// Says nothing either way (access unit delimiter, SEI, PPS alone): the decision comes with
+    /// the next packet of the same frame.
+    Neutral,
     /// The payload format is not one we parse: use the buffer's DELTA_UNIT flag.
     Unknown,
 }
@@ -21,46 +24,46 @@ pub fn classify(encoding_name: &str, payload: &[u8]) -> Start {
     }
 }
 
-fn key_if(b: bool) -> Start {
-    if b {
-        Start::Key
-    } else {
-        Start::Delta
-    }
-}
-
 /// RFC 6184: a single NAL, the first NAL of a STAP-A, or the first fragment of an FU-A that
-/// is an SPS (7) or an IDR slice (5).
+/// is an SPS (7) or an IDR slice (5) is a keyframe; AUD (9), SEI (6) and PPS (8) are neutral.
 fn h264(p: &[u8]) -> Start {
-    let key_type = |t: u8| t == 5 || t == 7;
+    let nal = |t: u8| match t {
+        5 | 7 => Start::Key,
+        6 | 8 | 9 => Start::Neutral,
+        _ => Start::Delta,
+    };
     let Some(&b0) = p.first() else {
         return Start::Delta;
     };
     match b0 & 0x1f {
-        t @ 1..=23 => key_if(key_type(t)),
-        24 => key_if(p.get(3).is_some_and(|b| key_type(b & 0x1f))),
-        28 => key_if(
-            p.get(1)
-                .is_some_and(|b| b & 0x80 != 0 && key_type(b & 0x1f)),
-        ),
+        t @ 1..=23 => nal(t),
+        24 => p.get(3).map_or(Start::Delta, |b| nal(b & 0x1f)),
+        28 => match p.get(1) {
+            Some(b) if b & 0x80 != 0 => nal(b & 0x1f),
+            _ => Start::Delta,
+        },
         _ => Start::Delta,
     }
 }
 
-/// RFC 7798: VPS/SPS/PPS (32-34) or an IRAP picture (16-21), alone, first in an aggregation
-/// packet, or in the first fragment of an FU.
+/// RFC 7798: VPS/SPS (32, 33) or an IRAP picture (16-21), alone, first in an aggregation
+/// packet, or in the first fragment of an FU; PPS, AUD and SEI (34, 35, 39, 40) are neutral.
 fn h265(p: &[u8]) -> Start {
-    let key_type = |t: u8| (16..=21).contains(&t) || (32..=34).contains(&t);
+    let nal = |t: u8| match t {
+        16..=21 | 32 | 33 => Start::Key,
+        34 | 35 | 39 | 40 => Start::Neutral,
+        _ => Start::Delta,
+    };
     let Some(&b0) = p.first() else {
         return Start::Delta;
     };
     match (b0 >> 1) & 0x3f {
-        48 => key_if(p.get(4).is_some_and(|b| key_type((b >> 1) & 0x3f))),
-        49 => key_if(
-            p.get(2)
-                .is_some_and(|b| b & 0x80 != 0 && key_type(b & 0x3f)),
-        ),
-        t if t < 48 => key_if(key_type(t)),
+        48 => p.get(4).map_or(Start::Delta, |b| nal((b >> 1) & 0x3f)),
+        49 => match p.get(2) {
+            Some(b) if b & 0x80 != 0 => nal(b & 0x3f),
+            _ => Start::Delta,
+        },
+        t if t < 48 => nal(t),
         _ => Start::Delta,
     }
 }
@@ -74,14 +77,20 @@ mod tests {
         assert_eq!(classify("H264", &[0x67, 0x42]), Start::Key); // SPS
         assert_eq!(classify("h264", &[0x65, 0x88]), Start::Key); // IDR
         assert_eq!(classify("H264", &[0x41, 0x9a]), Start::Delta); // non-IDR slice
-        assert_eq!(classify("H264", &[0x68, 0xce]), Start::Delta); // PPS alone
-                                                                   // STAP-A starting with SPS.
+        assert_eq!(classify("H264", &[0x68, 0xce]), Start::Neutral); // PPS alone
+        assert_eq!(classify("H264", &[0x09, 0xf0]), Start::Neutral); // AUD
+        assert_eq!(classify("H264", &[0x06, 0x05]), Start::Neutral); // SEI
+                                                                     // STAP-A starting with SPS, with SEI, with a slice.
         assert_eq!(
             classify("H264", &[0x78, 0x00, 0x0f, 0x67, 0x42]),
             Start::Key
         );
         assert_eq!(
             classify("H264", &[0x78, 0x00, 0x0f, 0x06, 0x05]),
+            Start::Neutral
+        );
+        assert_eq!(
+            classify("H264", &[0x78, 0x00, 0x0f, 0x01, 0x9a]),
             Start::Delta
         );
         // FU-A: start of an IDR, middle of an IDR, start of a P slice.
@@ -97,6 +106,7 @@ mod tests {
         assert_eq!(classify("H265", &[32 << 1, 1]), Start::Key); // VPS
         assert_eq!(classify("H265", &[19 << 1, 1]), Start::Key); // IDR_W_RADL
         assert_eq!(classify("H265", &[1 << 1, 1]), Start::Delta); // TRAIL_R
+        assert_eq!(classify("H265", &[35 << 1, 1]), Start::Neutral); // AUD
         assert_eq!(
             classify("H265", &[48 << 1, 1, 0, 20, 32 << 1, 1]),
             Start::Key

@@ -54,7 +54,13 @@ fn log_response(who: &str, resp: &Response) {
 }
 
 /// Resolves the server name and connects to the first address that accepts, within `timeout`.
-pub async fn connect(url: &RtspUrl, timeout: Duration) -> Result<TcpStream, SessionError> {
+/// `send_buffer` caps the kernel's send buffer (it autotunes up to megabytes, which on a slow
+/// link is seconds of hidden latency a drop policy could not see).
+pub async fn connect(
+    url: &RtspUrl,
+    timeout: Duration,
+    send_buffer: Option<u32>,
+) -> Result<TcpStream, SessionError> {
     let (host, port) = url.connect_target();
     let deadline = tokio::time::Instant::now() + timeout;
     let addrs: Vec<_> =
@@ -72,7 +78,18 @@ pub async fn connect(url: &RtspUrl, timeout: Duration) -> Result<TcpStream, Sess
     }
     let mut last = String::new();
     for addr in &addrs {
-        match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
+        let attempt = async {
+            let socket = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            if let Some(size) = send_buffer {
+                socket.set_send_buffer_size(size)?;
+            }
+            socket.connect(*addr).await
+        };
+        match tokio::time::timeout_at(deadline, attempt).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
                 gst::debug!(CAT, "connected to {addr}");

@@ -91,6 +91,10 @@ pub struct Counters {
     mid_frame: bool,
     /// Dropping because the network is too slow; the episode ends at a keyframe with room.
     congested: bool,
+    /// While held back: this frame has shown only neutral packets (AUD, SEI, PPS) so far, kept
+    /// in `prefix`; its first decisive packet says whether they go out or are dropped.
+    neutral_prefix: bool,
+    prefix: Vec<(gst::Buffer, Option<u64>, Option<RtpFacts>)>,
     keyframe_requested: bool,
 }
 
@@ -169,7 +173,7 @@ impl TrackSender {
     }
 
     /// Whether a decoder could start at this packet.
-    fn is_key(&self, buffer: &gst::Buffer, facts: Option<&RtpFacts>) -> bool {
+    fn start_of(&self, buffer: &gst::Buffer, facts: Option<&RtpFacts>) -> Start {
         let mut head = [0u8; 6];
         let n = facts.map(|f| f.payload_len.min(6)).unwrap_or(0);
         let payload = match facts {
@@ -177,9 +181,9 @@ impl TrackSender {
             _ => &[],
         };
         match keyframe::classify(&self.encoding, payload) {
-            Start::Key => true,
-            Start::Delta => false,
-            Start::Unknown => !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
+            Start::Unknown if buffer.flags().contains(gst::BufferFlags::DELTA_UNIT) => Start::Delta,
+            Start::Unknown => Start::Key,
+            s => s,
         }
     }
 
@@ -232,14 +236,49 @@ impl TrackSender {
                 continue;
             }
             if self.waiting_keyframe() {
-                let may_resume = !c.congested || room.is_none_or(|r| r() == Room::Plenty);
-                if !(frame_start && may_resume && self.is_key(&buffer, facts.as_ref())) {
-                    c.dropped += 1;
-                    continue;
+                if frame_start {
+                    let may_resume = !c.congested || room.is_none_or(|r| r() == Room::Plenty);
+                    c.neutral_prefix = may_resume;
+                    c.dropped += c.prefix.len() as u64;
+                    c.prefix.clear();
                 }
-                self.waiting_keyframe.store(false, Ordering::Relaxed);
-                c.congested = false;
+                match self.start_of(&buffer, facts.as_ref()) {
+                    // Might still be a keyframe: keep it until the frame says.
+                    Start::Neutral if c.neutral_prefix => {
+                        c.prefix.push((buffer, running, facts));
+                        continue;
+                    }
+                    Start::Key if c.neutral_prefix => {
+                        self.waiting_keyframe.store(false, Ordering::Relaxed);
+                        c.congested = false;
+                        for (b, rt, f) in std::mem::take(&mut c.prefix) {
+                            self.emit(&mut c, b, rt, f, ntp, out)?;
+                        }
+                    }
+                    _ => {
+                        c.neutral_prefix = false;
+                        c.dropped += 1 + c.prefix.len() as u64;
+                        c.prefix.clear();
+                        continue;
+                    }
+                }
             }
+            self.emit(&mut c, buffer, running, facts, ntp, out)?;
+        }
+        Ok(ev)
+    }
+
+    /// Frames one packet, counting it (and preceding the track's first packet with a report).
+    fn emit(
+        &self,
+        c: &mut Counters,
+        buffer: gst::Buffer,
+        running: Option<u64>,
+        facts: Option<RtpFacts>,
+        ntp: &NtpMapper,
+        out: &mut Vec<OutFrame>,
+    ) -> Result<(), usize> {
+        {
             let frame = OutFrame::rtp(buffer, self.channel, self.pt_rewrite)?;
             if let Some(RtpFacts {
                 ssrc,
@@ -255,9 +294,7 @@ impl TrackSender {
                     c.last_rtp = timestamp;
                     c.last_running = Some(rt);
                     if c.sender_reports == 0 {
-                        out.push(OutFrame::Control(
-                            self.report_locked(&mut c, rt, ntp, false),
-                        ));
+                        out.push(OutFrame::Control(self.report_locked(c, rt, ntp, false)));
                     }
                 }
                 c.octets += payload_len as u64;
@@ -266,7 +303,7 @@ impl TrackSender {
             c.bytes += frame.len() as u64;
             out.push(frame);
         }
-        Ok(ev)
+        Ok(())
     }
 
     fn report_locked(&self, c: &mut Counters, at: u64, ntp: &NtpMapper, bye: bool) -> Vec<u8> {

@@ -843,7 +843,11 @@ impl Shared {
         caps: &[gst::Caps],
     ) -> Result<Recorded, SessionError> {
         let cfg = &self.cfg;
-        let stream = crate::net::connection::connect(url, cfg.tcp_timeout).await?;
+        // The drop policy must see congestion where it happens: keep the kernel's share small.
+        let send_buffer = cfg
+            .drop_when_congested
+            .then(|| (cfg.max_queue_bytes / 4).clamp(64 * 1024, 1 << 20) as u32);
+        let stream = crate::net::connection::connect(url, cfg.tcp_timeout, send_buffer).await?;
         let local = stream.local_addr().ok().map(|a| a.ip());
         let peer = stream.peer_addr().ok().map(|a| a.ip());
 

@@ -330,6 +330,8 @@ pub struct Script {
     session_on_announce: bool,
     ssrc: Option<String>,
     stop_reading_after_record: bool,
+    /// Read at most this many bytes a second (a slow link).
+    read_rate: Option<u64>,
     requests_after_record: Vec<String>,
     close_on_early_media: bool,
     strict_session: bool,
@@ -349,6 +351,7 @@ impl Default for Script {
             session_on_announce: false,
             ssrc: None,
             stop_reading_after_record: false,
+            read_rate: None,
             requests_after_record: Vec::new(),
             close_on_early_media: false,
             strict_session: false,
@@ -478,6 +481,12 @@ impl Script {
         self
     }
     /// Stop reading the socket right after answering RECORD with 2xx (backpressure);
+    /// Reads interleaved data no faster than `bytes_per_sec`, as a slow uplink would take it.
+    pub fn read_rate(mut self, bytes_per_sec: u64) -> Script {
+        self.read_rate = Some(bytes_per_sec.max(1));
+        self
+    }
+
     /// [`ScriptedServer::resume_reading`] resumes.
     pub fn stop_reading_after_record(mut self) -> Script {
         self.stop_reading_after_record = true;
@@ -988,7 +997,16 @@ fn close_conn_by_server(shared: &Shared, inner: &mut Inner, conn: usize) {
 
 fn reader_loop(shared: &Shared, conn: usize, stream: TcpStream) {
     let mut r = BufReader::new(stream);
+    let started = Instant::now();
+    let mut media_bytes = 0u64;
     loop {
+        // A slow link: the rate limit is the point here, so this sleep is the simulation.
+        if let Some(rate) = shared.script.read_rate {
+            let due = Duration::from_secs_f64(media_bytes as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
         {
             let mut inner = shared.lock();
             while inner.conns[conn].paused
@@ -1003,6 +1021,7 @@ fn reader_loop(shared: &Shared, conn: usize, stream: TcpStream) {
         }
         match read_msg(&mut r, conn) {
             Ok(Msg::Frame { channel, data }) => {
+                media_bytes += 4 + data.len() as u64;
                 let mut inner = shared.lock();
                 let after_record = inner.snap.connections[conn].record_sent;
                 let len = data.len();
@@ -1188,6 +1207,11 @@ impl ScriptedServer {
     /// Binds 127.0.0.1:0 and starts serving `script`.
     pub fn start(script: Script) -> ScriptedServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        if script.read_rate.is_some() {
+            // A slow link has a small window: without this the kernel would take megabytes
+            // (receive buffers autotune up to 32 MB here) whatever the reading rate.
+            let _ = socket2::SockRef::from(&listener).set_recv_buffer_size(64 * 1024);
+        }
         let addr = listener.local_addr().expect("local_addr");
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
