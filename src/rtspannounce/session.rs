@@ -117,6 +117,8 @@ struct State {
     loss_warned: Option<Instant>,
     reconnects: u32,
     reannounces: u32,
+    /// A loss reported while the connection was still being set up.
+    pending_loss: Option<SessionError>,
     /// Packets dropped while reconnecting (held-back delta frames are in the track counters).
     dropped_offline: u64,
 }
@@ -224,6 +226,7 @@ impl Shared {
                 loss_warned: None,
                 reconnects: 0,
                 reannounces: 0,
+                pending_loss: None,
                 dropped_offline: 0,
             }),
             cond: Condvar::new(),
@@ -642,6 +645,13 @@ impl Shared {
     fn connection_lost(self: &Arc<Self>, url: &RtspUrl, err: SessionError) {
         let old = {
             let mut st = self.state.lock().unwrap();
+            if matches!(st.phase, Phase::Connecting | Phase::Reconnecting) && st.streaming.is_none()
+            {
+                // The new connection failed before begin_recording finished setting it up:
+                // handled there, once it is recording.
+                st.pending_loss = Some(err);
+                return;
+            }
             if st.phase != Phase::Recording || self.cfg.retry_max == 0 {
                 drop(st);
                 self.fail(error_message(url, &err, true));
@@ -1044,6 +1054,7 @@ impl Shared {
         .field("round-trips", rec.round_trips)
         .build();
         let all_eos = st.tracks.iter().all(|t| t.eos);
+        let pending_loss = st.pending_loss.take();
         let video_pads: Vec<gst::Pad> = st
             .tracks
             .iter()
@@ -1056,6 +1067,11 @@ impl Shared {
         // Ask the encoders for a keyframe now rather than at the end of their GOP.
         for pad in video_pads {
             let _ = pad.push_event(force_key_unit());
+        }
+        if let Some(err) = pending_loss {
+            let url = self.cfg.url.clone();
+            self.connection_lost(&url, err);
+            return;
         }
         if all_eos {
             self.finish();
@@ -1338,10 +1354,10 @@ impl Shared {
                 gst::Structure::builder("rtspannounce-disconnected")
                     .field(
                         "reason",
-                        if res.is_ok() {
-                            "eos"
-                        } else {
-                            "teardown-failed"
+                        match &res {
+                            // Closing instead of answering TEARDOWN still ends it properly.
+                            Ok(()) | Err(TeardownError::NoAnswer(SessionError::Io(_))) => "eos",
+                            Err(_) => "teardown-failed",
                         },
                     )
                     .build(),
