@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The demo: a bundled RECORD server on 127.0.0.1 (gst-rtsp-server, our examples/record-server.rs)
 # receives 10 s of test video + audio pushed by `gst-launch-1.0 ... ! rtspannounce`, records it
-# to MP4 and prints what arrived.
+# to MP4 and prints what arrived, then saves one received frame as a PNG and prints its path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -42,4 +42,11 @@ rm -f "$fifo"
 echo "== recording: $mp4"
 ffprobe -v error -show_entries stream=codec_name,width,height,sample_rate,channels,nb_frames \
   -show_entries format=duration -of compact=p=0 "$mp4"
-exit $status
+[ "$status" -eq 0 ] || exit "$status"
+
+# The picture that crossed the wire: the frame at 5 s of the server's recording (the SMPTE bars
+# with the pusher's time overlay reading 00:00:05).
+png="$out_dir/frame.png"
+ffmpeg -v error -y -ss 5 -i "$mp4" -frames:v 1 -update 1 "$png"
+[ -s "$png" ] || { echo "could not decode a frame from $mp4" >&2; exit 1; }
+echo "== picture of a received frame: $png"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Debian 12 packages: GStreamer development files and plugins (encoders, payloaders, the RTSP
 # server library for our record server and interop tests), ffmpeg as a peer, meson for the
-# install build. Skips apt when everything is already there.
+# install build, PyGObject and GStreamer's typelibs for the Python example (tests/examples.rs runs
+# it; gcc from build-essential compiles the C one). Skips apt when everything is already there.
 set -euo pipefail
 pkgs=(
   pkg-config build-essential meson ninja-build
@@ -9,6 +10,7 @@ pkgs=(
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-rtsp gstreamer1.0-tools
   ffmpeg
+  python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -200,6 +200,33 @@ fn built() -> PathBuf {
     dir
 }
 
+/// A directory under `target/tmp`, removed when dropped (also when the test fails).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir =
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A registry of our own for a child that loads the plugin from `GST_PLUGIN_PATH`: the user's
+/// default one may hold the plugin as blacklisted (a scan that raced a rebuild of the `.so`).
+fn private_registry(tag: &str) -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "examples-registry-{tag}-{}.bin",
+        std::process::id()
+    ))
+}
+
 fn start_server() -> RecordServer {
     RecordServer::start(RecordServerConfig::new("/live/x", Tracks::H264))
         .expect("start the record server")
@@ -290,7 +317,8 @@ fn python_example_pushes_90_frames() {
         Command::new(&python)
             .arg(Path::new(MANIFEST_DIR).join("examples/push.py"))
             .arg(server.url())
-            .env("GST_PLUGIN_PATH", &dir),
+            .env("GST_PLUGIN_PATH", &dir)
+            .env("GST_REGISTRY", private_registry("python")),
         RUN_TIMEOUT,
     );
     let report = server
@@ -299,6 +327,7 @@ fn python_example_pushes_90_frames() {
     let mut expect = vec!["connected: rtsp://", "disconnected: ", "EOS", "track, pad="];
     expect.extend_from_slice(STATS);
     check("Python example", &out, &report, &expect);
+    let _ = std::fs::remove_file(private_registry("python"));
 }
 
 #[test]
@@ -313,10 +342,8 @@ fn c_snippet_compiles_and_pushes_90_frames() {
         flags.status.success(),
         "pkg-config gstreamer-1.0 failed (install pkg-config and libgstreamer1.0-dev): {flags}"
     );
-    let build_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("examples-push-c-{}", std::process::id()));
-    std::fs::create_dir_all(&build_dir).unwrap();
-    let exe = build_dir.join("push");
+    let build_dir = TempDir::new("examples-push-c");
+    let exe = build_dir.0.join("push");
     let cc = run(
         "cc examples/push.c",
         Command::new("cc")
@@ -333,7 +360,8 @@ fn c_snippet_compiles_and_pushes_90_frames() {
         "examples/push.c",
         Command::new(&exe)
             .arg(server.url())
-            .env("GST_PLUGIN_PATH", &dir),
+            .env("GST_PLUGIN_PATH", &dir)
+            .env("GST_REGISTRY", private_registry("c")),
         RUN_TIMEOUT,
     );
     let report = server
@@ -347,5 +375,5 @@ fn c_snippet_compiles_and_pushes_90_frames() {
     ];
     expect.extend_from_slice(STATS);
     check("C snippet", &out, &report, &expect);
-    let _ = std::fs::remove_dir_all(&build_dir);
+    let _ = std::fs::remove_file(private_registry("c"));
 }
