@@ -161,3 +161,38 @@ fn half_open_server_is_detected_within_tcp_timeout() {
     // ...the error comes within tcp-timeout (1 s) + 1 s.
     assert!(took < Duration::from_secs(2), "detected after {took:?}");
 }
+
+#[test]
+fn drop_policy_time_bound() {
+    let server = ScriptedServer::start(Script::new().stop_reading_after_record());
+    // A byte bound far away: only the 300 ms time bound can start the drops.
+    init();
+    let p = gst::parse::launch(&format!(
+        "videotestsrc pattern=snow num-buffers=240 ! video/x-raw,width=640,height=480,framerate=30/1 ! \
+         x264enc tune=zerolatency speed-preset=ultrafast bitrate=20000 key-int-max=30 ! \
+         rtph264pay ! rtspannounce name=s location={} sync=false congestion-policy=drop \
+         max-queue-bytes=67108864 max-queue-time=300",
+        server.url("/live")
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let sink = p.by_name("s").unwrap();
+    let bus = p.bus().unwrap();
+    p.set_state(gst::State::Playing).unwrap();
+    let msg = bus
+        .timed_pop_filtered(
+            gst::ClockTime::from_seconds(60),
+            &[gst::MessageType::Warning, gst::MessageType::Error],
+        )
+        .expect("a congestion warning");
+    assert!(
+        matches!(msg.view(), gst::MessageView::Warning(_)),
+        "{msg:?}"
+    );
+    assert!(stat::<u64>(&sink, "queue-bytes") < 67108864 / 2);
+    server.resume_reading();
+    let out = run(&p, T);
+    assert!(out.eos, "{out:?}");
+    assert!(stat::<u64>(&sink, "dropped-packets") > 0);
+}

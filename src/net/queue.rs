@@ -93,8 +93,25 @@ enum QState {
     Draining(String),
 }
 
+impl Inner {
+    fn push(&mut self, f: OutFrame, at: std::time::Instant) {
+        self.bytes += f.len();
+        self.frames.push_back(f);
+        self.queued_at.push_back(at);
+    }
+
+    fn clear(&mut self) {
+        self.frames.clear();
+        self.queued_at.clear();
+        self.bytes = 0;
+    }
+}
+
 struct Inner {
     frames: VecDeque<OutFrame>,
+    /// When each frame was queued (same order as `frames`): the age of the oldest is the
+    /// latency the queue adds.
+    queued_at: VecDeque<std::time::Instant>,
     bytes: usize,
     state: QState,
     flushing: bool,
@@ -115,6 +132,7 @@ impl SendQueue {
         SendQueue {
             inner: Mutex::new(Inner {
                 frames: VecDeque::new(),
+                queued_at: VecDeque::new(),
                 bytes: 0,
                 state: QState::Open,
                 flushing: false,
@@ -145,8 +163,7 @@ impl SendQueue {
                 }
                 inner = self.space.wait(inner).unwrap();
             }
-            inner.bytes += f.len();
-            inner.frames.push_back(f);
+            inner.push(f, std::time::Instant::now());
             self.data.notify_one();
         }
         Ok(())
@@ -158,8 +175,7 @@ impl SendQueue {
         let mut inner = self.inner.lock().unwrap();
         Self::check(&inner)?;
         for f in frames {
-            inner.bytes += f.len();
-            inner.frames.push_back(f);
+            inner.push(f, std::time::Instant::now());
         }
         self.data.notify_one();
         Ok(())
@@ -173,8 +189,7 @@ impl SendQueue {
             QState::Cancelled => return Err(QueueError::Cancelled),
             _ => {}
         }
-        inner.bytes += bytes.len();
-        inner.frames.push_back(OutFrame::Control(bytes));
+        inner.push(OutFrame::Control(bytes), std::time::Instant::now());
         self.data.notify_one();
         Ok(())
     }
@@ -184,8 +199,7 @@ impl SendQueue {
     pub fn preload(&self, frames: Vec<OutFrame>) {
         let mut inner = self.inner.lock().unwrap();
         for f in frames {
-            inner.bytes += f.len();
-            inner.frames.push_back(f);
+            inner.push(f, std::time::Instant::now());
         }
         self.data.notify_one();
     }
@@ -200,9 +214,8 @@ impl SendQueue {
         ) {
             return;
         }
-        inner.frames.clear();
-        inner.bytes = last.len();
-        inner.frames.push_back(OutFrame::Control(last));
+        inner.clear();
+        inner.push(OutFrame::Control(last), std::time::Instant::now());
         inner.state = QState::Closing;
         self.space.notify_all();
         self.data.notify_one();
@@ -216,6 +229,17 @@ impl SendQueue {
             .frames
             .iter()
             .any(|f| matches!(f, OutFrame::Rtp { .. }))
+    }
+
+    /// How long the oldest frame still queued has waited.
+    pub fn oldest_age(&self) -> std::time::Duration {
+        self.inner
+            .lock()
+            .unwrap()
+            .queued_at
+            .front()
+            .map(|t| t.elapsed())
+            .unwrap_or_default()
     }
 
     /// Bytes queued and not yet taken by the writer.
@@ -238,8 +262,7 @@ impl SendQueue {
         if !matches!(inner.state, QState::Failed(_)) {
             inner.state = QState::Cancelled;
         }
-        inner.frames.clear();
-        inner.bytes = 0;
+        inner.clear();
         self.space.notify_all();
         self.data.notify_one();
     }
@@ -255,8 +278,7 @@ impl SendQueue {
             }
             _ => inner.state = QState::Failed(why),
         }
-        inner.frames.clear();
-        inner.bytes = 0;
+        inner.clear();
         self.space.notify_all();
         self.data.notify_one();
     }
@@ -269,8 +291,16 @@ impl SendQueue {
             return;
         }
         inner.state = QState::Draining(why);
-        inner.frames.retain(|f| matches!(f, OutFrame::Control(_)));
-        inner.bytes = inner.frames.iter().map(OutFrame::len).sum();
+        let now = std::time::Instant::now();
+        let kept: Vec<OutFrame> = inner
+            .frames
+            .drain(..)
+            .filter(|f| matches!(f, OutFrame::Control(_)))
+            .collect();
+        inner.clear();
+        for f in kept {
+            inner.push(f, now);
+        }
         self.space.notify_all();
         self.data.notify_one();
     }
@@ -296,6 +326,7 @@ impl SendQueue {
                 if !inner.frames.is_empty() {
                     let n = inner.frames.len().min(MAX_BATCH);
                     let mut taken = 0;
+                    inner.queued_at.drain(..n);
                     for f in inner.frames.drain(..n) {
                         taken += f.len();
                         out.push(f);

@@ -83,6 +83,7 @@ struct Settings {
     setup_url_style: SetupUrlStyle,
     announce_timeout_ms: u32,
     max_queue_bytes: u32,
+    max_queue_time_ms: u32,
     ntp_time_source: NtpTimeSource,
     rtcp_interval_ms: u32,
     retry_max: i32,
@@ -105,6 +106,7 @@ impl Default for Settings {
             setup_url_style: SetupUrlStyle::Ffmpeg,
             announce_timeout_ms: DEFAULT_ANNOUNCE_TIMEOUT_MS,
             max_queue_bytes: DEFAULT_MAX_QUEUE_BYTES,
+            max_queue_time_ms: 0,
             ntp_time_source: NtpTimeSource::Ntp,
             rtcp_interval_ms: 5000,
             retry_max: -1,
@@ -251,6 +253,7 @@ impl RtspAnnounce {
                 s.retry_delay_max_ms.max(s.retry_delay_min_ms) as u64
             ),
             max_queue_bytes: s.max_queue_bytes as usize,
+            max_queue_time: Duration::from_millis(s.max_queue_time_ms as u64),
         })
     }
 
@@ -478,6 +481,12 @@ impl ObjectImpl for RtspAnnounce {
                     .default_value(5000)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecUInt::builder("max-queue-time")
+                    .nick("Max queue time")
+                    .blurb("With congestion-policy=drop: the longest a packet may wait in the queue, in milliseconds, before frames are dropped (0: only max-queue-bytes bounds the queue)")
+                    .default_value(0)
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecEnum::builder_with_default("congestion-policy", CongestionPolicy::Block)
                     .nick("Congestion policy")
                     .blurb("What to do when max-queue-bytes are queued towards a slow network: block upstream, or drop whole frames (video up to the next keyframe; a keyframe is requested when room is back; drops counted in stats, one warning per episode)")
@@ -605,6 +614,7 @@ impl ObjectImpl for RtspAnnounce {
             "rtcp-interval" => s.rtcp_interval_ms = value.get().unwrap(),
             "retry-max" => s.retry_max = value.get().unwrap(),
             "congestion-policy" => s.congestion_policy = value.get().unwrap(),
+            "max-queue-time" => s.max_queue_time_ms = value.get().unwrap(),
             "reannounce-on-caps-change" => s.reannounce_on_caps_change = value.get().unwrap(),
             "retry-delay-min" => s.retry_delay_min_ms = value.get().unwrap(),
             "retry-delay-max" => s.retry_delay_max_ms = value.get().unwrap(),
@@ -629,6 +639,7 @@ impl ObjectImpl for RtspAnnounce {
             "rtcp-interval" => s.rtcp_interval_ms.to_value(),
             "retry-max" => s.retry_max.to_value(),
             "congestion-policy" => s.congestion_policy.to_value(),
+            "max-queue-time" => s.max_queue_time_ms.to_value(),
             "reannounce-on-caps-change" => s.reannounce_on_caps_change.to_value(),
             "retry-delay-min" => s.retry_delay_min_ms.to_value(),
             "retry-delay-max" => s.retry_delay_max_ms.to_value(),

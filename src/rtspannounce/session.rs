@@ -38,6 +38,8 @@ pub struct SessionConfig {
     pub drop_when_congested: bool,
     pub reannounce_on_caps_change: bool,
     pub max_queue_bytes: usize,
+    /// With the drop policy, the longest a packet may wait in the queue (zero: no bound).
+    pub max_queue_time: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -511,11 +513,22 @@ impl Shared {
     ) -> Result<(), PadError> {
         let mut frames = Vec::new();
         let queue = self.queue();
-        let max = self.cfg.max_queue_bytes;
-        let room = || match queue.level() {
-            l if l >= max => Room::Full,
-            l if l < max / 2 => Room::Plenty,
-            _ => Room::Some,
+        let (max, max_time) = (self.cfg.max_queue_bytes, self.cfg.max_queue_time);
+        let room = || {
+            let level = queue.level();
+            // The time bound: how long the oldest queued packet has waited (0: no bound).
+            let age = if max_time.is_zero() {
+                Duration::ZERO
+            } else {
+                queue.oldest_age()
+            };
+            if level >= max || (!max_time.is_zero() && age >= max_time) {
+                Room::Full
+            } else if level < max / 2 && age <= max_time / 2 {
+                Room::Plenty
+            } else {
+                Room::Some
+            }
         };
         let drop_policy = self.cfg.drop_when_congested;
         let result = tx.frames(
