@@ -85,6 +85,11 @@ pub struct Counters {
     last_running: Option<u64>,
     pub sender_reports: u64,
     pub receiver: ReceiverView,
+    /// (middle 32 bits of the NTP field, when it was queued) of recent reports: a receiver
+    /// report's LSR names one, which gives the round trip on our own clock whatever the NTP
+    /// field said (the first report is stamped at its packet's running time, which rtpbin needs
+    /// but which lies a pipeline latency in the past).
+    recent_reports: std::collections::VecDeque<(u32, std::time::Instant)>,
     /// Packets held back until a keyframe (after a reconnect or under congestion).
     pub dropped: u64,
     /// The next packet starts a frame (the previous one had the marker bit).
@@ -319,6 +324,11 @@ impl TrackSender {
             octets: c.octets as u32,
         };
         c.sender_reports += 1;
+        if c.recent_reports.len() >= 16 {
+            c.recent_reports.pop_front();
+        }
+        c.recent_reports
+            .push_back((rtcp::ntp_middle(info.ntp), std::time::Instant::now()));
         gst::log!(
             crate::CAT,
             "SR ssrc {:08x} at running time {at} ns: rtp {rtp}, ntp {:016x}, {} packets",
@@ -346,12 +356,19 @@ impl TrackSender {
             return None;
         }
         let grew = block.cumulative_lost > c.receiver.cumulative_lost;
+        let dlsr = Duration::from_nanos((block.dlsr as u64 * 1_000_000_000) >> 16);
+        let rtt = c
+            .recent_reports
+            .iter()
+            .find(|(lsr, _)| *lsr == block.lsr && block.lsr != 0)
+            .map(|(_, sent)| sent.elapsed().saturating_sub(dlsr))
+            .or_else(|| block.rtt(arrival_middle));
         c.receiver = ReceiverView {
             reports: c.receiver.reports + 1,
             fraction_lost: block.fraction_lost,
             cumulative_lost: block.cumulative_lost,
             jitter: block.jitter,
-            rtt: block.rtt(arrival_middle).or(c.receiver.rtt),
+            rtt: rtt.or(c.receiver.rtt),
         };
         grew.then_some(block.cumulative_lost)
     }
