@@ -6,19 +6,9 @@ mod harness;
 #[path = "common/peers.rs"]
 mod peers;
 
-use gst::prelude::*;
 use harness::*;
 use peers::*;
 use std::time::Duration;
-
-fn push(desc: &str) -> Outcome {
-    init();
-    let p = gst::parse::launch(desc)
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
-    run(&p, Duration::from_secs(60))
-}
 
 #[test]
 fn h264_alone_all_frames_arrive() {

@@ -11,7 +11,6 @@ mod peers;
 #[path = "common/record_server.rs"]
 mod record_server;
 
-use gst::prelude::*;
 use harness::*;
 use record_server::*;
 use std::time::Duration;
@@ -24,15 +23,6 @@ fn requests(report: &Report) -> Vec<&str> {
         .map(String::as_str)
         .filter(|m| *m != "GET_PARAMETER")
         .collect()
-}
-
-fn push(desc: &str) -> Outcome {
-    init();
-    let p = gst::parse::launch(desc)
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap();
-    run(&p, Duration::from_secs(60))
 }
 
 #[test]

@@ -631,8 +631,7 @@ impl Shared {
             st.reannounces += 1;
             st.streaming.take()
         };
-        let fresh = Arc::new(SendQueue::new(self.cfg.max_queue_bytes));
-        let stale = std::mem::replace(&mut *self.queue.lock().unwrap(), fresh);
+        let stale = self.fresh_queue();
         if let Some(s) = old {
             let timeout = self.cfg.tcp_timeout.min(Duration::from_secs(2));
             RUNTIME.spawn(async move {
@@ -647,9 +646,18 @@ impl Shared {
                 .field("reason", reason.as_str())
                 .build(),
         );
+        self.spawn_reconnect(SessionError::Io(reason), true);
+    }
+
+    /// Installs a new queue for the next connection; returns the old one.
+    fn fresh_queue(&self) -> Arc<SendQueue> {
+        let fresh = Arc::new(SendQueue::new(self.cfg.max_queue_bytes));
+        std::mem::replace(&mut *self.queue.lock().unwrap(), fresh)
+    }
+
+    fn spawn_reconnect(self: &Arc<Self>, reason: SessionError, renegotiating: bool) {
         let this = self.clone();
-        let handle =
-            RUNTIME.spawn(async move { this.reconnect(SessionError::Io(reason), true).await });
+        let handle = RUNTIME.spawn(async move { this.reconnect(reason, renegotiating).await });
         self.state.lock().unwrap().task = Some(handle.abort_handle());
     }
 
@@ -674,10 +682,8 @@ impl Shared {
             st.reconnects += 1;
             st.streaming.take()
         };
-        let fresh = Arc::new(SendQueue::new(self.cfg.max_queue_bytes));
-        let stale = std::mem::replace(&mut *self.queue.lock().unwrap(), fresh);
         // Producers blocked on the lost connection's queue return (and drop) at once.
-        stale.fail(err.to_string());
+        self.fresh_queue().fail(err.to_string());
         if let Some(s) = old {
             s.abort();
         }
@@ -698,10 +704,7 @@ impl Shared {
                 .field("reason", err.to_string())
                 .build(),
         );
-        let this = self.clone();
-        let reason = err;
-        let handle = RUNTIME.spawn(async move { this.reconnect(reason, false).await });
-        self.state.lock().unwrap().task = Some(handle.abort_handle());
+        self.spawn_reconnect(err, false);
     }
 
     /// Exponential backoff from `retry-delay-min` to `retry-delay-max`, each delay randomised

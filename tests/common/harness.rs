@@ -123,3 +123,29 @@ pub fn threads() -> usize {
         .map(|d| d.count())
         .unwrap_or(0)
 }
+
+/// A pipeline from a launch line, with the plugin registered.
+pub fn pipeline(desc: &str) -> gst::Pipeline {
+    init();
+    gst::parse::launch(desc)
+        .unwrap()
+        .downcast::<gst::Pipeline>()
+        .unwrap()
+}
+
+/// Runs a launch line to its end (60 s at most).
+pub fn push(desc: &str) -> Outcome {
+    run(&pipeline(desc), Duration::from_secs(60))
+}
+
+/// The text of the next error or warning (`kind`) on the bus, within 10 s.
+pub fn next_message_text(bus: &gst::Bus, kind: gst::MessageType) -> String {
+    let msg = bus
+        .timed_pop_filtered(gst::ClockTime::from_seconds(10), &[kind])
+        .unwrap_or_else(|| panic!("no {kind:?} message"));
+    match msg.view() {
+        gst::MessageView::Error(e) => e.error().message().to_string(),
+        gst::MessageView::Warning(w) => w.error().message().to_string(),
+        _ => unreachable!(),
+    }
+}
