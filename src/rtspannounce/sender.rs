@@ -202,7 +202,7 @@ impl TrackSender {
     pub fn frames(
         &self,
         buffers: impl IntoIterator<Item = (gst::Buffer, Option<u64>)>,
-        ntp: &NtpMapper,
+        ntp: &dyn Fn() -> NtpMapper,
         room: Option<&dyn Fn() -> Room>,
         out: &mut Vec<OutFrame>,
     ) -> Result<FrameEvents, usize> {
@@ -280,7 +280,7 @@ impl TrackSender {
         buffer: gst::Buffer,
         running: Option<u64>,
         facts: Option<RtpFacts>,
-        ntp: &NtpMapper,
+        ntp: &dyn Fn() -> NtpMapper,
         out: &mut Vec<OutFrame>,
     ) -> Result<(), usize> {
         {
@@ -299,7 +299,8 @@ impl TrackSender {
                     c.last_rtp = timestamp;
                     c.last_running = Some(rt);
                     if c.sender_reports == 0 {
-                        out.push(OutFrame::Control(self.report_locked(c, rt, ntp, false)));
+                        // The clock is looked up only here, once per track.
+                        out.push(OutFrame::Control(self.report_locked(c, rt, &ntp(), false)));
                     }
                 }
                 c.octets += payload_len as u64;

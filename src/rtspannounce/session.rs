@@ -533,7 +533,7 @@ impl Shared {
         let drop_policy = self.cfg.drop_when_congested;
         let result = tx.frames(
             buffers,
-            &self.ntp_mapper(),
+            &|| self.ntp_mapper(),
             drop_policy.then_some(&room as &dyn Fn() -> Room),
             &mut frames,
         );
@@ -1041,7 +1041,7 @@ impl Shared {
                 is_video: t.is_video,
                 wait_keyframe: reconnected && t.is_video,
             }));
-            if let Err(len) = tx.frames(t.held.drain(..), &ntp, None, &mut frames) {
+            if let Err(len) = tx.frames(t.held.drain(..), &|| ntp, None, &mut frames) {
                 gst::warning!(CAT, "dropping {len}-byte packet: too large");
             }
             t.tx = Some(tx);
