@@ -1,0 +1,1254 @@
+//! Side-by-side benchmark: rtspannounce vs rtspclientsink vs ffmpeg, pushing the same input to
+//! the same in-process drain receiver on 127.0.0.1. See docs/BENCHMARKS.md.
+//!
+//! ```text
+//! cargo run --release --example bench -- [--quick] [--rounds N] [--scale 1,100,1000]
+//!     [--scale-rounds N] [--window SECONDS] [--clientsink-max N] [--no-push] [--no-scale]
+//! cargo run --release --example bench -- --serve     # the drain receiver alone, for profiling
+//! ```
+//!
+//! The parent process makes the input once (target/bench-input/, or $BENCH_DIR), runs the
+//! receiver, and runs every contender in its own child process (this same binary with
+//! `--push-child` or `--scale-child`, or ffmpeg), so that each one's CPU is its own. The plugin
+//! is registered in the children with `plugin_register_static()`: what is measured is the code
+//! this example was built from, no `.so` from a plugin path. Exits non-zero if any contender
+//! lost packets, rtspannounce failed or delivered nothing, or a baseline failed.
+
+#[path = "bench/child.rs"]
+mod child;
+#[path = "bench/proc.rs"]
+mod proc;
+#[path = "bench/receiver.rs"]
+mod receiver;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use proc::{Exit, Proc};
+use receiver::{Receiver, Session};
+
+const USAGE: &str = "usage: bench [--quick] [--rounds N] [--scale 1,100,1000] [--scale-rounds N] \
+[--window SECONDS] [--clientsink-max N] [--no-push] [--no-scale] [--serve]";
+
+struct Args {
+    quick: bool,
+    rounds: usize,
+    scale: Vec<usize>,
+    window: f64,
+    scale_rounds: usize,
+    clientsink_max: usize,
+    push: bool,
+    serve: bool,
+}
+
+fn parse_args(argv: &[String]) -> Result<Args> {
+    let quick = argv.iter().any(|a| a == "--quick");
+    let mut a = Args {
+        quick,
+        rounds: if quick { 1 } else { 3 },
+        scale: if quick {
+            vec![1, 10]
+        } else {
+            vec![1, 100, 1000]
+        },
+        window: if quick { 2.0 } else { 10.0 },
+        scale_rounds: 0,
+        clientsink_max: if quick { 1000 } else { 500 },
+        push: true,
+        serve: false,
+    };
+    let mut it = argv.iter();
+    while let Some(arg) = it.next() {
+        let mut val = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| anyhow!("{name} needs a value\n{USAGE}"))
+        };
+        match arg.as_str() {
+            "--quick" => {}
+            "--rounds" => a.rounds = val("--rounds")?.parse().context("--rounds")?,
+            "--scale" => {
+                a.scale = val("--scale")?
+                    .split(',')
+                    .filter(|s| !s.trim().is_empty())
+                    .map(|s| s.trim().parse::<usize>())
+                    .collect::<Result<_, _>>()
+                    .context("--scale")?
+            }
+            "--window" => a.window = val("--window")?.parse().context("--window")?,
+            "--scale-rounds" => {
+                a.scale_rounds = val("--scale-rounds")?.parse().context("--scale-rounds")?
+            }
+            "--clientsink-max" => {
+                a.clientsink_max = val("--clientsink-max")?
+                    .parse()
+                    .context("--clientsink-max")?
+            }
+            "--no-push" => a.push = false,
+            "--no-scale" => a.scale.clear(),
+            "--serve" => a.serve = true,
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other}\n{USAGE}"),
+        }
+    }
+    if a.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    if a.scale_rounds == 0 {
+        a.scale_rounds = a.rounds;
+    }
+    Ok(a)
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let child = match argv.first().map(String::as_str) {
+        Some("--push-child") => Some(child::push_child(&argv[1..])),
+        Some("--scale-child") => Some(child::scale_child(&argv[1..])),
+        _ => None,
+    };
+    if let Some(r) = child {
+        return match r {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench child: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let args = match parse_args(&argv) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("bench: FAILED (see above)");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input
+
+struct Input {
+    /// Real-time runs push this file.
+    path: PathBuf,
+    seconds: u32,
+    desc: String,
+    /// Unsynced runs push `path` concatenated `repeat` times (stream copy), so that even the
+    /// fastest contender streams for long enough to be timed.
+    max_path: PathBuf,
+    repeat: u32,
+}
+
+fn work_dir() -> PathBuf {
+    std::env::var_os("BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-input"))
+}
+
+/// Makes the input once: H.264 (x264, ultrafast, no B-frames, GOP 60) + AAC in MP4, and its
+/// concatenation for the unsynced runs.
+fn make_input(quick: bool) -> Result<Input> {
+    let (secs, w, h, kbps, repeat) = if quick {
+        (3u32, 320, 240, 2000, 3)
+    } else {
+        (20u32, 1280, 720, 20000, 10)
+    };
+    let dir = work_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("in-{secs}s-{w}x{h}-{kbps}k.mp4"));
+    let max_path = dir.join(format!("in-{secs}s-{w}x{h}-{kbps}k-x{repeat}.mp4"));
+    let desc =
+        format!("{secs} s of {w}x{h} 30 fps H.264 at {kbps} kbit/s + AAC 48 kHz stereo, MP4");
+    if !path.exists() {
+        println!("making input {} ({desc}) ...", path.display());
+        let t0 = Instant::now();
+        encode_input(&path, secs, w, h, kbps)?;
+        println!("  done in {:.1} s", t0.elapsed().as_secs_f64());
+    }
+    if !max_path.exists() {
+        concat_input(&path, &max_path, repeat)?;
+    }
+    Ok(Input {
+        path,
+        seconds: secs,
+        desc,
+        max_path,
+        repeat,
+    })
+}
+
+fn encode_input(path: &Path, secs: u32, w: u32, h: u32, kbps: u32) -> Result<()> {
+    let tmp = path.with_extension("tmp.mp4");
+    let pipeline = format!(
+        "videotestsrc num-buffers={frames} pattern=snow \
+         ! video/x-raw,format=I420,width={w},height={h},framerate=30/1 \
+         ! x264enc bitrate={kbps} speed-preset=ultrafast bframes=0 key-int-max=60 ! h264parse \
+         ! mp4mux name=m ! filesink location={tmp} \
+         audiotestsrc num-buffers={abufs} samplesperbuffer=1024 ! audio/x-raw,rate=48000,channels=2 \
+         ! avenc_aac ! aacparse ! m.",
+        frames = secs * 30,
+        abufs = secs * 48000 / 1024,
+        tmp = tmp.display()
+    );
+    let status = Command::new("gst-launch-1.0")
+        .args(["-q", "-e"])
+        .args(pipeline.split_whitespace())
+        .stdout(Stdio::null())
+        .status()
+        .context("running gst-launch-1.0 (is GStreamer installed?)")?;
+    if !status.success() {
+        bail!("encoding the input failed: gst-launch-1.0 {pipeline}");
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+/// `repeat` copies of `src` one after the other (ffmpeg's concat demuxer, stream copy).
+fn concat_input(src: &Path, dst: &Path, repeat: u32) -> Result<()> {
+    let list = dst.with_extension("txt");
+    let line = format!("file '{}'\n", src.display());
+    std::fs::write(&list, line.repeat(repeat as usize))?;
+    let tmp = dst.with_extension("tmp.mp4");
+    let status = Command::new("ffmpeg")
+        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
+        .args(["-f", "concat", "-safe", "0", "-i"])
+        .arg(&list)
+        .args(["-c", "copy"])
+        .arg(&tmp)
+        .status()
+        .context("running ffmpeg (is it installed?)")?;
+    let _ = std::fs::remove_file(&list);
+    if !status.success() {
+        bail!(
+            "ffmpeg could not concatenate {} {repeat} times",
+            src.display()
+        );
+    }
+    std::fs::rename(&tmp, dst)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Push runs
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Who {
+    Announce,
+    ClientSink,
+    Ffmpeg,
+    BasePay,
+    BaseParse,
+    BaseFfmpeg,
+}
+
+impl Who {
+    const ALL: [Who; 6] = [
+        Who::Announce,
+        Who::ClientSink,
+        Who::Ffmpeg,
+        Who::BasePay,
+        Who::BaseParse,
+        Who::BaseFfmpeg,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Who::Announce => "rtspannounce",
+            Who::ClientSink => "rtspclientsink",
+            Who::Ffmpeg => "ffmpeg",
+            Who::BasePay => "base-pay",
+            Who::BaseParse => "base-parse",
+            Who::BaseFfmpeg => "base-ffmpeg",
+        }
+    }
+
+    fn is_baseline(self) -> bool {
+        matches!(self, Who::BasePay | Who::BaseParse | Who::BaseFfmpeg)
+    }
+
+    /// The baseline whose CPU is subtracted: what the contender is given as input, without the
+    /// sending. rtspannounce and rtspclientsink both start from parsed streams (rtspclientsink
+    /// payloads internally, rtspannounce after rtph264pay/rtpmp4gpay), so both are measured
+    /// against base-parse; `sink only` rows use base-pay for rtspannounce.
+    fn baseline(self) -> Option<Who> {
+        match self {
+            Who::Announce | Who::ClientSink => Some(Who::BaseParse),
+            Who::Ffmpeg => Some(Who::BaseFfmpeg),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Mode {
+    RealTime,
+    Max,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::RealTime => "rt",
+            Mode::Max => "max",
+        }
+    }
+}
+
+struct PushRun {
+    who: Who,
+    mode: Mode,
+    round: usize,
+    exit: Exit,
+    sessions: Vec<Session>,
+}
+
+impl PushRun {
+    /// rtspclientsink's EOS hang (see `child::EOS_GRACE`): the data was delivered, only its EOS
+    /// message never came; the CPU figure includes a few seconds of idling.
+    fn eos_hang(&self) -> bool {
+        self.who == Who::ClientSink
+            && !self.exit.timed_out
+            && self.exit.code == Some(child::EOS_HANG_EXIT)
+    }
+
+    fn ok(&self) -> bool {
+        (self.exit.success() || self.eos_hang())
+            && (self.who.is_baseline()
+                || (self.sessions.len() == 1 && self.sessions[0].rtp_packets > 0))
+    }
+    fn rtp_bytes(&self) -> u64 {
+        self.sessions.iter().map(|s| s.rtp_bytes).sum()
+    }
+    fn rtp_packets(&self) -> u64 {
+        self.sessions.iter().map(|s| s.rtp_packets).sum()
+    }
+    fn lost(&self) -> u64 {
+        self.sessions.iter().map(|s| s.lost()).sum()
+    }
+}
+
+fn log_path(tag: &str) -> PathBuf {
+    work_dir().join("logs").join(format!("{tag}.log"))
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+fn push_command(who: Who, mode: Mode, url: &str, input: &Path) -> Result<Command> {
+    let input_s = input.to_str().context("input path is not UTF-8")?;
+    let mut cmd;
+    match who {
+        Who::Ffmpeg | Who::BaseFfmpeg => {
+            cmd = Command::new("ffmpeg");
+            cmd.args(["-nostdin", "-hide_banner", "-loglevel", "error"]);
+            if mode == Mode::RealTime {
+                cmd.arg("-re");
+            }
+            cmd.args(["-i", input_s, "-c", "copy"]);
+            if who == Who::Ffmpeg {
+                cmd.args(["-f", "rtsp", "-rtsp_transport", "tcp", url]);
+            } else {
+                cmd.args(["-f", "null", "-"]);
+            }
+        }
+        _ => {
+            cmd = Command::new(std::env::current_exe()?);
+            cmd.args(["--push-child", who.name(), mode.name(), url, input_s]);
+        }
+    }
+    Ok(cmd)
+}
+
+fn push_once(rx: &Receiver, input: &Input, who: Who, mode: Mode, round: usize) -> Result<PushRun> {
+    let tag = format!("r{round}-{}-{}", mode.name(), who.name());
+    let prefix = format!("/bench/{tag}");
+    let url = rx.url(&prefix);
+    let log = log_path(&tag);
+    std::fs::create_dir_all(log.parent().unwrap())?;
+    let file = match mode {
+        Mode::RealTime => &input.path,
+        Mode::Max => &input.max_path,
+    };
+    let mut cmd = push_command(who, mode, &url, file)?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?);
+    let timeout = match mode {
+        Mode::RealTime => Duration::from_secs(input.seconds as u64 + 40),
+        Mode::Max => Duration::from_secs((input.seconds * input.repeat) as u64 + 60),
+    };
+    let mut p = Proc::spawn(&mut cmd)?;
+    let exit = p.wait(timeout)?;
+    drop(p);
+    rx.wait_closed(&prefix, Duration::from_secs(3));
+    let sessions = rx.sessions(&prefix);
+    rx.forget(&prefix);
+    let run = PushRun {
+        who,
+        mode,
+        round,
+        exit,
+        sessions,
+    };
+    let mut line = format!(
+        "[r{round} {:>3}] {:<14} {:<10} cpu {:>6.2} s  wall {:>6.2} s",
+        mode.name(),
+        who.name(),
+        if run.eos_hang() {
+            "EOS hang".to_string()
+        } else {
+            run.exit.describe()
+        },
+        run.exit.cpu_s,
+        run.exit.wall.as_secs_f64()
+    );
+    if !who.is_baseline() {
+        match run.sessions.as_slice() {
+            [s] => {
+                line += &format!(
+                    "  rtp {:>6.1} MB {:>6} pkts  lost {}{}  hs {} ms ({})  span {:.3} s{}{}",
+                    s.rtp_bytes as f64 / 1e6,
+                    s.rtp_packets,
+                    s.lost(),
+                    if s.backwards() > 0 {
+                        format!(" (+{} backwards)", s.backwards())
+                    } else {
+                        String::new()
+                    },
+                    s.handshake()
+                        .map(|d| format!("{:.2}", d.as_secs_f64() * 1e3))
+                        .unwrap_or("-".into()),
+                    s.methods.join(","),
+                    s.stream_span().map(|d| d.as_secs_f64()).unwrap_or(0.0),
+                    if s.teardown {
+                        "  TEARDOWN"
+                    } else {
+                        "  no TEARDOWN"
+                    },
+                    s.error
+                        .as_ref()
+                        .map(|e| format!("  receiver error: {e}"))
+                        .unwrap_or_default()
+                )
+            }
+            v => line += &format!("  {} sessions at the receiver", v.len()),
+        }
+    }
+    println!("{line}");
+    if !run.ok() {
+        println!("    log {}:\n{}", log.display(), indent(&tail(&log, 8)));
+    }
+    Ok(run)
+}
+
+fn indent(s: &str) -> String {
+    s.lines()
+        .map(|l| format!("      {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+fn fmt(v: Option<f64>, prec: usize) -> String {
+    v.map(|x| format!("{x:.prec$}")).unwrap_or("n/a".into())
+}
+
+fn ratio(v: Option<f64>, base: Option<f64>) -> String {
+    match (v, base) {
+        (Some(v), Some(b)) if b != 0.0 => format!("{:.2}x", v / b),
+        _ => "-".into(),
+    }
+}
+
+#[derive(Default, Clone)]
+struct Figures {
+    cpu_gb: Option<f64>,
+    gross_cpu_gb: Option<f64>,
+    mbit: Option<f64>,
+    kpps: Option<f64>,
+    hs_ms: Option<f64>,
+    ann_ms: Option<f64>,
+    round_trips: Option<f64>,
+    methods: String,
+    lost: u64,
+    backwards: u64,
+    ok_runs: usize,
+    runs: usize,
+    eos_hangs: usize,
+    rt_mb: Option<f64>,
+}
+
+fn figures(runs: &[PushRun], who: Who, sub: Option<Who>) -> Figures {
+    let find = |w: Who, m: Mode, r: usize| {
+        runs.iter()
+            .find(|x| x.who == w && x.mode == m && x.round == r && x.ok())
+    };
+    let mine: Vec<&PushRun> = runs.iter().filter(|r| r.who == who).collect();
+    let rt: Vec<&PushRun> = mine
+        .iter()
+        .copied()
+        .filter(|r| r.mode == Mode::RealTime && r.ok())
+        .collect();
+    let max: Vec<&PushRun> = mine
+        .iter()
+        .copied()
+        .filter(|r| r.mode == Mode::Max && r.ok())
+        .collect();
+    let cpu_gb = median(
+        rt.iter()
+            .filter_map(|r| {
+                let b = find(sub?, Mode::RealTime, r.round)?;
+                Some((r.exit.cpu_s - b.exit.cpu_s) / (r.rtp_bytes() as f64 / 1e9))
+            })
+            .collect(),
+    );
+    let gross_cpu_gb = median(
+        rt.iter()
+            .map(|r| r.exit.cpu_s / (r.rtp_bytes() as f64 / 1e9))
+            .collect(),
+    );
+    let spans = |f: &dyn Fn(&PushRun, f64) -> f64| {
+        median(
+            max.iter()
+                .filter_map(|r| {
+                    let span = r.sessions.first()?.stream_span()?.as_secs_f64();
+                    (span > 0.0).then(|| f(r, span))
+                })
+                .collect(),
+        )
+    };
+    let all_ok: Vec<&PushRun> = mine.iter().copied().filter(|r| r.ok()).collect();
+    let sess = |f: &dyn Fn(&Session) -> Option<f64>| {
+        median(
+            all_ok
+                .iter()
+                .filter_map(|r| f(r.sessions.first()?))
+                .collect(),
+        )
+    };
+    Figures {
+        cpu_gb,
+        gross_cpu_gb,
+        mbit: spans(&|r, s| r.rtp_bytes() as f64 * 8.0 / s / 1e6),
+        kpps: spans(&|r, s| r.rtp_packets() as f64 / s / 1e3),
+        hs_ms: sess(&|s| Some(s.handshake()?.as_secs_f64() * 1e3)),
+        ann_ms: sess(&|s| Some(s.announce_to_record()?.as_secs_f64() * 1e3)),
+        round_trips: sess(&|s| s.record_ok.map(|_| s.methods.len() as f64)),
+        methods: all_ok
+            .first()
+            .and_then(|r| r.sessions.first())
+            .map(|s| s.methods.join(","))
+            .unwrap_or_default(),
+        lost: mine.iter().map(|r| r.lost()).sum(),
+        backwards: mine
+            .iter()
+            .flat_map(|r| &r.sessions)
+            .map(|s| s.backwards())
+            .sum(),
+        ok_runs: all_ok.len(),
+        runs: mine.len(),
+        eos_hangs: mine.iter().filter(|r| r.eos_hang()).count(),
+        rt_mb: median(rt.iter().map(|r| r.rtp_bytes() as f64 / 1e6).collect()),
+    }
+}
+
+fn push_bench(
+    rx: &Receiver,
+    input: &Input,
+    rounds: usize,
+    failures: &mut Vec<String>,
+) -> Result<()> {
+    println!(
+        "\n== push: {rounds} round(s), contenders interleaved; rt = real time (sync on / -re), \
+         max = unsynced (sync=false, no pipeline clock / no -re)"
+    );
+    let mut runs = Vec::new();
+    for round in 1..=rounds {
+        for mode in [Mode::RealTime, Mode::Max] {
+            for who in Who::ALL {
+                runs.push(push_once(rx, input, who, mode, round)?);
+            }
+        }
+    }
+
+    let ann = figures(&runs, Who::Announce, Who::Announce.baseline());
+    let rows: Vec<(String, Figures)> = vec![
+        ("rtspannounce".into(), ann.clone()),
+        (
+            "rtspclientsink".into(),
+            figures(&runs, Who::ClientSink, Who::ClientSink.baseline()),
+        ),
+        (
+            "ffmpeg".into(),
+            figures(&runs, Who::Ffmpeg, Who::Ffmpeg.baseline()),
+        ),
+    ];
+    println!(
+        "\n== push results (medians over {rounds} round(s); ratio = figure / rtspannounce's)\n"
+    );
+    println!(
+        "{:<16} {:>9} {:>7} {:>9} {:>7} {:>8} {:>7} {:>8} {:>7} {:>9} {:>6} {:>5} {:>8}",
+        "contender",
+        "rt s/GB",
+        "ratio",
+        "max Mb/s",
+        "ratio",
+        "kpkt/s",
+        "ratio",
+        "hs ms",
+        "ratio",
+        "ann->rec",
+        "RTs",
+        "lost",
+        "runs ok"
+    );
+    for (name, f) in &rows {
+        println!(
+            "{:<16} {:>9} {:>7} {:>9} {:>7} {:>8} {:>7} {:>8} {:>7} {:>9} {:>6} {:>5} {:>8}",
+            name,
+            fmt(f.cpu_gb, 2),
+            ratio(f.cpu_gb, ann.cpu_gb),
+            fmt(f.mbit, 0),
+            ratio(f.mbit, ann.mbit),
+            fmt(f.kpps, 1),
+            ratio(f.kpps, ann.kpps),
+            fmt(f.hs_ms, 2),
+            ratio(f.hs_ms, ann.hs_ms),
+            fmt(f.ann_ms, 2),
+            fmt(f.round_trips, 0),
+            f.lost,
+            format!("{}/{}", f.ok_runs, f.runs)
+        );
+    }
+    for (name, f) in &rows {
+        if f.eos_hangs > 0 {
+            println!(
+                "note: {name} never posted EOS (nor sent TEARDOWN) after its input ended in {} of {} \
+                 runs; the data had been delivered, the child stopped it {} s later",
+                f.eos_hangs,
+                f.runs,
+                child::EOS_GRACE.as_secs()
+            );
+        }
+    }
+    let own = figures(&runs, Who::Announce, Some(Who::BasePay));
+    println!(
+        "\nrtspannounce without its payloaders (minus base-pay instead of base-parse): {} s/GB",
+        fmt(own.cpu_gb, 2)
+    );
+    println!("gross CPU s/GB in real time (nothing subtracted):");
+    for (name, f) in &rows {
+        println!(
+            "  {:<16} {:>7} s/GB   delivered {} MB   requests up to RECORD: {}{}",
+            name,
+            fmt(f.gross_cpu_gb, 2),
+            fmt(f.rt_mb, 1),
+            f.methods,
+            if f.backwards > 0 {
+                format!("   ({} packets went backwards)", f.backwards)
+            } else {
+                String::new()
+            }
+        );
+    }
+    println!("baselines (CPU s per run, median; wall s of the max runs):");
+    for b in [Who::BasePay, Who::BaseParse, Who::BaseFfmpeg] {
+        let c = |m: Mode| {
+            median(
+                runs.iter()
+                    .filter(|r| r.who == b && r.mode == m && r.ok())
+                    .map(|r| r.exit.cpu_s)
+                    .collect(),
+            )
+        };
+        let w = median(
+            runs.iter()
+                .filter(|r| r.who == b && r.mode == Mode::Max && r.ok())
+                .map(|r| r.exit.wall.as_secs_f64())
+                .collect(),
+        );
+        println!(
+            "  {:<12} rt cpu {} s   max cpu {} s   max wall {} s",
+            b.name(),
+            fmt(c(Mode::RealTime), 2),
+            fmt(c(Mode::Max), 2),
+            fmt(w, 2)
+        );
+    }
+
+    for (name, f) in &rows {
+        if f.lost > 0 {
+            failures.push(format!("{name} lost {} packets", f.lost));
+        }
+    }
+    for r in runs.iter().filter(|r| r.who == Who::Announce) {
+        if !r.ok() {
+            failures.push(format!(
+                "rtspannounce round {} {}: {} with {} packets delivered",
+                r.round,
+                r.mode.name(),
+                r.exit.describe(),
+                r.rtp_packets()
+            ));
+        }
+    }
+    for r in runs.iter().filter(|r| r.who.is_baseline() && !r.ok()) {
+        failures.push(format!(
+            "baseline {} round {} {}: {}",
+            r.who.name(),
+            r.round,
+            r.mode.name(),
+            r.exit.describe()
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scale runs
+
+const SCALE_KINDS: [&str; 4] = ["base-raw", "base-pay", "rtspannounce", "rtspclientsink"];
+
+#[derive(Clone, Debug, Default)]
+struct ScaleRun {
+    kind: String,
+    asked: usize,
+    n: usize,
+    streaming: usize,
+    cpu_s: f64,
+    wall_s: f64,
+    rss_kib: f64,
+    threads: f64,
+    errors: usize,
+    window_mbit: f64,
+    lost: u64,
+    sessions: usize,
+    teardowns: usize,
+    note: String,
+    ok: bool,
+}
+
+fn kv(line: &str, key: &str) -> Option<f64> {
+    line.split_whitespace()
+        .find_map(|t| t.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+}
+
+fn scale_once(
+    rx: &Receiver,
+    kind: &str,
+    asked: usize,
+    n: usize,
+    args: &Args,
+    round: usize,
+) -> Result<ScaleRun> {
+    let tag = format!("r{round}-scale-{asked}-{kind}-{n}");
+    let prefix = format!("/scale/r{round}/{asked}/{kind}/{n}");
+    let window = args.window;
+    let quick = args.quick;
+    let log = log_path(&tag);
+    std::fs::create_dir_all(log.parent().unwrap())?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args([
+        "--scale-child",
+        kind,
+        &n.to_string(),
+        &rx.url(&prefix),
+        &window.to_string(),
+    ])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(std::fs::File::create(&log)?);
+    let mut p = Proc::spawn(&mut cmd)?;
+    let stdout = p.child.stdout.take().unwrap();
+    let mut stdin = p.child.stdin.take().unwrap();
+    let (tx, lines) = mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let mut run = ScaleRun {
+        kind: kind.into(),
+        asked,
+        n,
+        ..Default::default()
+    };
+    let wait_line = |prefix: &str, t: Duration| -> Option<String> {
+        let deadline = Instant::now() + t;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match lines.recv_timeout(left) {
+                Ok(l) if l.starts_with(prefix) => return Some(l),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    };
+    let result = (|| -> Result<()> {
+        wait_line("ready", Duration::from_secs(60 + n as u64 / 10))
+            .ok_or_else(|| anyhow!("child never became ready"))?;
+        let t0 = Instant::now();
+        let baseline = kind.starts_with("base");
+        if !baseline {
+            let limit = Duration::from_secs(30 + n as u64 / 20);
+            while rx.streaming(&prefix) < n && t0.elapsed() < limit {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        run.streaming = if baseline { n } else { rx.streaming(&prefix) };
+        if run.streaming < n {
+            run.note += &format!(
+                "only {}/{n} streaming after {:.0} s; ",
+                run.streaming,
+                t0.elapsed().as_secs_f64()
+            );
+        }
+        std::thread::sleep(Duration::from_secs_f64(if quick { 0.5 } else { 3.0 }));
+        let (b0, _) = rx.rtp_bytes(&prefix);
+        let w0 = Instant::now();
+        stdin.write_all(b"start\n")?;
+        stdin.flush()?;
+        let res = wait_line("result", Duration::from_secs_f64(window + 60.0))
+            .ok_or_else(|| anyhow!("child gave no result"))?;
+        let (b1, _) = rx.rtp_bytes(&prefix);
+        let w = w0.elapsed().as_secs_f64();
+        run.window_mbit = (b1 - b0) as f64 * 8.0 / w / 1e6;
+        run.cpu_s = kv(&res, "cpu_s").unwrap_or(f64::NAN);
+        run.wall_s = kv(&res, "wall_s").unwrap_or(f64::NAN);
+        run.rss_kib = kv(&res, "rss_kib").unwrap_or(f64::NAN);
+        run.threads = kv(&res, "threads").unwrap_or(f64::NAN);
+        run.errors = kv(&res, "errors").unwrap_or(0.0) as usize;
+        Ok(())
+    })();
+    drop(stdin);
+    let exit = p.wait(Duration::from_secs(120 + n as u64 / 10))?;
+    drop(p);
+    let _ = reader.join();
+    rx.wait_closed(&prefix, Duration::from_secs(5));
+    let sessions = rx.sessions(&prefix);
+    rx.forget(&prefix);
+    run.sessions = sessions.len();
+    run.lost = sessions.iter().map(|s| s.lost()).sum();
+    run.teardowns = sessions.iter().filter(|s| s.teardown).count();
+    if let Err(e) = &result {
+        run.note += &format!("{e:#}; ");
+    }
+    if !exit.success() {
+        run.note += &format!("child {}; ", exit.describe());
+    }
+    if run.errors > 0 {
+        run.note += &format!("{} pipelines posted errors; ", run.errors);
+    }
+    run.ok = result.is_ok() && run.errors == 0 && run.streaming == n;
+    println!(
+        "[r{round} scale {asked:>4}] {kind:<14} n={n:<4} streaming {:<4} cpu {:>6.2} s / {:.1} s  rss {:>8.1} MiB  threads {:>5}  \
+         window {:>7.1} Mbit/s  lost {}  sessions {} (TEARDOWN {})  {}",
+        run.streaming,
+        run.cpu_s,
+        run.wall_s,
+        run.rss_kib / 1024.0,
+        run.threads,
+        run.window_mbit,
+        run.lost,
+        run.sessions,
+        run.teardowns,
+        run.note
+    );
+    if result.is_err() || !exit.success() {
+        println!("    log {}:\n{}", log.display(), indent(&tail(&log, 8)));
+    }
+    Ok(run)
+}
+
+/// Medians of the runs of one (contender, session count); losses summed, notes kept.
+fn aggregate(runs: &[&ScaleRun]) -> ScaleRun {
+    let med = |f: &dyn Fn(&ScaleRun) -> f64| {
+        median(runs.iter().map(|r| f(r)).collect()).unwrap_or(f64::NAN)
+    };
+    let mut notes: Vec<String> = Vec::new();
+    for r in runs {
+        for n in r.note.split("; ").filter(|n| !n.is_empty()) {
+            if !notes.iter().any(|x| x == n) {
+                notes.push(n.to_string());
+            }
+        }
+    }
+    ScaleRun {
+        kind: runs[0].kind.clone(),
+        asked: runs[0].asked,
+        n: runs[0].n,
+        streaming: runs.iter().map(|r| r.streaming).min().unwrap_or(0),
+        cpu_s: med(&|r| r.cpu_s / r.wall_s),
+        wall_s: 1.0,
+        rss_kib: med(&|r| r.rss_kib),
+        threads: med(&|r| r.threads),
+        errors: runs.iter().map(|r| r.errors).sum(),
+        window_mbit: med(&|r| r.window_mbit),
+        lost: runs.iter().map(|r| r.lost).sum(),
+        sessions: runs.iter().map(|r| r.sessions).max().unwrap_or(0),
+        teardowns: runs.iter().map(|r| r.teardowns).min().unwrap_or(0),
+        note: notes.join("; "),
+        ok: runs.iter().all(|r| r.ok),
+    }
+}
+
+fn scale_bench(rx: &Receiver, args: &Args, failures: &mut Vec<String>) -> Result<()> {
+    println!(
+        "\n== scale: N live sessions in one process, 500 kbit/s MJPEG each (one pre-encoded 320x240 \
+         JPEG pushed through a live appsrc at 10 frames/s), {} round(s), {:.0} s window",
+        args.scale_rounds, args.window
+    );
+    let mut raw_runs: Vec<ScaleRun> = Vec::new();
+    for round in 1..=args.scale_rounds {
+        for &n in &args.scale {
+            let capped = n.min(args.clientsink_max);
+            let mut plan: Vec<(&str, usize)> = SCALE_KINDS
+                .iter()
+                .map(|&k| (k, if k == "rtspclientsink" { capped } else { n }))
+                .collect();
+            if capped < n {
+                // rtspclientsink's baseline at its own session count
+                plan.push(("base-raw", capped));
+            }
+            for (kind, eff) in plan {
+                let mut r = scale_once(rx, kind, n, eff, args, round)?;
+                if kind == "rtspclientsink" && eff < n {
+                    r.note += &format!("capped at {eff} sessions (--clientsink-max); ");
+                }
+                raw_runs.push(r);
+            }
+        }
+    }
+    let mut all: BTreeMap<usize, Vec<ScaleRun>> = BTreeMap::new();
+    for &n in &args.scale {
+        let mut keys: Vec<(String, usize)> = Vec::new();
+        for r in raw_runs.iter().filter(|r| r.asked == n) {
+            if !keys.contains(&(r.kind.clone(), r.n)) {
+                keys.push((r.kind.clone(), r.n));
+            }
+        }
+        for (k, m) in keys {
+            let runs: Vec<&ScaleRun> = raw_runs
+                .iter()
+                .filter(|r| r.asked == n && r.kind == k && r.n == m)
+                .collect();
+            all.entry(n).or_default().push(aggregate(&runs));
+        }
+    }
+    println!(
+        "\n== scale results (medians over {} round(s)); per-session figures over the baseline named \
+         in `over`\n(base-raw = appsrc ! fakesink; base-pay = appsrc ! rtpjpegpay ! fakesink)\n",
+        args.scale_rounds
+    );
+    println!(
+        "{:>5} {:<27} {:>5} {:>9} {:>8} {:>7} {:>9} {:>9} {:>9} {:>8} {:>7} {:>9} {:>5}",
+        "N",
+        "contender",
+        "n",
+        "RSS MiB",
+        "threads",
+        "CPU %",
+        "over",
+        "KiB/sess",
+        "+threads",
+        "+CPU %",
+        "ratio",
+        "Mbit/s",
+        "lost"
+    );
+    for (&n, runs) in &all {
+        let get = |k: &str, m: usize| runs.iter().find(|r| r.kind == k && r.n == m);
+        let cpu_pct = |r: &ScaleRun| r.cpu_s / r.wall_s * 100.0;
+        let row = |label: &str, r: &ScaleRun, base: Option<&ScaleRun>, cmp: Option<f64>| {
+            let (over, kib, thr, cpu) = match base {
+                Some(b) => (
+                    b.kind.clone(),
+                    format!("{:.0}", (r.rss_kib - b.rss_kib) / r.n as f64),
+                    format!("{:+.0}", r.threads - b.threads),
+                    Some(cpu_pct(r) - cpu_pct(b)),
+                ),
+                None => ("-".into(), "-".into(), "-".into(), None),
+            };
+            println!(
+                "{:>5} {:<27} {:>5} {:>9.1} {:>8.0} {:>7.1} {:>9} {:>9} {:>9} {:>8} {:>7} {:>9.1} {:>5}",
+                n,
+                label,
+                r.n,
+                r.rss_kib / 1024.0,
+                r.threads,
+                cpu_pct(r),
+                over,
+                kib,
+                thr,
+                fmt(cpu, 1),
+                match (cpu, cmp) {
+                    (Some(c), Some(a)) if a > 0.0 => format!("{:.2}x", c / a),
+                    _ => "-".into(),
+                },
+                r.window_mbit,
+                r.lost
+            );
+            cpu
+        };
+        let (raw, pay) = (get("base-raw", n), get("base-pay", n));
+        for r in runs.iter().filter(|r| r.kind.starts_with("base")) {
+            row(&r.kind, r, None, None);
+        }
+        let mut ann_cpu = None;
+        if let Some(a) = get("rtspannounce", n) {
+            // per session, to compare with a capped rtspclientsink run
+            ann_cpu = row("rtspannounce (+rtpjpegpay)", a, raw, None).map(|c| c / a.n as f64);
+            row("rtspannounce (element only)", a, pay, None);
+        }
+        if let Some(c) = get("rtspclientsink", n.min(args.clientsink_max)) {
+            let per = ann_cpu.map(|x| x * c.n as f64);
+            row("rtspclientsink", c, get("base-raw", c.n), per);
+        }
+        for r in runs {
+            let expected = r.n as f64 * 0.5;
+            let mut note = r.note.clone();
+            if !r.kind.starts_with("base") && r.window_mbit < 0.95 * expected {
+                note = format!(
+                    "falls behind: delivered {:.1} of {:.1} Mbit/s; {note}",
+                    r.window_mbit, expected
+                );
+            }
+            if !note.is_empty() {
+                println!(
+                    "      {} n={}: {}",
+                    r.kind,
+                    r.n,
+                    note.trim_end_matches("; ")
+                );
+            }
+        }
+    }
+    println!(
+        "(ratio: rtspclientsink's +CPU over rtspannounce's (+rtpjpegpay) for the same number of \
+         sessions)"
+    );
+    for runs in all.values() {
+        for r in runs {
+            if r.lost > 0 {
+                failures.push(format!(
+                    "scale {} N={}: {} packets lost",
+                    r.kind, r.asked, r.lost
+                ));
+            }
+            if (r.kind == "rtspannounce" || r.kind.starts_with("base")) && !r.ok {
+                failures.push(format!("scale {} N={}: {}", r.kind, r.asked, r.note));
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn serve() -> Result<bool> {
+    let rx = Receiver::start()?;
+    println!("drain receiver listening: {}", rx.url("/any/path"));
+    let mut reported = std::collections::HashSet::new();
+    loop {
+        for s in rx.sessions("") {
+            if s.closed.is_some() && reported.insert(s.id) {
+                println!(
+                    "session {} {}: {} RTP packets {:.1} MB in {:.3} s, lost {}, hs {:.2} ms ({}), teardown {}",
+                    s.id,
+                    s.path,
+                    s.rtp_packets,
+                    s.rtp_bytes as f64 / 1e6,
+                    s.stream_span().map(|d| d.as_secs_f64()).unwrap_or(0.0),
+                    s.lost(),
+                    s.handshake().map(|d| d.as_secs_f64() * 1e3).unwrap_or(f64::NAN),
+                    s.timeline(),
+                    s.teardown
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let version = |prog: &str, arg: &str| {
+        Command::new(prog)
+            .arg(arg)
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.lines().next().map(str::to_string))
+            .unwrap_or_else(|| format!("{prog}: not found"))
+    };
+    let code = std::env::var("BENCH_COMMIT").ok().or_else(|| {
+        let o = Command::new("git")
+            .args([
+                "-C",
+                env!("CARGO_MANIFEST_DIR"),
+                "describe",
+                "--always",
+                "--dirty",
+            ])
+            .output()
+            .ok()?;
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    });
+    format!(
+        "code: {}\n{cores} cores, {cpu}, Linux {kernel}\n{}; {}",
+        code.unwrap_or_else(|| "unknown commit".into()),
+        version("gst-launch-1.0", "--version").replace("gst-launch-1.0 version", "GStreamer"),
+        version("ffmpeg", "-version")
+    )
+}
+
+/// Fails early, naming the Debian packages, when a tool or element the bench needs is missing.
+fn check_requirements() -> Result<()> {
+    gst::init()?;
+    let needed = [
+        ("x264enc", "gstreamer1.0-plugins-ugly"),
+        ("avenc_aac", "gstreamer1.0-libav"),
+        ("rtspclientsink", "gstreamer1.0-rtsp"),
+        ("h264parse", "gstreamer1.0-plugins-bad"),
+        ("qtdemux", "gstreamer1.0-plugins-good"),
+        ("mp4mux", "gstreamer1.0-plugins-good"),
+        ("aacparse", "gstreamer1.0-plugins-good"),
+        ("rtph264pay", "gstreamer1.0-plugins-good"),
+        ("rtpmp4gpay", "gstreamer1.0-plugins-good"),
+        ("rtpjpegpay", "gstreamer1.0-plugins-good"),
+        ("jpegenc", "gstreamer1.0-plugins-good"),
+        ("videotestsrc", "gstreamer1.0-plugins-base"),
+        ("appsrc", "gstreamer1.0-plugins-base"),
+    ];
+    let mut missing: Vec<String> = needed
+        .iter()
+        .filter(|(e, _)| gst::ElementFactory::find(e).is_none())
+        .map(|(e, p)| format!("GStreamer element {e} ({p})"))
+        .collect();
+    for (prog, arg, pkg) in [
+        ("ffmpeg", "-version", "ffmpeg"),
+        ("gst-launch-1.0", "--version", "gstreamer1.0-tools"),
+    ] {
+        let ok = Command::new(prog)
+            .arg(arg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            missing.push(format!("{prog} ({pkg})"));
+        }
+    }
+    if !missing.is_empty() {
+        bail!(
+            "missing: {} (bash scripts/install-deps.sh installs them)",
+            missing.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn run(args: &Args) -> Result<bool> {
+    if args.serve {
+        return serve();
+    }
+    check_requirements()?;
+    let t0 = Instant::now();
+    println!(
+        "rtspannounce bench ({})",
+        if args.quick { "quick" } else { "full" }
+    );
+    println!("{}", machine());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load average at start: {}", load.trim());
+    let (busy0, ours0) = (proc::machine_busy_s(), proc::self_and_children_cpu_s());
+    let rx = Receiver::start()?;
+    println!("drain receiver on 127.0.0.1:{}", rx.port);
+    let mut failures = Vec::new();
+    if args.push {
+        let input = make_input(args.quick)?;
+        println!(
+            "input: {} ({}); unsynced runs: the same {} times, {}",
+            input.path.display(),
+            input.desc,
+            input.repeat,
+            input.max_path.display()
+        );
+        push_bench(&rx, &input, args.rounds, &mut failures)?;
+    }
+    if !args.scale.is_empty() {
+        scale_bench(&rx, args, &mut failures)?;
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let others = (proc::machine_busy_s() - busy0) - (proc::self_and_children_cpu_s() - ours0);
+    println!(
+        "\nbench took {wall:.0} s; other processes on the machine used {:.0}% of one core on \
+         average meanwhile{}",
+        (others / wall * 100.0).max(0.0),
+        if others / wall > 0.1 {
+            " (figures are disturbed: run again on an idle machine)"
+        } else {
+            ""
+        }
+    );
+    for f in &failures {
+        eprintln!("FAIL: {f}");
+    }
+    Ok(failures.is_empty())
+}

@@ -1,0 +1,341 @@
+//! The GStreamer side, run in child processes of the bench so that each contender's CPU is its
+//! own (`wait4`). Our plugin is registered in-process with `plugin_register_static()`, so the code
+//! measured is exactly the code this example was built from (no stale `.so` on a plugin path).
+
+use std::io::BufRead;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use gst::prelude::*;
+
+use crate::proc;
+
+fn init() -> Result<()> {
+    gst::init()?;
+    gstrtspannounce::plugin_register_static().context("registering rtspannounce")?;
+    Ok(())
+}
+
+/// The gst-launch description of one push run.
+///
+/// Every branch has a `queue` after `qtdemux`: without it the first sink to preroll blocks the
+/// demuxer's only thread and the other track never prerolls (true of fakesink, of our appsinks
+/// and of rtspclientsink's). The queues are in every variant, so their cost cancels out.
+pub fn push_description(kind: &str, sync: bool, url: &str, input: &str) -> Result<String> {
+    let demux = format!("filesrc location=\"{input}\" ! qtdemux name=d");
+    let v = "d.video_0 ! queue ! h264parse";
+    let a = "d.audio_0 ! queue ! aacparse";
+    Ok(match kind {
+        "rtspannounce" => format!(
+            "{demux} {v} ! rtph264pay ! s.sink_0 {a} ! rtpmp4gpay ! s.sink_1 \
+             rtspannounce name=s location=\"{url}\" sync={sync}"
+        ),
+        "rtspclientsink" => format!(
+            "{demux} {v} ! s.sink_0 {a} ! s.sink_1 \
+             rtspclientsink name=s location=\"{url}\" protocols=tcp"
+        ),
+        // demux + parse into fakesink: what rtspclientsink and ffmpeg are given
+        "base-parse" => format!(
+            "{demux} {v} ! fakesink sync={sync} {a} ! fakesink sync={sync}"
+        ),
+        // demux + parse + payloaders into fakesink: what rtspannounce is given
+        "base-pay" => format!(
+            "{demux} {v} ! rtph264pay ! fakesink sync={sync} {a} ! rtpmp4gpay ! fakesink sync={sync}"
+        ),
+        _ => bail!("unknown push contender {kind}"),
+    })
+}
+
+/// `bench --push-child KIND rt|max URL INPUT`: one pipeline, EOS or error, exit 0 on EOS.
+/// In `max` mode the pipeline runs without a clock, which is how rtspclientsink (no `sync`
+/// property) is driven unsynced; the same is done for every GStreamer contender.
+pub fn push_child(args: &[String]) -> Result<()> {
+    let [kind, mode, url, input] = args else {
+        bail!("usage: --push-child KIND rt|max URL INPUT");
+    };
+    let sync = match mode.as_str() {
+        "rt" => true,
+        "max" => false,
+        _ => bail!("mode must be rt or max"),
+    };
+    init()?;
+    let desc = push_description(kind, sync, url, input)?;
+    let pipeline = gst::parse::launch(&desc)?
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| anyhow!("not a pipeline"))?;
+    if !sync {
+        pipeline.use_clock(None::<&gst::Clock>);
+    }
+    // Count EOS events reaching the sink's own pads: rtspclientsink sometimes never posts its
+    // EOS message (nor sends TEARDOWN) after its input ended; we then stop it ourselves.
+    let sink = pipeline.by_name("s");
+    let eos_pads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut pads = 0;
+    if let Some(sink) = &sink {
+        for pad in sink.sink_pads() {
+            pads += 1;
+            let eos_pads = eos_pads.clone();
+            pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
+                if let Some(gst::PadProbeData::Event(ev)) = &info.data {
+                    if ev.type_() == gst::EventType::Eos {
+                        eos_pads.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                gst::PadProbeReturn::Ok
+            });
+        }
+    }
+    pipeline.set_state(gst::State::Playing)?;
+    let bus = pipeline.bus().unwrap();
+    let mut result = Err(anyhow!("no EOS within 10 minutes"));
+    let started = Instant::now();
+    let mut all_eos_at: Option<Instant> = None;
+    while started.elapsed() < Duration::from_secs(600) {
+        if pads > 0 && all_eos_at.is_none() && eos_pads.load(Ordering::SeqCst) >= pads {
+            all_eos_at = Some(Instant::now());
+        }
+        if all_eos_at.is_some_and(|t| t.elapsed() > EOS_GRACE) {
+            eprintln!(
+                "bench child: no EOS message {} s after EOS reached every pad of the sink; stopping it",
+                EOS_GRACE.as_secs()
+            );
+            pipeline.set_state(gst::State::Null)?;
+            std::process::exit(EOS_HANG_EXIT);
+        }
+        let Some(msg) = bus.timed_pop(gst::ClockTime::from_mseconds(100)) else {
+            continue;
+        };
+        match msg.view() {
+            gst::MessageView::Eos(_) => {
+                result = Ok(());
+                break;
+            }
+            gst::MessageView::Error(e) => {
+                result = Err(anyhow!(
+                    "{}: {} ({:?})",
+                    e.src().map(|s| s.path_string()).unwrap_or_default(),
+                    e.error(),
+                    e.debug()
+                ));
+                break;
+            }
+            _ => {}
+        }
+    }
+    pipeline.set_state(gst::State::Null)?;
+    result
+}
+
+/// How long after EOS reached every sink pad the sink may take to post its EOS message.
+pub const EOS_GRACE: Duration = Duration::from_secs(3);
+/// Exit code of a push child whose sink never posted EOS (see `EOS_GRACE`).
+pub const EOS_HANG_EXIT: i32 = 3;
+
+/// One JPEG picture (320x240) and the period that makes it a 500 kbit/s RTP stream. The JPEG
+/// quality is picked so that the period is close to 100 ms (10 frames/s).
+fn make_jpeg() -> Result<(gst::Buffer, gst::Caps, Duration)> {
+    let mut best: Option<(gst::Buffer, gst::Caps, usize)> = None;
+    for quality in (10..=95).step_by(5) {
+        let (buf, caps) = encode_jpeg(quality)?;
+        let wire = rtp_jpeg_bytes(&buf.map_readable()?)?;
+        let better = best
+            .as_ref()
+            .is_none_or(|b| wire.abs_diff(6250) < b.2.abs_diff(6250));
+        if better {
+            best = Some((buf, caps, wire));
+        }
+    }
+    let (mut buf, caps, wire) = best.context("no JPEG")?;
+    {
+        // appsrc's do-timestamp only stamps buffers that have no timestamps
+        let b = buf.make_mut();
+        b.set_pts(gst::ClockTime::NONE);
+        b.set_dts(gst::ClockTime::NONE);
+        b.set_duration(gst::ClockTime::NONE);
+    }
+    let period = Duration::from_secs_f64(wire as f64 * 8.0 / 500_000.0);
+    Ok((buf, caps, period))
+}
+
+fn encode_jpeg(quality: u32) -> Result<(gst::Buffer, gst::Caps)> {
+    let p = gst::parse::launch(&format!(
+        "videotestsrc num-buffers=1 pattern=smpte \
+         ! video/x-raw,format=I420,width=320,height=240,framerate=10/1 \
+         ! jpegenc quality={quality} ! appsink name=out sync=false"
+    ))?
+    .downcast::<gst::Pipeline>()
+    .map_err(|_| anyhow!("not a pipeline"))?;
+    let sink = p
+        .by_name("out")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .map_err(|_| anyhow!("not an appsink"))?;
+    p.set_state(gst::State::Playing)?;
+    let sample = sink
+        .pull_sample()
+        .map_err(|_| anyhow!("no JPEG from jpegenc"));
+    p.set_state(gst::State::Null)?;
+    let sample = sample?;
+    Ok((
+        sample.buffer_owned().context("sample without buffer")?,
+        sample.caps_owned().context("sample without caps")?,
+    ))
+}
+
+/// RTP bytes rtpjpegpay (MTU 1400) makes of one JPEG: the entropy-coded scan (RTP/JPEG does
+/// not carry the JPEG headers) plus 12 + 8 bytes per packet and the quantisation tables once.
+fn rtp_jpeg_bytes(jpeg: &[u8]) -> Result<usize> {
+    let sos = jpeg
+        .windows(2)
+        .position(|w| w == [0xff, 0xda])
+        .context("no SOS marker in the JPEG")?;
+    let len = u16::from_be_bytes([jpeg[sos + 2], jpeg[sos + 3]]) as usize;
+    let scan = jpeg.len().saturating_sub(sos + 2 + len + 2);
+    let per_packet = 1400 - 12 - 8;
+    Ok(scan + scan.div_ceil(per_packet) * 20 + 4 + 128)
+}
+
+fn make(factory: &str) -> Result<gst::Element> {
+    gst::ElementFactory::make(factory)
+        .build()
+        .with_context(|| format!("cannot make {factory}"))
+}
+
+/// One live session: appsrc (live, timestamped at push) -> [rtpjpegpay] -> sink.
+fn scale_pipeline(
+    kind: &str,
+    caps: &gst::Caps,
+    url: &str,
+) -> Result<(gst::Pipeline, gst_app::AppSrc)> {
+    let p = gst::Pipeline::new();
+    let src = gst_app::AppSrc::builder()
+        .caps(caps)
+        .is_live(true)
+        .do_timestamp(true)
+        .format(gst::Format::Time)
+        .build();
+    let mut chain: Vec<gst::Element> = vec![src.clone().upcast()];
+    match kind {
+        "rtspannounce" => {
+            chain.push(make("rtpjpegpay")?);
+            let s = make("rtspannounce")?;
+            s.set_property("location", url);
+            chain.push(s);
+        }
+        "rtspclientsink" => {
+            let s = make("rtspclientsink")?;
+            s.set_property("location", url);
+            s.set_property_from_str("protocols", "tcp");
+            chain.push(s);
+        }
+        "base-raw" | "base-pay" => {
+            if kind == "base-pay" {
+                chain.push(make("rtpjpegpay")?);
+            }
+            let s = make("fakesink")?;
+            s.set_property("sync", true);
+            chain.push(s);
+        }
+        _ => bail!("unknown scale contender {kind}"),
+    }
+    p.add_many(&chain)?;
+    for w in chain.windows(2) {
+        if kind == "rtspclientsink"
+            && w[1].factory().map(|f| f.name()) == Some("rtspclientsink".into())
+        {
+            let pad = w[1]
+                .request_pad_simple("sink_%u")
+                .context("rtspclientsink request pad")?;
+            w[0].static_pad("src").unwrap().link(&pad)?;
+        } else {
+            w[0].link(&w[1])?;
+        }
+    }
+    Ok((p, src))
+}
+
+/// `bench --scale-child KIND N URL-PREFIX WINDOW-SECONDS`: N live sessions in this process.
+///
+/// Prints `ready` once every pipeline is PLAYING, waits for `start` on stdin (the parent sends it
+/// when its receiver sees every session streaming), measures CPU over the window, then prints
+/// `result cpu_s=.. wall_s=.. rss_kib=.. threads=.. errors=..` and exits.
+pub fn scale_child(args: &[String]) -> Result<()> {
+    let [kind, n, prefix, window] = args else {
+        bail!("usage: --scale-child KIND N URL-PREFIX WINDOW-SECONDS");
+    };
+    let n: usize = n.parse().context("N")?;
+    let window = Duration::from_secs_f64(window.parse().context("WINDOW-SECONDS")?);
+    init()?;
+    let (jpeg, caps, period) = make_jpeg()?;
+    let jpeg_bytes = jpeg.size();
+    let idle = (proc::self_rss_kib(), proc::self_threads());
+    let mut pipes = Vec::with_capacity(n);
+    let mut srcs = Vec::with_capacity(n);
+    for i in 0..n {
+        let (p, src) = scale_pipeline(kind, &caps, &format!("{prefix}/{i}"))?;
+        pipes.push(p);
+        srcs.push(src);
+    }
+    for p in &pipes {
+        p.set_state(gst::State::Playing)?;
+    }
+    // One feeder thread for every session: the source side is identical for all contenders.
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeder = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("feeder".into())
+            .spawn(move || {
+                let mut next = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    for s in &srcs {
+                        let _ = s.push_buffer(jpeg.copy());
+                    }
+                    next += period;
+                    let now = Instant::now();
+                    if next > now {
+                        std::thread::sleep(next - now);
+                    } else {
+                        next = now;
+                    }
+                }
+            })?
+    };
+    println!(
+        "ready jpeg_bytes={} frame_period_ms={:.1} idle_rss_kib={} idle_threads={}",
+        jpeg_bytes,
+        period.as_secs_f64() * 1e3,
+        idle.0,
+        idle.1
+    );
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    if line.trim() != "start" {
+        bail!("expected start, got {line:?}");
+    }
+    let (c0, t0) = (proc::self_cpu_s(), Instant::now());
+    std::thread::sleep(window);
+    let (c1, wall) = (proc::self_cpu_s(), t0.elapsed());
+    let (rss, threads) = (proc::self_rss_kib(), proc::self_threads());
+    let errors = pipes
+        .iter()
+        .filter(|p| {
+            p.bus()
+                .and_then(|b| b.pop_filtered(&[gst::MessageType::Error]))
+                .is_some()
+        })
+        .count();
+    println!(
+        "result cpu_s={:.4} wall_s={:.4} rss_kib={rss} threads={threads} errors={errors}",
+        c1 - c0,
+        wall.as_secs_f64()
+    );
+    stop.store(true, Ordering::Relaxed);
+    let _ = feeder.join();
+    for p in &pipes {
+        let _ = p.set_state(gst::State::Null);
+    }
+    Ok(())
+}
