@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 echo "== cargo test"
 cargo test --all-targets -- --test-threads=2
 
+echo "== benchmark, short mode (checks it runs and loses nothing; figures are not asserted)"
+cargo run --example bench -- --quick
+
 echo "== meson build + gst-inspect-1.0"
 rm -rf target/meson target/meson-stage
 meson setup target/meson --prefix=/usr --buildtype=release >/dev/null
