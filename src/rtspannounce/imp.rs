@@ -793,7 +793,10 @@ impl ElementImpl for RtspAnnounce {
         *entry.link.lock().unwrap() = None;
         let obj = self.obj();
         let _ = entry.appsink.set_state(gst::State::Null);
-        let _ = obj.remove(&entry.appsink);
+        // While the bin is being disposed its children may already be gone.
+        if entry.appsink.parent().as_ref() == Some(obj.upcast_ref::<gst::Object>()) {
+            let _ = obj.remove(&entry.appsink);
+        }
         let _ = obj.remove_pad(&entry.ghost);
     }
 
