@@ -306,6 +306,9 @@ impl RtspAnnounce {
             .buffer_list(true)
             .build();
         appsink.set_qos(false);
+        // Rendering here is only queueing: no processing time to reserve in the latency (the
+        // default 20 ms makes live pipelines without queues warn for nothing).
+        appsink.set_property("processing-deadline", 0u64);
         let weak = self.obj().downgrade();
         let (l1, l2, l3) = (link.clone(), link.clone(), link.clone());
         let (w1, w2, w3) = (weak.clone(), weak.clone(), weak);
