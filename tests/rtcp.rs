@@ -73,14 +73,6 @@ fn sender_reports(snap: &Snapshot, channel: u8) -> Vec<Sr> {
         .collect()
 }
 
-fn pipeline(desc: &str) -> gst::Pipeline {
-    init();
-    gst::parse::launch(desc)
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap()
-}
-
 #[test]
 fn reports_first_then_periodic_then_bye_with_exact_counts() {
     let server = ScriptedServer::start(Script::new());

@@ -13,14 +13,6 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
 
-fn pipeline(desc: &str) -> gst::Pipeline {
-    init();
-    gst::parse::launch(desc)
-        .unwrap()
-        .downcast::<gst::Pipeline>()
-        .unwrap()
-}
-
 fn by_name(p: &gst::Pipeline, n: &str) -> gst::Element {
     p.by_name(n).unwrap()
 }
