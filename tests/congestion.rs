@@ -165,18 +165,12 @@ fn half_open_server_is_detected_within_tcp_timeout() {
 #[test]
 fn drop_policy_time_bound() {
     let server = ScriptedServer::start(Script::new().stop_reading_after_record());
-    // A byte bound far away: only the 300 ms time bound can start the drops.
-    init();
-    let p = gst::parse::launch(&format!(
-        "videotestsrc pattern=snow num-buffers=240 ! video/x-raw,width=640,height=480,framerate=30/1 ! \
-         x264enc tune=zerolatency speed-preset=ultrafast bitrate=20000 key-int-max=30 ! \
-         rtph264pay ! rtspannounce name=s location={} sync=false congestion-policy=drop \
-         max-queue-bytes=67108864 max-queue-time=300",
-        server.url("/live")
-    ))
-    .unwrap()
-    .downcast::<gst::Pipeline>()
-    .unwrap();
+    // A byte bound far away (the later setting wins): only the 300 ms time bound can start
+    // the drops.
+    let p = pipeline(
+        &server.url("/live"),
+        "congestion-policy=drop max-queue-bytes=67108864 max-queue-time=300",
+    );
     let sink = p.by_name("s").unwrap();
     let bus = p.bus().unwrap();
     p.set_state(gst::State::Playing).unwrap();
