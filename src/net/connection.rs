@@ -1,7 +1,7 @@
 //! The RTSP connection: connect, run the handshake, then stream with one writer and one reader
 //! task, and TEARDOWN at the end.
 
-use super::queue::{write_batch, OutFrame, SendQueue};
+use super::queue::{write_all, SendQueue, Wire, WriteError};
 use crate::rtsp::handshake::{Handshake, HandshakeError, Negotiated, RequestContext, Step};
 use crate::rtsp::message::{Incoming, ParseError, Parser, Request, Response};
 use crate::rtsp::url::RtspUrl;
@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 
 /// Why a session could not be set up or went down. Each maps to one GStreamer error.
@@ -297,8 +297,10 @@ impl Streaming {
             },
         ))
         .abort_handle();
+        let wire = Wire::Tcp(Arc::new(wr));
+        queue.set_wire(Some(wire.clone()));
         let writer = tokio::spawn(write_loop(
-            wr,
+            wire,
             queue.clone(),
             timeout,
             on_failure.clone(),
@@ -490,31 +492,31 @@ impl Streaming {
 }
 
 async fn write_loop(
-    mut wr: OwnedWriteHalf,
+    wire: Wire,
     queue: Arc<SendQueue>,
     timeout: Duration,
     on_failure: FailureHandler,
     closing: Arc<AtomicBool>,
     name: String,
 ) -> Result<(), SessionError> {
-    let mut batch: Vec<OutFrame> = Vec::with_capacity(super::queue::MAX_BATCH);
-    while queue.next_batch(&mut batch).await {
-        let res = tokio::time::timeout(timeout, write_batch(&mut wr, &batch)).await;
-        let media_in_batch = batch.iter().any(|f| matches!(f, OutFrame::Rtp { .. }));
-        batch.clear();
-        if res.as_ref().is_ok_and(|r| r.is_err())
-            && closing.load(Ordering::SeqCst)
-            && !media_in_batch
-            && !queue.has_media()
-        {
-            // Only BYE/TEARDOWN were left when a closing server went away: all media arrived.
-            gst::debug!(CAT, "{name}: server gone while closing, after all media");
-            return Ok(());
-        }
+    let mut batch: Vec<u8> = Vec::new();
+    while let Some(media_in_batch) = queue.take(&mut batch).await {
+        let res = write_all(&wire, &batch, timeout).await;
+        queue.written(&mut batch);
         let err = match res {
-            Ok(Ok(())) => continue,
-            Ok(Err(e)) => SessionError::Io(format!("writing to the server failed: {e}")),
-            Err(_) => SessionError::Io(format!(
+            Ok(()) => continue,
+            Err(WriteError::Io(_))
+                if closing.load(Ordering::SeqCst) && !media_in_batch && !queue.has_media() =>
+            {
+                // Only BYE/TEARDOWN were left when a closing server went away: all media arrived.
+                gst::debug!(CAT, "{name}: server gone while closing, after all media");
+                queue.set_wire(None);
+                return Ok(());
+            }
+            Err(WriteError::Io(e)) => {
+                SessionError::Io(format!("writing to the server failed: {e}"))
+            }
+            Err(WriteError::Stalled) => SessionError::Io(format!(
                 "server accepted no data for {timeout:?} (not reading, or the network is down)"
             )),
         };
@@ -523,7 +525,8 @@ async fn write_loop(
         queue.fail(err.to_string());
         return Err(err);
     }
-    let _ = wr.flush().await;
+    // The last reference to the write half goes with `wire`: the connection's write side closes.
+    queue.set_wire(None);
     gst::debug!(CAT, "{name}: writer done");
     Ok(())
 }

@@ -1,18 +1,26 @@
 //! The send queue between the streaming threads (producers) and one writer task per connection.
 //!
+//! Producers copy each frame (interleave header + packet, at most 64 KiB) into one contiguous
+//! byte buffer and drop the GStreamer buffer on their own thread: unmapping and freeing a
+//! payloader's sub-memories on the I/O thread made their refcounts and locks bounce between cores.
+//! When the writer is idle and the socket has room, the producer writes the bytes itself with a
+//! non-blocking send, so a live stream costs no thread hop per packet. What the socket does not
+//! take waits here for the writer task, which takes the whole buffer at once (swapping two
+//! buffers, no copy) and writes it as the socket drains.
+//!
 //! Producers block when the queue holds `max_bytes` (backpressure, so a slow network never grows
 //! memory without bound); every blocking wait ends on cancel or on a connection failure.
 
 use std::collections::VecDeque;
-use std::io::IoSlice;
-use std::sync::{Condvar, Mutex};
+use std::io;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::tcp::OwnedWriteHalf;
 
 /// One interleaved frame or a piece of RTSP text, written in queue order.
 pub enum OutFrame {
     /// `$`, channel, 16-bit length, then optionally the first two RTP bytes rewritten (payload type
-    /// remapping), followed by the buffer's memories from byte `skip` on. The memories are mapped
-    /// one by one at write time: mapping a multi-memory buffer whole (payloaders append the
-    /// payload as a second memory) would merge it into a fresh copy.
+    /// remapping), followed by the buffer from byte `skip` on.
     Rtp {
         head: [u8; 6],
         head_len: u8,
@@ -60,16 +68,54 @@ impl OutFrame {
         match self {
             OutFrame::Rtp {
                 head_len,
-                buffer,
+                head,
                 skip,
                 ..
-            } => *head_len as usize + buffer.size() - *skip as usize,
+            } => {
+                // The length field says how big the packet is: no buffer size walk.
+                *head_len as usize + u16::from_be_bytes([head[2], head[3]]) as usize
+                    - *skip as usize
+            }
             OutFrame::Control(v) => v.len(),
         }
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    fn is_media(&self) -> bool {
+        matches!(self, OutFrame::Rtp { .. })
+    }
+
+    /// Appends the frame's wire bytes to `out`, mapping the buffer's memories one by one (mapping
+    /// a multi-memory buffer whole would merge it into a fresh allocation first).
+    fn append_to(&self, out: &mut Vec<u8>) -> Result<(), QueueError> {
+        match self {
+            OutFrame::Rtp {
+                head,
+                head_len,
+                buffer,
+                skip,
+            } => {
+                out.extend_from_slice(&head[..*head_len as usize]);
+                let mut to_skip = *skip as usize;
+                for mem in buffer.iter_memories() {
+                    let map = mem
+                        .map_readable()
+                        .map_err(|_| QueueError::Failed("cannot map buffer memory".into()))?;
+                    let data = map.as_slice();
+                    if to_skip >= data.len() {
+                        to_skip -= data.len();
+                        continue;
+                    }
+                    out.extend_from_slice(&data[to_skip..]);
+                    to_skip = 0;
+                }
+            }
+            OutFrame::Control(v) => out.extend_from_slice(v),
+        }
+        Ok(())
     }
 }
 
@@ -93,28 +139,103 @@ enum QState {
     Draining(String),
 }
 
-impl Inner {
-    fn push(&mut self, f: OutFrame, at: std::time::Instant) {
-        self.bytes += f.len();
-        self.frames.push_back(f);
-        self.queued_at.push_back(at);
+/// Where the queued bytes go. The producers' direct writes and the writer task share it.
+#[derive(Clone)]
+pub enum Wire {
+    Tcp(Arc<OwnedWriteHalf>),
+}
+
+impl Wire {
+    /// A non-blocking write: `WouldBlock` when the socket has no room.
+    fn try_write(&self, data: &[u8]) -> io::Result<usize> {
+        match self {
+            Wire::Tcp(w) => w.try_write(data),
+        }
     }
 
-    fn clear(&mut self) {
-        self.frames.clear();
-        self.queued_at.clear();
-        self.bytes = 0;
+    async fn writable(&self) -> io::Result<()> {
+        match self {
+            Wire::Tcp(w) => w.writable().await,
+        }
     }
 }
 
+/// One frame's place in the pending bytes: what `has_media`, `oldest_age` and
+/// `fail_after_control` need to know.
+struct Segment {
+    len: u32,
+    media: bool,
+    queued_at: Instant,
+}
+
 struct Inner {
-    frames: VecDeque<OutFrame>,
-    /// When each frame was queued (same order as `frames`): the age of the oldest is the
-    /// latency the queue adds.
-    queued_at: VecDeque<std::time::Instant>,
-    bytes: usize,
+    /// Bytes not yet handed to a writer, in queue order.
+    pending: Vec<u8>,
+    segments: VecDeque<Segment>,
+    /// Bytes the writer task took and has not finished writing (still count against the bound).
+    in_flight: usize,
+    in_flight_media: bool,
+    in_flight_since: Option<Instant>,
+    /// The writer task holds a batch: producers must not write directly (order).
+    writing: bool,
+    /// Set while the connection streams; producers write through it when the writer is idle.
+    wire: Option<Wire>,
     state: QState,
     flushing: bool,
+}
+
+impl Inner {
+    fn push(&mut self, f: &OutFrame, at: Instant) -> Result<(), QueueError> {
+        let before = self.pending.len();
+        if let Err(e) = f.append_to(&mut self.pending) {
+            self.pending.truncate(before);
+            return Err(e);
+        }
+        self.segments.push_back(Segment {
+            len: (self.pending.len() - before) as u32,
+            media: f.is_media(),
+            queued_at: at,
+        });
+        Ok(())
+    }
+
+    fn clear(&mut self) {
+        self.pending.clear();
+        self.segments.clear();
+    }
+
+    fn level(&self) -> usize {
+        self.pending.len() + self.in_flight
+    }
+
+    /// Forgets the first `n` pending bytes (written directly).
+    fn consume(&mut self, n: usize) {
+        if n == self.pending.len() {
+            self.clear();
+            return;
+        }
+        self.pending.drain(..n);
+        let mut left = n;
+        while left > 0 {
+            let Some(front) = self.segments.front_mut() else {
+                break;
+            };
+            if front.len as usize <= left {
+                left -= front.len as usize;
+                self.segments.pop_front();
+            } else {
+                front.len -= left as u32;
+                left = 0;
+            }
+        }
+    }
+
+    fn writes_allowed(&self) -> bool {
+        matches!(
+            self.state,
+            QState::Open | QState::Closing | QState::Draining(_)
+        )
+    }
 }
 
 pub struct SendQueue {
@@ -124,16 +245,20 @@ pub struct SendQueue {
     max_bytes: usize,
 }
 
-/// Frames taken by the writer at once: writev takes at most 1024 slices, two per frame.
-pub const MAX_BATCH: usize = 256;
+/// A writer buffer that grew this much during a backlog is given back afterwards.
+const KEEP_CAPACITY: usize = 256 * 1024;
 
 impl SendQueue {
     pub fn new(max_bytes: usize) -> Self {
         SendQueue {
             inner: Mutex::new(Inner {
-                frames: VecDeque::new(),
-                queued_at: VecDeque::new(),
-                bytes: 0,
+                pending: Vec::new(),
+                segments: VecDeque::new(),
+                in_flight: 0,
+                in_flight_media: false,
+                in_flight_since: None,
+                writing: false,
+                wire: None,
                 state: QState::Open,
                 flushing: false,
             }),
@@ -152,20 +277,53 @@ impl SendQueue {
         }
     }
 
+    /// Sends what is pending: directly when the writer is idle and the socket takes it, else
+    /// (or for the rest) by waking the writer. A failed direct write leaves the bytes for the
+    /// writer, which reports the error.
+    fn kick(&self, inner: &mut Inner) {
+        if inner.pending.is_empty() || inner.writing {
+            // A busy writer looks at `pending` again before it sleeps.
+            return;
+        }
+        if inner.writes_allowed() {
+            if let Some(wire) = &inner.wire {
+                if let Ok(n) = wire.try_write(&inner.pending) {
+                    inner.consume(n);
+                }
+            }
+        }
+        if !inner.pending.is_empty() {
+            self.data.notify_one();
+        }
+    }
+
+    /// The socket the connection streams on (None once it ended).
+    pub fn set_wire(&self, wire: Option<Wire>) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.wire = wire;
+        if inner.wire.is_some() {
+            self.kick(&mut inner);
+        }
+    }
+
     /// Queues frames in order, blocking while the queue is full.
     pub fn push_all(&self, frames: impl IntoIterator<Item = OutFrame>) -> Result<(), QueueError> {
         let mut inner = self.inner.lock().unwrap();
         for f in frames {
             loop {
                 Self::check(&inner)?;
-                if inner.bytes < self.max_bytes || inner.frames.is_empty() {
+                if inner.level() < self.max_bytes || inner.pending.is_empty() {
+                    break;
+                }
+                self.kick(&mut inner);
+                if inner.level() < self.max_bytes {
                     break;
                 }
                 inner = self.space.wait(inner).unwrap();
             }
-            inner.push(f, std::time::Instant::now());
-            self.data.notify_one();
+            inner.push(&f, Instant::now())?;
         }
+        self.kick(&mut inner);
         Ok(())
     }
 
@@ -174,10 +332,11 @@ impl SendQueue {
     pub fn push_all_nowait(&self, frames: Vec<OutFrame>) -> Result<(), QueueError> {
         let mut inner = self.inner.lock().unwrap();
         Self::check(&inner)?;
-        for f in frames {
-            inner.push(f, std::time::Instant::now());
+        let now = Instant::now();
+        for f in &frames {
+            inner.push(f, now)?;
         }
-        self.data.notify_one();
+        self.kick(&mut inner);
         Ok(())
     }
 
@@ -189,8 +348,8 @@ impl SendQueue {
             QState::Cancelled => return Err(QueueError::Cancelled),
             _ => {}
         }
-        inner.push(OutFrame::Control(bytes), std::time::Instant::now());
-        self.data.notify_one();
+        inner.push(&OutFrame::Control(bytes), Instant::now())?;
+        self.kick(&mut inner);
         Ok(())
     }
 
@@ -198,10 +357,12 @@ impl SendQueue {
     /// bounded by the caller.
     pub fn preload(&self, frames: Vec<OutFrame>) {
         let mut inner = self.inner.lock().unwrap();
-        for f in frames {
-            inner.push(f, std::time::Instant::now());
+        let now = Instant::now();
+        for f in &frames {
+            // An unmappable buffer is skipped; nothing else can fail here.
+            let _ = inner.push(f, now);
         }
-        self.data.notify_one();
+        self.kick(&mut inner);
     }
 
     /// Drops what is queued, refuses producers from now on, and queues `last` (TEARDOWN) as the
@@ -215,36 +376,30 @@ impl SendQueue {
             return;
         }
         inner.clear();
-        inner.push(OutFrame::Control(last), std::time::Instant::now());
+        let _ = inner.push(&OutFrame::Control(last), Instant::now());
         inner.state = QState::Closing;
         self.space.notify_all();
-        self.data.notify_one();
+        self.kick(&mut inner);
     }
 
-    /// Whether media (not only control messages) is still queued.
+    /// Whether media (not only control messages) waits for the writer.
     pub fn has_media(&self) -> bool {
-        self.inner
-            .lock()
-            .unwrap()
-            .frames
-            .iter()
-            .any(|f| matches!(f, OutFrame::Rtp { .. }))
+        self.inner.lock().unwrap().segments.iter().any(|s| s.media)
     }
 
-    /// How long the oldest frame still queued has waited.
-    pub fn oldest_age(&self) -> std::time::Duration {
-        self.inner
-            .lock()
-            .unwrap()
-            .queued_at
-            .front()
+    /// How long the oldest frame not yet written has waited.
+    pub fn oldest_age(&self) -> Duration {
+        let inner = self.inner.lock().unwrap();
+        inner
+            .in_flight_since
+            .or_else(|| inner.segments.front().map(|s| s.queued_at))
             .map(|t| t.elapsed())
             .unwrap_or_default()
     }
 
-    /// Bytes queued and not yet taken by the writer.
+    /// Bytes queued and not yet written (the writer's batch included).
     pub fn level(&self) -> usize {
-        self.inner.lock().unwrap().bytes
+        self.inner.lock().unwrap().level()
     }
 
     /// No more data will come: the writer ends once everything queued is written.
@@ -263,6 +418,7 @@ impl SendQueue {
             inner.state = QState::Cancelled;
         }
         inner.clear();
+        inner.wire = None;
         self.space.notify_all();
         self.data.notify_one();
     }
@@ -279,6 +435,7 @@ impl SendQueue {
             _ => inner.state = QState::Failed(why),
         }
         inner.clear();
+        inner.wire = None;
         self.space.notify_all();
         self.data.notify_one();
     }
@@ -291,17 +448,22 @@ impl SendQueue {
             return;
         }
         inner.state = QState::Draining(why);
-        let now = std::time::Instant::now();
-        let kept: Vec<OutFrame> = inner
-            .frames
-            .drain(..)
-            .filter(|f| matches!(f, OutFrame::Control(_)))
-            .collect();
-        inner.clear();
-        for f in kept {
-            inner.push(f, now);
+        let mut kept = Vec::new();
+        let mut segments = VecDeque::new();
+        let mut at = 0;
+        let inner = &mut *inner;
+        for s in inner.segments.drain(..) {
+            let end = at + s.len as usize;
+            if !s.media {
+                kept.extend_from_slice(&inner.pending[at..end]);
+                segments.push_back(s);
+            }
+            at = end;
         }
+        inner.pending = kept;
+        inner.segments = segments;
         self.space.notify_all();
+        self.kick(inner);
         self.data.notify_one();
     }
 
@@ -312,90 +474,76 @@ impl SendQueue {
         self.space.notify_all();
     }
 
-    /// Waits for frames and moves up to MAX_BATCH of them into `out`.
-    /// Returns false when the queue has ended (closed and drained, cancelled or failed).
-    pub async fn next_batch(&self, out: &mut Vec<OutFrame>) -> bool {
+    /// The writer task: waits for pending bytes and swaps them into `out` (empty on entry).
+    /// Returns whether the batch holds media, or None once the queue has ended (closed and
+    /// drained, cancelled or failed). Until [`Self::written`], producers only queue.
+    pub async fn take(&self, out: &mut Vec<u8>) -> Option<bool> {
         loop {
             let notified = self.data.notified();
             {
                 let mut inner = self.inner.lock().unwrap();
                 match inner.state {
-                    QState::Cancelled | QState::Failed(_) => return false,
+                    QState::Cancelled | QState::Failed(_) => return None,
                     _ => {}
                 }
-                if !inner.frames.is_empty() {
-                    let n = inner.frames.len().min(MAX_BATCH);
-                    let mut taken = 0;
-                    inner.queued_at.drain(..n);
-                    for f in inner.frames.drain(..n) {
-                        taken += f.len();
-                        out.push(f);
-                    }
-                    inner.bytes -= taken;
-                    self.space.notify_all();
-                    return true;
+                if !inner.pending.is_empty() {
+                    std::mem::swap(&mut inner.pending, out);
+                    inner.in_flight = out.len();
+                    inner.in_flight_media = inner.segments.iter().any(|s| s.media);
+                    inner.in_flight_since = inner.segments.front().map(|s| s.queued_at);
+                    inner.segments.clear();
+                    inner.writing = true;
+                    return Some(inner.in_flight_media);
                 }
                 if matches!(inner.state, QState::Closing | QState::Draining(_)) {
-                    return false;
+                    return None;
                 }
             }
             notified.await;
         }
     }
+
+    /// The writer wrote (or gave up on) the batch `take` gave it; `out` is cleared for reuse.
+    pub fn written(&self, out: &mut Vec<u8>) {
+        out.clear();
+        if out.capacity() > KEEP_CAPACITY {
+            out.shrink_to(KEEP_CAPACITY / 4);
+        }
+        let mut inner = self.inner.lock().unwrap();
+        inner.in_flight = 0;
+        inner.in_flight_media = false;
+        inner.in_flight_since = None;
+        inner.writing = false;
+        self.space.notify_all();
+    }
 }
 
-/// Writes a batch with vectored writes (one `writev` for all of it when the socket takes it),
-/// resuming after partial writes.
-pub async fn write_batch<W: tokio::io::AsyncWrite + Unpin>(
-    w: &mut W,
-    batch: &[OutFrame],
-) -> std::io::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    let mut maps = Vec::with_capacity(batch.len() * 2);
-    for f in batch {
-        if let OutFrame::Rtp { buffer, .. } = f {
-            for m in buffer.iter_memories() {
-                maps.push(
-                    m.map_readable()
-                        .map_err(|_| std::io::Error::other("cannot map buffer memory"))?,
-                );
-            }
-        }
-    }
-    let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(batch.len() * 3);
-    let mut next_map = maps.iter();
-    for f in batch {
-        match f {
-            OutFrame::Rtp {
-                head,
-                head_len,
-                buffer,
-                skip,
-            } => {
-                slices.push(IoSlice::new(&head[..*head_len as usize]));
-                let mut to_skip = *skip as usize;
-                for _ in 0..buffer.n_memory() {
-                    let mem = next_map.next().map(|m| m.as_slice()).unwrap_or(&[]);
-                    if to_skip >= mem.len() {
-                        to_skip -= mem.len();
-                        continue;
-                    }
-                    slices.push(IoSlice::new(&mem[to_skip..]));
-                    to_skip = 0;
+/// Writes `data` to the wire as it drains; fails when no byte goes out for `stall`.
+pub async fn write_all(wire: &Wire, data: &[u8], stall: Duration) -> Result<(), WriteError> {
+    let mut at = 0;
+    while at < data.len() {
+        match wire.try_write(&data[at..]) {
+            Ok(0) => return Err(WriteError::Io(io::ErrorKind::WriteZero.into())),
+            Ok(n) => at += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match tokio::time::timeout(stall, wire.writable()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(WriteError::Io(e)),
+                    Err(_) => return Err(WriteError::Stalled),
                 }
             }
-            OutFrame::Control(v) => slices.push(IoSlice::new(v)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(WriteError::Io(e)),
         }
-    }
-    let mut rest = &mut slices[..];
-    while !rest.is_empty() {
-        let n = w.write_vectored(rest).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        IoSlice::advance_slices(&mut rest, n);
     }
     Ok(())
+}
+
+#[derive(Debug)]
+pub enum WriteError {
+    Io(io::Error),
+    /// The peer took nothing for the stall timeout.
+    Stalled,
 }
 
 #[cfg(test)]
@@ -407,11 +555,10 @@ mod tests {
     }
 
     fn wire(frames: &[OutFrame]) -> Vec<u8> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let mut out: Vec<u8> = Vec::new();
-        rt.block_on(write_batch(&mut out, frames)).unwrap();
+        let mut out = Vec::new();
+        for f in frames {
+            f.append_to(&mut out).unwrap();
+        }
         out
     }
 
@@ -435,7 +582,7 @@ mod tests {
     }
 
     #[test]
-    fn multi_memory_buffers_are_written_memory_by_memory() {
+    fn multi_memory_buffers_are_copied_memory_by_memory() {
         gst::init().unwrap();
         // Header split over memories of 1, 3 and 2 bytes, as payloaders append payloads.
         let mut b = gst::Buffer::new();
@@ -447,6 +594,7 @@ mod tests {
         }
         let plain = OutFrame::rtp(b.clone(), 0, None).unwrap();
         let remapped = OutFrame::rtp(b, 1, Some(100)).unwrap();
+        assert_eq!(plain.len() + remapped.len(), 20);
         assert_eq!(
             wire(&[plain, remapped]),
             [b'$', 0, 0, 6, 0x80, 0x60, 7, 8, 9, 10, b'$', 1, 0, 6, 0x80, 100, 7, 8, 9, 10]
@@ -454,38 +602,9 @@ mod tests {
     }
 
     #[test]
-    fn write_batch_handles_partial_writes() {
-        gst::init().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let frames: Vec<OutFrame> = (0..300u32)
-            .map(|i| OutFrame::rtp(buf(&i.to_be_bytes()), 0, None).unwrap())
-            .collect();
-        // A duplex pipe with a tiny buffer forces many partial writes.
-        let (mut a, mut b) = tokio::io::duplex(7);
-        let out = rt.block_on(async move {
-            use tokio::io::AsyncReadExt;
-            let reader = tokio::spawn(async move {
-                let mut v = Vec::new();
-                b.read_to_end(&mut v).await.unwrap();
-                v
-            });
-            write_batch(&mut a, &frames).await.unwrap();
-            drop(a);
-            reader.await.unwrap()
-        });
-        assert_eq!(out.len(), 300 * 8);
-        for (i, chunk) in out.chunks(8).enumerate() {
-            assert_eq!(&chunk[..4], &[b'$', 0, 0, 4]);
-            assert_eq!(&chunk[4..], &(i as u32).to_be_bytes());
-        }
-    }
-
-    #[test]
     fn backpressure_and_cancel() {
         gst::init().unwrap();
-        let q = std::sync::Arc::new(SendQueue::new(10));
+        let q = Arc::new(SendQueue::new(10));
         q.push_control(vec![0; 20]).unwrap();
         let q2 = q.clone();
         let t = std::thread::spawn(move || {
@@ -515,11 +634,125 @@ mod tests {
         q.close();
         rt.block_on(async {
             let mut out = Vec::new();
-            assert!(q.next_batch(&mut out).await);
-            assert_eq!(out.len(), 2);
-            out.clear();
-            assert!(!q.next_batch(&mut out).await);
+            assert_eq!(q.take(&mut out).await, Some(false));
+            assert_eq!(out, b"ab");
+            // The batch counts against the bound until it is written.
+            assert_eq!(q.level(), 2);
+            q.written(&mut out);
+            assert!(out.is_empty());
+            assert_eq!(q.take(&mut out).await, None);
         });
         assert_eq!(q.level(), 0);
+    }
+
+    #[test]
+    fn fail_after_control_keeps_only_control_messages() {
+        gst::init().unwrap();
+        let q = SendQueue::new(1 << 20);
+        q.push_all([OutFrame::rtp(buf(&[0x80, 96, 1, 2]), 0, None).unwrap()])
+            .unwrap();
+        q.push_control(b"RTSP/1.0 200 OK\r\n\r\n".to_vec()).unwrap();
+        q.push_all([OutFrame::rtp(buf(&[0x80, 96, 3, 4]), 0, None).unwrap()])
+            .unwrap();
+        assert!(q.has_media());
+        q.fail_after_control("server TEARDOWN".into());
+        assert!(!q.has_media());
+        assert_eq!(
+            q.push_control(vec![1]),
+            Err(QueueError::Failed("server TEARDOWN".into()))
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut out = Vec::new();
+            assert_eq!(q.take(&mut out).await, Some(false));
+            assert_eq!(out, b"RTSP/1.0 200 OK\r\n\r\n");
+        });
+    }
+
+    /// Producers on several threads write directly while the socket has room and leave the rest
+    /// to the writer when it fills: the bytes arrive complete and in queue order per producer.
+    #[test]
+    fn direct_writes_and_writer_keep_order() {
+        gst::init().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = rt.block_on(tokio::net::TcpStream::connect(addr)).unwrap();
+        let (server, _) = rt.block_on(listener.accept()).unwrap();
+        let (_rd, wr) = client.into_split();
+        let q = Arc::new(SendQueue::new(64 * 1024));
+        let wire = Wire::Tcp(Arc::new(wr));
+        q.set_wire(Some(wire.clone()));
+        let writer = {
+            let q = q.clone();
+            rt.spawn(async move {
+                let mut batch = Vec::new();
+                while q.take(&mut batch).await.is_some() {
+                    write_all(&wire, &batch, Duration::from_secs(5))
+                        .await
+                        .unwrap();
+                    q.written(&mut batch);
+                }
+                q.set_wire(None);
+            })
+        };
+        const PER_THREAD: u32 = 20_000;
+        let reader = rt.spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut server = server;
+            let mut v = Vec::new();
+            // Read slowly at first so the socket fills and the writer takes over.
+            let mut chunk = vec![0u8; 4096];
+            for _ in 0..50 {
+                let n = server.read(&mut chunk).await.unwrap();
+                v.extend_from_slice(&chunk[..n]);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            server.read_to_end(&mut v).await.unwrap();
+            v
+        });
+        let producers: Vec<_> = (0..2u8)
+            .map(|ch| {
+                let q = q.clone();
+                std::thread::spawn(move || {
+                    for i in 0..PER_THREAD {
+                        let mut pkt = vec![0x80u8, 96];
+                        pkt.extend_from_slice(&i.to_be_bytes());
+                        pkt.resize(200 + (i % 1200) as usize, ch);
+                        q.push_all([OutFrame::rtp(buf(&pkt), ch * 2, None).unwrap()])
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for p in producers {
+            p.join().unwrap();
+        }
+        q.close();
+        rt.block_on(writer).unwrap();
+        let bytes = rt.block_on(reader).unwrap();
+        let mut next = [0u32; 2];
+        let mut at = 0;
+        while at < bytes.len() {
+            assert_eq!(bytes[at], b'$');
+            let ch = bytes[at + 1] / 2;
+            let len = u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]) as usize;
+            let pkt = &bytes[at + 4..at + 4 + len];
+            let seq = u32::from_be_bytes(pkt[2..6].try_into().unwrap());
+            assert_eq!(seq, next[ch as usize], "channel {ch}");
+            assert_eq!(len, 200 + (seq % 1200) as usize);
+            assert!(pkt[6..].iter().all(|b| *b == ch));
+            next[ch as usize] += 1;
+            at += 4 + len;
+        }
+        assert_eq!(next, [PER_THREAD; 2]);
     }
 }

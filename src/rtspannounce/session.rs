@@ -121,6 +121,8 @@ struct State {
     reannounces: u32,
     /// A loss reported while the connection was still being set up.
     pending_loss: Option<SessionError>,
+    /// Which connection is current: failures reported late by an older one are ignored.
+    connection: u64,
     /// Packets dropped while reconnecting (held-back delta frames are in the track counters).
     dropped_offline: u64,
 }
@@ -229,6 +231,7 @@ impl Shared {
                 reconnects: 0,
                 reannounces: 0,
                 pending_loss: None,
+                connection: 0,
                 dropped_offline: 0,
             }),
             cond: Condvar::new(),
@@ -663,9 +666,14 @@ impl Shared {
 
     /// The connection broke while recording: reconnect (warning, element message, backoff) while
     /// `retry-max` allows, else the error.
-    fn connection_lost(self: &Arc<Self>, url: &RtspUrl, err: SessionError) {
+    fn connection_lost(self: &Arc<Self>, url: &RtspUrl, err: SessionError, connection: u64) {
         let old = {
             let mut st = self.state.lock().unwrap();
+            if connection != st.connection {
+                // The reader and the writer of a lost connection may both report it.
+                gst::debug!(CAT, "loss of an earlier connection ignored: {err}");
+                return;
+            }
             if matches!(st.phase, Phase::Connecting | Phase::Reconnecting) && st.streaming.is_none()
             {
                 // The new connection failed before begin_recording finished setting it up:
@@ -963,9 +971,14 @@ impl Shared {
         } = rec;
         let weak: Weak<Shared> = Arc::downgrade(self);
         let url = self.cfg.url.clone();
+        let connection = {
+            let mut st = self.state.lock().unwrap();
+            st.connection += 1;
+            st.connection
+        };
         let on_failure = Arc::new(move |e: SessionError| {
             if let Some(s) = weak.upgrade() {
-                s.connection_lost(&url, e);
+                s.connection_lost(&url, e, connection);
             }
         });
         let weak: Weak<Shared> = Arc::downgrade(self);
@@ -1086,7 +1099,7 @@ impl Shared {
         }
         if let Some(err) = pending_loss {
             let url = self.cfg.url.clone();
-            self.connection_lost(&url, err);
+            self.connection_lost(&url, err, connection);
             return;
         }
         if all_eos {
