@@ -8,6 +8,7 @@ use crate::rtsp::url::RtspUrl;
 use crate::CAT;
 use std::collections::HashMap;
 use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -53,18 +54,11 @@ fn log_response(who: &str, resp: &Response) {
     gst::debug!(CAT, "{who}: received\n{}", resp.to_log_string());
 }
 
-/// Resolves the server name and connects to the first address that accepts, within `timeout`.
-/// `send_buffer` caps the kernel's send buffer (it autotunes up to megabytes, which on a slow
-/// link is seconds of hidden latency a drop policy could not see).
-pub async fn connect(
-    url: &RtspUrl,
-    timeout: Duration,
-    send_buffer: Option<u32>,
-) -> Result<TcpStream, SessionError> {
+/// Resolves the server name, within `timeout`.
+pub async fn resolve(url: &RtspUrl, timeout: Duration) -> Result<Vec<SocketAddr>, SessionError> {
     let (host, port) = url.connect_target();
-    let deadline = tokio::time::Instant::now() + timeout;
     let addrs: Vec<_> =
-        tokio::time::timeout_at(deadline, tokio::net::lookup_host((host.as_str(), port)))
+        tokio::time::timeout(timeout, tokio::net::lookup_host((host.as_str(), port)))
             .await
             .map_err(|_| {
                 SessionError::Timeout(format!("resolving {host} took longer than {timeout:?}"))
@@ -76,8 +70,35 @@ pub async fn connect(
             "host {host:?} has no address"
         )));
     }
+    Ok(addrs)
+}
+
+/// The local address the kernel would use towards `peer` (a UDP socket's connect only looks the
+/// route up; nothing is sent), so the SDP can be written before the TCP connection exists.
+pub fn route_local_addr(peer: SocketAddr) -> Option<IpAddr> {
+    let any: SocketAddr = if peer.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let s = std::net::UdpSocket::bind(any).ok()?;
+    s.connect(peer).ok()?;
+    s.local_addr().ok().map(|a| a.ip())
+}
+
+/// Connects to the first of `addrs` that accepts, within `timeout`.
+/// `send_buffer` caps the kernel's send buffer (it autotunes up to megabytes, which on a slow
+/// link is seconds of hidden latency a drop policy could not see).
+pub async fn connect(
+    url: &RtspUrl,
+    addrs: &[SocketAddr],
+    timeout: Duration,
+    send_buffer: Option<u32>,
+) -> Result<TcpStream, SessionError> {
+    let (host, port) = url.connect_target();
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut last = String::new();
-    for addr in &addrs {
+    for addr in addrs {
         let attempt = async {
             let socket = if addr.is_ipv4() {
                 tokio::net::TcpSocket::new_v4()?

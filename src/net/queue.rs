@@ -180,6 +180,8 @@ struct Inner {
     writing: bool,
     /// Set while the connection streams; producers write through it when the writer is idle.
     wire: Option<Wire>,
+    /// When a producer last wrote directly.
+    last_direct: Option<Instant>,
     state: QState,
     flushing: bool,
 }
@@ -245,6 +247,9 @@ pub struct SendQueue {
     max_bytes: usize,
 }
 
+/// Shortest gap between two direct writes; closer ones are left to the writer task.
+const DIRECT_GAP: Duration = Duration::from_millis(1);
+
 /// A writer buffer that grew this much during a backlog is given back afterwards.
 const KEEP_CAPACITY: usize = 256 * 1024;
 
@@ -259,6 +264,7 @@ impl SendQueue {
                 in_flight_since: None,
                 writing: false,
                 wire: None,
+                last_direct: None,
                 state: QState::Open,
                 flushing: false,
             }),
@@ -285,9 +291,17 @@ impl SendQueue {
             // A busy writer looks at `pending` again before it sleeps.
             return;
         }
-        if inner.writes_allowed() {
-            if let Some(wire) = &inner.wire {
-                if let Ok(n) = wire.try_write(&inner.pending) {
+        if inner.writes_allowed() && inner.wire.is_some() {
+            // Producers that come back within DIRECT_GAP are pushing faster than real time:
+            // the writer takes over, so the send syscalls run on the I/O thread in parallel
+            // instead of lengthening the streaming thread's path.
+            let now = Instant::now();
+            let paced = inner
+                .last_direct
+                .is_none_or(|t| now.duration_since(t) >= DIRECT_GAP);
+            if paced {
+                inner.last_direct = Some(now);
+                if let Some(Ok(n)) = inner.wire.as_ref().map(|w| w.try_write(&inner.pending)) {
                     inner.consume(n);
                 }
             }
@@ -329,12 +343,15 @@ impl SendQueue {
 
     /// Queues frames without waiting for room: for the drop policy, which decides itself what
     /// fits (it may overshoot the bound by the rest of a frame already started).
-    pub fn push_all_nowait(&self, frames: Vec<OutFrame>) -> Result<(), QueueError> {
+    pub fn push_all_nowait(
+        &self,
+        frames: impl IntoIterator<Item = OutFrame>,
+    ) -> Result<(), QueueError> {
         let mut inner = self.inner.lock().unwrap();
         Self::check(&inner)?;
         let now = Instant::now();
-        for f in &frames {
-            inner.push(f, now)?;
+        for f in frames {
+            inner.push(&f, now)?;
         }
         self.kick(&mut inner);
         Ok(())

@@ -6,7 +6,7 @@
 
 use super::sender::{FrameEvents, NtpMapper, NtpSource, Room, TrackSender, TrackSetup};
 use crate::net::connection::{Control, SessionError, Streaming, TeardownError};
-use crate::net::queue::{QueueError, SendQueue};
+use crate::net::queue::{OutFrame, QueueError, SendQueue};
 use crate::net::RUNTIME;
 use crate::rtsp::auth::Credentials;
 use crate::rtsp::handshake::{Handshake, HandshakeError, Negotiated, RequestContext};
@@ -161,6 +161,13 @@ fn force_key_unit() -> gst::Event {
 }
 
 /// A finished handshake: the connection, what was agreed, and where (after redirects).
+/// What ANNOUNCE and SETUP say about the tracks.
+struct Described {
+    text: String,
+    controls: Vec<String>,
+    rewrites: Vec<Option<u8>>,
+}
+
 struct Recorded {
     duration: Duration,
     control: Control,
@@ -514,7 +521,21 @@ impl Shared {
         tx: &TrackSender,
         buffers: impl Iterator<Item = (gst::Buffer, Option<u64>)>,
     ) -> Result<(), PadError> {
-        let mut frames = Vec::new();
+        thread_local! {
+            // One per streaming thread, reused: no allocation per buffer list.
+            static FRAMES: std::cell::RefCell<Vec<OutFrame>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        FRAMES.with_borrow_mut(|frames| self.send_with(track, tx, buffers, frames))
+    }
+
+    fn send_with(
+        &self,
+        track: usize,
+        tx: &TrackSender,
+        buffers: impl Iterator<Item = (gst::Buffer, Option<u64>)>,
+        frames: &mut Vec<OutFrame>,
+    ) -> Result<(), PadError> {
+        frames.clear();
         let queue = self.queue();
         let (max, max_time) = (self.cfg.max_queue_bytes, self.cfg.max_queue_time);
         let room = || {
@@ -538,13 +559,13 @@ impl Shared {
             buffers,
             &|| self.ntp_mapper(),
             drop_policy.then_some(&room as &dyn Fn() -> Room),
-            &mut frames,
+            frames,
         );
         // Drop policy: never wait for room (frames were only started when there was some).
         let res = if drop_policy {
-            queue.push_all_nowait(frames)
+            queue.push_all_nowait(frames.drain(..))
         } else {
-            queue.push_all(frames)
+            queue.push_all(frames.drain(..))
         };
         let too_big = match result {
             Ok(ev) => {
@@ -870,21 +891,13 @@ impl Shared {
         }
     }
 
-    async fn record_once(
+    /// The SDP for `caps` with (local, server) addresses, the SETUP controls, and the payload
+    /// type each track is rewritten to (when an earlier track already uses its own).
+    fn describe(
         &self,
-        url: &RtspUrl,
-        creds: Option<Credentials>,
         caps: &[gst::Caps],
-    ) -> Result<Recorded, SessionError> {
-        let cfg = &self.cfg;
-        // The drop policy must see congestion where it happens: keep the kernel's share small.
-        let send_buffer = cfg
-            .drop_when_congested
-            .then(|| (cfg.max_queue_bytes / 4).clamp(64 * 1024, 1 << 20) as u32);
-        let stream = crate::net::connection::connect(url, cfg.tcp_timeout, send_buffer).await?;
-        let local = stream.local_addr().ok().map(|a| a.ip());
-        let peer = stream.peer_addr().ok().map(|a| a.ip());
-
+        (local, server): (Option<std::net::IpAddr>, Option<std::net::IpAddr>),
+    ) -> Result<Described, SessionError> {
         let caps_pts: Vec<u8> = caps
             .iter()
             .map(|c| {
@@ -908,17 +921,15 @@ impl Shared {
             .collect();
         let session = sdp::SdpSession {
             local_addr: local,
-            server_addr: peer,
+            server_addr: server,
             session_name: "rtspannounce",
         };
-        let msg = sdp::build_sdp(&session, &tracks).map_err(|e| {
-            SessionError::Handshake(crate::rtsp::handshake::HandshakeError::BadResponse(
-                format!("cannot describe the streams: {e}"),
-            ))
+        let mut msg = sdp::build_sdp(&session, &tracks).map_err(|e| {
+            SessionError::Handshake(HandshakeError::BadResponse(format!(
+                "cannot describe the streams: {e}"
+            )))
         })?;
-        let mut msg = msg;
         self.emit_update_sdp(&mut msg);
-        let text = sdp::sdp_to_string(&msg);
         let rewrites: Vec<Option<u8>> = caps_pts
             .iter()
             .zip(&pts)
@@ -933,6 +944,46 @@ impl Shared {
                 );
             }
         }
+        Ok(Described {
+            text: sdp::sdp_to_string(&msg),
+            controls,
+            rewrites,
+        })
+    }
+
+    async fn record_once(
+        &self,
+        url: &RtspUrl,
+        creds: Option<Credentials>,
+        caps: &[gst::Caps],
+    ) -> Result<Recorded, SessionError> {
+        let cfg = &self.cfg;
+        // The drop policy must see congestion where it happens: keep the kernel's share small.
+        let send_buffer = cfg
+            .drop_when_congested
+            .then(|| (cfg.max_queue_bytes / 4).clamp(64 * 1024, 1 << 20) as u32);
+        // Everything ANNOUNCE needs is written before connecting, from the address the
+        // connection will most likely use: the server then waits for nothing once it accepts.
+        let addrs = crate::net::connection::resolve(url, cfg.tcp_timeout).await?;
+        let guess = (
+            crate::net::connection::route_local_addr(addrs[0]),
+            Some(addrs[0].ip()),
+        );
+        let mut described = self.describe(caps, guess)?;
+        let stream =
+            crate::net::connection::connect(url, &addrs, cfg.tcp_timeout, send_buffer).await?;
+        let actual = (
+            stream.local_addr().ok().map(|a| a.ip()),
+            stream.peer_addr().ok().map(|a| a.ip()),
+        );
+        if actual != guess {
+            described = self.describe(caps, actual)?;
+        }
+        let Described {
+            text,
+            controls,
+            rewrites,
+        } = described;
 
         let mut control = Control {
             stream,
