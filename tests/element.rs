@@ -100,7 +100,9 @@ fn uri_handler_makes_the_element_with_the_location() {
 #[test]
 fn unsupported_schemes_fail_clearly_at_start() {
     harness::init();
-    for (uri, what) in [("rtsps://127.0.0.1/x", "TLS")] {
+    // rtspu:// works now (tests/udp.rs); TLS is still to come.
+    {
+        let (uri, what) = ("rtsps://127.0.0.1/x", "TLS");
         let e = gst::ElementFactory::make("rtspannounce")
             .property("location", uri)
             .build()

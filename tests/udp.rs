@@ -89,7 +89,7 @@ fn gst_rtsp_server_udp_only_h264_90_of_90_after_461_on_tcp() {
     );
     assert!(rtp > 0 && rtcp > 0 && rtp != rtcp, "{t}");
     let client = t.get::<u32>("client-rtp-port").unwrap();
-    assert_eq!(client % 2, 0, "{t}");
+    assert!(client.is_multiple_of(2), "{t}");
     assert_eq!(t.get::<u32>("client-rtcp-port").unwrap(), client + 1);
     assert!(t.get::<u64>("sender-reports").unwrap() >= 2, "{t}");
     eprintln!(
@@ -219,7 +219,7 @@ fn scripted_udp_rtp_and_sender_reports_reach_the_server_ports_and_reports_come_b
             pair.client_rtcp.port()
         )
     );
-    assert_eq!(pair.client_rtp.port() % 2, 0);
+    assert!(pair.client_rtp.port().is_multiple_of(2));
     assert_eq!(pair.client_rtcp.port(), pair.client_rtp.port() + 1);
     // Nothing interleaved on the RTSP connection.
     assert!(server.frames().is_empty(), "{:?}", server.frames().len());
@@ -463,7 +463,7 @@ fn port_range_is_honoured_and_checked() {
     let pair = &server.udp_pairs()[0];
     let p = pair.client_rtp.port();
     assert!(
-        p >= base && p < base + 9 && p % 2 == 0,
+        p >= base && p < base + 9 && p.is_multiple_of(2),
         "{p} not in {base}-{}",
         base + 9
     );
