@@ -479,6 +479,42 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_loopback_pair_and_send() {
+        gst::init().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local: SocketAddr = "[::1]:0".parse().unwrap();
+        let srv_rtp = UdpSocket::bind(local).unwrap();
+        let srv_rtcp = UdpSocket::bind(local).unwrap();
+        srv_rtp
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let session = rt.block_on(async {
+            let (rtp, rtcp) = bind_pair(local, None).unwrap();
+            assert!(rtp.local_addr().unwrap().is_ipv6());
+            UdpSession::new(
+                vec![Arc::new(
+                    UdpTrack::new(
+                        rtp,
+                        rtcp,
+                        srv_rtp.local_addr().unwrap(),
+                        srv_rtcp.local_addr().unwrap(),
+                    )
+                    .unwrap(),
+                )],
+                false,
+            )
+        });
+        session.send(&[frame(&[0x80, 96, 0, 1], 0, None)]).unwrap();
+        let mut buf = [0u8; 16];
+        let (n, from) = srv_rtp.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &[0x80, 96, 0, 1]);
+        assert_eq!(from.port(), session.tracks[0].client_ports.0);
+    }
+
+    #[test]
     fn source_is_honoured_when_usable() {
         let peer: IpAddr = "127.0.0.1".parse().unwrap();
         assert_eq!(destination(peer, None), peer);
