@@ -93,8 +93,10 @@ fn gst_rtsp_server_udp_only_h264_90_of_90_after_461_on_tcp() {
     assert_eq!(t.get::<u32>("client-rtcp-port").unwrap(), client + 1);
     assert!(t.get::<u64>("sender-reports").unwrap() >= 2, "{t}");
     eprintln!(
-        "gst-rtsp-server over UDP: {} of 90 H.264 frames decoded",
-        report.tracks[0].frames
+        "gst-rtsp-server over UDP: {} of 90 H.264 frames decoded; {} sender reports sent, {} RTCP packets from the server",
+        report.tracks[0].frames,
+        t.get::<u64>("sender-reports").unwrap(),
+        t.get::<u64>("rtcp-received").unwrap()
     );
 }
 

@@ -521,7 +521,7 @@ impl ObjectImpl for RtspAnnounce {
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("congestion-policy", CongestionPolicy::Block)
                     .nick("Congestion policy")
-                    .blurb("What to do when max-queue-bytes are queued towards a slow network: block upstream, or drop whole frames (video up to the next keyframe; a keyframe is requested when room is back; drops counted in stats, one warning per episode)")
+                    .blurb("What to do when max-queue-bytes are queued towards a slow network: block upstream, or drop whole frames (video up to the next keyframe; a keyframe is requested when room is back; drops counted in stats, one warning per episode). Over UDP: block waits for socket buffer room, drop lets a full buffer drop the packet")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecBoolean::builder("reannounce-on-caps-change")
@@ -564,7 +564,7 @@ impl ObjectImpl for RtspAnnounce {
                     .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("Connection state, server, session id, handshake time and round trips, queue level, and per track: ssrc, channels, packets, bytes, sender reports, and what the server's receiver reports say (loss, jitter, RTT)")
+                    .blurb("Connection state, transport, server, session id, handshake time and round trips, queue level, and per track: transport (and UDP ports), ssrc, channels, packets, bytes, sender reports, and what the server's receiver reports say (loss, jitter, RTT)")
                     .read_only()
                     .build(),
                 glib::ParamSpecUInt::builder("max-queue-bytes")
