@@ -50,6 +50,23 @@ fn setup_transports(server: &ScriptedServer) -> Vec<String> {
         .collect()
 }
 
+/// What the decoder complains about in a whole recording (empty: every frame decodes cleanly;
+/// a truncated frame shows as "error while decoding MB ...").
+fn decode_errors(path: &std::path::Path) -> String {
+    let out = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-show_entries",
+            "stream=nb_read_frames",
+        ])
+        .arg(path)
+        .output()
+        .expect("ffprobe");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// RTCP packet types in a compound.
 fn rtcp_types(mut p: &[u8]) -> Vec<u8> {
     let mut v = Vec::new();
@@ -154,6 +171,11 @@ fn ffmpeg_listener_udp_h264_all_frames() {
     assert_eq!(streams.len(), 1, "{streams:?}");
     assert_eq!(streams[0].codec, "h264");
     assert_eq!(streams[0].frames, 90, "{streams:?}\n{}", ff.log_text());
+    assert_eq!(
+        decode_errors(&ff.out),
+        "",
+        "the last frame must arrive whole"
+    );
     eprintln!(
         "ffmpeg listener over UDP: {} of 90 H.264 frames",
         streams[0].frames
@@ -179,6 +201,7 @@ fn ffmpeg_listener_rtspu_h264_and_aac() {
     let a = streams.iter().find(|s| s.codec == "aac").expect("audio");
     assert_eq!(v.frames, 90, "{streams:?}");
     assert!(a.frames >= 141, "{streams:?}");
+    assert_eq!(decode_errors(&ff.out), "");
     eprintln!(
         "ffmpeg listener over UDP (rtspu://): {} of 90 H.264 frames, {} AAC frames",
         v.frames, a.frames

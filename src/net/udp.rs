@@ -222,8 +222,9 @@ impl UdpTrack {
             let mut to_skip = *skip as usize;
             for m in buffer.iter_memories() {
                 let Ok(map) = m.map_readable() else {
-                    self.note_error(&io::Error::other("cannot map buffer memory"), 1);
-                    continue;
+                    // Never send half a packet.
+                    k = usize::MAX;
+                    break;
                 };
                 let s = map.as_slice();
                 if to_skip >= s.len() {
@@ -245,7 +246,10 @@ impl UdpTrack {
                 maps.push(map);
             }
             if k == usize::MAX {
-                self.note_error(&io::Error::other("RTP buffer with too many memories"), 1);
+                self.note_error(
+                    &io::Error::other("RTP buffer with too many or unmappable memories"),
+                    1,
+                );
                 continue;
             }
             hdrs[n].msg_hdr.msg_iov = iov.as_mut_ptr();

@@ -66,6 +66,9 @@ pub enum Phase {
     Stopped,
 }
 
+/// Over UDP, how long the last packets get before the BYE goes out on the RTCP socket.
+const UDP_BYE_DELAY: Duration = Duration::from_millis(100);
+
 /// Buffers a track may hold back while its payloader has not yet put the parameter sets in its
 /// caps (rtph264pay learns SPS/PPS from the stream); after that we announce without them.
 const MAX_HELD_FOR_PARAMS: usize = 300;
@@ -1559,14 +1562,25 @@ impl Shared {
             let st = self.state.lock().unwrap();
             st.tracks.iter().filter_map(|t| t.tx.clone()).collect()
         };
-        for tx in txs {
-            if let Some(bytes) = tx.report(&ntp, true) {
+        let byes: Vec<Vec<u8>> = txs.iter().filter_map(|tx| tx.report(&ntp, true)).collect();
+        let udp = self.state.lock().unwrap().udp.clone();
+        if udp.is_none() {
+            for bytes in byes.iter().cloned() {
                 let _ = self.send_report(bytes);
             }
         }
         let this = self.clone();
         let timeout = self.cfg.tcp_timeout;
         RUNTIME.spawn(async move {
+            if let Some(udp) = udp {
+                // RTP and RTCP travel on two sockets, and receivers may read RTCP first
+                // (FFmpeg's does): a BYE right behind the last packets ended its recording
+                // before the last frame was read. Give the media a head start.
+                tokio::time::sleep(UDP_BYE_DELAY).await;
+                for bytes in &byes {
+                    udp.send_rtcp(bytes);
+                }
+            }
             let res = streaming.teardown(timeout).await;
             let Some(element) = this.element.upgrade() else {
                 return;
