@@ -428,7 +428,11 @@ fn scheme_and_protocols_conflicts_are_settings_errors() {
     for (location, protocols, needle) in [
         ("rtspt://127.0.0.1:1/x", "udp", "rtspt:// means TCP only"),
         ("rtspu://127.0.0.1:1/x", "tcp", "rtspu:// means UDP only"),
-        ("rtsp://127.0.0.1:1/x", "udp-mcast", "multicast"),
+        (
+            "rtsp://127.0.0.1:1/x",
+            "udp-mcast",
+            "udp-mcast and http tunnelling are not implemented",
+        ),
     ] {
         let e = gst::ElementFactory::make("rtspannounce")
             .property("location", location)
@@ -545,4 +549,22 @@ fn losing_the_rtsp_connection_in_udp_mode_reconnects() {
         pairs[1].server_ports.0 as u32
     );
     p.set_state(gst::State::Null).unwrap();
+}
+
+#[test]
+fn drop_policy_over_udp_sends_without_waiting() {
+    // Non-blocking sends: on loopback at real-time speed the kernel always has room, so every
+    // packet arrives and none is counted as dropped.
+    let server = ScriptedServer::start(Script::new());
+    let (out, stats) = push_stats(&format!(
+        "{} ! rtspannounce name=s protocols=udp congestion-policy=drop location={}",
+        h264_branch(30, "vpay"),
+        server.url("/live")
+    ));
+    assert!(out.eos, "{out:?}");
+    let t = &track_stats(&stats)[0];
+    let sent = t.get::<u64>("packets").unwrap();
+    assert_eq!(t.get::<u64>("udp-dropped").unwrap(), 0, "{t}");
+    let got = server.udp_datagrams().iter().filter(|d| !d.rtcp).count() as u64;
+    assert!(sent > 30 && got == sent, "sent {sent}, received {got}");
 }

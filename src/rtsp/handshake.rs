@@ -30,7 +30,7 @@ pub fn transports_for(scheme: Scheme, tcp: bool, udp: bool) -> Result<Vec<Lower>
             Some((scheme, only, flag)) => format!(
                 "{scheme} means {only} only, but protocols does not allow {flag}: add {flag} to protocols or use rtsp://"
             ),
-            None => "protocols allows neither tcp nor udp (multicast, udp-mcast, is not implemented)".into(),
+            None => "protocols allows neither tcp nor udp (udp-mcast and http tunnelling are not implemented)".into(),
         });
     }
     Ok(v)
@@ -690,7 +690,7 @@ mod tests {
         let e = transports_for(Scheme::RtspU, true, false).unwrap_err();
         assert!(e.contains("rtspu:// means UDP only"), "{e}");
         let e = transports_for(Scheme::Rtsp, false, false).unwrap_err();
-        assert!(e.contains("multicast"), "{e}");
+        assert!(e.contains("udp-mcast"), "{e}");
     }
 
     #[test]
