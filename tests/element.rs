@@ -81,6 +81,7 @@ fn uri_handler_makes_the_element_with_the_location() {
     for uri in [
         "rtsp://127.0.0.1:8554/live/a",
         "rtspt://user:pw@cam.example:554/x?y=1",
+        "rtspu://127.0.0.1:8554/live/u",
     ] {
         let e = gst::Element::make_from_uri(gst::URIType::Sink, uri, None).unwrap();
         assert_eq!(e.factory().unwrap().name(), "rtspannounce", "{uri}");
@@ -99,10 +100,9 @@ fn uri_handler_makes_the_element_with_the_location() {
 #[test]
 fn unsupported_schemes_fail_clearly_at_start() {
     harness::init();
-    for (uri, what) in [
-        ("rtsps://127.0.0.1/x", "TLS"),
-        ("rtspu://127.0.0.1/x", "UDP"),
-    ] {
+    // rtspu:// works now (tests/udp.rs); TLS is still to come.
+    {
+        let (uri, what) = ("rtsps://127.0.0.1/x", "TLS");
         let e = gst::ElementFactory::make("rtspannounce")
             .property("location", uri)
             .build()

@@ -4,7 +4,7 @@
 
 use gstrtspannounce::rtsp::auth::{parse_challenges, strongest, Authenticator, Credentials};
 use gstrtspannounce::rtsp::handshake::{Handshake, RequestContext, Step};
-use gstrtspannounce::rtsp::headers::{Session, Transport};
+use gstrtspannounce::rtsp::headers::{Lower, Session, Transport};
 use gstrtspannounce::rtsp::message::{Incoming, Parser};
 use gstrtspannounce::rtsp::url::{ControlStyle, RtspUrl};
 use libfuzzer_sys::fuzz_target;
@@ -34,6 +34,7 @@ fuzz_target!(|data: &[u8]| {
         vec!["streamid=0".into(), "streamid=1".into()],
         RequestContext::new("fuzz"),
     )
+    .with_transports(&[Lower::Tcp, Lower::Udp])
     .with_credentials(Some(Credentials {
         user: "u".into(),
         password: "p".into(),
@@ -45,9 +46,13 @@ fuzz_target!(|data: &[u8]| {
     while let Ok(Some(m)) = p.next_message() {
         if let Incoming::Response(r) = m {
             steps += 1;
-            match hs.handle_response(&r) {
+            let mut step = hs.handle_response(&r);
+            if let Ok(Step::BindUdp(i)) = step {
+                step = Ok(hs.udp_ports_bound(i, 5000, 5001));
+            }
+            match step {
                 Ok(Step::Send(_)) => {}
-                Ok(Step::Done(_)) | Err(_) => break,
+                Ok(Step::BindUdp(_)) | Ok(Step::Done(_)) | Err(_) => break,
             }
         }
         assert!(steps < 10_000);

@@ -194,18 +194,26 @@ impl Control {
     }
 
     /// Drives the handshake to its end. Returns what was negotiated and the round trips taken.
+    /// `bind_udp` binds a track's UDP port pair when a SETUP offers UDP.
     pub async fn run_handshake(
         &mut self,
         hs: &mut Handshake,
+        bind_udp: &mut (dyn FnMut(usize) -> Result<(u16, u16), SessionError> + Send),
     ) -> Result<(Negotiated, u32), SessionError> {
         let mut req = hs.start();
         let mut trips = 0;
         loop {
             let resp = self.round_trip(&req).await?;
             trips += 1;
-            match hs.handle_response(&resp).map_err(SessionError::Handshake)? {
+            let mut step = hs.handle_response(&resp).map_err(SessionError::Handshake)?;
+            while let Step::BindUdp(track) = step {
+                let (rtp, rtcp) = bind_udp(track)?;
+                step = hs.udp_ports_bound(track, rtp, rtcp);
+            }
+            match step {
                 Step::Send(next) => req = next,
                 Step::Done(n) => return Ok((n, trips)),
+                Step::BindUdp(_) => unreachable!("bound above"),
             }
         }
     }

@@ -1,7 +1,9 @@
-//! Network side: the shared I/O runtime, the RTSP connection and the interleaved data path.
+//! Network side: the shared I/O runtime, the RTSP connection, the interleaved data path and
+//! the UDP one.
 
 pub mod connection;
 pub mod queue;
+pub mod udp;
 
 use std::sync::LazyLock;
 

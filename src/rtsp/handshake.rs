@@ -4,8 +4,37 @@
 use super::auth::{parse_challenges, strongest, Authenticator, Credentials};
 use super::headers::{Lower, Session, Transport};
 use super::message::{Request, Response};
-use super::url::{ControlStyle, RtspUrl};
+use super::url::{ControlStyle, RtspUrl, Scheme};
 use std::fmt;
+
+/// The transports a session may offer, in order of preference, from the URL scheme and the
+/// `protocols` flags: TCP interleaved first (it crosses NAT and firewalls, and interop
+/// practice recommends it), then UDP. `rtspt://` means TCP only, `rtspu://` UDP only,
+/// `rtsps://` TLS over TCP. Multicast is not implemented and never chosen.
+pub fn transports_for(scheme: Scheme, tcp: bool, udp: bool) -> Result<Vec<Lower>, String> {
+    let (want_tcp, want_udp, what) = match scheme {
+        Scheme::Rtsp => (tcp, udp, None),
+        Scheme::RtspT => (tcp, false, Some(("rtspt://", "TCP", "tcp"))),
+        Scheme::Rtsps => (tcp, false, Some(("rtsps://", "TCP (with TLS)", "tcp"))),
+        Scheme::RtspU => (false, udp, Some(("rtspu://", "UDP", "udp"))),
+    };
+    let mut v = Vec::new();
+    if want_tcp {
+        v.push(Lower::Tcp);
+    }
+    if want_udp {
+        v.push(Lower::Udp);
+    }
+    if v.is_empty() {
+        return Err(match what {
+            Some((scheme, only, flag)) => format!(
+                "{scheme} means {only} only, but protocols does not allow {flag}: add {flag} to protocols or use rtsp://"
+            ),
+            None => "protocols allows neither tcp nor udp (udp-mcast and http tunnelling are not implemented)".into(),
+        });
+    }
+    Ok(v)
+}
 
 /// Per-connection request context: CSeq, Session, User-Agent. Outlives the handshake, so
 /// keep-alives and TEARDOWN are built the same way.
@@ -74,14 +103,29 @@ impl RequestContext {
     }
 }
 
+/// Where a UDP track's packets go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdpPorts {
+    /// Our RTP and RTCP ports, as bound and announced in `client_port`.
+    pub client: (u16, u16),
+    /// The server's RTP and RTCP ports (`server_port`).
+    pub server: (u16, u16),
+    /// `source=` from the answer: the address to send to, if not the RTSP peer's.
+    pub source: Option<String>,
+}
+
 /// What was agreed for one track.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NegotiatedTrack {
     pub control_uri: String,
+    /// Interleaved channels (TCP); with UDP, 2n and 2n+1 still name the track's RTP and RTCP
+    /// inside the element.
     pub rtp_channel: u8,
     pub rtcp_channel: u8,
     /// SSRC the server says it expects, if any (informational).
     pub ssrc: Option<u32>,
+    /// Set when the track goes over UDP.
+    pub udp: Option<UdpPorts>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +136,8 @@ pub struct Negotiated {
     pub session_timeout: u64,
     /// Methods from a `Public` header, if the server sent one.
     pub public: Option<Vec<String>>,
+    /// The transport every track uses.
+    pub lower: Lower,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +159,22 @@ pub enum HandshakeError {
     AuthRequired { method: String, challenge: String },
     /// 401 again after we answered the challenge.
     AuthRefused { method: String, challenge: String },
+    /// SETUP refused with 461 for every transport we may use (`tried`, in order), or for a
+    /// later track after the first was set up (tracks share one transport).
+    NoTransport {
+        uri: String,
+        status: u16,
+        reason: String,
+        tried: Vec<Lower>,
+        track: usize,
+    },
+}
+
+fn describe_all(l: &[Lower]) -> String {
+    l.iter()
+        .map(|l| l.describe())
+        .collect::<Vec<_>>()
+        .join(", then ")
 }
 
 impl fmt::Display for HandshakeError {
@@ -137,6 +199,44 @@ impl fmt::Display for HandshakeError {
                 f,
                 "server refused the credentials for {method} ({challenge}): check user-id and user-pw"
             ),
+            HandshakeError::NoTransport {
+                uri,
+                status,
+                reason,
+                tried,
+                track,
+            } if *track > 0 => write!(
+                f,
+                "server refused SETUP {uri}: {status} {reason} for {} after accepting it for track 0 (all tracks of a session use one transport)",
+                describe_all(&tried[tried.len().saturating_sub(1)..])
+            ),
+            HandshakeError::NoTransport {
+                uri,
+                status,
+                reason,
+                tried,
+                ..
+            } => {
+                let untried: Vec<&str> = [Lower::Tcp, Lower::Udp]
+                    .iter()
+                    .filter(|l| !tried.contains(l))
+                    .map(|l| l.flag())
+                    .collect();
+                write!(
+                    f,
+                    "server refused SETUP {uri}: {status} {reason} (transports tried: {}",
+                    describe_all(tried)
+                )?;
+                if untried.is_empty() {
+                    f.write_str("; no other transport to try)")
+                } else {
+                    write!(
+                        f,
+                        "; not allowed by `protocols` or the URL scheme: {})",
+                        untried.join(", ")
+                    )
+                }
+            }
         }
     }
 }
@@ -156,6 +256,8 @@ enum Phase {
 #[derive(Debug)]
 pub enum Step {
     Send(Request),
+    /// Bind a UDP port pair for this track, then call [`Handshake::udp_ports_bound`].
+    BindUdp(usize),
     Done(Negotiated),
 }
 
@@ -175,6 +277,11 @@ pub struct Handshake {
     pending: Option<(String, String, u32)>,
     tried_options: bool,
     public: Option<Vec<String>>,
+    /// Transports allowed, in order of preference, and the one in use.
+    transports: Vec<Lower>,
+    transport: usize,
+    /// Our UDP ports per track, once bound.
+    client_ports: Vec<Option<(u16, u16)>>,
 }
 
 impl Handshake {
@@ -199,7 +306,32 @@ impl Handshake {
             pending: None,
             tried_options: false,
             public: None,
+            transports: vec![Lower::Tcp],
+            transport: 0,
+            client_ports: Vec::new(),
         }
+    }
+
+    /// The transports to offer, in order of preference (TCP interleaved alone by default). A
+    /// SETUP refused with 461 is tried again with the next one.
+    pub fn with_transports(mut self, transports: &[Lower]) -> Self {
+        if !transports.is_empty() {
+            self.transports = transports.to_vec();
+        }
+        self
+    }
+
+    fn lower(&self) -> Lower {
+        self.transports[self.transport]
+    }
+
+    /// The UDP ports bound for `index` after [`Step::BindUdp`]: returns its SETUP.
+    pub fn udp_ports_bound(&mut self, index: usize, rtp: u16, rtcp: u16) -> Step {
+        if self.client_ports.len() <= index {
+            self.client_ports.resize(index + 1, None);
+        }
+        self.client_ports[index] = Some((rtp, rtcp));
+        self.setup_request(index)
     }
 
     /// Credentials to answer a 401 with.
@@ -257,7 +389,7 @@ impl Handshake {
         self.phase = Phase::Announce;
         match self.send(r) {
             Step::Send(r) => r,
-            Step::Done(_) => unreachable!(),
+            Step::BindUdp(_) | Step::Done(_) => unreachable!(),
         }
     }
 
@@ -267,11 +399,40 @@ impl Handshake {
             self.content_base.as_deref(),
             self.style,
         );
-        let mut r = self.ctx.request("SETUP", &uri);
-        r.headers
-            .push("Transport", Transport::tcp_request((2 * index) as u8));
         self.phase = Phase::Setup(index);
+        let lower = self.lower();
+        let ports = self.client_ports.get(index).copied().flatten();
+        if lower == Lower::Udp && ports.is_none() {
+            self.pending = None;
+            return Step::BindUdp(index);
+        }
+        let mut r = self.ctx.request("SETUP", &uri);
+        r.headers.push(
+            "Transport",
+            Transport::request(lower, (2 * index) as u8, ports),
+        );
         self.send(r)
+    }
+
+    /// 461 Unsupported Transport: the next allowed transport, as long as no track is set up
+    /// yet (a session's tracks share one transport).
+    fn transport_refused(
+        &mut self,
+        index: usize,
+        uri: String,
+        resp: &Response,
+    ) -> Result<Step, HandshakeError> {
+        if index == 0 && self.transport + 1 < self.transports.len() {
+            self.transport += 1;
+            return Ok(self.setup_request(0));
+        }
+        Err(HandshakeError::NoTransport {
+            uri,
+            status: resp.status,
+            reason: resp.reason.clone(),
+            tried: self.transports[..=self.transport].to_vec(),
+            track: index,
+        })
     }
 
     /// Feeds the response to the request in flight.
@@ -314,6 +475,9 @@ impl Handshake {
             self.phase = Phase::Options;
             let r = self.ctx.request("OPTIONS", &self.url.request_uri());
             return Ok(self.send(r));
+        }
+        if let (Phase::Setup(i), 461) = (self.phase, resp.status) {
+            return self.transport_refused(i, uri, resp);
         }
         if !resp.is_success() {
             return Err(HandshakeError::Status {
@@ -371,6 +535,7 @@ impl Handshake {
                         .filter(|t| *t > 0)
                         .unwrap_or(60),
                     public: self.public.clone(),
+                    lower: self.lower(),
                 }))
             }
             Phase::Idle | Phase::Done => Err(HandshakeError::BadResponse(
@@ -386,20 +551,58 @@ impl Handshake {
     ) -> Result<NegotiatedTrack, HandshakeError> {
         let control_uri = self.pending_uri_for(index);
         let asked = (2 * index) as u8;
+        let lower = self.lower();
         let Some(value) = resp.headers.get("Transport") else {
+            if lower == Lower::Udp {
+                return Err(HandshakeError::Transport(
+                    "the answer to a UDP SETUP has no Transport header, so no server_port to send to".into(),
+                ));
+            }
             // Some servers omit it when they accept the request as is.
             return Ok(NegotiatedTrack {
                 control_uri,
                 rtp_channel: asked,
                 rtcp_channel: asked.wrapping_add(1),
                 ssrc: None,
+                udp: None,
             });
         };
         let t = Transport::parse(value).map_err(|e| HandshakeError::Transport(e.0))?;
-        if t.lower != Lower::Tcp {
+        if t.lower != lower {
             return Err(HandshakeError::Transport(format!(
-                "asked for TCP interleaved, server answered {value:?}"
+                "asked for {}, server answered {value:?}",
+                lower.describe()
             )));
+        }
+        if lower == Lower::Udp {
+            let client = self
+                .client_ports
+                .get(index)
+                .copied()
+                .flatten()
+                .ok_or_else(|| HandshakeError::BadResponse("UDP SETUP without ports".into()))?;
+            let Some((rtp, rtcp)) = t.server_port.filter(|(p, _)| *p != 0) else {
+                return Err(HandshakeError::Transport(format!(
+                    "the answer to a UDP SETUP has no server_port: {value:?}"
+                )));
+            };
+            // "server_port=N" alone: RTCP goes to N+1 (RFC 3550's convention).
+            let rtcp = if rtcp == rtp {
+                rtp.wrapping_add(1)
+            } else {
+                rtcp
+            };
+            return Ok(NegotiatedTrack {
+                control_uri,
+                rtp_channel: asked,
+                rtcp_channel: asked.wrapping_add(1),
+                ssrc: t.ssrc,
+                udp: Some(UdpPorts {
+                    client,
+                    server: (rtp, rtcp),
+                    source: t.source.filter(|s| !s.is_empty()),
+                }),
+            });
         }
         let (rtp, rtcp) = t.interleaved.unwrap_or((asked, asked.wrapping_add(1)));
         if self
@@ -416,6 +619,7 @@ impl Handshake {
             rtp_channel: rtp,
             rtcp_channel: rtcp,
             ssrc: t.ssrc,
+            udp: None,
         })
     }
 
@@ -454,8 +658,212 @@ mod tests {
     fn send(step: Step) -> Request {
         match step {
             Step::Send(r) => r,
+            Step::BindUdp(i) => panic!("asked to bind UDP ports for track {i}"),
             Step::Done(_) => panic!("done too early"),
         }
+    }
+
+    fn refused(cseq: u32, status: u16, reason: &str) -> Response {
+        let mut r = Response::new(status, reason);
+        r.headers.push("CSeq", cseq.to_string());
+        r
+    }
+
+    fn udp_hs(url: &str, n: usize, transports: &[Lower]) -> Handshake {
+        hs(url, n).with_transports(transports)
+    }
+
+    #[test]
+    fn transports_from_scheme_and_protocols() {
+        use Lower::*;
+        assert_eq!(
+            transports_for(Scheme::Rtsp, true, true).unwrap(),
+            [Tcp, Udp]
+        );
+        assert_eq!(transports_for(Scheme::Rtsp, false, true).unwrap(), [Udp]);
+        assert_eq!(transports_for(Scheme::Rtsp, true, false).unwrap(), [Tcp]);
+        assert_eq!(transports_for(Scheme::RtspT, true, true).unwrap(), [Tcp]);
+        assert_eq!(transports_for(Scheme::RtspU, true, true).unwrap(), [Udp]);
+        assert_eq!(transports_for(Scheme::Rtsps, true, true).unwrap(), [Tcp]);
+        let e = transports_for(Scheme::RtspT, false, true).unwrap_err();
+        assert!(e.contains("rtspt:// means TCP only"), "{e}");
+        let e = transports_for(Scheme::RtspU, true, false).unwrap_err();
+        assert!(e.contains("rtspu:// means UDP only"), "{e}");
+        let e = transports_for(Scheme::Rtsp, false, false).unwrap_err();
+        assert!(e.contains("udp-mcast"), "{e}");
+    }
+
+    #[test]
+    fn udp_setup_binds_then_asks_client_ports() {
+        let mut h = udp_hs("rtsp://h/live", 2, &[Lower::Udp]);
+        h.start();
+        assert!(matches!(
+            h.handle_response(&ok(1, &[])).unwrap(),
+            Step::BindUdp(0)
+        ));
+        let s0 = send(h.udp_ports_bound(0, 5000, 5001));
+        assert_eq!(
+            s0.headers.get("Transport"),
+            Some("RTP/AVP;unicast;client_port=5000-5001;mode=record")
+        );
+        assert_eq!(s0.headers.get("CSeq"), Some("2"));
+        let step = h
+            .handle_response(&ok(
+                2,
+                &[
+                    ("Session", "S"),
+                    (
+                        "Transport",
+                        "RTP/AVP;unicast;client_port=5000-5001;server_port=7000-7001;source=10.1.2.3",
+                    ),
+                ],
+            ))
+            .unwrap();
+        assert!(matches!(step, Step::BindUdp(1)));
+        let s1 = send(h.udp_ports_bound(1, 5002, 5003));
+        assert_eq!(
+            s1.headers.get("Transport"),
+            Some("RTP/AVP;unicast;client_port=5002-5003;mode=record")
+        );
+        // A single server port: RTCP is the next one.
+        send(
+            h.handle_response(&ok(3, &[("Transport", "RTP/AVP;unicast;server_port=7002")]))
+                .unwrap(),
+        );
+        let Step::Done(n) = h.handle_response(&ok(4, &[])).unwrap() else {
+            panic!()
+        };
+        assert_eq!(n.lower, Lower::Udp);
+        let u0 = n.tracks[0].udp.clone().unwrap();
+        assert_eq!(u0.client, (5000, 5001));
+        assert_eq!(u0.server, (7000, 7001));
+        assert_eq!(u0.source.as_deref(), Some("10.1.2.3"));
+        let u1 = n.tracks[1].udp.clone().unwrap();
+        assert_eq!(u1.server, (7002, 7003));
+        assert_eq!(u1.source, None);
+        // Channels still tell the tracks apart inside the element.
+        assert_eq!((n.tracks[1].rtp_channel, n.tracks[1].rtcp_channel), (2, 3));
+    }
+
+    #[test]
+    fn udp_answer_needs_server_port_and_udp() {
+        for answer in [
+            None,
+            Some("RTP/AVP;unicast;client_port=5000-5001"),
+            Some("RTP/AVP/TCP;unicast;interleaved=0-1"),
+        ] {
+            let mut h = udp_hs("rtsp://h/live", 1, &[Lower::Udp]);
+            h.start();
+            h.handle_response(&ok(1, &[])).unwrap();
+            send(h.udp_ports_bound(0, 5000, 5001));
+            let extra: Vec<(&str, &str)> = answer.iter().map(|a| ("Transport", *a)).collect();
+            let e = h.handle_response(&ok(2, &extra)).unwrap_err();
+            assert!(matches!(e, HandshakeError::Transport(_)), "{answer:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn tcp_refused_with_461_falls_back_to_udp() {
+        let mut h = udp_hs("rtsp://h/live", 2, &[Lower::Tcp, Lower::Udp]);
+        h.start();
+        let s0 = send(h.handle_response(&ok(1, &[])).unwrap());
+        assert!(s0.headers.get("Transport").unwrap().contains("/TCP"));
+        let step = h
+            .handle_response(&refused(2, 461, "Unsupported Transport"))
+            .unwrap();
+        assert!(matches!(step, Step::BindUdp(0)));
+        let s0 = send(h.udp_ports_bound(0, 5000, 5001));
+        assert_eq!(s0.method, "SETUP");
+        assert_eq!(s0.uri, "rtsp://h:554/live/streamid=0");
+        assert_eq!(s0.headers.get("CSeq"), Some("3"));
+        assert!(s0
+            .headers
+            .get("Transport")
+            .unwrap()
+            .starts_with("RTP/AVP;unicast;client_port=5000-5001"));
+        // The second track goes straight to UDP.
+        let step = h
+            .handle_response(&ok(3, &[("Transport", "RTP/AVP;server_port=7000-7001")]))
+            .unwrap();
+        assert!(matches!(step, Step::BindUdp(1)));
+        send(h.udp_ports_bound(1, 5002, 5003));
+        send(
+            h.handle_response(&ok(4, &[("Transport", "RTP/AVP;server_port=7002-7003")]))
+                .unwrap(),
+        );
+        let Step::Done(n) = h.handle_response(&ok(5, &[])).unwrap() else {
+            panic!()
+        };
+        assert_eq!(n.lower, Lower::Udp);
+    }
+
+    #[test]
+    fn udp_first_then_tcp_when_preferred_so() {
+        let mut h = udp_hs("rtsp://h/live", 1, &[Lower::Udp, Lower::Tcp]);
+        h.start();
+        h.handle_response(&ok(1, &[])).unwrap();
+        send(h.udp_ports_bound(0, 5000, 5001));
+        let s = send(
+            h.handle_response(&refused(2, 461, "Unsupported Transport"))
+                .unwrap(),
+        );
+        assert_eq!(
+            s.headers.get("Transport"),
+            Some("RTP/AVP/TCP;unicast;interleaved=0-1;mode=record")
+        );
+    }
+
+    #[test]
+    fn refused_transports_are_named() {
+        // TCP only: the error says what was tried and what `protocols` did not allow.
+        let mut h = udp_hs("rtsp://h/live", 1, &[Lower::Tcp]);
+        h.start();
+        h.handle_response(&ok(1, &[])).unwrap();
+        let e = h
+            .handle_response(&refused(2, 461, "Unsupported Transport"))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "server refused SETUP rtsp://h:554/live/streamid=0: 461 Unsupported Transport (transports tried: TCP interleaved; not allowed by `protocols` or the URL scheme: udp)"
+        );
+        // Both tried.
+        let mut h = udp_hs("rtsp://h/live", 1, &[Lower::Tcp, Lower::Udp]);
+        h.start();
+        h.handle_response(&ok(1, &[])).unwrap();
+        h.handle_response(&refused(2, 461, "Unsupported Transport"))
+            .unwrap();
+        send(h.udp_ports_bound(0, 5000, 5001));
+        let e = h
+            .handle_response(&refused(3, 461, "Unsupported Transport"))
+            .unwrap_err();
+        assert!(
+            matches!(&e, HandshakeError::NoTransport { tried, .. } if tried == &[Lower::Tcp, Lower::Udp]),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().contains(
+                "transports tried: TCP interleaved, then UDP unicast; no other transport to try"
+            ),
+            "{e}"
+        );
+        // A later track refused: no switching mid-session.
+        let mut h = udp_hs("rtsp://h/live", 2, &[Lower::Tcp, Lower::Udp]);
+        h.start();
+        h.handle_response(&ok(1, &[])).unwrap();
+        h.handle_response(&ok(2, &[])).unwrap();
+        let e = h
+            .handle_response(&refused(3, 461, "Unsupported Transport"))
+            .unwrap_err();
+        assert!(matches!(e, HandshakeError::NoTransport { track: 1, .. }));
+        assert!(e.to_string().contains("one transport"), "{e}");
+        // Other SETUP refusals are not transport refusals.
+        let mut h = udp_hs("rtsp://h/live", 1, &[Lower::Tcp, Lower::Udp]);
+        h.start();
+        h.handle_response(&ok(1, &[])).unwrap();
+        assert!(matches!(
+            h.handle_response(&refused(2, 454, "Session Not Found")),
+            Err(HandshakeError::Status { status: 454, .. })
+        ));
     }
 
     #[test]

@@ -23,6 +23,24 @@ pub enum Lower {
     Tcp,
 }
 
+impl Lower {
+    /// How errors and stats name it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Lower::Tcp => "TCP interleaved",
+            Lower::Udp => "UDP unicast",
+        }
+    }
+
+    /// The `protocols` flag that allows it.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Lower::Tcp => "tcp",
+            Lower::Udp => "udp",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeaderError(pub String);
 
@@ -53,6 +71,20 @@ impl Transport {
             rtp_channel,
             rtp_channel.wrapping_add(1)
         )
+    }
+
+    /// The UDP unicast request for a track whose RTP/RTCP sockets are bound to `rtp`/`rtcp`.
+    /// Hand-written for the same reason as `tcp_request`.
+    pub fn udp_request(rtp: u16, rtcp: u16) -> String {
+        format!("RTP/AVP;unicast;client_port={rtp}-{rtcp};mode=record")
+    }
+
+    /// The request for `lower`: interleaved channels for TCP, client ports for UDP.
+    pub fn request(lower: Lower, channel: u8, ports: Option<(u16, u16)>) -> String {
+        match (lower, ports) {
+            (Lower::Udp, Some((rtp, rtcp))) => Transport::udp_request(rtp, rtcp),
+            _ => Transport::tcp_request(channel),
+        }
     }
 
     /// Parses the first transport spec of a (possibly comma-separated) Transport header.
@@ -146,6 +178,32 @@ mod tests {
             Transport::tcp_request(2),
             "RTP/AVP/TCP;unicast;interleaved=2-3;mode=record"
         );
+    }
+
+    #[test]
+    fn udp_request_is_lower_case_unquoted() {
+        assert_eq!(
+            Transport::udp_request(5000, 5001),
+            "RTP/AVP;unicast;client_port=5000-5001;mode=record"
+        );
+        assert_eq!(
+            Transport::request(Lower::Udp, 2, Some((6000, 6001))),
+            "RTP/AVP;unicast;client_port=6000-6001;mode=record"
+        );
+        assert_eq!(
+            Transport::request(Lower::Tcp, 2, None),
+            "RTP/AVP/TCP;unicast;interleaved=2-3;mode=record"
+        );
+        // What gst-rtsp-server answers a UDP SETUP in record mode.
+        let t = Transport::parse(
+            "RTP/AVP;unicast;client_port=5000-5001;server_port=41234-41235;mode=\"RECORD\"",
+        )
+        .unwrap();
+        assert_eq!(t.lower, Lower::Udp);
+        assert_eq!(t.server_port, Some((41234, 41235)));
+        // "RTP/AVP/UDP" is UDP too.
+        let t = Transport::parse("RTP/AVP/UDP;unicast;server_port=7000-7001").unwrap();
+        assert_eq!(t.lower, Lower::Udp);
     }
 
     #[test]

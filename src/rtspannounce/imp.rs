@@ -19,6 +19,29 @@ pub const DEFAULT_USER_AGENT: &str = concat!("rtspannounce/", env!("CARGO_PKG_VE
 const DEFAULT_TCP_TIMEOUT_US: u64 = 20_000_000;
 const DEFAULT_ANNOUNCE_TIMEOUT_MS: u32 = 10_000;
 const DEFAULT_MAX_QUEUE_BYTES: u32 = 4 * 1024 * 1024;
+/// TCP interleaved first, then UDP (multicast is not implemented).
+const DEFAULT_PROTOCOLS: gst_rtsp::RTSPLowerTrans =
+    gst_rtsp::RTSPLowerTrans::TCP.union(gst_rtsp::RTSPLowerTrans::UDP);
+
+/// `port-range` as rtspclientsink writes it: "FROM-TO"; empty or "0-0" for OS-chosen ports.
+fn parse_port_range(v: &str) -> Result<Option<(u16, u16)>, String> {
+    let v = v.trim();
+    if v.is_empty() || v == "0-0" {
+        return Ok(None);
+    }
+    let bad = || {
+        format!("port-range {v:?} is not FROM-TO (e.g. 5000-5099: an even RTP port and the next one per track)")
+    };
+    let (a, b) = v.split_once('-').ok_or_else(bad)?;
+    let (a, b): (u16, u16) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if a == 0 || b <= a || b - a < 1 + a % 2 {
+        return Err(bad());
+    }
+    Ok(Some((a, b)))
+}
 
 #[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
 #[repr(u32)]
@@ -91,6 +114,8 @@ struct Settings {
     retry_delay_max_ms: u32,
     congestion_policy: CongestionPolicy,
     reannounce_on_caps_change: bool,
+    protocols: gst_rtsp::RTSPLowerTrans,
+    port_range: Option<String>,
 }
 
 impl Default for Settings {
@@ -114,6 +139,8 @@ impl Default for Settings {
             retry_delay_max_ms: 10_000,
             congestion_policy: CongestionPolicy::Block,
             reannounce_on_caps_change: false,
+            protocols: DEFAULT_PROTOCOLS,
+            port_range: None,
         }
     }
 }
@@ -147,10 +174,10 @@ impl ObjectSubclass for RtspAnnounce {
 impl URIHandlerImpl for RtspAnnounce {
     const URI_TYPE: gst::URIType = gst::URIType::Sink;
 
-    // rtsps:// and rtspu:// parse, but TLS and UDP are not implemented yet: claiming them
-    // would lose to nothing and fail later.
+    // rtsps:// parses, but TLS is not implemented yet: claiming it would lose to nothing and
+    // fail later.
     fn protocols() -> &'static [&'static str] {
-        &["rtsp", "rtspt"]
+        &["rtsp", "rtspt", "rtspu"]
     }
 
     fn uri(&self) -> Option<String> {
@@ -199,21 +226,20 @@ impl RtspAnnounce {
         let url = RtspUrl::parse(location).map_err(|e| {
             gst::error_msg!(gst::ResourceError::Settings, ("Invalid location: {}", e))
         })?;
-        match url.scheme {
-            crate::rtsp::url::Scheme::Rtsps => {
-                return Err(gst::error_msg!(
-                    gst::ResourceError::Settings,
-                    ("rtsps:// (RTSP over TLS) is not supported yet: use rtsp:// or rtspt://")
-                ))
-            }
-            crate::rtsp::url::Scheme::RtspU => {
-                return Err(gst::error_msg!(
-                    gst::ResourceError::Settings,
-                    ("rtspu:// (RTP over UDP) is not supported yet: use rtsp:// or rtspt:// (TCP interleaved)")
-                ))
-            }
-            _ => {}
+        if url.scheme == crate::rtsp::url::Scheme::Rtsps {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                ("rtsps:// (RTSP over TLS) is not supported yet: use rtsp://, rtspt:// or rtspu://")
+            ));
         }
+        let transports = crate::rtsp::handshake::transports_for(
+            url.scheme,
+            s.protocols.contains(gst_rtsp::RTSPLowerTrans::TCP),
+            s.protocols.contains(gst_rtsp::RTSPLowerTrans::UDP),
+        )
+        .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ("{}", e)))?;
+        let port_range = parse_port_range(s.port_range.as_deref().unwrap_or(""))
+            .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ("{}", e)))?;
         // Properties win over credentials in the URL.
         let creds = match (s.user_id.as_deref(), &url.user) {
             (Some(u), _) if !u.is_empty() => Some(Credentials {
@@ -254,6 +280,9 @@ impl RtspAnnounce {
             ),
             max_queue_bytes: s.max_queue_bytes as usize,
             max_queue_time: Duration::from_millis(s.max_queue_time_ms as u64),
+            transports,
+            tls: s.protocols.contains(gst_rtsp::RTSPLowerTrans::TLS),
+            port_range,
         })
     }
 
@@ -492,7 +521,7 @@ impl ObjectImpl for RtspAnnounce {
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("congestion-policy", CongestionPolicy::Block)
                     .nick("Congestion policy")
-                    .blurb("What to do when max-queue-bytes are queued towards a slow network: block upstream, or drop whole frames (video up to the next keyframe; a keyframe is requested when room is back; drops counted in stats, one warning per episode)")
+                    .blurb("What to do when max-queue-bytes are queued towards a slow network: block upstream, or drop whole frames (video up to the next keyframe; a keyframe is requested when room is back; drops counted in stats, one warning per episode). Over UDP: block waits for socket buffer room, drop lets a full buffer drop the packet")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecBoolean::builder("reannounce-on-caps-change")
@@ -522,9 +551,20 @@ impl ObjectImpl for RtspAnnounce {
                     .default_value(10_000)
                     .mutable_ready()
                     .build(),
+                glib::ParamSpecFlags::builder::<gst_rtsp::RTSPLowerTrans>("protocols")
+                    .default_value(DEFAULT_PROTOCOLS)
+                    .nick("Protocols")
+                    .blurb("Allowed lower transports, as rtspclientsink's: TCP interleaved is tried first, then UDP unicast when the server answers SETUP with 461 Unsupported Transport (rtspt:// means tcp only, rtspu:// udp only). udp-mcast is accepted but multicast is not implemented and never chosen; tls is carried for rtsps://")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("port-range")
+                    .nick("Port range")
+                    .blurb("Local UDP ports to use for RTP/RTCP, as FROM-TO (e.g. 5000-5099: an even RTP port and the next one for RTCP, per track); unset: ports the OS picks")
+                    .mutable_ready()
+                    .build(),
                 glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
                     .nick("Statistics")
-                    .blurb("Connection state, server, session id, handshake time and round trips, queue level, and per track: ssrc, channels, packets, bytes, sender reports, and what the server's receiver reports say (loss, jitter, RTT)")
+                    .blurb("Connection state, transport, server, session id, handshake time and round trips, queue level, and per track: transport (and UDP ports), ssrc, channels, packets, bytes, sender reports, and what the server's receiver reports say (loss, jitter, RTT)")
                     .read_only()
                     .build(),
                 glib::ParamSpecUInt::builder("max-queue-bytes")
@@ -621,6 +661,14 @@ impl ObjectImpl for RtspAnnounce {
             "reannounce-on-caps-change" => s.reannounce_on_caps_change = value.get().unwrap(),
             "retry-delay-min" => s.retry_delay_min_ms = value.get().unwrap(),
             "retry-delay-max" => s.retry_delay_max_ms = value.get().unwrap(),
+            "protocols" => s.protocols = value.get().unwrap(),
+            "port-range" => {
+                let v: Option<String> = value.get().unwrap();
+                if let Err(e) = parse_port_range(v.as_deref().unwrap_or("")) {
+                    gst::warning!(CAT, imp = self, "{e}");
+                }
+                s.port_range = v;
+            }
             _ => unreachable!(),
         }
     }
@@ -632,6 +680,8 @@ impl ObjectImpl for RtspAnnounce {
             "user-id" => s.user_id.to_value(),
             "user-pw" => s.user_pw.to_value(),
             "user-agent" => s.user_agent.to_value(),
+            "protocols" => s.protocols.to_value(),
+            "port-range" => s.port_range.to_value(),
             "tcp-timeout" => s.tcp_timeout_us.to_value(),
             "sync" => s.sync.to_value(),
             "do-rtsp-keep-alive" => s.keepalive.to_value(),
@@ -848,5 +898,29 @@ impl BinImpl for RtspAnnounce {
             return;
         }
         self.parent_handle_message(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_port_range;
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(parse_port_range(""), Ok(None));
+        assert_eq!(parse_port_range("0-0"), Ok(None));
+        assert_eq!(parse_port_range("5000-5001"), Ok(Some((5000, 5001))));
+        assert_eq!(parse_port_range(" 5001-5003 "), Ok(Some((5001, 5003))));
+        for bad in [
+            "5000",
+            "5000-",
+            "a-b",
+            "5001-5002",
+            "6000-5000",
+            "0-10",
+            "5000-70000",
+        ] {
+            assert!(parse_port_range(bad).is_err(), "{bad}");
+        }
     }
 }

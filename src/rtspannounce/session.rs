@@ -7,9 +7,11 @@
 use super::sender::{FrameEvents, NtpMapper, NtpSource, Room, TrackSender, TrackSetup};
 use crate::net::connection::{Control, SessionError, Streaming, TeardownError};
 use crate::net::queue::{OutFrame, QueueError, SendQueue};
+use crate::net::udp::{UdpError, UdpSession, UdpTrack};
 use crate::net::RUNTIME;
 use crate::rtsp::auth::Credentials;
 use crate::rtsp::handshake::{Handshake, HandshakeError, Negotiated, RequestContext};
+use crate::rtsp::headers::Lower;
 use crate::rtsp::message::{Limits, Parser};
 use crate::rtsp::url::{ControlStyle, RtspUrl};
 use crate::sdp;
@@ -40,6 +42,12 @@ pub struct SessionConfig {
     pub max_queue_bytes: usize,
     /// With the drop policy, the longest a packet may wait in the queue (zero: no bound).
     pub max_queue_time: Duration,
+    /// Transports to offer, in order of preference (never empty).
+    pub transports: Vec<Lower>,
+    /// `protocols` has the `tls` flag (carried for the TLS transport).
+    pub tls: bool,
+    /// Local UDP ports to bind from (`port-range`), else OS-chosen.
+    pub port_range: Option<(u16, u16)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +65,9 @@ pub enum Phase {
     Failed,
     Stopped,
 }
+
+/// Over UDP, how long the last packets get before the BYE goes out on the RTCP socket.
+const UDP_BYE_DELAY: Duration = Duration::from_millis(100);
 
 /// Buffers a track may hold back while its payloader has not yet put the parameter sets in its
 /// caps (rtph264pay learns SPS/PPS from the stream); after that we announce without them.
@@ -111,6 +122,8 @@ struct State {
     /// An error is being posted; set before `phase` becomes Failed.
     failing: bool,
     streaming: Option<Arc<Streaming>>,
+    /// The media sockets when the connection records over UDP.
+    udp: Option<Arc<UdpSession>>,
     task: Option<tokio::task::AbortHandle>,
     /// What the stats report about the connection.
     server: Option<String>,
@@ -176,6 +189,7 @@ struct Recorded {
     pt_rewrites: Vec<Option<u8>>,
     round_trips: u32,
     url: RtspUrl,
+    udp: Option<Arc<UdpSession>>,
 }
 
 /// A Location header, absolute or relative to the URL that was redirected.
@@ -230,6 +244,7 @@ impl Shared {
                 flushing: false,
                 failing: false,
                 streaming: None,
+                udp: None,
                 task: None,
                 server: None,
                 session_id: None,
@@ -409,10 +424,12 @@ impl Shared {
                     }
                 }
                 let tx = st.tracks[track].tx.clone();
+                let udp = st.udp.clone();
                 drop(st);
-                return match tx {
-                    Some(tx) => self.send(track, &tx, buffers),
-                    None => Err(PadError::Failed),
+                return match (tx, udp) {
+                    (Some(tx), Some(udp)) => self.send_udp(track, &tx, &udp, buffers),
+                    (Some(tx), None) => self.send(track, &tx, buffers),
+                    (None, _) => Err(PadError::Failed),
                 };
             }
             Phase::Reconnecting => {
@@ -598,6 +615,80 @@ impl Shared {
         }
     }
 
+    /// UDP: packets go out from this thread (no queue); the kernel drops rather than blocks,
+    /// so the drop policy is the kernel's (a full socket buffer drops the packet, counted),
+    /// and `block` waits for room instead.
+    fn send_udp(
+        &self,
+        track: usize,
+        tx: &TrackSender,
+        udp: &UdpSession,
+        buffers: impl Iterator<Item = (gst::Buffer, Option<u64>)>,
+    ) -> Result<(), PadError> {
+        thread_local! {
+            // Reused per streaming thread: no allocation per buffer.
+            static FRAMES: std::cell::RefCell<Vec<OutFrame>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        FRAMES.with(|cell| {
+            let mut frames = cell.borrow_mut();
+            frames.clear();
+            let framed = tx.frames(buffers, &|| self.ntp_mapper(), None, &mut frames);
+            let sent = udp.send(&frames);
+            frames.clear();
+            if let Err(len) = framed {
+                return Err(self.too_large(track, len, "over UDP"));
+            }
+            match sent {
+                Ok(()) => Ok(()),
+                Err(UdpError::TooLarge(len)) => Err(self.too_large(track, len, "over UDP")),
+                // Stopped, flushing, or the connection was lost and a new one is being made.
+                Err(UdpError::Cancelled) => match self.phase() {
+                    Phase::Failed => Err(PadError::Failed),
+                    Phase::Stopped => Err(PadError::Flushing),
+                    _ if self.state.lock().unwrap().flushing => Err(PadError::Flushing),
+                    _ => {
+                        self.state.lock().unwrap().dropped_offline += 1;
+                        Ok(())
+                    }
+                },
+            }
+        })
+    }
+
+    fn too_large(&self, track: usize, len: usize, how: &str) -> PadError {
+        PadError::Error(gst::ErrorMessage::new(
+            &gst::StreamError::Format,
+            Some(&format!(
+                "packet of {len} bytes on track {track} is too large to be sent {how} (lower the payloader's mtu)"
+            )),
+            None,
+            file!(),
+            "rtspannounce",
+            line!(),
+        ))
+    }
+
+    /// A sender report (framed for the interleaved path): over UDP to the track's RTCP port,
+    /// else queued after the media. False once the connection is gone.
+    fn send_report(&self, bytes: Vec<u8>) -> bool {
+        let udp = self.state.lock().unwrap().udp.clone();
+        match udp {
+            Some(u) => {
+                u.send_rtcp(&bytes);
+                true
+            }
+            None => self.queue().push_control(bytes).is_ok(),
+        }
+    }
+
+    /// The media sockets of a connection that is going away: nothing more is sent or read
+    /// (kept for the stats until the next connection replaces them).
+    fn close_udp(st: &mut State) {
+        if let Some(u) = &st.udp {
+            u.close();
+        }
+    }
+
     fn congestion_events(&self, track: usize, ev: FrameEvents) {
         if ev.congestion_started {
             if let Some(e) = self.element.upgrade() {
@@ -653,6 +744,7 @@ impl Shared {
             }
             st.phase = Phase::Reconnecting;
             st.reannounces += 1;
+            Self::close_udp(&mut st);
             st.streaming.take()
         };
         let stale = self.fresh_queue();
@@ -709,6 +801,7 @@ impl Shared {
             }
             st.phase = Phase::Reconnecting;
             st.reconnects += 1;
+            Self::close_udp(&mut st);
             st.streaming.take()
         };
         // Producers blocked on the lost connection's queue return (and drop) at once.
@@ -972,10 +1065,9 @@ impl Shared {
         let mut described = self.describe(caps, guess)?;
         let stream =
             crate::net::connection::connect(url, &addrs, cfg.tcp_timeout, send_buffer).await?;
-        let actual = (
-            stream.local_addr().ok().map(|a| a.ip()),
-            stream.peer_addr().ok().map(|a| a.ip()),
-        );
+        let local_addr = stream.local_addr().ok();
+        let peer = stream.peer_addr().ok().map(|a| a.ip());
+        let actual = (local_addr.map(|a| a.ip()), peer);
         if actual != guess {
             described = self.describe(caps, actual)?;
         }
@@ -998,8 +1090,68 @@ impl Shared {
             controls,
             RequestContext::new(&cfg.user_agent),
         )
+        .with_transports(&cfg.transports)
         .with_credentials(creds);
-        let (negotiated, trips) = control.run_handshake(&mut hs).await?;
+        gst::debug!(CAT, "offering {:?} (tls flag: {})", cfg.transports, cfg.tls);
+        // UDP port pairs, bound when a SETUP offers UDP: on the RTSP connection's local
+        // address, so the family and the interface match the server's.
+        let mut sockets: Vec<Option<(std::net::UdpSocket, std::net::UdpSocket)>> = Vec::new();
+        let port_range = cfg.port_range;
+        let mut bind = |track: usize| -> Result<(u16, u16), SessionError> {
+            let local = local_addr.ok_or_else(|| {
+                SessionError::Connect("the RTSP connection has no local address".into())
+            })?;
+            let pair = crate::net::udp::bind_pair(local, port_range).map_err(|e| {
+                SessionError::Connect(format!("cannot bind UDP ports for track {track}: {e}"))
+            })?;
+            let ports = (
+                pair.0.local_addr().map(|a| a.port()).unwrap_or(0),
+                pair.1.local_addr().map(|a| a.port()).unwrap_or(0),
+            );
+            gst::debug!(
+                CAT,
+                "track {track}: UDP ports {}-{} bound",
+                ports.0,
+                ports.1
+            );
+            if sockets.len() <= track {
+                sockets.resize_with(track + 1, || None);
+            }
+            sockets[track] = Some(pair);
+            Ok(ports)
+        };
+        let (negotiated, trips) = control.run_handshake(&mut hs, &mut bind).await?;
+        let udp = if negotiated.lower == Lower::Udp {
+            let peer = peer.ok_or_else(|| {
+                SessionError::Connect("the RTSP connection has no peer address".into())
+            })?;
+            let mut tracks = Vec::new();
+            for (i, t) in negotiated.tracks.iter().enumerate() {
+                let (Some(ports), Some((rtp, rtcp))) =
+                    (t.udp.as_ref(), sockets.get_mut(i).and_then(Option::take))
+                else {
+                    return Err(SessionError::Handshake(HandshakeError::Transport(format!(
+                        "track {i} has no UDP ports"
+                    ))));
+                };
+                let dest = crate::net::udp::destination(peer, ports.source.as_deref());
+                let server_rtp = std::net::SocketAddr::new(dest, ports.server.0);
+                let server_rtcp = std::net::SocketAddr::new(dest, ports.server.1);
+                gst::info!(
+                    CAT,
+                    "track {i}: RTP over UDP {}-{} -> {server_rtp}, RTCP -> {server_rtcp}",
+                    ports.client.0,
+                    ports.client.1
+                );
+                let track = UdpTrack::new(rtp, rtcp, server_rtp, server_rtcp).map_err(|e| {
+                    SessionError::Connect(format!("cannot set up UDP for track {i}: {e}"))
+                })?;
+                tracks.push(Arc::new(track));
+            }
+            Some(UdpSession::new(tracks, !cfg.drop_when_congested))
+        } else {
+            None
+        };
         Ok(Recorded {
             duration: Duration::ZERO,
             control,
@@ -1008,6 +1160,7 @@ impl Shared {
             pt_rewrites: rewrites,
             round_trips: trips,
             url: url.clone(),
+            udp,
         })
     }
 
@@ -1018,6 +1171,7 @@ impl Shared {
             ctx,
             pt_rewrites,
             url: rec_url,
+            udp,
             ..
         } = rec;
         let weak: Weak<Shared> = Arc::downgrade(self);
@@ -1033,11 +1187,16 @@ impl Shared {
             }
         });
         let weak: Weak<Shared> = Arc::downgrade(self);
-        let on_rtcp = Arc::new(move |channel: u8, data: &[u8]| {
-            if let Some(s) = weak.upgrade() {
-                s.receiver_report(channel, data);
-            }
-        });
+        let on_rtcp: crate::net::connection::RtcpHandler =
+            Arc::new(move |channel: u8, data: &[u8]| {
+                if let Some(s) = weak.upgrade() {
+                    s.receiver_report(channel, data);
+                }
+            });
+        if let Some(u) = &udp {
+            // The server's receiver reports arrive on our RTCP ports.
+            u.start_readers(on_rtcp.clone());
+        }
         let local = control.stream.local_addr().ok();
         let server = control.stream.peer_addr().ok();
         let element = self.element.clone();
@@ -1068,6 +1227,9 @@ impl Shared {
         if !matches!(st.phase, Phase::Connecting | Phase::Reconnecting) {
             // Stopped or failed meanwhile.
             streaming.abort();
+            if let Some(u) = udp {
+                u.close();
+            }
             return;
         }
         // One CNAME for every track: receivers sync the tracks that share it.
@@ -1110,7 +1272,15 @@ impl Shared {
             }
             t.tx = Some(tx);
         }
-        self.queue().preload(frames);
+        match &udp {
+            Some(u) => {
+                if let Err(e) = u.send(&frames) {
+                    gst::warning!(CAT, "held packets not sent over UDP: {e:?}");
+                }
+            }
+            None => self.queue().preload(frames),
+        }
+        st.udp = udp;
         st.streaming = Some(streaming);
         st.phase = Phase::Recording;
         st.server = server.map(|a| a.to_string());
@@ -1183,7 +1353,7 @@ impl Shared {
                 let ntp = this.ntp_mapper();
                 for tx in txs {
                     if let Some(bytes) = tx.report(&ntp, false) {
-                        if this.queue().push_control(bytes).is_err() {
+                        if !this.send_report(bytes) {
                             return;
                         }
                     }
@@ -1249,8 +1419,29 @@ impl Shared {
         let tracks: Vec<gst::glib::SendValue> = st
             .tracks
             .iter()
-            .map(|t| {
+            .enumerate()
+            .map(|(i, t)| {
                 let mut b = gst::Structure::builder("track").field("pad", t.pad_name.clone());
+                if t.tx.is_some() {
+                    b = match st.udp.as_ref().and_then(|u| u.tracks.get(i)) {
+                        Some(u) => b
+                            .field("transport", "udp")
+                            .field("client-rtp-port", u.client_ports.0 as u32)
+                            .field("client-rtcp-port", u.client_ports.1 as u32)
+                            .field("server-address", u.server_rtp.ip().to_string())
+                            .field("server-rtp-port", u.server_rtp.port() as u32)
+                            .field("server-rtcp-port", u.server_rtcp.port() as u32)
+                            .field(
+                                "udp-dropped",
+                                u.dropped.load(std::sync::atomic::Ordering::Relaxed),
+                            )
+                            .field(
+                                "rtcp-received",
+                                u.rtcp_received.load(std::sync::atomic::Ordering::Relaxed),
+                            ),
+                        None => b.field("transport", "tcp"),
+                    };
+                }
                 if let Some(tx) = &t.tx {
                     let c = tx.counters.lock().unwrap();
                     b = b
@@ -1281,6 +1472,14 @@ impl Shared {
             .collect();
         gst::Structure::builder("application/x-rtspannounce-stats")
             .field("state", phase)
+            .field(
+                "transport",
+                match (&st.udp, &st.handshake) {
+                    (Some(_), _) => "udp",
+                    (None, Some(_)) => "tcp",
+                    _ => "",
+                },
+            )
             .field("server", st.server.clone().unwrap_or_default())
             .field("session-id", st.session_id.clone().unwrap_or_default())
             .field(
@@ -1411,14 +1610,25 @@ impl Shared {
             let st = self.state.lock().unwrap();
             st.tracks.iter().filter_map(|t| t.tx.clone()).collect()
         };
-        for tx in txs {
-            if let Some(bytes) = tx.report(&ntp, true) {
-                let _ = self.queue().push_control(bytes);
+        let byes: Vec<Vec<u8>> = txs.iter().filter_map(|tx| tx.report(&ntp, true)).collect();
+        let udp = self.state.lock().unwrap().udp.clone();
+        if udp.is_none() {
+            for bytes in byes.iter().cloned() {
+                let _ = self.send_report(bytes);
             }
         }
         let this = self.clone();
         let timeout = self.cfg.tcp_timeout;
         RUNTIME.spawn(async move {
+            if let Some(udp) = udp {
+                // RTP and RTCP travel on two sockets, and receivers may read RTCP first
+                // (FFmpeg's does): a BYE right behind the last packets ended its recording
+                // before the last frame was read. Give the media a head start.
+                tokio::time::sleep(UDP_BYE_DELAY).await;
+                for bytes in &byes {
+                    udp.send_rtcp(bytes);
+                }
+            }
             let res = streaming.teardown(timeout).await;
             let Some(element) = this.element.upgrade() else {
                 return;
@@ -1429,6 +1639,7 @@ impl Shared {
                     return;
                 }
                 st.phase = Phase::Done;
+                Self::close_udp(&mut st);
             }
             this.post_element_message(
                 gst::Structure::builder("rtspannounce-disconnected")
@@ -1469,7 +1680,13 @@ impl Shared {
 
     /// Flush-start/stop on a pad: blocked waits return at once while flushing.
     pub fn set_flushing(&self, flushing: bool) {
-        self.state.lock().unwrap().flushing = flushing;
+        {
+            let mut st = self.state.lock().unwrap();
+            st.flushing = flushing;
+            if let Some(u) = &st.udp {
+                u.set_flushing(flushing);
+            }
+        }
         self.queue().set_flushing(flushing);
         self.cond.notify_all();
     }
@@ -1481,6 +1698,7 @@ impl Shared {
             let mut st = self.state.lock().unwrap();
             let phase = st.phase;
             st.phase = Phase::Stopped;
+            Self::close_udp(&mut st);
             (st.streaming.take(), st.task.take(), phase)
         };
         self.cond.notify_all();

@@ -188,6 +188,9 @@ pub struct RecordServerConfig {
     pub stock_rtpbin: bool,
     /// Require these credentials (gst-rtsp-server's RTSPAuth) with the given methods.
     pub auth: Option<(String, String, gst_rtsp::RTSPAuthMethod)>,
+    /// Lower transports the factory accepts (default TCP and UDP); a SETUP asking for another
+    /// gets 461 Unsupported Transport.
+    pub protocols: gst_rtsp::RTSPLowerTrans,
 }
 
 impl RecordServerConfig {
@@ -199,6 +202,12 @@ impl RecordServerConfig {
         methods: gst_rtsp::RTSPAuthMethod,
     ) -> RecordServerConfig {
         self.auth = Some((user.to_owned(), pass.to_owned(), methods));
+        self
+    }
+
+    /// Accept only these lower transports.
+    pub fn with_protocols(mut self, protocols: gst_rtsp::RTSPLowerTrans) -> RecordServerConfig {
+        self.protocols = protocols;
         self
     }
 
@@ -214,6 +223,7 @@ impl RecordServerConfig {
             output: None,
             stock_rtpbin: false,
             auth: None,
+            protocols: gst_rtsp::RTSPLowerTrans::TCP | gst_rtsp::RTSPLowerTrans::UDP,
         }
     }
 
@@ -982,7 +992,7 @@ impl RecordServer {
         // Unprepare (TEARDOWN / disconnect) pushes EOS first so the muxer finalises the file.
         factory.set_eos_shutdown(true);
         factory.set_stop_on_disconnect(true);
-        factory.set_protocols(gst_rtsp::RTSPLowerTrans::TCP | gst_rtsp::RTSPLowerTrans::UDP);
+        factory.set_protocols(cfg.protocols);
         if let Some((user, pass, methods)) = &cfg.auth {
             let auth = gst_rtsp_server::RTSPAuth::new();
             auth.set_supported_methods(*methods);

@@ -10,7 +10,7 @@
 //! | request        | default answer                                                          |
 //! |----------------|-------------------------------------------------------------------------|
 //! | `ANNOUNCE`     | `200` (`400` if the body is empty); `Session` only with [`Script::session_on_announce`]; `Content-Base` if configured |
-//! | `SETUP`        | `200` echoing the client's `Transport` (+ `;ssrc=` if configured), `Session: <id>;timeout=60`; `455` before any ANNOUNCE on the connection, `461` without `Transport` |
+//! | `SETUP`        | `200` echoing the client's `Transport` (+ `;ssrc=` if configured), `Session: <id>;timeout=60`; `455` before any ANNOUNCE on the connection, `461` without `Transport`. A UDP `client_port=` request gets a bound UDP pair announced in `server_port=` whose datagrams are recorded ([`ScriptedServer::udp_datagrams`]) |
 //! | `RECORD`       | `200` with `Session` and `RTP-Info: url=<setup uri>,...`; `455` before any SETUP |
 //! | `TEARDOWN`     | `200`                                                                    |
 //! | `OPTIONS`      | `200` with `Public`                                                      |
@@ -38,7 +38,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -557,6 +557,128 @@ struct Shared {
     inner: Mutex<Inner>,
     cv: Condvar,
     script: Script,
+    udp: Arc<UdpLog>,
+}
+
+// ----- UDP mode --------------------------------------------------------------------------------
+
+/// One datagram the client sent to a server port pair announced in a UDP SETUP answer.
+#[derive(Clone, Debug)]
+pub struct UdpDatagram {
+    pub conn: usize,
+    /// Index of the SETUP on its connection (= track).
+    pub track: usize,
+    /// Arrived on the RTCP port (else the RTP port).
+    pub rtcp: bool,
+    pub from: SocketAddr,
+    pub data: Vec<u8>,
+    pub at: Instant,
+}
+
+/// A server port pair bound for one UDP SETUP.
+#[derive(Clone, Debug)]
+pub struct UdpPair {
+    pub conn: usize,
+    pub track: usize,
+    pub server_ports: (u16, u16),
+    /// From the client's `client_port=`, at the connection's peer address.
+    pub client_rtp: SocketAddr,
+    pub client_rtcp: SocketAddr,
+}
+
+#[derive(Default)]
+struct UdpInner {
+    datagrams: Vec<UdpDatagram>,
+    pairs: Vec<(UdpPair, UdpSocket)>,
+    threads: Vec<JoinHandle<()>>,
+    shutdown: bool,
+}
+
+#[derive(Default)]
+struct UdpLog {
+    inner: Mutex<UdpInner>,
+    cv: Condvar,
+}
+
+impl UdpLog {
+    fn lock(&self) -> MutexGuard<'_, UdpInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Binds a pair on 127.0.0.1 and records what arrives on it until shutdown.
+    fn bind(
+        self: &Arc<Self>,
+        conn: usize,
+        track: usize,
+        peer: SocketAddr,
+        client: (u16, u16),
+    ) -> io::Result<(u16, u16)> {
+        let rtp = UdpSocket::bind("127.0.0.1:0")?;
+        let rtcp = UdpSocket::bind("127.0.0.1:0")?;
+        let ports = (rtp.local_addr()?.port(), rtcp.local_addr()?.port());
+        let pair = UdpPair {
+            conn,
+            track,
+            server_ports: ports,
+            client_rtp: SocketAddr::new(peer.ip(), client.0),
+            client_rtcp: SocketAddr::new(peer.ip(), client.1),
+        };
+        let mut inner = self.lock();
+        inner.pairs.push((pair, rtcp.try_clone()?));
+        for (sock, is_rtcp) in [(rtp, false), (rtcp, true)] {
+            sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+            let log = self.clone();
+            let h = thread::Builder::new()
+                .name(format!("scripted-udp{conn}.{track}"))
+                .spawn(move || {
+                    let mut buf = vec![0u8; 65536];
+                    loop {
+                        if log.lock().shutdown {
+                            return;
+                        }
+                        let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                            continue;
+                        };
+                        log.lock().datagrams.push(UdpDatagram {
+                            conn,
+                            track,
+                            rtcp: is_rtcp,
+                            from,
+                            data: buf[..n].to_vec(),
+                            at: Instant::now(),
+                        });
+                        log.cv.notify_all();
+                    }
+                })?;
+            inner.threads.push(h);
+        }
+        Ok(ports)
+    }
+
+    fn shutdown(&self) {
+        let threads = {
+            let mut inner = self.lock();
+            inner.shutdown = true;
+            std::mem::take(&mut inner.threads)
+        };
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `client_port=a-b` of a UDP transport request (not for TCP).
+fn udp_client_ports(transport: &str) -> Option<(u16, u16)> {
+    let spec = transport.split(',').next()?;
+    let mut parts = spec.split(';');
+    if parts.next()?.to_ascii_uppercase().ends_with("/TCP") {
+        return None;
+    }
+    parts.find_map(|p| {
+        let v = p.trim().strip_prefix("client_port=")?;
+        let (a, b) = v.split_once('-').unwrap_or((v, v));
+        Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+    })
 }
 
 impl Shared {
@@ -800,8 +922,10 @@ fn session_value(script: &Script) -> String {
 fn normal_answer(
     inner: &mut Inner,
     script: &Script,
+    udp: &Arc<UdpLog>,
     req: &RecordedRequest,
 ) -> (u16, String, Vec<(String, String)>) {
+    let peer = inner.snap.connections[req.conn].peer;
     let rt = &mut inner.conns[req.conn];
     let mut h: Vec<(String, String)> = Vec::new();
     let m = req.method.to_ascii_uppercase();
@@ -841,18 +965,33 @@ fn normal_answer(
             let Some(client_transport) = req.header("transport") else {
                 return (461, "Unsupported Transport".into(), h);
             };
-            let transport = if script.transport_overrides.is_empty() {
-                match &script.ssrc {
-                    Some(ssrc) => format!("{client_transport};ssrc={ssrc}"),
-                    None => client_transport.to_string(),
-                }
-            } else {
-                let k = rt
-                    .setup_uris
-                    .len()
-                    .min(script.transport_overrides.len() - 1);
-                script.transport_overrides[k].clone()
-            };
+            let udp_ports = udp_client_ports(client_transport);
+            let transport =
+                if let (Some(client), true) = (udp_ports, script.transport_overrides.is_empty()) {
+                    let track = rt.setup_uris.len();
+                    let Ok((a, b)) = udp.bind(req.conn, track, peer, client) else {
+                        return (500, "Internal Server Error".into(), h);
+                    };
+                    let mut t = format!(
+                        "RTP/AVP;unicast;client_port={}-{};server_port={a}-{b}",
+                        client.0, client.1
+                    );
+                    if let Some(ssrc) = &script.ssrc {
+                        t.push_str(&format!(";ssrc={ssrc}"));
+                    }
+                    t
+                } else if script.transport_overrides.is_empty() {
+                    match &script.ssrc {
+                        Some(ssrc) => format!("{client_transport};ssrc={ssrc}"),
+                        None => client_transport.to_string(),
+                    }
+                } else {
+                    let k = rt
+                        .setup_uris
+                        .len()
+                        .min(script.transport_overrides.len() - 1);
+                    script.transport_overrides[k].clone()
+                };
             rt.setup_uris.push(req.uri.clone());
             rt.has_session = true;
             h.push(("Transport".into(), transport));
@@ -919,7 +1058,7 @@ fn handle_request(shared: &Shared, req: RecordedRequest) {
     let mut inner = shared.lock();
     let (code, bytes) = match action {
         Action::Normal | Action::Custom(_) => {
-            let (code, reason, mut h) = normal_answer(&mut inner, script, &req);
+            let (code, reason, mut h) = normal_answer(&mut inner, script, &shared.udp, &req);
             h.extend(extra);
             (Some(code), response_bytes(code, &reason, cseq, &h, &[]))
         }
@@ -1222,6 +1361,7 @@ impl ScriptedServer {
             }),
             cv: Condvar::new(),
             script,
+            udp: Arc::default(),
         });
         let s2 = shared.clone();
         let accept = thread::Builder::new()
@@ -1356,6 +1496,51 @@ impl ScriptedServer {
         );
         true
     }
+    /// Every datagram received on the UDP pairs of UDP SETUPs so far.
+    pub fn udp_datagrams(&self) -> Vec<UdpDatagram> {
+        self.shared.udp.lock().datagrams.clone()
+    }
+
+    /// The UDP pairs bound for UDP SETUPs so far.
+    pub fn udp_pairs(&self) -> Vec<UdpPair> {
+        self.shared
+            .udp
+            .lock()
+            .pairs
+            .iter()
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    /// Waits until `pred` holds for the datagrams received (true) or `timeout` passes.
+    pub fn wait_udp(&self, pred: impl Fn(&[UdpDatagram]) -> bool, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.shared.udp.lock();
+        loop {
+            if pred(&g.datagrams) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            g = match self.shared.udp.cv.wait_timeout(g, deadline - now) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
+        }
+    }
+
+    /// Sends `data` (e.g. an RTCP receiver report) from the RTCP port of the latest pair bound
+    /// for `track` to the client's RTCP port. False if there is no such pair.
+    pub fn send_udp_rtcp(&self, track: usize, data: &[u8]) -> bool {
+        let g = self.shared.udp.lock();
+        let Some((pair, sock)) = g.pairs.iter().rev().find(|(p, _)| p.track == track) else {
+            return false;
+        };
+        sock.send_to(data, pair.client_rtcp).is_ok()
+    }
+
     /// Closes the latest open connection from the server side right now (kick / crash).
     pub fn drop_connection(&self) -> bool {
         let mut inner = self.shared.lock();
@@ -1383,6 +1568,7 @@ impl ScriptedServer {
         let Some(accept) = self.accept.take() else {
             return;
         };
+        self.shared.udp.shutdown();
         {
             let mut inner = self.shared.lock();
             inner.shutdown = true;
