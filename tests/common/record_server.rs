@@ -101,11 +101,13 @@ pub enum TrackKind {
     Pcmu,
     Pcma,
     L16,
+    L24,
     G722,
     AmrNb,
     Mpa,
     Speex,
     Ac3,
+    Vorbis,
 }
 
 impl TrackKind {
@@ -121,11 +123,13 @@ impl TrackKind {
         TrackKind::Pcmu,
         TrackKind::Pcma,
         TrackKind::L16,
+        TrackKind::L24,
         TrackKind::G722,
         TrackKind::AmrNb,
         TrackKind::Mpa,
         TrackKind::Speex,
         TrackKind::Ac3,
+        TrackKind::Vorbis,
     ];
 
     /// The lower-case id used on command lines (`h265`, `pcmu`, `amr-nb`...).
@@ -142,11 +146,13 @@ impl TrackKind {
             TrackKind::Pcmu => "pcmu",
             TrackKind::Pcma => "pcma",
             TrackKind::L16 => "l16",
+            TrackKind::L24 => "l24",
             TrackKind::G722 => "g722",
             TrackKind::AmrNb => "amr-nb",
             TrackKind::Mpa => "mpa",
             TrackKind::Speex => "speex",
             TrackKind::Ac3 => "ac3",
+            TrackKind::Vorbis => "vorbis",
         }
     }
 
@@ -174,11 +180,13 @@ impl TrackKind {
             TrackKind::Pcmu => ("rtppcmudepay", "identity"),
             TrackKind::Pcma => ("rtppcmadepay", "identity"),
             TrackKind::L16 => ("rtpL16depay", "identity"),
+            TrackKind::L24 => ("rtpL24depay", "identity"),
             TrackKind::G722 => ("rtpg722depay", "identity"),
             TrackKind::AmrNb => ("rtpamrdepay", "identity"),
             TrackKind::Mpa => ("rtpmpadepay", "mpegaudioparse"),
             TrackKind::Speex => ("rtpspeexdepay", "identity"),
             TrackKind::Ac3 => ("rtpac3depay", "ac3parse"),
+            TrackKind::Vorbis => ("rtpvorbisdepay", "vorbisparse"),
         }
     }
 
@@ -202,11 +210,13 @@ impl TrackKind {
             TrackKind::Pcmu => &["PCMU"],
             TrackKind::Pcma => &["PCMA"],
             TrackKind::L16 => &["L16"],
+            TrackKind::L24 => &["L24"],
             TrackKind::G722 => &["G722"],
             TrackKind::AmrNb => &["AMR"],
             TrackKind::Mpa => &["MPA"],
             TrackKind::Speex => &["SPEEX"],
             TrackKind::Ac3 => &["AC3"],
+            TrackKind::Vorbis => &["VORBIS"],
         }
     }
 
@@ -224,15 +234,17 @@ impl TrackKind {
             TrackKind::Pcmu => "G.711 mu-law",
             TrackKind::Pcma => "G.711 A-law",
             TrackKind::L16 => "L16",
+            TrackKind::L24 => "L24",
             TrackKind::G722 => "G.722",
             TrackKind::AmrNb => "AMR-NB",
             TrackKind::Mpa => "MPEG audio",
             TrackKind::Speex => "Speex",
             TrackKind::Ac3 => "AC-3",
+            TrackKind::Vorbis => "Vorbis",
         }
     }
 
-    /// The decode branch's first element. L16 is PCM already: audioconvert only passes it on
+    /// The decode branch's first element. L16/L24 are PCM already: audioconvert only passes it on
     /// (the probe after it still counts samples).
     fn decoder(self) -> &'static str {
         match self {
@@ -246,12 +258,13 @@ impl TrackKind {
             TrackKind::Opus => "opusdec",
             TrackKind::Pcmu => "mulawdec",
             TrackKind::Pcma => "alawdec",
-            TrackKind::L16 => "audioconvert",
+            TrackKind::L16 | TrackKind::L24 => "audioconvert",
             TrackKind::G722 => "avdec_g722",
             TrackKind::AmrNb => "amrnbdec",
             TrackKind::Mpa => "mpg123audiodec",
             TrackKind::Speex => "speexdec",
             TrackKind::Ac3 => "avdec_ac3",
+            TrackKind::Vorbis => "vorbisdec",
         }
     }
 
@@ -692,8 +705,12 @@ fn codec_name(s: &gst::StructureRef) -> String {
         "image/jpeg" => "JPEG".into(),
         "audio/x-mulaw" => "G.711 mu-law".into(),
         "audio/x-alaw" => "G.711 A-law".into(),
-        // Only rtpL16depay gives raw audio before the decode branch.
-        "audio/x-raw" => "L16".into(),
+        // Only rtpL16depay / rtpL24depay give raw audio before the decode branch.
+        "audio/x-raw" => match s.get::<&str>("format") {
+            Ok("S24BE") => "L24".into(),
+            _ => "L16".into(),
+        },
+        "audio/x-vorbis" => "Vorbis".into(),
         "audio/G722" => "G.722".into(),
         "audio/AMR" => "AMR-NB".into(),
         "audio/x-speex" => "Speex".into(),
