@@ -25,6 +25,8 @@ mod record_server;
 #[path = "common/scripted_server.rs"]
 mod scripted_server;
 
+use gst::glib;
+use gst::prelude::*;
 use record_server::{RecordServer, RecordServerConfig, TrackKind, Tracks};
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -108,6 +110,8 @@ struct Case {
     /// Caps the encoder produces: the encoded form is available iff the element's sink pad
     /// template accepts them.
     encoded_caps: &'static str,
+    /// The encoded form of this case is that of another case (same encoder output).
+    encoded_as: Option<&'static str>,
     /// `a=rtpmap` value expected (after the payload type) and the payload type if static.
     rtpmap: &'static str,
     static_pt: Option<u8>,
@@ -129,6 +133,7 @@ const CASES: &[Case] = &[
         parser: "h264parse",
         payloader: "rtph264pay",
         encoded_caps: "video/x-h264",
+        encoded_as: None,
         rtpmap: "H264/90000",
         static_pt: None,
         fmtp: &[
@@ -153,6 +158,7 @@ const CASES: &[Case] = &[
         parser: "h265parse",
         payloader: "rtph265pay",
         encoded_caps: "video/x-h265",
+        encoded_as: None,
         rtpmap: "H265/90000",
         static_pt: None,
         fmtp: &["sprop-vps", "sprop-sps", "sprop-pps"],
@@ -173,6 +179,7 @@ const CASES: &[Case] = &[
         parser: "",
         payloader: "rtpvp8pay",
         encoded_caps: "video/x-vp8",
+        encoded_as: None,
         rtpmap: "VP8/90000",
         static_pt: None,
         fmtp: &[],
@@ -193,6 +200,7 @@ const CASES: &[Case] = &[
         parser: "",
         payloader: "rtpvp9pay",
         encoded_caps: "video/x-vp9",
+        encoded_as: None,
         rtpmap: "VP9/90000",
         static_pt: None,
         fmtp: &[],
@@ -215,6 +223,7 @@ const CASES: &[Case] = &[
         parser: "av1parse",
         payloader: "rtpav1pay",
         encoded_caps: "video/x-av1",
+        encoded_as: None,
         rtpmap: "AV1/90000",
         static_pt: None,
         fmtp: &[],
@@ -236,6 +245,7 @@ const CASES: &[Case] = &[
         parser: "",
         payloader: "rtpjpegpay",
         encoded_caps: "image/jpeg",
+        encoded_as: None,
         rtpmap: "JPEG/90000",
         static_pt: Some(26),
         fmtp: &[],
@@ -258,6 +268,7 @@ const CASES: &[Case] = &[
         parser: "aacparse",
         payloader: "rtpmp4gpay",
         encoded_caps: "audio/mpeg,mpegversion=4",
+        encoded_as: None,
         rtpmap: "MPEG4-GENERIC/48000/2",
         static_pt: None,
         fmtp: &[
@@ -285,9 +296,10 @@ const CASES: &[Case] = &[
         encoder: "avenc_aac",
         parser: "aacparse",
         payloader: "rtpmp4apay",
-        // The same encoder output as MPEG4-GENERIC: an automatic pick takes the higher-ranked
-        // payloader, so this row's encoded form repeats the AAC one.
         encoded_caps: "audio/mpeg,mpegversion=4",
+        // The same encoder output as the AAC row: in the encoded form the element picks one
+        // AAC payloader for it, and that is the AAC row.
+        encoded_as: Some("aac"),
         // rtpmp4apay writes no channel count (the config has it).
         rtpmap: "MP4A-LATM/48000",
         static_pt: None,
@@ -311,6 +323,7 @@ const CASES: &[Case] = &[
         parser: "",
         payloader: "rtpopuspay",
         encoded_caps: "audio/x-opus",
+        encoded_as: None,
         rtpmap: "OPUS/48000/2",
         static_pt: None,
         fmtp: &[],
@@ -333,6 +346,7 @@ const CASES: &[Case] = &[
         parser: "",
         payloader: "rtppcmupay",
         encoded_caps: "audio/x-mulaw",
+        encoded_as: None,
         rtpmap: "PCMU/8000",
         static_pt: Some(0),
         fmtp: &[],
@@ -355,6 +369,7 @@ const CASES: &[Case] = &[
         parser: "",
         payloader: "rtppcmapay",
         encoded_caps: "audio/x-alaw",
+        encoded_as: None,
         rtpmap: "PCMA/8000",
         static_pt: Some(8),
         fmtp: &[],
@@ -377,6 +392,7 @@ const CASES: &[Case] = &[
         parser: "",
         payloader: "rtpL16pay",
         encoded_caps: "audio/x-raw,format=S16BE",
+        encoded_as: None,
         rtpmap: "L16/48000/2",
         static_pt: None,
         fmtp: &[],
@@ -399,6 +415,7 @@ const CASES: &[Case] = &[
         parser: "",
         payloader: "rtpL24pay",
         encoded_caps: "audio/x-raw,format=S24BE",
+        encoded_as: None,
         rtpmap: "L24/48000/2",
         static_pt: None,
         fmtp: &[],
@@ -421,6 +438,7 @@ const CASES: &[Case] = &[
         parser: "",
         payloader: "rtpg722pay",
         encoded_caps: "audio/G722",
+        encoded_as: None,
         // RFC 3551: G.722's RTP clock is 8000 Hz although it samples at 16 kHz.
         rtpmap: "G722/8000/1",
         static_pt: Some(9),
@@ -444,6 +462,7 @@ const CASES: &[Case] = &[
         parser: "",
         payloader: "rtpamrpay",
         encoded_caps: "audio/AMR",
+        encoded_as: None,
         rtpmap: "AMR/8000/1",
         static_pt: None,
         fmtp: &["octet-align"],
@@ -466,6 +485,7 @@ const CASES: &[Case] = &[
         parser: "mpegaudioparse",
         payloader: "rtpmpapay",
         encoded_caps: "audio/mpeg,mpegversion=1",
+        encoded_as: None,
         rtpmap: "MPA/90000",
         static_pt: Some(14),
         fmtp: &[],
@@ -488,6 +508,7 @@ const CASES: &[Case] = &[
         parser: "",
         payloader: "rtpspeexpay",
         encoded_caps: "audio/x-speex",
+        encoded_as: None,
         rtpmap: "SPEEX/16000/1",
         static_pt: None,
         fmtp: &[],
@@ -510,6 +531,7 @@ const CASES: &[Case] = &[
         parser: "ac3parse",
         payloader: "rtpac3pay",
         encoded_caps: "audio/x-ac3",
+        encoded_as: None,
         rtpmap: "AC3/48000",
         static_pt: None,
         fmtp: &[],
@@ -534,6 +556,7 @@ const CASES: &[Case] = &[
         // even in a local loop (1.22); one frame per packet loses none.
         payloader: "rtpvorbispay max-ptime=20000000",
         encoded_caps: "audio/x-vorbis",
+        encoded_as: None,
         rtpmap: "VORBIS/48000/2",
         static_pt: None,
         // The three codec headers travel base64 in the SDP (RFC 5215 `configuration`).
@@ -713,13 +736,18 @@ fn first_media(sdp: &str) -> Result<(u8, String, Vec<String>), String> {
 
 const PUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn push(chain: &str, url: &str, sync: bool) -> Result<(), String> {
-    let out = harness::run(
-        &harness::pipeline(&format!(
-            "{chain} ! rtspannounce location={url} sync={sync}"
-        )),
-        PUSH_TIMEOUT,
-    );
+/// Pushes `case` in `form` to `url`. In the encoded form, the payloader properties the case
+/// sets in the pre-payloaded form are applied from the element's `new-payloader` signal, as an
+/// application would.
+fn push(case: &Case, form: Form, url: &str, sync: bool) -> Result<(), String> {
+    let pipeline = harness::pipeline(&format!(
+        "{} ! rtspannounce name=sink location={url} sync={sync}",
+        case.chain(form)
+    ));
+    if form == Form::Encoded {
+        configure_payloader(case, &pipeline.by_name("sink").expect("sink"))?;
+    }
+    let out = harness::run(&pipeline, PUSH_TIMEOUT);
     if out.eos {
         Ok(())
     } else if out.timed_out {
@@ -729,10 +757,38 @@ fn push(chain: &str, url: &str, sync: bool) -> Result<(), String> {
     }
 }
 
+fn configure_payloader(case: &Case, sink: &gst::Element) -> Result<(), String> {
+    let mut words = case.payloader.split_whitespace();
+    let factory = words.next().unwrap_or("").to_owned();
+    let props: Vec<(String, String)> = words
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    if props.is_empty() {
+        return Ok(());
+    }
+    if glib::subclass::signal::SignalId::lookup("new-payloader", sink.type_()).is_none() {
+        return Err(format!(
+            "{factory} needs {props:?} but the element has no new-payloader signal"
+        ));
+    }
+    sink.connect("new-payloader", false, move |args| {
+        if let Some(pay) = args.get(1).and_then(|v| v.get::<gst::Element>().ok()) {
+            if pay.factory().is_some_and(|f| f.name() == factory.as_str()) {
+                for (k, v) in &props {
+                    pay.set_property_from_str(k, v);
+                }
+            }
+        }
+        None
+    });
+    Ok(())
+}
+
 fn check_sdp(case: &Case, form: Form) -> Result<String, String> {
     use scripted_server::{Script, ScriptedServer};
     let server = ScriptedServer::start(Script::new());
-    push(&case.chain(form), &server.url("/matrix"), false)?;
+    push(case, form, &server.url("/matrix"), false)?;
     let snap = server.snapshot();
     let sdp = snap
         .first("ANNOUNCE")
@@ -824,7 +880,7 @@ fn check_gst_rtsp_server(case: &Case, form: Form) -> Result<String, String> {
         Tracks::Single(case.kind),
     ))
     .map_err(|e| format!("record server: {e:#}"))?;
-    push(&case.chain(form), &server.url(), true)?;
+    push(case, form, &server.url(), true)?;
     let report = server
         .wait_finished(Duration::from_secs(20))
         .map_err(|e| format!("{e:#}"))?;
@@ -857,7 +913,7 @@ fn check_ffmpeg(case: &Case, form: Form) -> Result<String, String> {
     let dir = peers::temp_dir(&format!("matrix-{}-{:?}", case.id, form));
     let mut ff = peers::FfmpegListener::start(&dir, "/matrix", &format!("out.{ext}"), &[]);
     let measured = (|| {
-        push(&case.chain(form), &ff.url(), true)?;
+        push(case, form, &ff.url(), true)?;
         let st = ff.child.wait_exit(Duration::from_secs(20));
         if !st.is_some_and(|s| s.success()) {
             return Err(format!("ffmpeg exited with {st:?}"));
@@ -933,6 +989,14 @@ fn run_case(id: &str, form: Form) {
         );
         row.gst = "not run (elements missing)".into();
         row.ffmpeg = "not run (elements missing)".into();
+    } else if let (Form::Encoded, Some(other)) = (form, case.encoded_as) {
+        let other = CASES.iter().find(|c| c.id == other).expect("encoded_as");
+        row.sdp = format!(
+            "see the {} row: same encoder output, for which the element picks one payloader",
+            other.codec
+        );
+        row.gst = "see that row".into();
+        row.ffmpeg = "see that row".into();
     } else if form == Form::Encoded && !accepts_encoded(case) {
         row.sdp = format!(
             "not available in this build (sink pads take no `{}`)",
