@@ -3,9 +3,13 @@
 //!
 //! ```text
 //! cargo run --example record-server -- [--port N] [--mount /live/cam1]
-//!     [--tracks h264|h264+aac|aac|h264+opus] [--output out.mp4] [--sessions K]
+//!     [--tracks h264|h264+aac|aac|h264+opus|CODEC] [--output out.mp4] [--sessions K]
 //!     [--timeout SECONDS]
 //! ```
+//!
+//! `CODEC` is one track of any codec of the codec matrix (`h265`, `vp8`, `vp9`, `jpeg`, `opus`,
+//! `pcmu`, `pcma`, `l16`, `l24`, `g722`, `amr-nb`, `mpa`, `speex`, `ac3`, `vorbis`; see
+//! docs/CODECS.md).
 //!
 //! Prints `LISTENING rtsp://127.0.0.1:PORT/mount` once it accepts connections, then one report
 //! per finished session (TEARDOWN or disconnect). Exits 0 after K sessions if every one of
@@ -20,7 +24,7 @@ use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
 use record_server::{RecordServer, RecordServerConfig, Tracks};
 
 const USAGE: &str = "usage: record-server [--port N] [--mount /live/cam1] \
-[--tracks h264|h264+aac|aac|h264+opus] [--output out.mp4|out.mkv] [--sessions K] [--timeout SECONDS]";
+[--tracks h264|h264+aac|aac|h264+opus|h265|vp8|vp9|jpeg|opus|pcmu|pcma|l16|l24|g722|amr-nb|mpa|speex|ac3|vorbis] [--output out.mp4|out.mkv] [--sessions K] [--timeout SECONDS]";
 
 struct Args {
     port: u16,

@@ -2,7 +2,9 @@
 # Debian 12 packages: GStreamer development files and plugins (encoders, payloaders, the RTSP
 # server library for our record server and interop tests), ffmpeg as a peer, meson for the
 # install build, PyGObject and GStreamer's typelibs for the Python example (tests/examples.rs runs
-# it; gcc from build-essential compiles the C one). Skips apt when everything is already there.
+# it; gcc from build-essential compiles the C one). The codec matrix (tests/codec_matrix.rs) needs
+# nothing more: its encoders, payloaders and decoders come from the plugin packages below.
+# Skips apt when everything is already there.
 set -euo pipefail
 pkgs=(
   pkg-config build-essential meson ninja-build

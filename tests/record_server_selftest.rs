@@ -319,3 +319,67 @@ fn tracks_in_the_wrong_order_are_named_in_the_error() {
     let msg = format!("{err:#}");
     assert!(msg.contains("m= lines in the expected order"), "{msg}");
 }
+
+#[test]
+fn single_tracks_of_other_codecs_are_decoded() {
+    use record_server::TrackKind;
+    let _serial = serial();
+    let dir = work_dir("single_tracks");
+    // rtspclientsink picks the payloader itself (rtpvp8pay, rtppcmupay). Without the
+    // capsfilter, vp8enc fails "Invalid vpx profile" on what rtspclientsink (1.22) answers to
+    // its downstream caps query.
+    let cases = [
+        (
+            TrackKind::Vp8,
+            "videotestsrc num-buffers=30 \
+             ! video/x-raw,format=I420,width=160,height=120,framerate=30/1 \
+             ! vp8enc deadline=1 ! video/x-vp8,profile=(string)0 \
+             ! rtspclientsink location=URL protocols=tcp",
+        ),
+        (
+            TrackKind::Pcmu,
+            "audiotestsrc num-buffers=50 samplesperbuffer=160 ! audio/x-raw,rate=8000,channels=1 \
+             ! mulawenc ! rtspclientsink location=URL protocols=tcp",
+        ),
+    ];
+    for (kind, pipeline) in cases {
+        let server =
+            RecordServer::start(RecordServerConfig::new("/one", Tracks::Single(kind))).unwrap();
+        let report = push_and_wait(&server, pipeline, &dir, Duration::from_secs(1));
+        let t = &report.tracks[0];
+        assert_eq!(t.codec, kind.name(), "{report}");
+        if kind.is_video() {
+            assert!(t.is_video(), "{report}");
+            assert_eq!(t.frames, 30, "{report}");
+            assert_eq!((t.width, t.height), (Some(160), Some(120)), "{report}");
+        } else {
+            assert!(!t.is_video(), "{report}");
+            assert_eq!(t.samples, 8000, "{report}");
+            assert_eq!((t.rate, t.channels), (Some(8000), Some(1)), "{report}");
+        }
+    }
+}
+
+#[test]
+fn track_names_parse_and_missing_elements_are_named() {
+    use record_server::TrackKind;
+    assert_eq!(Tracks::parse("VP8"), Some(Tracks::Single(TrackKind::Vp8)));
+    assert_eq!(Tracks::parse("h264"), Some(Tracks::H264));
+    assert_eq!(Tracks::parse("theora"), None);
+    for k in TrackKind::ALL {
+        assert_eq!(TrackKind::parse(k.id()), Some(*k));
+        assert!(!k.encoding_names().is_empty());
+    }
+    gst::init().unwrap();
+    // No GStreamer 1.22 plugin has rtpav1depay (gst-plugins-rs is not in Debian 12); where it
+    // exists, the server starts instead.
+    if gst::ElementFactory::find("rtpav1depay").is_none() {
+        let err = RecordServer::start(RecordServerConfig::new(
+            "/av1",
+            Tracks::Single(TrackKind::Av1),
+        ))
+        .err()
+        .expect("no AV1 depayloader: the server cannot start");
+        assert!(format!("{err:#}").contains("rtpav1depay"), "{err:#}");
+    }
+}

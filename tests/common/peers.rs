@@ -181,3 +181,39 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// What ffprobe decodes, frame by frame, per stream: (decoded frames, decoded audio samples
+/// per channel). Decodes the whole file like `-count_frames`, and also sums `nb_samples`, which
+/// is the only figure comparable across audio codecs (PCM "frames" are whatever the packets were).
+pub fn ffprobe_decoded(path: &Path) -> Vec<(u64, u64)> {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "frame=stream_index,nb_samples",
+        ])
+        .args(["-of", "csv"])
+        .arg(path)
+        .output()
+        .expect("ffprobe");
+    let mut per_stream: Vec<(u64, u64)> = Vec::new();
+    // One `frame,INDEX,SAMPLES` line per frame (video frames leave SAMPLES empty; side data
+    // may follow it on the same line or on lines of their own, which are skipped).
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(rest) = line.strip_prefix("frame,") else {
+            continue;
+        };
+        let mut cols = rest.split(',').map(str::trim);
+        let Some(Ok(idx)) = cols.next().map(str::parse::<usize>) else {
+            continue;
+        };
+        let samples = cols.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        if per_stream.len() <= idx {
+            per_stream.resize(idx + 1, (0, 0));
+        }
+        per_stream[idx].0 += 1;
+        per_stream[idx].1 += samples;
+    }
+    per_stream
+}

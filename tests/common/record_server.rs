@@ -59,91 +59,235 @@ pub enum Tracks {
     Aac,
     /// H.264 video (stream 0) + Opus audio (stream 1).
     H264Opus,
+    /// One track of any codec the server can receive (the codec matrix).
+    Single(TrackKind),
 }
 
 impl Tracks {
-    /// Parses `h264`, `h264+aac`, `aac`, `h264+opus` (case-insensitive).
+    /// Parses `h264`, `h264+aac`, `aac`, `h264+opus`, or any single codec that
+    /// [`TrackKind::parse`] knows (`h265`, `vp8`, `pcmu`...), case-insensitive.
     pub fn parse(s: &str) -> Option<Tracks> {
         match s.to_ascii_lowercase().as_str() {
             "h264" => Some(Tracks::H264),
             "h264+aac" => Some(Tracks::H264Aac),
             "aac" => Some(Tracks::Aac),
             "h264+opus" => Some(Tracks::H264Opus),
-            _ => None,
+            other => TrackKind::parse(other).map(Tracks::Single),
         }
     }
 
-    fn kinds(self) -> &'static [TrackKind] {
+    fn kinds(self) -> Vec<TrackKind> {
         match self {
-            Tracks::H264 => &[TrackKind::H264],
-            Tracks::H264Aac => &[TrackKind::H264, TrackKind::Aac],
-            Tracks::Aac => &[TrackKind::Aac],
-            Tracks::H264Opus => &[TrackKind::H264, TrackKind::Opus],
+            Tracks::H264 => vec![TrackKind::H264],
+            Tracks::H264Aac => vec![TrackKind::H264, TrackKind::Aac],
+            Tracks::Aac => vec![TrackKind::Aac],
+            Tracks::H264Opus => vec![TrackKind::H264, TrackKind::Opus],
+            Tracks::Single(k) => vec![k],
         }
     }
 }
 
+/// A codec the server can depayload, parse and decode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum TrackKind {
+pub enum TrackKind {
     H264,
+    H265,
+    Vp8,
+    Vp9,
+    Av1,
+    Jpeg,
     Aac,
     Opus,
+    Pcmu,
+    Pcma,
+    L16,
+    L24,
+    G722,
+    AmrNb,
+    Mpa,
+    Speex,
+    Ac3,
+    Vorbis,
 }
 
 impl TrackKind {
-    /// Depayloader + parser. For AAC, parsebin picks rtpmp4gdepay or rtpmp4adepay from the
-    /// caps that gst-rtsp-server derived from the SDP.
-    fn depay_and_parse(self, i: usize) -> String {
+    pub const ALL: &'static [TrackKind] = &[
+        TrackKind::H264,
+        TrackKind::H265,
+        TrackKind::Vp8,
+        TrackKind::Vp9,
+        TrackKind::Av1,
+        TrackKind::Jpeg,
+        TrackKind::Aac,
+        TrackKind::Opus,
+        TrackKind::Pcmu,
+        TrackKind::Pcma,
+        TrackKind::L16,
+        TrackKind::L24,
+        TrackKind::G722,
+        TrackKind::AmrNb,
+        TrackKind::Mpa,
+        TrackKind::Speex,
+        TrackKind::Ac3,
+        TrackKind::Vorbis,
+    ];
+
+    /// The lower-case id used on command lines (`h265`, `pcmu`, `amr-nb`...).
+    pub fn id(self) -> &'static str {
         match self {
-            TrackKind::H264 => format!("rtph264depay name=depay{i} ! h264parse name=parse{i}"),
+            TrackKind::H264 => "h264",
+            TrackKind::H265 => "h265",
+            TrackKind::Vp8 => "vp8",
+            TrackKind::Vp9 => "vp9",
+            TrackKind::Av1 => "av1",
+            TrackKind::Jpeg => "jpeg",
+            TrackKind::Aac => "aac",
+            TrackKind::Opus => "opus",
+            TrackKind::Pcmu => "pcmu",
+            TrackKind::Pcma => "pcma",
+            TrackKind::L16 => "l16",
+            TrackKind::L24 => "l24",
+            TrackKind::G722 => "g722",
+            TrackKind::AmrNb => "amr-nb",
+            TrackKind::Mpa => "mpa",
+            TrackKind::Speex => "speex",
+            TrackKind::Ac3 => "ac3",
+            TrackKind::Vorbis => "vorbis",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<TrackKind> {
+        let s = s.to_ascii_lowercase();
+        TrackKind::ALL.iter().copied().find(|k| k.id() == s)
+    }
+
+    /// Depayloader and parser. Codecs without a parser get an `identity` so the probes find
+    /// the same names. For AAC, parsebin picks rtpmp4gdepay or rtpmp4adepay from the caps that
+    /// gst-rtsp-server derived from the SDP.
+    fn depay_parse(self) -> (&'static str, &'static str) {
+        match self {
+            TrackKind::H264 => ("rtph264depay", "h264parse"),
+            TrackKind::H265 => ("rtph265depay", "h265parse"),
+            TrackKind::Vp8 => ("rtpvp8depay", "identity"),
+            TrackKind::Vp9 => ("rtpvp9depay", "vp9parse"),
+            TrackKind::Av1 => ("rtpav1depay", "av1parse"),
+            TrackKind::Jpeg => ("rtpjpegdepay", "jpegparse"),
             // aacparse after parsebin even if parsebin already has one: it interpolates the
             // PTS of the 2nd..nth AU when a pusher packs several AUs in one RTP packet (as
             // ffmpeg does), which mp4mux needs.
-            TrackKind::Aac => format!("parsebin name=depay{i} ! aacparse name=parse{i}"),
-            TrackKind::Opus => format!("rtpopusdepay name=depay{i} ! opusparse name=parse{i}"),
+            TrackKind::Aac => ("parsebin", "aacparse"),
+            TrackKind::Opus => ("rtpopusdepay", "opusparse"),
+            TrackKind::Pcmu => ("rtppcmudepay", "identity"),
+            TrackKind::Pcma => ("rtppcmadepay", "identity"),
+            TrackKind::L16 => ("rtpL16depay", "identity"),
+            TrackKind::L24 => ("rtpL24depay", "identity"),
+            TrackKind::G722 => ("rtpg722depay", "identity"),
+            TrackKind::AmrNb => ("rtpamrdepay", "identity"),
+            TrackKind::Mpa => ("rtpmpadepay", "mpegaudioparse"),
+            TrackKind::Speex => ("rtpspeexdepay", "identity"),
+            TrackKind::Ac3 => ("rtpac3depay", "ac3parse"),
+            TrackKind::Vorbis => ("rtpvorbisdepay", "vorbisparse"),
         }
     }
 
-    fn encoding_names(self) -> &'static [&'static str] {
+    /// `depayN ! parseN` of the launch line.
+    fn depay_and_parse(self, i: usize) -> String {
+        let (depay, parse) = self.depay_parse();
+        format!("{depay} name=depay{i} ! {parse} name=parse{i}")
+    }
+
+    /// The `encoding-name`s (upper case) the SDP may announce for this codec.
+    pub fn encoding_names(self) -> &'static [&'static str] {
         match self {
             TrackKind::H264 => &["H264"],
+            TrackKind::H265 => &["H265"],
+            TrackKind::Vp8 => &["VP8", "VP8-DRAFT-IETF-01"],
+            TrackKind::Vp9 => &["VP9", "VP9-DRAFT-IETF-01"],
+            TrackKind::Av1 => &["AV1"],
+            TrackKind::Jpeg => &["JPEG"],
             TrackKind::Aac => &["MPEG4-GENERIC", "MP4A-LATM"],
             TrackKind::Opus => &["OPUS", "X-GST-OPUS-DRAFT-SPITTKA-00", "MULTIOPUS"],
+            TrackKind::Pcmu => &["PCMU"],
+            TrackKind::Pcma => &["PCMA"],
+            TrackKind::L16 => &["L16"],
+            TrackKind::L24 => &["L24"],
+            TrackKind::G722 => &["G722"],
+            TrackKind::AmrNb => &["AMR"],
+            TrackKind::Mpa => &["MPA"],
+            TrackKind::Speex => &["SPEEX"],
+            TrackKind::Ac3 => &["AC3"],
+            TrackKind::Vorbis => &["VORBIS"],
         }
     }
 
-    fn name(self) -> &'static str {
+    /// Display name; also what [`TrackReport::codec`] holds once the parser's caps are known.
+    pub fn name(self) -> &'static str {
         match self {
             TrackKind::H264 => "H.264",
+            TrackKind::H265 => "H.265",
+            TrackKind::Vp8 => "VP8",
+            TrackKind::Vp9 => "VP9",
+            TrackKind::Av1 => "AV1",
+            TrackKind::Jpeg => "JPEG",
             TrackKind::Aac => "AAC",
             TrackKind::Opus => "Opus",
+            TrackKind::Pcmu => "G.711 mu-law",
+            TrackKind::Pcma => "G.711 A-law",
+            TrackKind::L16 => "L16",
+            TrackKind::L24 => "L24",
+            TrackKind::G722 => "G.722",
+            TrackKind::AmrNb => "AMR-NB",
+            TrackKind::Mpa => "MPEG audio",
+            TrackKind::Speex => "Speex",
+            TrackKind::Ac3 => "AC-3",
+            TrackKind::Vorbis => "Vorbis",
         }
     }
 
+    /// The decode branch's first element. L16/L24 are PCM already: audioconvert only passes it on
+    /// (the probe after it still counts samples).
     fn decoder(self) -> &'static str {
         match self {
             TrackKind::H264 => "avdec_h264",
+            TrackKind::H265 => "avdec_h265",
+            TrackKind::Vp8 => "vp8dec",
+            TrackKind::Vp9 => "vp9dec",
+            TrackKind::Av1 => "av1dec",
+            TrackKind::Jpeg => "jpegdec",
             TrackKind::Aac => "avdec_aac",
             TrackKind::Opus => "opusdec",
+            TrackKind::Pcmu => "mulawdec",
+            TrackKind::Pcma => "alawdec",
+            TrackKind::L16 | TrackKind::L24 => "audioconvert",
+            TrackKind::G722 => "avdec_g722",
+            TrackKind::AmrNb => "amrnbdec",
+            TrackKind::Mpa => "mpg123audiodec",
+            TrackKind::Speex => "speexdec",
+            TrackKind::Ac3 => "avdec_ac3",
+            TrackKind::Vorbis => "vorbisdec",
         }
     }
 
-    fn elements(self) -> &'static [&'static str] {
-        match self {
-            TrackKind::H264 => &["rtph264depay", "h264parse", "avdec_h264"],
-            TrackKind::Aac => &[
-                "parsebin",
-                "rtpmp4gdepay",
-                "rtpmp4adepay",
-                "aacparse",
-                "avdec_aac",
-            ],
-            TrackKind::Opus => &["rtpopusdepay", "opusparse", "opusdec"],
+    /// Every element the launch line needs for this track.
+    pub fn elements(self) -> Vec<&'static str> {
+        let (depay, parse) = self.depay_parse();
+        let mut v = vec![depay, parse, self.decoder()];
+        if self == TrackKind::Aac {
+            v.extend_from_slice(&["rtpmp4gdepay", "rtpmp4adepay"]);
         }
+        v
     }
 
-    fn is_video(self) -> bool {
-        matches!(self, TrackKind::H264)
+    pub fn is_video(self) -> bool {
+        matches!(
+            self,
+            TrackKind::H264
+                | TrackKind::H265
+                | TrackKind::Vp8
+                | TrackKind::Vp9
+                | TrackKind::Av1
+                | TrackKind::Jpeg
+        )
     }
 }
 
@@ -279,9 +423,13 @@ pub struct TrackReport {
 impl TrackReport {
     pub fn is_video(&self) -> bool {
         if self.caps.is_empty() && self.decoded_caps.is_empty() {
-            return self.expected == TrackKind::H264.name();
+            return TrackKind::ALL
+                .iter()
+                .any(|k| k.is_video() && k.name() == self.expected);
         }
-        self.caps.starts_with("video/") || self.decoded_caps.starts_with("video/")
+        ["video/", "image/"]
+            .iter()
+            .any(|p| self.caps.starts_with(p) || self.decoded_caps.starts_with(p))
     }
 
     /// `last_pts - first_pts` plus the last buffer's duration.
@@ -561,6 +709,22 @@ fn codec_name(s: &gst::StructureRef) -> String {
             _ => "audio/mpeg".into(),
         },
         "audio/x-opus" => "Opus".into(),
+        "video/x-vp8" => "VP8".into(),
+        "video/x-vp9" => "VP9".into(),
+        "video/x-av1" => "AV1".into(),
+        "image/jpeg" => "JPEG".into(),
+        "audio/x-mulaw" => "G.711 mu-law".into(),
+        "audio/x-alaw" => "G.711 A-law".into(),
+        // Only rtpL16depay / rtpL24depay give raw audio before the decode branch.
+        "audio/x-raw" => match s.get::<&str>("format") {
+            Ok("S24BE") => "L24".into(),
+            _ => "L16".into(),
+        },
+        "audio/x-vorbis" => "Vorbis".into(),
+        "audio/G722" => "G.722".into(),
+        "audio/AMR" => "AMR-NB".into(),
+        "audio/x-speex" => "Speex".into(),
+        "audio/x-ac3" | "audio/ac3" => "AC-3".into(),
         other => other.into(),
     }
 }
@@ -632,7 +796,10 @@ fn probe_parsed(pad: &gst::Pad, shared: &Arc<Shared>, si: usize, ti: usize, inte
                 if let gst::EventView::Caps(c) = ev.view() {
                     let caps = c.caps();
                     if let Some(s) = caps.structure(0) {
-                        if s.name() == "audio/mpeg" {
+                        // AAC only: the interpolation assumes 1024-sample AUs.
+                        if s.name() == "audio/mpeg"
+                            && matches!(s.get::<i32>("mpegversion"), Ok(2) | Ok(4))
+                        {
                             let r = s.get::<i32>("rate").unwrap_or(0).max(0) as u64;
                             rate.store(r, Ordering::Relaxed);
                         }
@@ -951,7 +1118,7 @@ impl RecordServer {
         let container = cfg.output.as_deref().map(Container::from_path);
         let mut needed: Vec<&str> = vec!["fakesink", "queue", "rtpbin"];
         for k in cfg.tracks.kinds() {
-            needed.extend_from_slice(k.elements());
+            needed.extend(k.elements());
         }
         if let Some(c) = container {
             needed.extend_from_slice(&["tee", c.muxer(), "filesink"]);
