@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --example record-server -- [--port N] [--mount /live/cam1]
 //!     [--tracks h264|h264+aac|aac|h264+opus|CODEC] [--output out.mp4] [--sessions K]
-//!     [--timeout SECONDS]
+//!     [--timeout SECONDS] [--tls-cert cert.pem --tls-key key.pem]
 //! ```
 //!
 //! `CODEC` is one track of any codec of the codec matrix (`h265`, `vp8`, `vp9`, `jpeg`, `opus`,
@@ -14,7 +14,8 @@
 //! Prints `LISTENING rtsp://127.0.0.1:PORT/mount` once it accepts connections, then one report
 //! per finished session (TEARDOWN or disconnect). Exits 0 after K sessions if every one of
 //! them decoded at least one frame on every track, 1 otherwise, 2 on bad arguments.
-//! Session N ≥ 2 records to `STEM-N.EXT` beside `--output`.
+//! Session N ≥ 2 records to `STEM-N.EXT` beside `--output`. With `--tls-cert` and `--tls-key`
+//! (PEM) it serves RTSPS and prints an `rtsps://` URL.
 
 #[path = "../tests/common/record_server.rs"]
 mod record_server;
@@ -24,13 +25,16 @@ use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
 use record_server::{RecordServer, RecordServerConfig, Tracks};
 
 const USAGE: &str = "usage: record-server [--port N] [--mount /live/cam1] \
-[--tracks h264|h264+aac|aac|h264+opus|h265|vp8|vp9|jpeg|opus|pcmu|pcma|l16|l24|g722|amr-nb|mpa|speex|ac3|vorbis] [--output out.mp4|out.mkv] [--sessions K] [--timeout SECONDS]";
+[--tracks h264|h264+aac|aac|h264+opus|h265|vp8|vp9|jpeg|opus|pcmu|pcma|l16|l24|g722|amr-nb|mpa|speex|ac3|vorbis] [--output out.mp4|out.mkv] [--sessions K] [--timeout SECONDS] \
+[--tls-cert cert.pem --tls-key key.pem]";
 
 struct Args {
     port: u16,
     cfg: RecordServerConfig,
     sessions: u32,
     timeout: Duration,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -39,6 +43,8 @@ fn parse_args() -> Result<Args, String> {
         cfg: RecordServerConfig::new("/live/cam1", Tracks::H264),
         sessions: 1,
         timeout: Duration::from_secs(24 * 3600),
+        tls_cert: None,
+        tls_key: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -71,6 +77,8 @@ fn parse_args() -> Result<Args, String> {
                     Tracks::parse(&t).ok_or_else(|| format!("--tracks: unknown value {t:?}"))?;
             }
             "--output" => args.cfg.output = Some(PathBuf::from(value()?)),
+            "--tls-cert" => args.tls_cert = Some(PathBuf::from(value()?)),
+            "--tls-key" => args.tls_key = Some(PathBuf::from(value()?)),
             "--sessions" => {
                 args.sessions = value()?.parse().map_err(|e| format!("--sessions: {e}"))?
             }
@@ -80,6 +88,19 @@ fn parse_args() -> Result<Args, String> {
             }
             other => return Err(format!("unknown argument {other:?}")),
         }
+    }
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => {
+            let read = |p: &PathBuf| {
+                std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))
+            };
+            args.cfg = args
+                .cfg
+                .clone()
+                .with_tls(&format!("{}{}", read(c)?, read(k)?));
+        }
+        (None, None) => {}
+        _ => return Err("--tls-cert and --tls-key go together".into()),
     }
     Ok(args)
 }

@@ -2,8 +2,10 @@
 # Debian 12 packages: GStreamer development files and plugins (encoders, payloaders, the RTSP
 # server library for our record server and interop tests), ffmpeg as a peer, meson for the
 # install build, PyGObject and GStreamer's typelibs for the Python example (tests/examples.rs runs
-# it; gcc from build-essential compiles the C one). The codec matrix (tests/codec_matrix.rs) needs
-# nothing more: its encoders, payloaders and decoders come from the plugin packages below.
+# it; gcc from build-essential compiles the C one), glib-networking (GIO's TLS, for the record
+# server's RTSPS) and ca-certificates (the system trust store rtsps:// validates against). The
+# codec matrix (tests/codec_matrix.rs) needs nothing more: its encoders, payloaders and decoders
+# come from the plugin packages below.
 # Skips apt when everything is already there.
 set -euo pipefail
 pkgs=(
@@ -11,7 +13,7 @@ pkgs=(
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-rtsp gstreamer1.0-tools
-  ffmpeg
+  ffmpeg ca-certificates glib-networking
   python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0
 )
 missing=()

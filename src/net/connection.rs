@@ -2,6 +2,7 @@
 //! task, and TEARDOWN at the end.
 
 use super::queue::{write_all, SendQueue, Wire, WriteError};
+use super::tls::{TlsReader, TlsWire};
 use crate::rtsp::handshake::{Handshake, HandshakeError, Negotiated, RequestContext, Step};
 use crate::rtsp::message::{Incoming, ParseError, Parser, Request, Response};
 use crate::rtsp::url::RtspUrl;
@@ -31,6 +32,10 @@ pub enum SessionError {
     Parse(ParseError),
     /// The connection broke while streaming.
     Io(String),
+    /// The TLS handshake failed (not a TLS server, no common protocol version or cipher...).
+    Tls(String),
+    /// The server's certificate failed a check that `tls-validation-flags` keeps.
+    Certificate(String),
 }
 
 impl fmt::Display for SessionError {
@@ -40,6 +45,8 @@ impl fmt::Display for SessionError {
             | SessionError::Connect(m)
             | SessionError::Timeout(m)
             | SessionError::Io(m) => f.write_str(m),
+            SessionError::Tls(m) => write!(f, "TLS handshake failed: {m}"),
+            SessionError::Certificate(m) => write!(f, "TLS: {m}"),
             SessionError::Handshake(e) => write!(f, "{e}"),
             SessionError::Parse(e) => write!(f, "server sent an invalid message: {e}"),
         }
@@ -89,12 +96,14 @@ pub fn route_local_addr(peer: SocketAddr) -> Option<IpAddr> {
 /// Connects to the first of `addrs` that accepts, within `timeout`.
 /// `send_buffer` caps the kernel's send buffer (it autotunes up to megabytes, which on a slow
 /// link is seconds of hidden latency a drop policy could not see).
+/// With `tls`, the TLS handshake follows within the same deadline.
 pub async fn connect(
     url: &RtspUrl,
     addrs: &[SocketAddr],
     timeout: Duration,
     send_buffer: Option<u32>,
-) -> Result<TcpStream, SessionError> {
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<Stream, SessionError> {
     let (host, port) = url.connect_target();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last = String::new();
@@ -114,7 +123,10 @@ pub async fn connect(
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
                 gst::debug!(CAT, "connected to {addr}");
-                return Ok(s);
+                return match tls {
+                    None => Ok(Stream::Tcp(s)),
+                    Some(cfg) => tls_handshake(s, &host, cfg, deadline, timeout).await,
+                };
             }
             Ok(Err(e)) => last = format!("cannot connect to {addr}: {e}"),
             Err(_) => {
@@ -127,9 +139,104 @@ pub async fn connect(
     Err(SessionError::Connect(last))
 }
 
+async fn tls_handshake(
+    tcp: TcpStream,
+    host: &str,
+    cfg: Arc<rustls::ClientConfig>,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+) -> Result<Stream, SessionError> {
+    let name = super::tls::server_name(host).map_err(SessionError::Tls)?;
+    let connector = tokio_rustls::TlsConnector::from(cfg);
+    match tokio::time::timeout_at(deadline, connector.connect(name, tcp)).await {
+        Ok(Ok(s)) => {
+            let (_, conn) = s.get_ref();
+            gst::debug!(
+                CAT,
+                "TLS established with {host}: {:?}, {:?}",
+                conn.protocol_version(),
+                conn.negotiated_cipher_suite().map(|c| c.suite())
+            );
+            Ok(Stream::Tls(Box::new(s)))
+        }
+        Ok(Err(e)) => Err(match super::tls::rejected(&e) {
+            Some(r) => SessionError::Certificate(r.text.clone()),
+            None => SessionError::Tls(tls_error_text(&e)),
+        }),
+        Err(_) => Err(SessionError::Timeout(format!(
+            "the TLS handshake with {host} took longer than {timeout:?} (is it an RTSPS server?)"
+        ))),
+    }
+}
+
+/// A handshake error in words, with a hint for the usual cause: a plain RTSP server, which
+/// answers a ClientHello with an RTSP error or closes.
+fn tls_error_text(e: &std::io::Error) -> String {
+    let plain_hint =
+        " (the server does not speak TLS on this port: use rtsp:// for a plain server)";
+    let corrupt = e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| matches!(r, rustls::Error::InvalidMessage(_)));
+    if corrupt {
+        format!("{e}{plain_hint}")
+    } else if e.kind() == std::io::ErrorKind::UnexpectedEof
+        || e.kind() == std::io::ErrorKind::ConnectionReset
+    {
+        format!("the server closed the connection during the handshake ({e}){plain_hint}")
+    } else {
+        e.to_string()
+    }
+}
+
+/// The RTSP connection, plain or TLS.
+pub enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Tcp(s) => s,
+            Stream::Tls(s) => s.get_ref().0,
+        }
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.tcp().local_addr()
+    }
+
+    pub fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.tcp().peer_addr()
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.write_all(bytes).await,
+            Stream::Tls(s) => {
+                s.write_all(bytes).await?;
+                // Sealed records must not wait in rustls for the next write.
+                s.flush().await
+            }
+        }
+    }
+
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf).await,
+            Stream::Tls(s) => s.read(buf).await,
+        }
+    }
+}
+
 /// The connection during the handshake: whole responses in, requests out.
 pub struct Control {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub parser: Parser,
     pub timeout: Duration,
     pub name: String,
@@ -299,7 +406,22 @@ impl Streaming {
             timeout,
             name,
         } = control;
-        let (rd, wr) = stream.into_split();
+        let (rd, wire) = match stream {
+            Stream::Tcp(s) => {
+                let (rd, wr) = s.into_split();
+                (ReadSide::Tcp(rd), Wire::Tcp(Arc::new(wr)))
+            }
+            Stream::Tls(s) => {
+                // From here the reader feeds rustls and the writers seal into it directly.
+                let (tcp, conn) = s.into_inner();
+                let (rd, wr) = tcp.into_split();
+                let wire = TlsWire::new(conn, wr);
+                (
+                    ReadSide::Tls(TlsReader::new(rd, wire.clone())),
+                    Wire::Tls(wire),
+                )
+            }
+        };
         let waiting: Arc<Mutex<HashMap<u32, tokio::sync::oneshot::Sender<Response>>>> =
             Arc::default();
         let closing = Arc::new(AtomicBool::new(false));
@@ -326,7 +448,6 @@ impl Streaming {
             },
         ))
         .abort_handle();
-        let wire = Wire::Tcp(Arc::new(wr));
         queue.set_wire(Some(wire.clone()));
         let writer = tokio::spawn(write_loop(
             wire,
@@ -554,8 +675,9 @@ async fn write_loop(
         queue.fail(err.to_string());
         return Err(err);
     }
-    // The last reference to the write half goes with `wire`: the connection's write side closes.
+    // The last reference to a TCP write half goes with `wire`: the write side closes.
     queue.set_wire(None);
+    wire.close(timeout).await;
     gst::debug!(CAT, "{name}: writer done");
     Ok(())
 }
@@ -571,7 +693,29 @@ struct ReaderCtx {
     name: String,
 }
 
-async fn read_loop(mut rd: OwnedReadHalf, mut parser: Parser, cx: ReaderCtx) {
+/// Where the reader task reads plaintext from.
+enum ReadSide {
+    Tcp(OwnedReadHalf),
+    Tls(TlsReader),
+}
+
+impl ReadSide {
+    async fn read(&mut self, buf: &mut [u8], queue: &SendQueue) -> std::io::Result<usize> {
+        match self {
+            ReadSide::Tcp(rd) => rd.read(buf).await,
+            ReadSide::Tls(rd) => {
+                let mut needs_flush = false;
+                let res = rd.read(buf, &mut needs_flush).await;
+                if needs_flush {
+                    queue.flush_wire();
+                }
+                res
+            }
+        }
+    }
+}
+
+async fn read_loop(mut rd: ReadSide, mut parser: Parser, cx: ReaderCtx) {
     let ReaderCtx {
         queue,
         waiting,
@@ -638,7 +782,7 @@ async fn read_loop(mut rd: OwnedReadHalf, mut parser: Parser, cx: ReaderCtx) {
                 Err(e) => return fail(SessionError::Parse(e)),
             }
         }
-        match rd.read(&mut buf).await {
+        match rd.read(&mut buf, &queue).await {
             Ok(0) | Err(_) if closing.load(Ordering::SeqCst) => {
                 // Expected at the end: whoever waits for an answer learns by the dropped sender;
                 // the writer finishes what is queued and reports itself.

@@ -3,6 +3,7 @@
 
 pub mod connection;
 pub mod queue;
+pub mod tls;
 pub mod udp;
 
 use std::sync::LazyLock;

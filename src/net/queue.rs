@@ -11,6 +11,7 @@
 //! Producers block when the queue holds `max_bytes` (backpressure, so a slow network never grows
 //! memory without bound); every blocking wait ends on cancel or on a connection failure.
 
+use super::tls::TlsWire;
 use std::collections::VecDeque;
 use std::io;
 use std::sync::{Arc, Condvar, Mutex};
@@ -143,6 +144,8 @@ enum QState {
 #[derive(Clone)]
 pub enum Wire {
     Tcp(Arc<OwnedWriteHalf>),
+    /// RTSPS: bytes are sealed into TLS records, many frames to a record.
+    Tls(Arc<TlsWire>),
 }
 
 impl Wire {
@@ -150,12 +153,39 @@ impl Wire {
     fn try_write(&self, data: &[u8]) -> io::Result<usize> {
         match self {
             Wire::Tcp(w) => w.try_write(data),
+            Wire::Tls(w) => w.try_write(data),
+        }
+    }
+
+    /// Sends bytes the wire itself still holds (sealed TLS records); `WouldBlock` while some
+    /// remain.
+    fn flush(&self) -> io::Result<()> {
+        match self {
+            Wire::Tcp(_) => Ok(()),
+            Wire::Tls(w) => w.flush(),
+        }
+    }
+
+    /// Whether the wire holds bytes that must still go out even when nothing is pending.
+    fn backlog(&self) -> bool {
+        match self {
+            Wire::Tcp(_) => false,
+            Wire::Tls(w) => w.backlog(),
         }
     }
 
     async fn writable(&self) -> io::Result<()> {
         match self {
             Wire::Tcp(w) => w.writable().await,
+            Wire::Tls(w) => w.writable().await,
+        }
+    }
+
+    /// Ends the write side once everything is written. A TCP half closes when its last
+    /// reference goes; TLS says close_notify first, and its reader still holds the socket.
+    pub async fn close(&self, stall: Duration) {
+        if let Wire::Tls(w) = self {
+            w.close(stall).await;
         }
     }
 }
@@ -287,28 +317,47 @@ impl SendQueue {
     /// (or for the rest) by waking the writer. A failed direct write leaves the bytes for the
     /// writer, which reports the error.
     fn kick(&self, inner: &mut Inner) {
-        if inner.pending.is_empty() || inner.writing {
-            // A busy writer looks at `pending` again before it sleeps.
+        if inner.writing {
+            // A busy writer looks at `pending` again before it sleeps, and flushes the wire
+            // before it takes the next batch.
             return;
         }
-        if inner.writes_allowed() && inner.wire.is_some() {
-            // Producers that come back within DIRECT_GAP are pushing faster than real time:
-            // the writer takes over, so the send syscalls run on the I/O thread in parallel
-            // instead of lengthening the streaming thread's path.
-            let now = Instant::now();
-            let paced = inner
-                .last_direct
-                .is_none_or(|t| now.duration_since(t) >= DIRECT_GAP);
-            if paced {
-                inner.last_direct = Some(now);
-                if let Some(Ok(n)) = inner.wire.as_ref().map(|w| w.try_write(&inner.pending)) {
-                    inner.consume(n);
+        let mut backlog = false;
+        if inner.writes_allowed() {
+            // Taken out for the write (no refcount traffic per packet), put back after.
+            if let Some(wire) = inner.wire.take() {
+                if !inner.pending.is_empty() {
+                    // Producers that come back within DIRECT_GAP are pushing faster than real
+                    // time: the writer takes over, so the send syscalls run on the I/O thread
+                    // in parallel instead of lengthening the streaming thread's path.
+                    let now = Instant::now();
+                    let paced = inner
+                        .last_direct
+                        .is_none_or(|t| now.duration_since(t) >= DIRECT_GAP);
+                    if paced {
+                        inner.last_direct = Some(now);
+                        if let Ok(n) = wire.try_write(&inner.pending) {
+                            inner.consume(n);
+                        }
+                    }
+                } else {
+                    let _ = wire.flush();
                 }
+                // Sealed TLS records the socket did not take: the writer sends them once it
+                // is writable, so nothing is stranded when no more data comes.
+                backlog = wire.backlog();
+                inner.wire = Some(wire);
             }
         }
-        if !inner.pending.is_empty() {
+        if !inner.pending.is_empty() || backlog {
             self.data.notify_one();
         }
+    }
+
+    /// The wire has bytes of its own to send (a TLS alert or key update the reader caused).
+    pub fn flush_wire(&self) {
+        let mut inner = self.inner.lock().unwrap();
+        self.kick(&mut inner);
     }
 
     /// The socket the connection streams on (None once it ended).
@@ -512,6 +561,13 @@ impl SendQueue {
                     inner.writing = true;
                     return Some(inner.in_flight_media);
                 }
+                if inner.writes_allowed() && inner.wire.as_ref().is_some_and(Wire::backlog) {
+                    // Nothing new, but sealed records wait for the socket: an empty batch,
+                    // which `write_all` flushes.
+                    inner.in_flight_since = Some(Instant::now());
+                    inner.writing = true;
+                    return Some(false);
+                }
                 if matches!(inner.state, QState::Closing | QState::Draining(_)) {
                     return None;
                 }
@@ -536,10 +592,19 @@ impl SendQueue {
 }
 
 /// Writes `data` to the wire as it drains; fails when no byte goes out for `stall`.
+/// Returns once the wire holds nothing more of it (TLS records included).
 pub async fn write_all(wire: &Wire, data: &[u8], stall: Duration) -> Result<(), WriteError> {
     let mut at = 0;
-    while at < data.len() {
-        match wire.try_write(&data[at..]) {
+    loop {
+        let res = if at < data.len() {
+            wire.try_write(&data[at..])
+        } else {
+            match wire.flush() {
+                Ok(()) => return Ok(()),
+                Err(e) => Err(e),
+            }
+        };
+        match res {
             Ok(0) => return Err(WriteError::Io(io::ErrorKind::WriteZero.into())),
             Ok(n) => at += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -553,7 +618,6 @@ pub async fn write_all(wire: &Wire, data: &[u8], stall: Duration) -> Result<(), 
             Err(e) => return Err(WriteError::Io(e)),
         }
     }
-    Ok(())
 }
 
 #[derive(Debug)]

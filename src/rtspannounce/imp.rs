@@ -6,6 +6,7 @@
 
 use super::sender::NtpSource;
 use super::session::{PadError, Phase, SessionConfig, Shared};
+use crate::net::tls::TlsOptions;
 use crate::rtsp::auth::Credentials;
 use crate::rtsp::url::{redact, ControlStyle, RtspUrl};
 use crate::CAT;
@@ -116,6 +117,8 @@ struct Settings {
     reannounce_on_caps_change: bool,
     protocols: gst_rtsp::RTSPLowerTrans,
     port_range: Option<String>,
+    tls_validation_flags: gio::TlsCertificateFlags,
+    tls_ca_file: Option<String>,
 }
 
 impl Default for Settings {
@@ -141,6 +144,8 @@ impl Default for Settings {
             reannounce_on_caps_change: false,
             protocols: DEFAULT_PROTOCOLS,
             port_range: None,
+            tls_validation_flags: gio::TlsCertificateFlags::VALIDATE_ALL,
+            tls_ca_file: None,
         }
     }
 }
@@ -174,10 +179,8 @@ impl ObjectSubclass for RtspAnnounce {
 impl URIHandlerImpl for RtspAnnounce {
     const URI_TYPE: gst::URIType = gst::URIType::Sink;
 
-    // rtsps:// parses, but TLS is not implemented yet: claiming it would lose to nothing and
-    // fail later.
     fn protocols() -> &'static [&'static str] {
-        &["rtsp", "rtspt", "rtspu"]
+        &["rtsp", "rtspt", "rtspu", "rtsps"]
     }
 
     fn uri(&self) -> Option<String> {
@@ -226,18 +229,41 @@ impl RtspAnnounce {
         let url = RtspUrl::parse(location).map_err(|e| {
             gst::error_msg!(gst::ResourceError::Settings, ("Invalid location: {}", e))
         })?;
-        if url.scheme == crate::rtsp::url::Scheme::Rtsps {
-            return Err(gst::error_msg!(
-                gst::ResourceError::Settings,
-                ("rtsps:// (RTSP over TLS) is not supported yet: use rtsp://, rtspt:// or rtspu://")
-            ));
-        }
-        let transports = crate::rtsp::handshake::transports_for(
+        let mut transports = crate::rtsp::handshake::transports_for(
             url.scheme,
             s.protocols.contains(gst_rtsp::RTSPLowerTrans::TCP),
             s.protocols.contains(gst_rtsp::RTSPLowerTrans::UDP),
         )
         .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ("{}", e)))?;
+        // rtsps://, or the tls flag (as rtspclientsink): the RTSP connection goes over TLS, and
+        // the media with it, interleaved; UDP would send them in the clear.
+        let tls = url.scheme == crate::rtsp::url::Scheme::Rtsps
+            || s.protocols.contains(gst_rtsp::RTSPLowerTrans::TLS);
+        if tls {
+            transports.retain(|t| *t == crate::rtsp::headers::Lower::Tcp);
+            if transports.is_empty() {
+                return Err(gst::error_msg!(
+                    gst::ResourceError::Settings,
+                    ("TLS carries the media inside the RTSP connection (TCP interleaved): add tcp to protocols")
+                ));
+            }
+        }
+        let tls_options = TlsOptions {
+            validation_flags: s.tls_validation_flags,
+            ca_file: s
+                .tls_ca_file
+                .as_deref()
+                .filter(|f| !f.is_empty())
+                .map(Into::into),
+            accept: Some(self.accept_handler()),
+        };
+        if tls {
+            // A bad CA file is a settings error now, not a connection error later.
+            if let Some(f) = &tls_options.ca_file {
+                crate::net::tls::load_roots(Some(f))
+                    .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ("{}", e)))?;
+            }
+        }
         let port_range = parse_port_range(s.port_range.as_deref().unwrap_or(""))
             .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ("{}", e)))?;
         // Properties win over credentials in the URL.
@@ -281,8 +307,33 @@ impl RtspAnnounce {
             max_queue_bytes: s.max_queue_bytes as usize,
             max_queue_time: Duration::from_millis(s.max_queue_time_ms as u64),
             transports,
-            tls: s.protocols.contains(gst_rtsp::RTSPLowerTrans::TLS),
             port_range,
+            tls,
+            tls_options,
+        })
+    }
+
+    /// `accept-certificate` for the verifier: the chain as a GTlsCertificate (glib-networking
+    /// builds it) and the failed checks; a handler returning TRUE accepts.
+    fn accept_handler(&self) -> crate::net::tls::AcceptHandler {
+        let weak = self.obj().downgrade();
+        Arc::new(move |chain, errors| {
+            let Some(element) = weak.upgrade() else {
+                return false;
+            };
+            let pem: String = chain.iter().map(|c| pem_encode(c)).collect();
+            let cert = match gio::TlsCertificate::from_pem(&pem) {
+                Ok(c) => c,
+                Err(e) => {
+                    gst::warning!(
+                        CAT,
+                        obj = element,
+                        "cannot offer the certificate to accept-certificate: {e}"
+                    );
+                    return false;
+                }
+            };
+            element.emit_by_name::<bool>("accept-certificate", &[&cert, &errors])
         })
     }
 
@@ -444,13 +495,26 @@ pub(super) fn emit_handle_request(
     Some(resp)
 }
 
+/// A DER certificate as PEM text.
+fn pem_encode(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap());
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
 impl ObjectImpl for RtspAnnounce {
     fn properties() -> &'static [glib::ParamSpec] {
         static PROPS: std::sync::LazyLock<Vec<glib::ParamSpec>> = std::sync::LazyLock::new(|| {
             vec![
                 glib::ParamSpecString::builder("location")
                     .nick("Location")
-                    .blurb("RTSP URL to publish to: rtsp://[user:pass@]host[:port]/path[?query] (required). Credentials in the URL are never sent in the Request-URI nor logged")
+                    .blurb("RTSP URL to publish to: rtsp://[user:pass@]host[:port]/path[?query] (required; rtsps:// for RTSP over TLS). Credentials in the URL are never sent in the Request-URI nor logged")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecString::builder("user-id")
@@ -554,7 +618,7 @@ impl ObjectImpl for RtspAnnounce {
                 glib::ParamSpecFlags::builder::<gst_rtsp::RTSPLowerTrans>("protocols")
                     .default_value(DEFAULT_PROTOCOLS)
                     .nick("Protocols")
-                    .blurb("Allowed lower transports, as rtspclientsink's: TCP interleaved is tried first, then UDP unicast when the server answers SETUP with 461 Unsupported Transport (rtspt:// means tcp only, rtspu:// udp only). udp-mcast is accepted but multicast is not implemented and never chosen; tls is carried for rtsps://")
+                    .blurb("Allowed lower transports, as rtspclientsink's: TCP interleaved is tried first, then UDP unicast when the server answers SETUP with 461 Unsupported Transport (rtspt:// means tcp only, rtspu:// udp only). udp-mcast is accepted but multicast is not implemented and never chosen; tls puts the RTSP connection in TLS as rtsps:// does (TCP only: media go inside it)")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecString::builder("port-range")
@@ -566,6 +630,17 @@ impl ObjectImpl for RtspAnnounce {
                     .nick("Statistics")
                     .blurb("Connection state, transport, server, session id, handshake time and round trips, queue level, and per track: transport (and UDP ports), ssrc, channels, packets, bytes, sender reports, and what the server's receiver reports say (loss, jitter, RTT)")
                     .read_only()
+                    .build(),
+                glib::ParamSpecFlags::builder::<gio::TlsCertificateFlags>("tls-validation-flags")
+                    .default_value(gio::TlsCertificateFlags::VALIDATE_ALL)
+                    .nick("TLS validation flags")
+                    .blurb("Certificate checks that make an rtsps:// connection fail: unknown-ca (issuer not trusted), bad-identity (host name), not-activated, expired, insecure (bad or weak signatures), generic-error; revoked is not checked (no CRL or OCSP). Clear a flag to accept that failure")
+                    .mutable_ready()
+                    .build(),
+                glib::ParamSpecString::builder("tls-ca-file")
+                    .nick("TLS CA file")
+                    .blurb("PEM file of the CA certificates to trust for rtsps:// instead of the system store (a private CA)")
+                    .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt::builder("max-queue-bytes")
                     .nick("Max queue bytes")
@@ -604,6 +679,24 @@ impl ObjectImpl for RtspAnnounce {
                                 .flatten()
                                 .is_some();
                             if answered {
+                                std::ops::ControlFlow::Break(value.clone())
+                            } else {
+                                std::ops::ControlFlow::Continue(value.clone())
+                            }
+                        })
+                        .build(),
+                    // The server's certificate failed the checks in `errors` (those that
+                    // tls-validation-flags keep): a handler returning TRUE accepts it anyway.
+                    // Emitted from the I/O thread during the TLS handshake.
+                    glib::subclass::Signal::builder("accept-certificate")
+                        .param_types([
+                            gio::TlsCertificate::static_type(),
+                            gio::TlsCertificateFlags::static_type(),
+                        ])
+                        .return_type::<bool>()
+                        .accumulator(|_hint, _acc, value| {
+                            // The first handler that accepts wins.
+                            if value.get::<bool>().unwrap_or(false) {
                                 std::ops::ControlFlow::Break(value.clone())
                             } else {
                                 std::ops::ControlFlow::Continue(value.clone())
@@ -669,6 +762,8 @@ impl ObjectImpl for RtspAnnounce {
                 }
                 s.port_range = v;
             }
+            "tls-validation-flags" => s.tls_validation_flags = value.get().unwrap(),
+            "tls-ca-file" => s.tls_ca_file = value.get().unwrap(),
             _ => unreachable!(),
         }
     }
@@ -696,6 +791,8 @@ impl ObjectImpl for RtspAnnounce {
             "reannounce-on-caps-change" => s.reannounce_on_caps_change.to_value(),
             "retry-delay-min" => s.retry_delay_min_ms.to_value(),
             "retry-delay-max" => s.retry_delay_max_ms.to_value(),
+            "tls-validation-flags" => s.tls_validation_flags.to_value(),
+            "tls-ca-file" => s.tls_ca_file.to_value(),
             "stats" => {
                 drop(s);
                 match self.shared.lock().unwrap().as_ref() {
@@ -732,7 +829,7 @@ impl ElementImpl for RtspAnnounce {
                 gst::subclass::ElementMetadata::new(
                     "RTSP ANNOUNCE/RECORD sink",
                     "Sink/Network",
-                    "Publishes RTP streams to an RTSP server (ANNOUNCE, SETUP, RECORD) over TCP interleaved transport",
+                    "Publishes RTP streams to an RTSP server (ANNOUNCE, SETUP, RECORD) over TCP interleaved transport, plain or TLS (rtsps://)",
                     "rtspannounce developers",
                 )
             },

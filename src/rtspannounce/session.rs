@@ -7,6 +7,7 @@
 use super::sender::{FrameEvents, NtpMapper, NtpSource, Room, TrackSender, TrackSetup};
 use crate::net::connection::{Control, SessionError, Streaming, TeardownError};
 use crate::net::queue::{OutFrame, QueueError, SendQueue};
+use crate::net::tls::TlsOptions;
 use crate::net::udp::{UdpError, UdpSession, UdpTrack};
 use crate::net::RUNTIME;
 use crate::rtsp::auth::Credentials;
@@ -44,8 +45,10 @@ pub struct SessionConfig {
     pub max_queue_time: Duration,
     /// Transports to offer, in order of preference (never empty).
     pub transports: Vec<Lower>,
-    /// `protocols` has the `tls` flag (carried for the TLS transport).
+    /// RTSP over TLS for every connection of the session: `rtsps://`, or `protocols` with the
+    /// `tls` flag (a redirect to an `rtsps://` URL turns it on for that hop too).
     pub tls: bool,
+    pub tls_options: TlsOptions,
     /// Local UDP ports to bind from (`port-range`), else OS-chosen.
     pub port_range: Option<(u16, u16)>,
 }
@@ -147,6 +150,8 @@ pub struct Shared {
     queue: Mutex<Arc<SendQueue>>,
     cfg: SessionConfig,
     element: gst::glib::WeakRef<gst::Element>,
+    /// Built on the first TLS connection (reading the CA store), reused on reconnects.
+    tls_config: Mutex<Option<Arc<rustls::ClientConfig>>>,
 }
 
 /// The result of an error in a pad thread: the flow return plus, for real errors, a message
@@ -229,6 +234,8 @@ fn error_kind(err: &SessionError, streaming: bool) -> gst::ResourceError {
         SessionError::Handshake(HandshakeError::Status { status: 404, .. }) => {
             gst::ResourceError::NotFound
         }
+        // The server could not prove who it is: as for a refused login, retrying will not help.
+        SessionError::Certificate(_) => gst::ResourceError::NotAuthorized,
         _ if streaming => gst::ResourceError::Write,
         _ => gst::ResourceError::OpenWrite,
     }
@@ -260,7 +267,18 @@ impl Shared {
             queue: Mutex::new(Arc::new(SendQueue::new(cfg.max_queue_bytes))),
             cfg,
             element: element.downgrade(),
+            tls_config: Mutex::new(None),
         })
+    }
+
+    fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>, SessionError> {
+        let mut slot = self.tls_config.lock().unwrap();
+        if let Some(c) = &*slot {
+            return Ok(c.clone());
+        }
+        let c = crate::net::tls::client_config(&self.cfg.tls_options).map_err(SessionError::Tls)?;
+        *slot = Some(c.clone());
+        Ok(c)
     }
 
     fn queue(&self) -> Arc<SendQueue> {
@@ -802,6 +820,9 @@ impl Shared {
             st.phase = Phase::Reconnecting;
             st.reconnects += 1;
             Self::close_udp(&mut st);
+            // Later reports from the lost connection (its reader, writer and keep-alive may
+            // each report the loss) must not count against the one being set up.
+            st.connection += 1;
             st.streaming.take()
         };
         // Producers blocked on the lost connection's queue return (and drop) at once.
@@ -1063,8 +1084,13 @@ impl Shared {
             Some(addrs[0].ip()),
         );
         let mut described = self.describe(caps, guess)?;
+        let tls = if cfg.tls || url.scheme == crate::rtsp::url::Scheme::Rtsps {
+            Some(self.tls_config()?)
+        } else {
+            None
+        };
         let stream =
-            crate::net::connection::connect(url, &addrs, cfg.tcp_timeout, send_buffer).await?;
+            crate::net::connection::connect(url, &addrs, cfg.tcp_timeout, send_buffer, tls).await?;
         let local_addr = stream.local_addr().ok();
         let peer = stream.peer_addr().ok().map(|a| a.ip());
         let actual = (local_addr.map(|a| a.ip()), peer);

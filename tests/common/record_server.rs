@@ -44,6 +44,7 @@ use std::{
 use anyhow::{anyhow, bail, Context as _};
 use gst::glib;
 use gst::prelude::*;
+use gst_rtsp_server::gio;
 use gst_rtsp_server::gst_rtsp;
 use gst_rtsp_server::prelude::*;
 
@@ -335,6 +336,9 @@ pub struct RecordServerConfig {
     /// Lower transports the factory accepts (default TCP and UDP); a SETUP asking for another
     /// gets 461 Unsupported Transport.
     pub protocols: gst_rtsp::RTSPLowerTrans,
+    /// Serve RTSPS: certificate chain and private key in PEM (gst-rtsp-server does TLS on
+    /// every connection once its RTSPAuth has a certificate).
+    pub tls_pem: Option<String>,
 }
 
 impl RecordServerConfig {
@@ -355,6 +359,12 @@ impl RecordServerConfig {
         self
     }
 
+    /// RTSPS with this certificate (chain, then key, in PEM).
+    pub fn with_tls(mut self, pem: &str) -> RecordServerConfig {
+        self.tls_pem = Some(pem.to_owned());
+        self
+    }
+
     pub fn with_stock_rtpbin(mut self) -> RecordServerConfig {
         self.stock_rtpbin = true;
         self
@@ -368,6 +378,7 @@ impl RecordServerConfig {
             stock_rtpbin: false,
             auth: None,
             protocols: gst_rtsp::RTSPLowerTrans::TCP | gst_rtsp::RTSPLowerTrans::UDP,
+            tls_pem: None,
         }
     }
 
@@ -653,6 +664,7 @@ pub struct RecordServer {
     thread: Option<thread::JoinHandle<()>>,
     port: u16,
     mount: String,
+    tls: bool,
 }
 
 fn launch_line(tracks: Tracks, container: Option<Container>) -> String {
@@ -1160,8 +1172,30 @@ impl RecordServer {
         factory.set_eos_shutdown(true);
         factory.set_stop_on_disconnect(true);
         factory.set_protocols(cfg.protocols);
+        let publisher_role = || {
+            gst::Structure::builder("publisher")
+                .field(gst_rtsp_server::RTSP_PERM_MEDIA_FACTORY_ACCESS, true)
+                .field(gst_rtsp_server::RTSP_PERM_MEDIA_FACTORY_CONSTRUCT, true)
+                .build()
+        };
+        if let (Some(pem), None) = (&cfg.tls_pem, &cfg.auth) {
+            // TLS without credentials: anonymous clients get the publisher role.
+            let auth = gst_rtsp_server::RTSPAuth::new();
+            let cert = gio::TlsCertificate::from_pem(pem).context("server TLS certificate")?;
+            auth.set_tls_certificate(Some(&cert));
+            let mut token = gst_rtsp_server::RTSPToken::builder()
+                .field(gst_rtsp_server::RTSP_TOKEN_MEDIA_FACTORY_ROLE, "publisher")
+                .build();
+            auth.set_default_token(Some(&mut token));
+            server.set_auth(Some(&auth));
+            factory.add_role_from_structure(&publisher_role());
+        }
         if let Some((user, pass, methods)) = &cfg.auth {
             let auth = gst_rtsp_server::RTSPAuth::new();
+            if let Some(pem) = &cfg.tls_pem {
+                let cert = gio::TlsCertificate::from_pem(pem).context("server TLS certificate")?;
+                auth.set_tls_certificate(Some(&cert));
+            }
             auth.set_supported_methods(*methods);
             let token = gst_rtsp_server::RTSPToken::builder()
                 .field(gst_rtsp_server::RTSP_TOKEN_MEDIA_FACTORY_ROLE, "publisher")
@@ -1172,12 +1206,7 @@ impl RecordServer {
             );
             auth.add_digest(user, pass, &token);
             server.set_auth(Some(&auth));
-            factory.add_role_from_structure(
-                &gst::Structure::builder("publisher")
-                    .field(gst_rtsp_server::RTSP_PERM_MEDIA_FACTORY_ACCESS, true)
-                    .field(gst_rtsp_server::RTSP_PERM_MEDIA_FACTORY_CONSTRUCT, true)
-                    .build(),
-            );
+            factory.add_role_from_structure(&publisher_role());
         }
         {
             let shared = shared.clone();
@@ -1226,6 +1255,7 @@ impl RecordServer {
             thread: Some(thread),
             port,
             mount: cfg.mount,
+            tls: cfg.tls_pem.is_some(),
         })
     }
 
@@ -1234,7 +1264,13 @@ impl RecordServer {
     }
 
     pub fn url(&self) -> String {
-        format!("rtsp://127.0.0.1:{}{}", self.port, self.mount)
+        self.url_for_host("127.0.0.1")
+    }
+
+    /// The URL with another name for this machine (`localhost`), e.g. to test host names.
+    pub fn url_for_host(&self, host: &str) -> String {
+        let scheme = if self.tls { "rtsps" } else { "rtsp" };
+        format!("{scheme}://{host}:{}{}", self.port, self.mount)
     }
 
     /// Waits for the next session (lowest-numbered one not yet returned) to finish: its
