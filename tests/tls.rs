@@ -117,12 +117,19 @@ fn h264_over_tls_with_the_ca_file_every_frame_decoded() {
     );
     let url = server.url();
     assert!(url.starts_with("rtsps://127.0.0.1:"), "{url}");
-    let out = push(&format!(
-        "{} ! rtspannounce location={url} {}",
+    let p = pipeline(&format!(
+        "{} ! rtspannounce name=sink location={url} {}",
         h264_branch(300, "vpay"),
         pki.ca_arg()
     ));
+    let sink = p.by_name("sink").unwrap();
+    let out = run(&p, Duration::from_secs(60));
     assert!(out.eos, "{out:?}");
+    // The stats say what protected the session (GnuTLS on the server side negotiates 1.3).
+    let stats = sink.property::<gst::Structure>("stats");
+    let tls = stats.get::<String>("tls").unwrap();
+    println!("stats tls: {tls}");
+    assert!(tls.starts_with("TLSv1.3 TLS13_"), "{stats}");
     let report = server.wait_finished(Duration::from_secs(20)).unwrap();
     println!("gst-rtsp-server over TLS (127.0.0.1, IP SAN): {report}");
     assert_eq!(

@@ -150,14 +150,13 @@ async fn tls_handshake(
     let connector = tokio_rustls::TlsConnector::from(cfg);
     match tokio::time::timeout_at(deadline, connector.connect(name, tcp)).await {
         Ok(Ok(s)) => {
-            let (_, conn) = s.get_ref();
+            let s = Stream::Tls(Box::new(s));
             gst::debug!(
                 CAT,
-                "TLS established with {host}: {:?}, {:?}",
-                conn.protocol_version(),
-                conn.negotiated_cipher_suite().map(|c| c.suite())
+                "TLS established with {host}: {}",
+                s.tls_summary().unwrap_or_default()
             );
-            Ok(Stream::Tls(Box::new(s)))
+            Ok(s)
         }
         Ok(Err(e)) => Err(match super::tls::rejected(&e) {
             Some(r) => SessionError::Certificate(r.text.clone()),
@@ -211,8 +210,20 @@ impl Stream {
         self.tcp().peer_addr()
     }
 
-    pub fn is_tls(&self) -> bool {
-        matches!(self, Stream::Tls(_))
+    /// TLS version and cipher suite, e.g. `TLSv1.3 TLS13_AES_256_GCM_SHA384` (None: plain).
+    pub fn tls_summary(&self) -> Option<String> {
+        let Stream::Tls(s) = self else { return None };
+        let conn = s.get_ref().1;
+        let version = match conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+            Some(v) => format!("{v:?}"),
+            None => "TLS".to_string(),
+        };
+        Some(match conn.negotiated_cipher_suite() {
+            Some(c) => format!("{version} {:?}", c.suite()),
+            None => version,
+        })
     }
 
     async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {

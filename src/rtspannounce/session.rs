@@ -130,6 +130,8 @@ struct State {
     task: Option<tokio::task::AbortHandle>,
     /// What the stats report about the connection.
     server: Option<String>,
+    /// TLS version and cipher suite of the recording connection (None: plain).
+    tls: Option<String>,
     session_id: Option<String>,
     handshake: Option<(Duration, u32)>,
     loss_warned: Option<Instant>,
@@ -254,6 +256,7 @@ impl Shared {
                 udp: None,
                 task: None,
                 server: None,
+                tls: None,
                 session_id: None,
                 handshake: None,
                 loss_warned: None,
@@ -1225,6 +1228,7 @@ impl Shared {
         }
         let local = control.stream.local_addr().ok();
         let server = control.stream.peer_addr().ok();
+        let tls = control.stream.tls_summary();
         let element = self.element.clone();
         let on_request: crate::net::connection::RequestHandler = Arc::new(move |req| {
             element
@@ -1310,6 +1314,7 @@ impl Shared {
         st.streaming = Some(streaming);
         st.phase = Phase::Recording;
         st.server = server.map(|a| a.to_string());
+        st.tls = tls;
         st.session_id = negotiated.session_id.clone();
         st.handshake = Some((rec.duration, rec.round_trips));
         self.start_reports();
@@ -1321,6 +1326,7 @@ impl Shared {
         .field("reconnects", st.reconnects)
         .field("location", rec_url.request_uri())
         .field("server", st.server.clone().unwrap_or_default())
+        .field("tls", st.tls.clone().unwrap_or_default())
         .field(
             "session-id",
             negotiated.session_id.clone().unwrap_or_default(),
@@ -1507,6 +1513,7 @@ impl Shared {
                 },
             )
             .field("server", st.server.clone().unwrap_or_default())
+            .field("tls", st.tls.clone().unwrap_or_default())
             .field("session-id", st.session_id.clone().unwrap_or_default())
             .field(
                 "handshake-us",
