@@ -244,6 +244,10 @@ impl Inner {
     fn consume(&mut self, n: usize) {
         if n == self.pending.len() {
             self.clear();
+            let keep = (n * 2).max(KEEP_CAPACITY);
+            if self.pending.capacity() > 2 * keep {
+                self.pending.shrink_to(keep);
+            }
             return;
         }
         self.pending.drain(..n);
@@ -280,8 +284,8 @@ pub struct SendQueue {
 /// Shortest gap between two direct writes; closer ones are left to the writer task.
 const DIRECT_GAP: Duration = Duration::from_millis(1);
 
-/// A writer buffer that grew this much during a backlog is given back afterwards.
-const KEEP_CAPACITY: usize = 256 * 1024;
+/// Send buffer capacity always kept; above it, at most twice the last batch is kept.
+const KEEP_CAPACITY: usize = 16 * 1024;
 
 impl SendQueue {
     pub fn new(max_bytes: usize) -> Self {
@@ -578,9 +582,12 @@ impl SendQueue {
 
     /// The writer wrote (or gave up on) the batch `take` gave it; `out` is cleared for reuse.
     pub fn written(&self, out: &mut Vec<u8>) {
+        // Room for batches like this one stays; what a passing backlog grew is given back (a
+        // thousand sessions would otherwise each keep their worst moment).
+        let keep = (out.len() * 2).max(KEEP_CAPACITY);
         out.clear();
-        if out.capacity() > KEEP_CAPACITY {
-            out.shrink_to(KEEP_CAPACITY / 4);
+        if out.capacity() > 2 * keep {
+            out.shrink_to(keep);
         }
         let mut inner = self.inner.lock().unwrap();
         inner.in_flight = 0;
