@@ -4,6 +4,7 @@
 //! appsinks give every pad mature BaseSink behaviour (clock sync, preroll, latency, flushing,
 //! per-pad EOS) and their callbacks feed the session in `session.rs`.
 
+use super::pad::RtspAnnouncePad;
 use super::sender::NtpSource;
 use super::session::{PadError, Phase, SessionConfig, Shared};
 use crate::net::tls::TlsOptions;
@@ -154,7 +155,7 @@ impl Default for Settings {
 type PadLink = Arc<Mutex<Option<(Arc<Shared>, usize)>>>;
 
 struct PadEntry {
-    ghost: gst::GhostPad,
+    ghost: RtspAnnouncePad,
     appsink: gst_app::AppSink,
     link: PadLink,
 }
@@ -663,6 +664,12 @@ impl ObjectImpl for RtspAnnounce {
                     glib::subclass::Signal::builder("update-sdp")
                         .param_types([gst_sdp::SDPMessage::static_type()])
                         .build(),
+                    // A payloader (chosen for a pad's encoded input, or the one set on the pad)
+                    // is about to be linked in: configure it here (mtu, pt, ...). Emitted from
+                    // the streaming thread, as rtspclientsink's signal of the same name.
+                    glib::subclass::Signal::builder("new-payloader")
+                        .param_types([gst::Element::static_type()])
+                        .build(),
                     // A request the server sent while we publish, as a structure named after
                     // the method with "uri" and every header as a string field. A handler may
                     // return a "response" structure ("status" uint, optional "reason" and
@@ -829,7 +836,7 @@ impl ElementImpl for RtspAnnounce {
                 gst::subclass::ElementMetadata::new(
                     "RTSP ANNOUNCE/RECORD sink",
                     "Sink/Network",
-                    "Publishes RTP streams to an RTSP server (ANNOUNCE, SETUP, RECORD) over TCP interleaved transport, plain or TLS (rtsps://)",
+                    "Publishes RTP or encoded streams (payloaded inside) to an RTSP server (ANNOUNCE, SETUP, RECORD) over TCP interleaved (plain or TLS, rtsps://) or UDP",
                     "rtspannounce developers",
                 )
             },
@@ -839,11 +846,13 @@ impl ElementImpl for RtspAnnounce {
 
     fn pad_templates() -> &'static [gst::PadTemplate] {
         static T: std::sync::LazyLock<Vec<gst::PadTemplate>> = std::sync::LazyLock::new(|| {
-            vec![gst::PadTemplate::new(
+            // RTP, or whatever a payloader in the registry takes: the pad then payloads it.
+            vec![gst::PadTemplate::with_gtype(
                 "sink_%u",
                 gst::PadDirection::Sink,
                 gst::PadPresence::Request,
-                &gst::Caps::new_empty_simple("application/x-rtp"),
+                &super::payloader::template_caps(),
+                RtspAnnouncePad::static_type(),
             )
             .unwrap()]
         });
@@ -900,9 +909,9 @@ impl ElementImpl for RtspAnnounce {
         if obj.add(&appsink).is_err() {
             return None;
         }
-        let ghost = gst::GhostPad::builder_from_template(templ)
-            .name(name.as_str())
-            .build();
+        // RTP input goes straight to the appsink; encoded input gets a payloader in between when
+        // its caps arrive (see pad.rs).
+        let ghost = RtspAnnouncePad::new(templ, &name, appsink.upcast_ref());
         let target = appsink.static_pad("sink").unwrap();
         if ghost.set_target(Some(&target)).is_err() || obj.add_pad(&ghost).is_err() {
             let _ = obj.remove(&appsink);
@@ -942,6 +951,7 @@ impl ElementImpl for RtspAnnounce {
         }
         *entry.link.lock().unwrap() = None;
         let obj = self.obj();
+        entry.ghost.detach(obj.upcast_ref());
         let _ = entry.appsink.set_state(gst::State::Null);
         // While the bin is being disposed its children may already be gone.
         if entry.appsink.parent().as_ref() == Some(obj.upcast_ref::<gst::Object>()) {

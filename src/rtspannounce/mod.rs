@@ -2,6 +2,8 @@ use gst::glib;
 use gst::prelude::*;
 
 mod imp;
+mod pad;
+mod payloader;
 mod sender;
 mod session;
 
@@ -10,6 +12,8 @@ glib::wrapper! {
 }
 
 pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+    // The request pads' class: documented with the element (its `payloader` property).
+    pad::RtspAnnouncePad::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(
         Some(plugin),
         "rtspannounce",

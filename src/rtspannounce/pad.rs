@@ -1,0 +1,448 @@
+//! `GstRtspAnnouncePad`, the request pad: a ghost pad onto the track's appsink for RTP input, or
+//! onto a payloader in front of the appsink for encoded input.
+//!
+//! The payloader is picked when caps arrive (a probe sees the caps event before the pad's
+//! accept-caps check, so a refusal can name the pad and the caps), unless the application set
+//! the `payloader` property, as on rtspclientsink's pads. Before caps are fixed, upstream's caps
+//! query is answered from the pad template (RTP plus every candidate payloader's input), so an
+//! encoder negotiates as it would with the payloader in front. A query whose filter only a
+//! payloader takes (an encoder asking with its own output caps) puts the best such payloader
+//! in at once and is answered by it, so `x264enc ! rtspannounce` negotiates exactly as
+//! `x264enc ! rtph264pay ! ...` does. A later codec change swaps the payloader; a change to or
+//! from RTP input re-targets the ghost pad.
+
+use super::payloader;
+use crate::CAT;
+use gst::glib;
+use gst::prelude::*;
+use gst::subclass::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+mod imp {
+    use super::*;
+
+    pub(super) struct Installed {
+        pub element: gst::Element,
+        pub explicit: bool,
+    }
+
+    #[derive(Default)]
+    pub(super) struct Chain {
+        pub appsink: Option<gst::Element>,
+        pub installed: Option<Installed>,
+    }
+
+    #[derive(Default)]
+    pub struct RtspAnnouncePad {
+        /// The `payloader` property.
+        pub(super) payloader: Mutex<Option<gst::Element>>,
+        pub(super) chain: Mutex<Chain>,
+        /// Set while we re-link: the RECONFIGURE that linking sends upstream is ours, not a
+        /// reason for upstream to renegotiate (an encoder would switch profile mid-stream).
+        pub(super) relinking: AtomicBool,
+    }
+
+    #[glib::object_subclass]
+    impl ObjectSubclass for RtspAnnouncePad {
+        const NAME: &'static str = "GstRtspAnnouncePad";
+        type Type = super::RtspAnnouncePad;
+        type ParentType = gst::GhostPad;
+    }
+
+    impl ObjectImpl for RtspAnnouncePad {
+        fn properties() -> &'static [glib::ParamSpec] {
+            static PROPS: std::sync::LazyLock<Vec<glib::ParamSpec>> = std::sync::LazyLock::new(
+                || {
+                    vec![glib::ParamSpecObject::builder::<gst::Element>("payloader")
+                        .nick("Payloader")
+                        .blurb("RTP payloader for this pad's encoded input, set before data flows (NULL: the best ranked payloader for the caps is chosen when they arrive; RTP input needs none)")
+                        .build()]
+                },
+            );
+            PROPS.as_ref()
+        }
+
+        fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+            match pspec.name() {
+                "payloader" => {
+                    let p: Option<gst::Element> = value.get().unwrap();
+                    *self.payloader.lock().unwrap() = p;
+                    self.obj().apply_payloader_property();
+                }
+                _ => unreachable!(),
+            }
+        }
+
+        fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
+            match pspec.name() {
+                "payloader" => self.payloader.lock().unwrap().to_value(),
+                _ => unreachable!(),
+            }
+        }
+    }
+
+    impl GstObjectImpl for RtspAnnouncePad {}
+    impl PadImpl for RtspAnnouncePad {}
+    impl ProxyPadImpl for RtspAnnouncePad {}
+    impl GhostPadImpl for RtspAnnouncePad {}
+}
+
+glib::wrapper! {
+    pub struct RtspAnnouncePad(ObjectSubclass<imp::RtspAnnouncePad>) @extends gst::GhostPad, gst::ProxyPad, gst::Pad, gst::Object;
+}
+
+fn describe(e: &gst::Element) -> String {
+    match e.factory() {
+        Some(f) => format!("{} ({})", e.name(), f.name()),
+        None => e.name().to_string(),
+    }
+}
+
+impl RtspAnnouncePad {
+    /// A request pad feeding `appsink` (already in the element).
+    pub fn new(templ: &gst::PadTemplate, name: &str, appsink: &gst::Element) -> RtspAnnouncePad {
+        let pad = gst::PadBuilder::<RtspAnnouncePad>::from_template(templ)
+            .name(name)
+            .query_function(|pad, parent, query| pad.sink_query(parent, query))
+            .build();
+        pad.imp().chain.lock().unwrap().appsink = Some(appsink.clone());
+        pad.add_probe(gst::PadProbeType::EVENT_UPSTREAM, |pad, info| {
+            let quiet = pad
+                .downcast_ref::<RtspAnnouncePad>()
+                .is_some_and(|p| p.imp().relinking.load(Ordering::SeqCst));
+            match &info.data {
+                Some(gst::PadProbeData::Event(ev))
+                    if quiet && ev.type_() == gst::EventType::Reconfigure =>
+                {
+                    gst::PadProbeReturn::Drop
+                }
+                _ => gst::PadProbeReturn::Ok,
+            }
+        });
+        pad.add_probe(gst::PadProbeType::EVENT_DOWNSTREAM, |pad, info| {
+            let Some(pad) = pad.downcast_ref::<RtspAnnouncePad>() else {
+                return gst::PadProbeReturn::Ok;
+            };
+            if let Some(gst::PadProbeData::Event(ev)) = &info.data {
+                if let gst::EventView::Caps(c) = ev.view() {
+                    if let Err(msg) = pad.prepare(&c.caps_owned()) {
+                        if let Some(e) = pad.parent_element() {
+                            e.post_error_message(msg);
+                        }
+                        // The accept-caps check that follows refuses the caps: upstream gets
+                        // not-negotiated after our error is on the bus.
+                    }
+                }
+            }
+            gst::PadProbeReturn::Ok
+        });
+        pad
+    }
+
+    fn parent_element(&self) -> Option<gst::Element> {
+        self.parent().and_downcast::<gst::Element>()
+    }
+
+    fn explicit(&self) -> Option<gst::Element> {
+        self.imp().payloader.lock().unwrap().clone()
+    }
+
+    /// The payloader now in front of the appsink (chosen or set), if any.
+    pub fn current_payloader(&self) -> Option<gst::Element> {
+        let chain = self.imp().chain.lock().unwrap();
+        chain.installed.as_ref().map(|i| i.element.clone())
+    }
+
+    /// Nothing fixed the chain yet: no payloader set, no caps negotiated.
+    fn undecided(&self) -> bool {
+        self.explicit().is_none() && self.current_caps().is_none()
+    }
+
+    /// Before caps are fixed, a caps query filtered to what only payloaders take: put the best
+    /// of them in now, so that it answers (as it would in front of us).
+    fn preinstall_for(&self, filter: &gst::Caps) -> bool {
+        let rtp = gst::Caps::new_empty_simple("application/x-rtp");
+        if filter.is_any() || filter.is_empty() || filter.can_intersect(&rtp) {
+            return false;
+        }
+        let fits = |e: &gst::Element| {
+            e.static_pad("sink")
+                .is_some_and(|p| p.pad_template_caps().can_intersect(filter))
+        };
+        let current = {
+            let chain = self.imp().chain.lock().unwrap();
+            chain
+                .installed
+                .as_ref()
+                .filter(|i| !i.explicit)
+                .map(|i| i.element.clone())
+        };
+        if current.as_ref().is_some_and(fits) {
+            return true;
+        }
+        let Some(factory) = payloader::factories()
+            .into_iter()
+            .find(|f| f.can_sink_any_caps(filter))
+        else {
+            return false;
+        };
+        let name = self.name();
+        let res = payloader::create(&factory, &format!("pay-{name}"))
+            .map_err(|e| gst::error_msg!(gst::CoreError::Negotiation, ("{}", e)))
+            .and_then(|pay| self.install(Some((pay, false))));
+        match res {
+            Ok(()) => {
+                gst::info!(
+                    CAT,
+                    obj = self,
+                    "{} for upstream offering {filter}",
+                    factory.name()
+                );
+                true
+            }
+            Err(e) => {
+                gst::warning!(CAT, obj = self, "{e}");
+                false
+            }
+        }
+    }
+
+    fn accepts(&self, caps: &gst::Caps) -> bool {
+        if let Some(p) = self.explicit() {
+            return p
+                .static_pad("sink")
+                .is_some_and(|s| s.query_accept_caps(caps));
+        }
+        if payloader::is_rtp_caps(caps) {
+            return true;
+        }
+        let current = self.current_payloader();
+        current
+            .and_then(|p| p.static_pad("sink"))
+            .is_some_and(|s| s.query_accept_caps(caps))
+            || payloader::find(caps).is_some()
+    }
+
+    fn sink_query(&self, parent: Option<&gst::Object>, query: &mut gst::QueryRef) -> bool {
+        match query.view_mut() {
+            gst::QueryViewMut::Caps(q) => {
+                if !self.undecided() {
+                    return gst::Pad::query_default(self, parent, query);
+                }
+                let filter = q.filter_owned();
+                if filter.as_ref().is_some_and(|f| self.preinstall_for(f)) {
+                    return gst::Pad::query_default(self, parent, query);
+                }
+                let caps = payloader::pad_caps();
+                let res = match filter {
+                    Some(f) => f.intersect_with_mode(&caps, gst::CapsIntersectMode::First),
+                    None => caps,
+                };
+                q.set_result(&res);
+                true
+            }
+            gst::QueryViewMut::AcceptCaps(q) => {
+                let ok = self.accepts(&q.caps_owned());
+                q.set_result(ok);
+                true
+            }
+            _ => gst::Pad::query_default(self, parent, query),
+        }
+    }
+
+    /// Makes the chain fit `caps`, in the streaming thread before the caps event goes on.
+    fn prepare(&self, caps: &gst::Caps) -> Result<(), gst::ErrorMessage> {
+        let name = self.name();
+        if let Some(p) = self.explicit() {
+            let installed = self.current_payloader();
+            if installed.as_ref() != Some(&p) {
+                self.install(Some((p.clone(), true)))?;
+            }
+            let ok = p
+                .static_pad("sink")
+                .is_some_and(|s| s.query_accept_caps(caps));
+            if !ok {
+                return Err(gst::error_msg!(
+                    gst::CoreError::Negotiation,
+                    (
+                        "{}: the payloader {} set on the pad does not accept {}",
+                        name,
+                        describe(&p),
+                        caps
+                    )
+                ));
+            }
+            return Ok(());
+        }
+        if payloader::is_rtp_caps(caps) {
+            if self.current_payloader().is_some() {
+                gst::info!(CAT, obj = self, "RTP input now: no payloader");
+                self.install(None)?;
+            }
+            return Ok(());
+        }
+        let keep = {
+            let chain = self.imp().chain.lock().unwrap();
+            chain.installed.as_ref().is_some_and(|i| {
+                !i.explicit
+                    && i.element
+                        .static_pad("sink")
+                        .is_some_and(|s| s.query_accept_caps(caps))
+            })
+        };
+        if keep {
+            return Ok(());
+        }
+        let Some(factory) = payloader::find(caps) else {
+            return Err(gst::error_msg!(
+                gst::CoreError::Negotiation,
+                ("{}: no RTP payloader accepts {} (link RTP (application/x-rtp) or a format a GStreamer RTP payloader of rank above none takes, or set the pad's payloader property)", name, caps)
+            ));
+        };
+        let pay = payloader::create(&factory, &format!("pay-{name}")).map_err(|e| {
+            gst::error_msg!(
+                gst::CoreError::Negotiation,
+                ("{}: cannot create {}: {}", name, factory.name(), e)
+            )
+        })?;
+        gst::info!(CAT, obj = self, "{} for {caps}", factory.name());
+        self.install(Some((pay, false)))
+    }
+
+    /// Called when the `payloader` property changes: before data flows the payloader goes in at
+    /// once (upstream's queries then see it); otherwise at the next caps.
+    fn apply_payloader_property(&self) {
+        if self.current_caps().is_some() {
+            gst::info!(
+                CAT,
+                obj = self,
+                "payloader set while streaming: used from the next caps"
+            );
+            return;
+        }
+        let res = match self.explicit() {
+            Some(p) => self.install(Some((p, true))),
+            None if self.current_payloader().is_some() => self.install(None),
+            None => Ok(()),
+        };
+        if let Err(e) = res {
+            // The caps event tries again and posts the error then.
+            gst::warning!(CAT, obj = self, "{e}");
+        }
+    }
+
+    /// Puts `new` (or nothing, for RTP input) between the ghost pad and the appsink.
+    fn install(&self, new: Option<(gst::Element, bool)>) -> Result<(), gst::ErrorMessage> {
+        let fail = |text: String| gst::error_msg!(gst::CoreError::Negotiation, ("{}", text));
+        let name = self.name();
+        let Some(element) = self.parent_element() else {
+            return Err(fail(format!("{name} is not in an rtspannounce")));
+        };
+        let bin = element.downcast_ref::<gst::Bin>().unwrap();
+        if let Some((p, _)) = &new {
+            if p.static_pad("sink").is_none() || p.static_pad("src").is_none() {
+                return Err(fail(format!(
+                    "{name}: payloader {} has no static \"sink\" and \"src\" pads",
+                    describe(p)
+                )));
+            }
+            let in_other_bin = p
+                .parent()
+                .is_some_and(|parent| &parent != element.upcast_ref::<gst::Object>());
+            if in_other_bin {
+                return Err(fail(format!(
+                    "{name}: payloader {} already belongs to another bin",
+                    describe(p)
+                )));
+            }
+        }
+        if let Some((p, _)) = &new {
+            element.emit_by_name::<()>("new-payloader", &[p]);
+        }
+        let mut chain = self.imp().chain.lock().unwrap();
+        let appsink_sink = chain
+            .appsink
+            .as_ref()
+            .and_then(|a| a.static_pad("sink"))
+            .ok_or_else(|| fail(format!("{name} has no appsink")))?;
+        self.imp().relinking.store(true, Ordering::SeqCst);
+        let res = self.relink(bin, &element, &mut chain, &appsink_sink, new);
+        self.imp().relinking.store(false, Ordering::SeqCst);
+        res
+    }
+
+    fn relink(
+        &self,
+        bin: &gst::Bin,
+        element: &gst::Element,
+        chain: &mut imp::Chain,
+        appsink_sink: &gst::Pad,
+        new: Option<(gst::Element, bool)>,
+    ) -> Result<(), gst::ErrorMessage> {
+        let fail = |text: String| gst::error_msg!(gst::CoreError::Negotiation, ("{}", text));
+        let name = self.name();
+        let _ = self.set_target(None::<&gst::Pad>);
+        if let Some(old) = chain.installed.take() {
+            gst::debug!(CAT, obj = self, "removing {}", describe(&old.element));
+            if let Some(src) = old.element.static_pad("src") {
+                let _ = src.unlink(appsink_sink);
+            }
+            let _ = old.element.set_state(gst::State::Null);
+            if old.element.parent().as_ref() == Some(element.upcast_ref::<gst::Object>()) {
+                let _ = bin.remove(&old.element);
+            }
+        }
+        let Some((p, explicit)) = new else {
+            return self
+                .set_target(Some(appsink_sink))
+                .map_err(|e| fail(format!("{name}: {e}")));
+        };
+        let linked = (|| -> Result<(), String> {
+            if p.parent().is_none() {
+                bin.add(&p).map_err(|e| e.to_string())?;
+            }
+            let src = p.static_pad("src").unwrap();
+            src.link(appsink_sink).map_err(|e| format!("{e:?}"))?;
+            p.sync_state_with_parent().map_err(|e| e.to_string())?;
+            self.set_target(Some(&p.static_pad("sink").unwrap()))
+                .map_err(|e| e.to_string())
+        })();
+        if let Err(e) = linked {
+            // Leave the pad usable for RTP input.
+            let _ = p.static_pad("src").map(|s| s.unlink(appsink_sink));
+            let _ = p.set_state(gst::State::Null);
+            if p.parent().as_ref() == Some(element.upcast_ref::<gst::Object>()) {
+                let _ = bin.remove(&p);
+            }
+            let _ = self.set_target(Some(appsink_sink));
+            return Err(fail(format!(
+                "{name}: cannot link payloader {}: {e}",
+                describe(&p)
+            )));
+        }
+        gst::debug!(
+            CAT,
+            obj = self,
+            "{} payloader {}",
+            if explicit { "set" } else { "chosen" },
+            describe(&p)
+        );
+        chain.installed = Some(imp::Installed {
+            element: p,
+            explicit,
+        });
+        Ok(())
+    }
+
+    /// Takes the payloader out of the element (the pad is being released).
+    pub fn detach(&self, bin: &gst::Bin) {
+        let installed = self.imp().chain.lock().unwrap().installed.take();
+        if let Some(old) = installed {
+            let _ = old.element.set_state(gst::State::Null);
+            if old.element.parent().as_ref() == Some(bin.upcast_ref::<gst::Object>()) {
+                let _ = bin.remove(&old.element);
+            }
+        }
+    }
+}
