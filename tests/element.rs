@@ -78,22 +78,58 @@ fn request_pads_get_increasing_names() {
 #[test]
 fn uri_handler_makes_the_element_with_the_location() {
     harness::init();
-    for uri in [
-        "rtsp://127.0.0.1:8554/live/a",
-        "rtspt://user:pw@cam.example:554/x?y=1",
-        "rtspu://127.0.0.1:8554/live/u",
-        "rtsps://cam.example:8322/live/a",
-    ] {
-        let e = gst::Element::make_from_uri(gst::URIType::Sink, uri, None).unwrap();
-        assert_eq!(e.factory().unwrap().name(), "rtspannounce", "{uri}");
-        assert_eq!(
-            e.property::<Option<String>>("location").as_deref(),
-            Some(uri)
-        );
-        let h = e.dynamic_cast_ref::<gst::URIHandler>().unwrap();
-        assert_eq!(h.uri().as_deref(), Some(uri));
+    let f = gst::ElementFactory::find("rtspannounce").unwrap();
+    assert_eq!(f.uri_type(), gst::URIType::Sink);
+    let protocols: Vec<String> = f.uri_protocols().iter().map(|p| p.to_string()).collect();
+    for p in ["rtsp", "rtspt", "rtspu", "rtsps"] {
+        assert!(protocols.iter().any(|x| x == p), "{protocols:?}");
+    }
+    // Every scheme the handler claims, with and without credentials and a query.
+    for proto in &protocols {
+        for rest in ["127.0.0.1:8554/live/a", "user:pw@cam.example:554/x?y=1"] {
+            let uri = format!("{proto}://{rest}");
+            let e = gst::Element::make_from_uri(gst::URIType::Sink, &uri, None)
+                .unwrap_or_else(|err| panic!("{uri}: {err}"));
+            assert_eq!(e.factory().unwrap().name(), "rtspannounce", "{uri}");
+            assert_eq!(
+                e.property::<Option<String>>("location").as_deref(),
+                Some(uri.as_str())
+            );
+            let h = e.dynamic_cast_ref::<gst::URIHandler>().unwrap();
+            assert_eq!(h.uri().as_deref(), Some(uri.as_str()));
+        }
     }
     let e = gst::ElementFactory::make("rtspannounce").build().unwrap();
     let h = e.dynamic_cast_ref::<gst::URIHandler>().unwrap();
     assert!(h.set_uri("http://example.com/x").is_err());
 }
+
+#[test]
+fn pad_template_takes_rtp_and_what_payloaders_take() {
+    harness::init();
+    let e = gst::ElementFactory::make("rtspannounce").build().unwrap();
+    let t = e.pad_template("sink_%u").unwrap();
+    assert_eq!(t.gtype().name(), "GstRtspAnnouncePad");
+    let caps = t.caps();
+    assert_eq!(caps.structure(0).unwrap().name(), "application/x-rtp");
+    for name in [
+        "video/x-h264",
+        "video/x-h265",
+        "audio/mpeg",
+        "audio/x-opus",
+        "image/jpeg",
+    ] {
+        assert!(
+            caps.iter().any(|s| s.name() == name),
+            "{name} not in {caps}"
+        );
+    }
+    let pad = e.request_pad_simple("sink_%u").unwrap();
+    let p = pad
+        .find_property("payloader")
+        .expect("pad property payloader");
+    assert_eq!(p.value_type(), gst::Element::static_type());
+    assert!(p.blurb().unwrap_or_default().contains("NULL"));
+    assert_eq!(pad.property::<Option<gst::Element>>("payloader"), None);
+}
+

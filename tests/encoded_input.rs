@@ -299,3 +299,70 @@ fn rtp_input_keeps_no_payloader() {
     assert_eq!(frames.len(), sent.len());
     assert!(frames.iter().zip(&sent).all(|(f, s)| &f.data == s));
 }
+
+#[test]
+fn codec_change_swaps_the_payloader_and_announces_again() {
+    use scripted_server::*;
+    let server = ScriptedServer::start(Script::new());
+    // Two live encoders into a selector: H.264 first, VP8 after the switch.
+    let p = pipeline(&format!(
+        "videotestsrc is-live=true num-buffers=90 ! video/x-raw,width=320,height=240,framerate=30/1 ! \
+           x264enc tune=zerolatency key-int-max=15 speed-preset=ultrafast ! sel.sink_0 \
+         videotestsrc is-live=true num-buffers=90 pattern=ball ! video/x-raw,width=320,height=240,framerate=30/1 ! \
+           vp8enc deadline=1 keyframe-max-dist=15 ! sel.sink_1 \
+         input-selector name=sel ! rtspannounce name=s location={} retry-delay-min=10",
+        server.url("/live/switch")
+    ));
+    let sel = p.by_name("sel").unwrap();
+    let bus = p.bus().unwrap();
+    p.set_state(gst::State::Playing).unwrap();
+    assert!(
+        server.wait_frames(20, Duration::from_secs(20)),
+        "no H.264 frames"
+    );
+    let bin = p.by_name("s").unwrap().downcast::<gst::Bin>().unwrap();
+    assert_eq!(
+        factory_name(&bin.by_name("pay-sink_0").unwrap()),
+        "rtph264pay"
+    );
+    sel.set_property("active-pad", sel.static_pad("sink_1").unwrap());
+    assert!(
+        server.wait_requests("ANNOUNCE", 2, Duration::from_secs(20)),
+        "no second ANNOUNCE: {:?}",
+        server.snapshot().methods()
+    );
+    let msg = bus.timed_pop_filtered(
+        gst::ClockTime::from_seconds(30),
+        &[gst::MessageType::Eos, gst::MessageType::Error],
+    );
+    p.set_state(gst::State::Null).unwrap();
+    assert!(
+        matches!(
+            msg.as_ref().map(|m| m.view()),
+            Some(gst::MessageView::Eos(_))
+        ),
+        "{msg:?}"
+    );
+    assert_eq!(
+        factory_name(&bin.by_name("pay-sink_0").unwrap()),
+        "rtpvp8pay"
+    );
+    let snap = server.snapshot();
+    let announces: Vec<String> = snap
+        .requests
+        .iter()
+        .filter(|r| r.method == "ANNOUNCE")
+        .map(|r| r.body_str())
+        .collect();
+    assert!(announces[0].contains(" H264/90000"), "{}", announces[0]);
+    assert!(announces[1].contains(" VP8/90000"), "{}", announces[1]);
+    // VP8 packets arrived on the new connection.
+    let last_conn = snap.connections.len() - 1;
+    assert!(
+        snap.frames
+            .iter()
+            .filter(|f| f.conn == last_conn && f.channel == 0)
+            .count()
+            > 10
+    );
+}

@@ -154,9 +154,14 @@ impl RtspAnnouncePad {
         chain.installed.as_ref().map(|i| i.element.clone())
     }
 
-    /// Nothing fixed the chain yet: no payloader set, no caps negotiated.
-    fn undecided(&self) -> bool {
-        self.explicit().is_none() && self.current_caps().is_none()
+    /// Whether the current chain (payloader, or the appsink for RTP) can take some of `caps`.
+    fn chain_takes(&self, caps: &gst::Caps) -> bool {
+        match self.current_payloader() {
+            Some(p) => p
+                .static_pad("sink")
+                .is_some_and(|s| s.pad_template_caps().can_intersect(caps)),
+            None => caps.can_intersect(&gst::Caps::new_empty_simple("application/x-rtp")),
+        }
     }
 
     /// Before caps are fixed, a caps query filtered to what only payloaders take: put the best
@@ -227,11 +232,18 @@ impl RtspAnnouncePad {
     fn sink_query(&self, parent: Option<&gst::Object>, query: &mut gst::QueryRef) -> bool {
         match query.view_mut() {
             gst::QueryViewMut::Caps(q) => {
-                if !self.undecided() {
+                if self.explicit().is_some() {
                     return gst::Pad::query_default(self, parent, query);
                 }
                 let filter = q.filter_owned();
-                if filter.as_ref().is_some_and(|f| self.preinstall_for(f)) {
+                if self.current_caps().is_some() {
+                    // Negotiated: the chain answers for what it takes; another format (a
+                    // selector's other input) gets the template, the swap comes with its caps.
+                    let other = filter.as_ref().is_some_and(|f| !self.chain_takes(f));
+                    if !other {
+                        return gst::Pad::query_default(self, parent, query);
+                    }
+                } else if filter.as_ref().is_some_and(|f| self.preinstall_for(f)) {
                     return gst::Pad::query_default(self, parent, query);
                 }
                 let caps = payloader::pad_caps();
