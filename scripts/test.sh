@@ -17,7 +17,14 @@ meson compile -C target/meson
 DESTDIR="$PWD/target/meson-stage" meson install -C target/meson >/dev/null
 so=$(find target/meson-stage -name libgstrtspannounce.so | head -n1)
 [ -n "$so" ] || { echo "meson install did not install libgstrtspannounce.so" >&2; exit 1; }
-echo "installed to ${so#target/meson-stage}"
+installed="${so#target/meson-stage}"
+echo "installed to $installed"
+# Where gst-inspect-1.0 looks without GST_PLUGIN_PATH (Debian: /usr/lib/x86_64-linux-gnu/gstreamer-1.0).
+pluginsdir="$(pkg-config --variable=pluginsdir gstreamer-1.0)"
+[ "$(dirname "$installed")" = "$pluginsdir" ] || {
+  echo "meson install put the plugin in $(dirname "$installed"), not GStreamer's plugin dir $pluginsdir" >&2
+  exit 1
+}
 GST_REGISTRY="$PWD/target/meson-registry.bin" GST_PLUGIN_PATH="$(dirname "$so")" \
   gst-inspect-1.0 rtspannounce | grep -q "Sink/Network"
 echo "meson build: gst-inspect-1.0 loads the installed plugin"
