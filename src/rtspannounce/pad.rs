@@ -164,8 +164,8 @@ impl RtspAnnouncePad {
         }
     }
 
-    /// Before caps are fixed, a caps query filtered to what only payloaders take: put the best
-    /// of them in now, so that it answers (as it would in front of us).
+    /// Before caps are fixed, a caps query filtered to what only payloaders take: if one of them
+    /// clearly fits, put it in now, so that it answers (as it would in front of us).
     fn preinstall_for(&self, filter: &gst::Caps) -> bool {
         let rtp = gst::Caps::new_empty_simple("application/x-rtp");
         if filter.is_any() || filter.is_empty() || filter.can_intersect(&rtp) {
@@ -186,10 +186,7 @@ impl RtspAnnouncePad {
         if current.as_ref().is_some_and(fits) {
             return true;
         }
-        let Some(factory) = payloader::factories()
-            .into_iter()
-            .find(|f| f.can_sink_any_caps(filter))
-        else {
+        let Some(factory) = payloader::unambiguous(filter) else {
             return false;
         };
         let name = self.name();

@@ -149,6 +149,21 @@ pub fn find(caps: &gst::CapsRef) -> Option<gst::ElementFactory> {
 /// With an interval they go before the first slice of a keyframe once a second.
 pub const CONFIG_INTERVAL_S: i32 = 1;
 
+/// The payloader for a caps query's filter, when the choice does not depend on fields upstream
+/// has not fixed yet: the best candidate that can take some of `filter`, if it is the only one or
+/// outranks every other. `audio/mpeg` without `mpegversion` (what lamemp3enc asks with) fits
+/// rtpmp4gpay, rtpmp4apay and rtpmpapay at one rank: no choice until the caps say which.
+pub fn unambiguous(filter: &gst::CapsRef) -> Option<gst::ElementFactory> {
+    let mut matching = factories()
+        .into_iter()
+        .filter(|f| f.can_sink_any_caps(filter));
+    let best = matching.next()?;
+    match matching.next() {
+        Some(next) if next.rank() >= best.rank() => None,
+        _ => Some(best),
+    }
+}
+
 /// A payloader from `factory`, configured for RTSP publishing: H.264/H.265/MPEG-4 parameter
 /// sets in-band every [`CONFIG_INTERVAL_S`]. Everything else keeps the payloader's defaults
 /// (mtu 1400, its payload type: the session remaps collisions between tracks).
@@ -251,6 +266,19 @@ mod tests {
         assert_eq!(pick("video/x-h264,stream-format=avc,alignment=nal"), None);
         assert_eq!(pick("video/x-nothing-pays-this"), None);
         assert_eq!(pick("application/x-rtp,media=video"), None);
+    }
+
+    #[test]
+    fn early_choice_only_when_the_filter_decides_it() {
+        init();
+        let un =
+            |c: &str| unambiguous(&c.parse::<gst::Caps>().unwrap()).map(|f| f.name().to_string());
+        assert_eq!(un("video/x-h264").as_deref(), Some("rtph264pay"));
+        assert_eq!(un("video/x-vp8").as_deref(), Some("rtpvp8pay"));
+        // MPEG audio of unknown version: MP3 or AAC payloaders, decided by the caps later.
+        assert_eq!(un("audio/mpeg,rate=44100,channels=2"), None);
+        assert_eq!(un("audio/mpeg,mpegversion=1").as_deref(), Some("rtpmpapay"));
+        assert_eq!(un("video/x-nothing"), None);
     }
 
     #[test]
