@@ -555,7 +555,7 @@ impl ObjectImpl for RtspAnnounce {
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("setup-url-style", SetupUrlStyle::Ffmpeg)
                     .nick("SETUP URL style")
-                    .blurb("How a track's control is joined to a location that has a query string")
+                    .blurb("With a query string in location (auth tokens): how a track's control (streamid=N) is joined to it in SETUP URLs; no effect without a query")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt::builder("announce-timeout")
@@ -567,7 +567,7 @@ impl ObjectImpl for RtspAnnounce {
                     .build(),
                 glib::ParamSpecEnum::builder_with_default("ntp-time-source", NtpTimeSource::Ntp)
                     .nick("NTP time source")
-                    .blurb("Clock the NTP timestamps of RTCP sender reports follow")
+                    .blurb("Clock behind the NTP timestamps of RTCP sender reports (as rtspclientsink's): receivers line tracks up by them")
                     .mutable_ready()
                     .build(),
                 glib::ParamSpecUInt::builder("rtcp-interval")
@@ -645,7 +645,7 @@ impl ObjectImpl for RtspAnnounce {
                     .build(),
                 glib::ParamSpecUInt::builder("max-queue-bytes")
                     .nick("Max queue bytes")
-                    .blurb("Bytes queued towards the network before upstream is blocked (backpressure)")
+                    .blurb("Bytes queued towards the network before upstream blocks (congestion-policy=block) or whole frames are dropped (congestion-policy=drop)")
                     .minimum(64 * 1024)
                     .default_value(DEFAULT_MAX_QUEUE_BYTES)
                     .mutable_ready()
