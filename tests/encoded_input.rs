@@ -61,6 +61,7 @@ fn x264enc_alone_90_of_90_frames_at_gst_rtsp_server() {
     // Parameter sets also in-band, at keyframes once a second.
     assert_eq!(pay.property::<i32>("config-interval"), 1);
     let report = server.wait_finished(Duration::from_secs(20)).unwrap();
+    eprintln!("{report}");
     assert_eq!(report.tracks.len(), 1, "{report}");
     let v = &report.tracks[0];
     assert_eq!(v.codec, "H.264", "{report}");
@@ -82,6 +83,7 @@ fn aac_alone_every_frame_at_gst_rtsp_server_as_mpeg4_generic() {
     // MPEG4-GENERIC, not MP4A-LATM (better supported by servers and their readers).
     assert_eq!(factory_name(&payloader_of(&p, "s", "sink_0")), "rtpmp4gpay");
     let report = server.wait_finished(Duration::from_secs(20)).unwrap();
+    eprintln!("{report}");
     let a = &report.tracks[0];
     assert_eq!(a.codec, "AAC", "{report}");
     // 94 buffers in; the encoder adds one frame of priming.
@@ -108,12 +110,14 @@ fn h264_and_aac_encoded_together_at_gst_rtsp_server_and_recorded() {
     assert_eq!(factory_name(&payloader_of(&p, "s", "sink_0")), "rtph264pay");
     assert_eq!(factory_name(&payloader_of(&p, "s", "sink_1")), "rtpmp4gpay");
     let report = server.wait_finished(Duration::from_secs(20)).unwrap();
+    eprintln!("{report}");
     let v = report.tracks.iter().find(|t| t.is_video()).unwrap();
     let a = report.tracks.iter().find(|t| !t.is_video()).unwrap();
     assert_eq!(v.frames, 90, "{report}");
     assert!((141..=142).contains(&a.frames), "{report}");
     assert!(report.errors.is_empty(), "{report}");
     let probed = peers::ffprobe(&mp4);
+    eprintln!("recording: {probed:?}");
     let pv = probed.iter().find(|s| s.codec == "h264").expect("h264");
     let pa = probed.iter().find(|s| s.codec == "aac").expect("aac");
     assert_eq!(pv.frames, 90, "{probed:?}");
@@ -134,6 +138,7 @@ fn h264_and_aac_encoded_into_ffmpeg_listener() {
     let st = ff.child.wait_exit(Duration::from_secs(20));
     assert!(st.is_some_and(|s| s.success()), "ffmpeg: {}", ff.log_text());
     let streams = peers::ffprobe(&ff.out);
+    eprintln!("ffmpeg recording: {streams:?}");
     assert_eq!(streams.len(), 2, "{streams:?}");
     let v = streams.iter().find(|s| s.codec == "h264").expect("video");
     let a = streams.iter().find(|s| s.codec == "aac").expect("audio");
@@ -234,6 +239,34 @@ fn caps_no_payloader_takes_fail_naming_the_pad_and_caps() {
     assert!(text.contains("sink_0"), "{text}");
     assert!(text.contains("audio/x-flac"), "{text}");
     assert!(text.contains("no RTP payloader"), "{text}");
+
+    // A payloader set on the pad that refuses the caps: named in the error.
+    let e = gst::ElementFactory::make("rtspannounce")
+        .property("location", server.url("/live/opus"))
+        .build()
+        .unwrap();
+    let p = gst::Pipeline::new();
+    p.add(&e).unwrap();
+    let pad = e.request_pad_simple("sink_%u").unwrap();
+    let opus = gst::ElementFactory::make("rtpopuspay")
+        .name("myopus")
+        .build()
+        .unwrap();
+    pad.set_property("payloader", &opus);
+    let _ = p.set_state(gst::State::Paused);
+    assert!(pad.send_event(gst::event::StreamStart::new("h264")));
+    let h264 = gst::Caps::builder("video/x-h264")
+        .field("stream-format", "byte-stream")
+        .field("alignment", "au")
+        .build();
+    assert!(!pad.send_event(gst::event::Caps::new(&h264)));
+    let text = next_message_text(&p.bus().unwrap(), gst::MessageType::Error);
+    p.set_state(gst::State::Null).unwrap();
+    assert!(text.contains("sink_0") && text.contains("myopus"), "{text}");
+    assert!(text.contains("video/x-h264"), "{text}");
+    // Released with its pad.
+    e.release_request_pad(&pad);
+    assert!(opus.parent().is_none());
     assert!(server.snapshot().requests.is_empty());
 }
 
