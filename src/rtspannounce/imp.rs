@@ -665,8 +665,10 @@ impl ObjectImpl for RtspAnnounce {
                         .param_types([gst_sdp::SDPMessage::static_type()])
                         .build(),
                     // A payloader (chosen for a pad's encoded input, or the one set on the pad)
-                    // is about to be linked in: configure it here (mtu, pt, ...). Emitted from
-                    // the streaming thread, as rtspclientsink's signal of the same name.
+                    // is about to be linked in: configure it here (mtu, pt, ...), as with
+                    // rtspclientsink's signal of the same name. Emitted from the thread that
+                    // negotiates (a streaming thread, or the application's when it sets the
+                    // pad's payloader or links the pads).
                     glib::subclass::Signal::builder("new-payloader")
                         .param_types([gst::Element::static_type()])
                         .build(),
