@@ -399,3 +399,24 @@ fn codec_change_swaps_the_payloader_and_announces_again() {
             > 10
     );
 }
+
+#[test]
+fn h264_and_aac_encoded_over_udp_at_gst_rtsp_server() {
+    // The payloaders sit before the transport: UDP takes the same RTP.
+    let server =
+        RecordServer::start(RecordServerConfig::new("/live/udp", Tracks::H264Aac)).unwrap();
+    let out = push(&format!(
+        "rtspannounce name=s protocols=udp location={} {} ! s.sink_0 {} ! s.sink_1",
+        server.url(),
+        h264_encoded(90),
+        aac_encoded(141)
+    ));
+    assert!(out.eos, "{out:?}");
+    let report = server.wait_finished(Duration::from_secs(20)).unwrap();
+    eprintln!("{report}");
+    let v = report.tracks.iter().find(|t| t.is_video()).unwrap();
+    let a = report.tracks.iter().find(|t| !t.is_video()).unwrap();
+    assert_eq!(v.frames, 90, "{report}");
+    assert!((141..=142).contains(&a.frames), "{report}");
+    assert!(report.errors.is_empty(), "{report}");
+}
