@@ -54,8 +54,20 @@ fn x264enc_alone_90_of_90_frames_at_gst_rtsp_server() {
         h264_encoded(90),
         server.url()
     ));
+    // Connected after parse_launch linked the pads (which already put the payloader in):
+    // the signal comes with the caps, so the application still sees it.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let s = seen.clone();
+    p.by_name("s")
+        .unwrap()
+        .connect("new-payloader", false, move |v| {
+            let e = v[1].get::<gst::Element>().unwrap();
+            s.lock().unwrap().push(factory_name(&e));
+            None
+        });
     let out = run(&p, T);
     assert!(out.eos, "{out:?}");
+    assert_eq!(*seen.lock().unwrap(), ["rtph264pay"]);
     let pay = payloader_of(&p, "s", "sink_0");
     assert_eq!(factory_name(&pay), "rtph264pay");
     // Parameter sets also in-band, at keyframes once a second.

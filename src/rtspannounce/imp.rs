@@ -665,10 +665,9 @@ impl ObjectImpl for RtspAnnounce {
                         .param_types([gst_sdp::SDPMessage::static_type()])
                         .build(),
                     // A payloader (chosen for a pad's encoded input, or the one set on the pad)
-                    // is about to be linked in: configure it here (mtu, pt, ...), as with
-                    // rtspclientsink's signal of the same name. Emitted from the thread that
-                    // negotiates (a streaming thread, or the application's when it sets the
-                    // pad's payloader or links the pads).
+                    // is about to get its first caps: configure it here (mtu, pt, ...), as with
+                    // rtspclientsink's signal of the same name. Emitted from the pad's
+                    // streaming thread, once per payloader.
                     glib::subclass::Signal::builder("new-payloader")
                         .param_types([gst::Element::static_type()])
                         .build(),

@@ -25,6 +25,8 @@ mod imp {
     pub(super) struct Installed {
         pub element: gst::Element,
         pub explicit: bool,
+        /// `new-payloader` was emitted for it.
+        pub announced: bool,
     }
 
     #[derive(Default)]
@@ -260,8 +262,26 @@ impl RtspAnnouncePad {
         }
     }
 
-    /// Makes the chain fit `caps`, in the streaming thread before the caps event goes on.
+    /// Makes the chain fit `caps`, in the streaming thread before the caps event goes on, and
+    /// lets the application configure a payloader new to it (`new-payloader`). Emitted here, not
+    /// when the payloader went in: that may be during `gst_parse_launch()`'s linking, before the
+    /// application could connect; here it is still before the payloader sees the caps.
     fn prepare(&self, caps: &gst::Caps) -> Result<(), gst::ErrorMessage> {
+        self.fit_chain(caps)?;
+        let fresh = {
+            let mut chain = self.imp().chain.lock().unwrap();
+            chain.installed.as_mut().filter(|i| !i.announced).map(|i| {
+                i.announced = true;
+                i.element.clone()
+            })
+        };
+        if let (Some(p), Some(e)) = (fresh, self.parent_element()) {
+            e.emit_by_name::<()>("new-payloader", &[&p]);
+        }
+        Ok(())
+    }
+
+    fn fit_chain(&self, caps: &gst::Caps) -> Result<(), gst::ErrorMessage> {
         let name = self.name();
         if let Some(p) = self.explicit() {
             let installed = self.current_payloader();
@@ -366,9 +386,6 @@ impl RtspAnnouncePad {
                 )));
             }
         }
-        if let Some((p, _)) = &new {
-            element.emit_by_name::<()>("new-payloader", &[p]);
-        }
         let mut chain = self.imp().chain.lock().unwrap();
         let appsink_sink = chain
             .appsink
@@ -440,6 +457,7 @@ impl RtspAnnouncePad {
         chain.installed = Some(imp::Installed {
             element: p,
             explicit,
+            announced: false,
         });
         Ok(())
     }
