@@ -132,4 +132,3 @@ fn pad_template_takes_rtp_and_what_payloaders_take() {
     assert!(p.blurb().unwrap_or_default().contains("NULL"));
     assert_eq!(pad.property::<Option<gst::Element>>("payloader"), None);
 }
-
