@@ -212,6 +212,9 @@ struct Inner {
     wire: Option<Wire>,
     /// When a producer last wrote directly.
     last_direct: Option<Instant>,
+    /// Recent need of the pending buffer and of the writer's batch (see `trim`).
+    pending_peak: usize,
+    batch_peak: usize,
     state: QState,
     flushing: bool,
 }
@@ -244,10 +247,7 @@ impl Inner {
     fn consume(&mut self, n: usize) {
         if n == self.pending.len() {
             self.clear();
-            let keep = (n * 2).max(KEEP_CAPACITY);
-            if self.pending.capacity() > 2 * keep {
-                self.pending.shrink_to(keep);
-            }
+            trim(&mut self.pending, n, &mut self.pending_peak);
             return;
         }
         self.pending.drain(..n);
@@ -284,8 +284,20 @@ pub struct SendQueue {
 /// Shortest gap between two direct writes; closer ones are left to the writer task.
 const DIRECT_GAP: Duration = Duration::from_millis(1);
 
-/// Send buffer capacity always kept; above it, at most twice the last batch is kept.
+/// Send buffer capacity always kept.
 const KEEP_CAPACITY: usize = 16 * 1024;
+
+/// Keeps a send buffer's capacity near what recent writes needed: the peak decays by 1/16 per
+/// write, so a stream's usual size stays allocated (no regrowth per buffer list) while what a
+/// passing backlog grew is given back (a thousand sessions would otherwise each keep their worst
+/// moment).
+fn trim(buf: &mut Vec<u8>, used: usize, peak: &mut usize) {
+    *peak = used.max(*peak - *peak / 16);
+    let keep = (*peak * 2).max(KEEP_CAPACITY);
+    if buf.capacity() > 2 * keep {
+        buf.shrink_to(keep);
+    }
+}
 
 impl SendQueue {
     pub fn new(max_bytes: usize) -> Self {
@@ -299,6 +311,8 @@ impl SendQueue {
                 writing: false,
                 wire: None,
                 last_direct: None,
+                pending_peak: 0,
+                batch_peak: 0,
                 state: QState::Open,
                 flushing: false,
             }),
@@ -582,14 +596,10 @@ impl SendQueue {
 
     /// The writer wrote (or gave up on) the batch `take` gave it; `out` is cleared for reuse.
     pub fn written(&self, out: &mut Vec<u8>) {
-        // Room for batches like this one stays; what a passing backlog grew is given back (a
-        // thousand sessions would otherwise each keep their worst moment).
-        let keep = (out.len() * 2).max(KEEP_CAPACITY);
+        let used = out.len();
         out.clear();
-        if out.capacity() > 2 * keep {
-            out.shrink_to(keep);
-        }
         let mut inner = self.inner.lock().unwrap();
+        trim(out, used, &mut inner.batch_peak);
         inner.in_flight = 0;
         inner.in_flight_media = false;
         inner.in_flight_since = None;
@@ -757,6 +767,26 @@ mod tests {
             assert_eq!(q.take(&mut out).await, Some(false));
             assert_eq!(out, b"RTSP/1.0 200 OK\r\n\r\n");
         });
+    }
+
+    #[test]
+    fn trim_keeps_the_usual_size_and_gives_back_a_backlog() {
+        let mut peak = 0;
+        let mut buf: Vec<u8> = Vec::with_capacity(128 * 1024);
+        // A video list of 100 KB now and then, small audio packets between: no shrinking.
+        for _ in 0..20 {
+            trim(&mut buf, 100_000, &mut peak);
+            trim(&mut buf, 400, &mut peak);
+            assert!(buf.capacity() >= 128 * 1024);
+        }
+        // A 4 MB backlog passes; then only small writes: the capacity goes back down.
+        buf.reserve(4 << 20);
+        trim(&mut buf, 4 << 20, &mut peak);
+        assert!(buf.capacity() >= 4 << 20);
+        for _ in 0..200 {
+            trim(&mut buf, 6_000, &mut peak);
+        }
+        assert!(buf.capacity() <= 64 * 1024, "{}", buf.capacity());
     }
 
     /// Producers on several threads write directly while the socket has room and leave the rest
