@@ -210,8 +210,9 @@ struct Inner {
     writing: bool,
     /// Set while the connection streams; producers write through it when the writer is idle.
     wire: Option<Wire>,
-    /// When a producer last wrote directly.
-    last_direct: Option<Instant>,
+    /// Direct writes since `window_start` (see DIRECT_BURST).
+    window_start: Instant,
+    direct_in_window: u32,
     /// Recent need of the pending buffer and of the writer's batch (see `trim`).
     pending_peak: usize,
     batch_peak: usize,
@@ -281,8 +282,9 @@ pub struct SendQueue {
     max_bytes: usize,
 }
 
-/// Shortest gap between two direct writes; closer ones are left to the writer task.
-const DIRECT_GAP: Duration = Duration::from_millis(1);
+/// At most this many direct writes per DIRECT_WINDOW; beyond, the writer task takes over.
+const DIRECT_BURST: u32 = 16;
+const DIRECT_WINDOW: Duration = Duration::from_millis(10);
 
 /// Send buffer capacity always kept.
 const KEEP_CAPACITY: usize = 16 * 1024;
@@ -310,7 +312,8 @@ impl SendQueue {
                 in_flight_since: None,
                 writing: false,
                 wire: None,
-                last_direct: None,
+                window_start: Instant::now(),
+                direct_in_window: 0,
                 pending_peak: 0,
                 batch_peak: 0,
                 state: QState::Open,
@@ -345,15 +348,18 @@ impl SendQueue {
             // Taken out for the write (no refcount traffic per packet), put back after.
             if let Some(wire) = inner.wire.take() {
                 if !inner.pending.is_empty() {
-                    // Producers that come back within DIRECT_GAP are pushing faster than real
-                    // time: the writer takes over, so the send syscalls run on the I/O thread
-                    // in parallel instead of lengthening the streaming thread's path.
+                    // More than DIRECT_BURST direct writes within DIRECT_WINDOW: producers
+                    // push faster than real time (no clock sync), and the writer takes over so
+                    // the send syscalls run on the I/O thread in parallel instead of lengthening
+                    // the streaming thread's path. A live stream's bursts (a keyframe's lists,
+                    // audio and video together) stay below that and cost no wake-up.
                     let now = Instant::now();
-                    let paced = inner
-                        .last_direct
-                        .is_none_or(|t| now.duration_since(t) >= DIRECT_GAP);
-                    if paced {
-                        inner.last_direct = Some(now);
+                    if now.duration_since(inner.window_start) >= DIRECT_WINDOW {
+                        inner.window_start = now;
+                        inner.direct_in_window = 0;
+                    }
+                    if inner.direct_in_window < DIRECT_BURST {
+                        inner.direct_in_window += 1;
                         if let Ok(n) = wire.try_write(&inner.pending) {
                             inner.consume(n);
                         }
