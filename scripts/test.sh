@@ -25,6 +25,13 @@ pluginsdir="$(pkg-config --variable=pluginsdir gstreamer-1.0)"
   echo "meson install put the plugin in $(dirname "$installed"), not GStreamer's plugin dir $pluginsdir" >&2
   exit 1
 }
-GST_REGISTRY="$PWD/target/meson-registry.bin" GST_PLUGIN_PATH="$(dirname "$so")" \
-  gst-inspect-1.0 rtspannounce | grep -q "Sink/Network"
+# Captured first: `grep -q` stops reading at the match, and gst-inspect-1.0 writing the rest of a
+# long pad template into the closed pipe would fail the pipeline (SIGPIPE under pipefail).
+inspect="$(GST_REGISTRY="$PWD/target/meson-registry.bin" GST_PLUGIN_PATH="$(dirname "$so")" \
+  gst-inspect-1.0 rtspannounce)"
+grep -q "Sink/Network" <<<"$inspect" || {
+  echo "gst-inspect-1.0 did not load the installed plugin:" >&2
+  echo "$inspect" | head -n 20 >&2
+  exit 1
+}
 echo "meson build: gst-inspect-1.0 loads the installed plugin"
