@@ -378,6 +378,34 @@ impl RtspAnnounce {
         }
     }
 
+    /// Gives the appsinks (every pad's, or `only` this one) the `sync` setting, with no lock of
+    /// ours held: setting a child's property emits notify (deep-notify reaches the application).
+    /// Setters on several threads may interleave: a pass that finds the setting changed under it
+    /// goes again, so every appsink ends with the value set last.
+    fn apply_sync(&self, only: Option<&gst_app::AppSink>) {
+        loop {
+            let sinks: Vec<gst_app::AppSink> = match only {
+                Some(a) => vec![a.clone()],
+                None => self
+                    .pads
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p.appsink.clone())
+                    .collect(),
+            };
+            let sync = self.settings.lock().unwrap().sync;
+            for a in &sinks {
+                if a.property::<bool>("sync") != sync {
+                    a.set_sync(sync);
+                }
+            }
+            if self.settings.lock().unwrap().sync == sync {
+                return;
+            }
+        }
+    }
+
     fn make_appsink(&self, link: PadLink) -> gst_app::AppSink {
         let sync = self.settings.lock().unwrap().sync;
         let appsink = gst_app::AppSink::builder()
@@ -717,6 +745,11 @@ impl ObjectImpl for RtspAnnounce {
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        if pspec.name() == "sync" {
+            self.settings.lock().unwrap().sync = value.get().unwrap();
+            self.apply_sync(None);
+            return;
+        }
         let mut s = self.settings.lock().unwrap();
         match pspec.name() {
             "location" => {
@@ -744,12 +777,6 @@ impl ObjectImpl for RtspAnnounce {
                     .replace(['\r', '\n'], " ")
             }
             "tcp-timeout" => s.tcp_timeout_us = value.get().unwrap(),
-            "sync" => {
-                s.sync = value.get().unwrap();
-                for p in self.pads.lock().unwrap().iter() {
-                    p.appsink.set_sync(s.sync);
-                }
-            }
             "do-rtsp-keep-alive" => s.keepalive = value.get().unwrap(),
             "setup-url-style" => s.setup_url_style = value.get().unwrap(),
             "announce-timeout" => s.announce_timeout_ms = value.get().unwrap(),
@@ -866,65 +893,95 @@ impl ElementImpl for RtspAnnounce {
         name: Option<&str>,
         _caps: Option<&gst::Caps>,
     ) -> Option<gst::Pad> {
-        let mut pads = self.pads.lock().unwrap();
-        let taken = |n: &str| pads.iter().any(|p| p.ghost.name() == n);
-        let name = match name {
-            Some(n) => {
-                if taken(n)
-                    || n.strip_prefix("sink_")
-                        .and_then(|x| x.parse::<u32>().ok())
-                        .is_none()
-                {
-                    gst::error!(
-                        CAT,
-                        imp = self,
-                        "cannot create pad {n}: taken or not sink_N"
-                    );
-                    return None;
-                }
-                n.to_string()
-            }
-            None => (0..)
-                .map(|i| format!("sink_{i}"))
-                .find(|n| !taken(n))
-                .unwrap(),
-        };
-
+        // Made before any lock is taken (it reads the settings).
         let link: PadLink = Arc::new(Mutex::new(None));
-        if let Some(shared) = self.shared.lock().unwrap().clone() {
-            match shared.add_track(name.clone()) {
-                Ok(idx) => *link.lock().unwrap() = Some((shared, idx)),
-                Err(phase) => {
-                    gst::element_imp_error!(
-                        self,
-                        gst::CoreError::Pad,
-                        ("Cannot add pad {} while publishing ({:?}): the server was already told the stream list; request every pad before the pipeline starts", name, phase)
-                    );
-                    return None;
-                }
-            }
-        }
         let appsink = self.make_appsink(link.clone());
+        // Under the pads lock only what is ours: the name, the session's track, the entry (so a
+        // concurrent request cannot take the same name). Adding the appsink and the pad, which
+        // emit element-added and pad-added, comes after the lock is released.
+        let claimed = {
+            let mut pads = self.pads.lock().unwrap();
+            let taken = |n: &str| pads.iter().any(|p| p.ghost.name() == n);
+            let name = match name {
+                Some(n) => {
+                    if taken(n)
+                        || n.strip_prefix("sink_")
+                            .and_then(|x| x.parse::<u32>().ok())
+                            .is_none()
+                    {
+                        gst::error!(
+                            CAT,
+                            imp = self,
+                            "cannot create pad {n}: taken or not sink_N"
+                        );
+                        return None;
+                    }
+                    n.to_string()
+                }
+                None => (0..)
+                    .map(|i| format!("sink_{i}"))
+                    .find(|n| !taken(n))
+                    .unwrap(),
+            };
+            let shared = self.shared.lock().unwrap().clone();
+            let track = match shared {
+                Some(shared) => match shared.add_track(name.clone()) {
+                    Ok(idx) => Ok(Some((shared, idx))),
+                    Err(phase) => Err(phase),
+                },
+                None => Ok(None),
+            };
+            match track {
+                Ok(track) => {
+                    *link.lock().unwrap() = track;
+                    // RTP input goes straight to the appsink; encoded input gets a payloader in
+                    // between when its caps arrive (see pad.rs).
+                    let ghost = RtspAnnouncePad::new(templ, &name, appsink.upcast_ref());
+                    pads.push(PadEntry {
+                        ghost: ghost.clone(),
+                        appsink: appsink.clone(),
+                        link,
+                    });
+                    Ok(ghost)
+                }
+                Err(phase) => Err((name, phase)),
+            }
+        };
+        let ghost = match claimed {
+            Ok(ghost) => ghost,
+            Err((name, phase)) => {
+                gst::element_imp_error!(
+                    self,
+                    gst::CoreError::Pad,
+                    ("Cannot add pad {} while publishing ({:?}): the server was already told the stream list; request every pad before the pipeline starts", name, phase)
+                );
+                return None;
+            }
+        };
+        let name = ghost.name();
         appsink.set_property("name", format!("appsink-{name}"));
         let obj = self.obj();
+        let forget = || {
+            self.pads
+                .lock()
+                .unwrap()
+                .retain(|p| p.ghost.upcast_ref::<gst::Pad>() != ghost.upcast_ref::<gst::Pad>());
+        };
         if obj.add(&appsink).is_err() {
+            forget();
             return None;
         }
-        // RTP input goes straight to the appsink; encoded input gets a payloader in between when
-        // its caps arrive (see pad.rs).
-        let ghost = RtspAnnouncePad::new(templ, &name, appsink.upcast_ref());
         let target = appsink.static_pad("sink").unwrap();
         if ghost.set_target(Some(&target)).is_err() || obj.add_pad(&ghost).is_err() {
+            forget();
             let _ = obj.remove(&appsink);
             return None;
         }
         let _ = ghost.set_active(true);
         let _ = appsink.sync_state_with_parent();
-        pads.push(PadEntry {
-            ghost: ghost.clone(),
-            appsink,
-            link,
-        });
+        // `sync` may have changed since make_appsink read it, and a setter that listed the pads
+        // before this one was in the list did not see it.
+        self.apply_sync(Some(&appsink));
         gst::debug!(CAT, imp = self, "created pad {name}");
         Some(ghost.upcast())
     }
