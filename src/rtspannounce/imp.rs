@@ -425,7 +425,9 @@ impl RtspAnnounce {
             gst_app::AppSinkCallbacks::builder()
                 .new_preroll(move |sink| {
                     let sample = sink.pull_preroll().map_err(|_| gst::FlowError::Flushing)?;
-                    if let Some((shared, idx)) = l1.lock().unwrap().clone() {
+                    // Copied out first: an `if let` scrutinee's guard would live through the block.
+                    let linked = l1.lock().unwrap().clone();
+                    if let Some((shared, idx)) = linked {
                         shared.preroll(idx, sample.caps_owned());
                     }
                     let _ = &w1;
@@ -460,7 +462,9 @@ impl RtspAnnounce {
                     pad_result(&l2, element.upcast_ref(), res)
                 })
                 .eos(move |_sink| {
-                    if let Some((shared, idx)) = l3.lock().unwrap().clone() {
+                    // Not under the link lock: eos() may post an error, a warning or EOS.
+                    let linked = l3.lock().unwrap().clone();
+                    if let Some((shared, idx)) = linked {
                         shared.eos(idx);
                     }
                     let _ = &w3;
@@ -473,7 +477,8 @@ impl RtspAnnounce {
             gst::PadProbeType::EVENT_FLUSH,
             move |_pad, info| {
                 if let Some(ev) = info.event() {
-                    if let Some((shared, _)) = lf.lock().unwrap().clone() {
+                    let linked = lf.lock().unwrap().clone();
+                    if let Some((shared, _)) = linked {
                         match ev.type_() {
                             gst::EventType::FlushStart => shared.set_flushing(true),
                             gst::EventType::FlushStop => shared.set_flushing(false),
