@@ -6,7 +6,7 @@
 
 use super::pad::RtspAnnouncePad;
 use super::sender::NtpSource;
-use super::session::{PadError, Phase, SessionConfig, Shared};
+use super::session::{PadError, SessionConfig, Shared, TrackId};
 use crate::net::tls::TlsOptions;
 use crate::rtsp::auth::Credentials;
 use crate::rtsp::url::{redact, ControlStyle, RtspUrl};
@@ -152,7 +152,7 @@ impl Default for Settings {
 }
 
 /// Where a pad's callbacks find the session: set when the element goes to PAUSED.
-type PadLink = Arc<Mutex<Option<(Arc<Shared>, usize)>>>;
+type PadLink = Arc<Mutex<Option<(Arc<Shared>, TrackId)>>>;
 
 struct PadEntry {
     ghost: RtspAnnouncePad,
@@ -360,9 +360,11 @@ impl RtspAnnounce {
         let order: Vec<String> = names.into_iter().map(|(_, n)| n).collect();
         let shared = Shared::new(cfg, order.clone(), self.obj().upcast_ref());
         for p in pads.iter() {
-            let idx = order.iter().position(|n| *n == p.ghost.name()).unwrap();
-            shared.set_pad(idx, p.ghost.upcast_ref());
-            *p.link.lock().unwrap() = Some((shared.clone(), idx));
+            let Some(id) = shared.track_id(&p.ghost.name()) else {
+                continue;
+            };
+            shared.set_pad(id, p.ghost.upcast_ref());
+            *p.link.lock().unwrap() = Some((shared.clone(), id));
         }
         *self.shared.lock().unwrap() = Some(shared);
         Ok(())
@@ -1038,17 +1040,19 @@ impl ElementImpl for RtspAnnounce {
             };
             pads.remove(i)
         };
-        if let Some(shared) = self.shared.lock().unwrap().as_ref() {
-            if shared.phase() != Phase::Waiting {
+        // Before the handshake the track goes with its pad; after it the server knows it.
+        let linked = entry.link.lock().unwrap().take();
+        if let Some((shared, id)) = linked {
+            if !shared.remove_track(id) {
                 gst::warning!(
                     CAT,
                     imp = self,
-                    "pad {} released while publishing",
-                    pad.name()
+                    "pad {} released while publishing ({:?}): its track stays announced, silent",
+                    pad.name(),
+                    shared.phase()
                 );
             }
         }
-        *entry.link.lock().unwrap() = None;
         let obj = self.obj();
         entry.ghost.detach(obj.upcast_ref());
         let _ = entry.appsink.set_state(gst::State::Null);
