@@ -40,20 +40,30 @@ pub fn default_response(req: &Request) -> Response {
     }
 }
 
+/// `s` as text for a start line or a header value we send: CR, LF and other control characters
+/// (a tab excepted) become spaces, so nothing we echo or are handed can end the line and add
+/// lines of its own.
+pub fn line_text(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() && c != '\t' { ' ' } else { c })
+        .collect()
+}
+
 /// The answer to `req`: `app`'s if it gives one (it is asked only when the method is a token,
 /// so a malformed request never reaches it), else `default_response`. The request's CSeq is
-/// echoed, and its Session unless the answer names one.
+/// echoed, and its Session unless the answer names one, both through `line_text` (a header
+/// value from the parser may hold a lone CR, or other control bytes).
 pub fn answer(req: &Request, app: impl FnOnce(&Request) -> Option<Response>) -> Response {
     let mut resp = is_token(&req.method)
         .then(|| app(req))
         .flatten()
         .unwrap_or_else(|| default_response(req));
     if let Some(c) = req.headers.get("CSeq") {
-        resp.headers.set("CSeq", c.to_string());
+        resp.headers.set("CSeq", line_text(c));
     }
     if let Some(s) = req.headers.get("Session") {
         if resp.headers.get("Session").is_none() {
-            resp.headers.push("Session", s.to_string());
+            resp.headers.push("Session", line_text(s));
         }
     }
     resp
@@ -229,6 +239,27 @@ mod tests {
             Some(a)
         });
         assert_eq!(a.headers.get_all("Session").collect::<Vec<_>>(), ["mine"]);
+    }
+
+    #[test]
+    fn echoed_values_cannot_end_their_line() {
+        // Found by the server_requests fuzz target: "CSeq: 1\r\x02Session: abc" is one header
+        // line whose value holds a lone CR, and it went back out as it came.
+        let mut p = super::super::message::Parser::default();
+        p.feed(b"OPTIONS * RTSP/1.0\r\nCSeq: 1\r\x02Session: abc\r\nSession: s\r\x01\r\n\r\n");
+        let Some(super::super::message::Incoming::Request(r)) = p.next_message().unwrap() else {
+            panic!()
+        };
+        let a = answer(&r, |_| None);
+        assert_eq!(a.headers.get("CSeq"), Some("1  Session: abc"));
+        assert_eq!(a.headers.get("Session"), Some("s  "));
+        let bytes = a.to_bytes();
+        for (i, b) in bytes.iter().enumerate() {
+            if *b == b'\r' {
+                assert_eq!(bytes[i + 1], b'\n', "{:?}", String::from_utf8_lossy(&bytes));
+            }
+        }
+        assert_eq!(line_text("a\tb\r\nc\0\u{7f}\u{85}"), "a\tb  c   ");
     }
 
     #[test]

@@ -3,12 +3,16 @@
 //!
 //! Everything here comes from the wire or from an application, and GStreamer answers a bad
 //! structure name with a CRITICAL and NULL (undefined behaviour on the Rust side), so names
-//! are checked before GStreamer sees them. No side effects: unit-tested and fuzzed as they are.
+//! are checked before GStreamer sees them. GStreamer also keeps every structure and field name
+//! for the life of the process, so new names from the wire come from a bounded budget (`Names`).
+//! Unit-tested and fuzzed as they are: no I/O, no signal, nothing of the element's.
 
 use crate::rtsp::message::{Request, Response};
-use crate::rtsp::server_request::{is_token, reason_phrase};
+use crate::rtsp::server_request::{is_token, line_text, reason_phrase};
 use gst::glib;
+use std::collections::HashSet;
 use std::fmt;
+use std::sync::{LazyLock, Mutex};
 
 /// A name GStreamer 1.22 takes for a structure (`gst_structure_validate_name`): an ASCII
 /// letter, then ASCII letters, digits and any of `/-_.:+`. Field names are held to the same rule
@@ -28,6 +32,8 @@ pub enum NotShown {
     Malformed(String),
     /// The method is a token, but no structure can be named after it.
     Unnamable(String),
+    /// The method would be a new name, and the budget of new names is spent (see `Names`).
+    NoNamesLeft(String),
 }
 
 impl fmt::Display for NotShown {
@@ -37,6 +43,10 @@ impl fmt::Display for NotShown {
             NotShown::Unnamable(m) => {
                 write!(f, "method {m:?} cannot name a GStreamer structure")
             }
+            NotShown::NoNamesLeft(m) => write!(
+                f,
+                "method {m:?} would be a new name for GStreamer to keep, and none are left"
+            ),
         }
     }
 }
@@ -44,63 +54,190 @@ impl fmt::Display for NotShown {
 /// Field names we set ourselves; headers of these names (in any case) are left out.
 const REQUEST_FIELDS: [&str; 2] = ["uri", "body"];
 
-/// Text for a string field: GStreamer strings end at the first NUL, so NULs are dropped.
+/// Methods and header names of RFC 2326 (10, 12), spelled as it spells them: always usable.
+const STANDARD_NAMES: &[&str] = &[
+    "ANNOUNCE",
+    "DESCRIBE",
+    "GET_PARAMETER",
+    "OPTIONS",
+    "PAUSE",
+    "PLAY",
+    "RECORD",
+    "REDIRECT",
+    "SETUP",
+    "SET_PARAMETER",
+    "TEARDOWN",
+    "Accept",
+    "Accept-Encoding",
+    "Accept-Language",
+    "Allow",
+    "Authorization",
+    "Bandwidth",
+    "Blocksize",
+    "Cache-Control",
+    "Conference",
+    "Connection",
+    "Content-Base",
+    "Content-Encoding",
+    "Content-Language",
+    "Content-Length",
+    "Content-Location",
+    "Content-Type",
+    "CSeq",
+    "Date",
+    "Expires",
+    "From",
+    "Host",
+    "If-Match",
+    "If-Modified-Since",
+    "Last-Modified",
+    "Location",
+    "Proxy-Authenticate",
+    "Proxy-Require",
+    "Public",
+    "Range",
+    "Referer",
+    "Retry-After",
+    "Require",
+    "RTP-Info",
+    "Scale",
+    "Speed",
+    "Server",
+    "Session",
+    "Timestamp",
+    "Transport",
+    "Unsupported",
+    "User-Agent",
+    "Vary",
+    "Via",
+    "WWW-Authenticate",
+];
+
+/// The names from the wire GStreamer is given. A structure's name and its field names become
+/// GQuarks, which live as long as the process: a server inventing new header names (or methods)
+/// in every request would grow our memory without bound. So besides RFC 2326's own names, at
+/// most `max` new names are ever used; once they are spent, a header with yet another name is
+/// left out and a request with yet another method gets the default answer without the signal.
+#[derive(Debug)]
+pub struct Names {
+    new: HashSet<String>,
+    max: usize,
+}
+
+impl Names {
+    /// The process-wide budget: far more than any real server uses, a few hundred KiB at most.
+    pub const MAX_NEW: usize = 4096;
+
+    pub fn new(max: usize) -> Names {
+        Names {
+            new: HashSet::new(),
+            max,
+        }
+    }
+
+    /// Whether `name` may be given to GStreamer: a standard name, one given before, or a new
+    /// one while the budget lasts (then counted).
+    pub fn admit(&mut self, name: &str) -> bool {
+        if STANDARD_NAMES.contains(&name) || self.new.contains(name) {
+            return true;
+        }
+        if self.new.len() >= self.max {
+            return false;
+        }
+        self.new.insert(name.to_string());
+        true
+    }
+}
+
+/// The budget of the process (GStreamer's names are the process's too).
+static PROCESS_NAMES: LazyLock<Mutex<Names>> =
+    LazyLock::new(|| Mutex::new(Names::new(Names::MAX_NEW)));
+
+/// What `handle-request` shows for a request, before it is a structure: the structure's name
+/// and its string fields in order, and the headers left out (each with the reason), for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shown {
+    pub name: String,
+    pub fields: Vec<(String, String)>,
+    pub skipped: Vec<String>,
+}
+
+impl Shown {
+    pub fn structure(&self) -> gst::Structure {
+        let mut s = gst::Structure::new_empty(self.name.as_str());
+        for (n, v) in &self.fields {
+            s.set(n.as_str(), v.as_str());
+        }
+        s
+    }
+}
+
+/// Text for a string field, NULs dropped: glib-rs panics turning a string with a NUL into a
+/// GValue (and C would see it end there anyway): a NUL in a header value or the body of a
+/// server request made the reader task panic before.
 fn gst_text(s: &str) -> String {
     s.replace('\0', "")
 }
 
-/// The structure `handle-request` shows for `req`: named after the method, with `uri`, one
-/// string field per header and the body (as text, if any) in `body`.
+/// What `handle-request` shows for `req`: a structure named after the method, with `uri`,
+/// one string field per header and the body (as text, if any) in `body`. New names are taken
+/// from `names`.
 ///
-/// - Headers whose names are not valid field names (see `is_gst_name`), or are `uri` or
-///   `body`, are left out; their names are returned with the structure, for the log.
+/// - Headers whose names are not valid field names (see `is_gst_name`), are `uri` or `body`,
+///   or are new when `names` has none left, are left out and listed in `skipped`.
 /// - A header sent more than once (names compared without case, as RTSP does) is one field,
 ///   under the first spelling, its values joined with ", " (RFC 2326 4.2 by way of HTTP/1.1).
-/// - Values are kept as sent, but for NUL bytes (see `gst_text`); the body is read as UTF-8,
+/// - Values are kept as sent, but for NULs, dropped (see `gst_text`); the body is read as UTF-8,
 ///   bytes that are not being replaced by U+FFFD.
-pub fn request_structure(req: &Request) -> Result<(gst::Structure, Vec<String>), NotShown> {
+pub fn request_fields(req: &Request, names: &mut Names) -> Result<Shown, NotShown> {
     if !is_token(&req.method) {
         return Err(NotShown::Malformed(req.method.clone()));
     }
     if !is_gst_name(&req.method) {
         return Err(NotShown::Unnamable(req.method.clone()));
     }
-    let mut fields: Vec<(&str, String)> = Vec::new();
+    if !names.admit(&req.method) {
+        return Err(NotShown::NoNamesLeft(req.method.clone()));
+    }
+    let mut fields: Vec<(String, String)> = vec![("uri".into(), gst_text(&req.uri))];
     let mut skipped = Vec::new();
     for (n, v) in &req.headers.0 {
-        if !is_gst_name(n) || REQUEST_FIELDS.iter().any(|r| r.eq_ignore_ascii_case(n)) {
-            skipped.push(n.clone());
+        if !is_gst_name(n) {
+            skipped.push(format!("{n} (not a field name)"));
+        } else if REQUEST_FIELDS.iter().any(|r| r.eq_ignore_ascii_case(n)) {
+            skipped.push(format!("{n} (a field of ours)"));
         } else if let Some((_, joined)) = fields
             .iter_mut()
+            .skip(1)
             .find(|(seen, _)| seen.eq_ignore_ascii_case(n))
         {
             joined.push_str(", ");
             joined.push_str(&gst_text(v));
+        } else if !names.admit(n) {
+            skipped.push(format!("{n} (no new names left)"));
         } else {
-            fields.push((n, gst_text(v)));
+            fields.push((n.clone(), gst_text(v)));
         }
     }
-    let mut s = gst::Structure::new_empty(req.method.as_str());
-    s.set("uri", gst_text(&req.uri));
-    for (n, v) in fields {
-        s.set(n, v);
-    }
     if !req.body.is_empty() {
-        s.set("body", gst_text(&String::from_utf8_lossy(&req.body)));
+        fields.push(("body".into(), gst_text(&String::from_utf8_lossy(&req.body))));
     }
-    Ok((s, skipped))
+    Ok(Shown {
+        name: req.method.clone(),
+        fields,
+        skipped,
+    })
+}
+
+/// `request_fields` with the process's budget of names, as a structure; with what was left out.
+pub fn request_structure(req: &Request) -> Result<(gst::Structure, Vec<String>), NotShown> {
+    // The budget's lock is not held while GStreamer builds the structure.
+    let shown = request_fields(req, &mut PROCESS_NAMES.lock().unwrap())?;
+    Ok((shown.structure(), shown.skipped))
 }
 
 /// Fields of an answer structure that are not headers.
 const ANSWER_FIELDS: [&str; 3] = ["status", "reason", "body"];
-
-/// Text for the response's start line or a header value: CR, LF and other control characters
-/// (a tab excepted) become spaces, so an answer cannot end its line and add lines of its own.
-fn line_text(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() && c != '\t' { ' ' } else { c })
-        .collect()
-}
 
 /// An integer field as a number, whatever integer type the application used (Python and
 /// `gst_structure_from_string` give `int`, Rust code often `uint`).
@@ -265,7 +402,15 @@ mod tests {
         assert!(!s.has_field("x-dup"));
         assert_eq!(s.get::<&str>("X-Nul").unwrap(), "ab");
         assert_eq!(s.get::<&str>("body").unwrap(), "volume: 0.5\r\n");
-        assert_eq!(skipped, ["1Bad", "Bad!", "URI", "Body"]);
+        assert_eq!(
+            skipped,
+            [
+                "1Bad (not a field name)",
+                "Bad! (not a field name)",
+                "URI (a field of ours)",
+                "Body (a field of ours)"
+            ]
+        );
         assert_eq!(s.n_fields(), 7);
         // What a handler gets survives a round trip through the text form.
         let again: gst::Structure = s.to_string().parse().unwrap();
@@ -419,5 +564,73 @@ mod tests {
             (r.status, r.reason.as_str()),
             (451, "Parameter Not Understood")
         );
+    }
+
+    #[test]
+    fn emit_handle_request_survives_nul_bytes() {
+        init();
+        let element: gst::Element = glib::Object::new::<super::super::RtspAnnounce>().upcast();
+        element.connect("handle-request", false, |args| {
+            let req = args[1].get::<gst::Structure>().unwrap();
+            let answer = gst::Structure::builder("response")
+                .field("status", 200u32)
+                .field("X-Got", req.get::<&str>("X-Nul").unwrap())
+                .field("X-Body", req.get::<&str>("body").unwrap())
+                .build();
+            Some(Some(answer).to_value())
+        });
+        let req = request("SET_PARAMETER", &[("X-Nul", "a\0b")], b"x\0y");
+        let r = super::super::imp::emit_handle_request(&element, &req).unwrap();
+        assert_eq!(r.headers.get("X-Got"), Some("ab"));
+        assert_eq!(r.headers.get("X-Body"), Some("xy"));
+    }
+
+    #[test]
+    fn new_names_from_the_wire_are_bounded() {
+        // GStreamer keeps every structure and field name for good: a server inventing names
+        // must not grow that without end.
+        let mut names = Names::new(3);
+        let req = |m: &str, h: &[(&str, &str)]| request(m, h, b"");
+        let shown = request_fields(
+            &req(
+                "SET_PARAMETER",
+                &[("CSeq", "1"), ("X-A", "a"), ("X-B", "b")],
+            ),
+            &mut names,
+        )
+        .unwrap();
+        assert_eq!(shown.fields.len(), 4);
+        // X-A and X-B were new: one left, then none.
+        let shown = request_fields(
+            &req("OPTIONS", &[("X-A", "again"), ("X-C", "c"), ("X-D", "d")]),
+            &mut names,
+        )
+        .unwrap();
+        let kept: Vec<&str> = shown.fields.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(kept, ["uri", "X-A", "X-C"]);
+        assert_eq!(shown.skipped, ["X-D (no new names left)"]);
+        // Standard names and names seen before still pass; new methods do not.
+        let shown = request_fields(
+            &req(
+                "GET_PARAMETER",
+                &[("Session", "s"), ("X-C", "c"), ("x-c", "c2")],
+            ),
+            &mut names,
+        )
+        .unwrap();
+        assert_eq!(shown.fields[2], ("X-C".to_string(), "c, c2".to_string()));
+        assert_eq!(
+            request_fields(&req("FOO", &[]), &mut names),
+            Err(NotShown::NoNamesLeft("FOO".into()))
+        );
+        assert!(request_fields(&req("X-A", &[]), &mut names).is_ok());
+        // Names that are refused for other reasons never spend the budget.
+        let mut names = Names::new(1);
+        let shown = request_fields(
+            &req("TEARDOWN", &[("1Bad", ""), ("uri", ""), ("X-Y", "")]),
+            &mut names,
+        )
+        .unwrap();
+        assert_eq!(shown.fields.last().unwrap().0, "X-Y");
     }
 }

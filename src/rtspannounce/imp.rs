@@ -478,7 +478,7 @@ pub(super) fn emit_handle_request(
         gst::debug!(
             CAT,
             obj = element,
-            "handle-request for {}: headers left out (not usable as field names): {skipped:?}",
+            "handle-request for {}: headers left out: {skipped:?}",
             req.method
         );
     }
