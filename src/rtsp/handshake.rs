@@ -499,10 +499,15 @@ impl Handshake {
                 Ok(self.send(r))
             }
             Phase::Announce => {
+                // The base goes into our request lines: one with spaces or control bytes in it
+                // would break them (a server's mistake; our own URL serves instead).
                 self.content_base = resp
                     .headers
                     .get("Content-Base")
                     .or_else(|| resp.headers.get("Content-Location"))
+                    .map(str::trim)
+                    .filter(|b| !b.is_empty())
+                    .filter(|b| !b.chars().any(|c| c.is_whitespace() || c.is_control()))
                     .map(str::to_string);
                 if self.controls.is_empty() {
                     return Err(HandshakeError::BadResponse("no tracks to set up".into()));
@@ -956,6 +961,33 @@ mod tests {
         assert_eq!(n.session_timeout, 30);
         assert_eq!((n.tracks[0].rtp_channel, n.tracks[0].rtcp_channel), (0, 1));
         assert_eq!((n.tracks[1].rtp_channel, n.tracks[1].rtcp_channel), (6, 7));
+    }
+
+    #[test]
+    fn a_content_base_that_cannot_be_in_a_request_line_is_not_used() {
+        // Found by the server_requests fuzz target: "Content-Base: \0\0" made the SETUP line
+        // "SETUP \0\0/streamid=0 RTSP/1.0".
+        for base in [
+            "\0\0",
+            "rtsp://h/a b/",
+            "rtsp://h/x\r/",
+            "rtsp://h/\u{85}x/",
+        ] {
+            let mut h = hs("rtsp://h/live", 1);
+            h.start();
+            let s0 = send(
+                h.handle_response(&ok(1, &[("Content-Base", base)]))
+                    .unwrap(),
+            );
+            assert_eq!(s0.uri, "rtsp://h:554/live/streamid=0", "{base:?}");
+        }
+        let mut h = hs("rtsp://h/live", 1);
+        h.start();
+        let s0 = send(
+            h.handle_response(&ok(1, &[("Content-Base", " rtsp://h/base/ ")]))
+                .unwrap(),
+        );
+        assert_eq!(s0.uri, "rtsp://h/base/streamid=0");
     }
 
     #[test]
