@@ -531,40 +531,51 @@ fn target_state(e: &gst::Element) -> gst::State {
     }
 }
 
-/// Emits `handle-request` for a request from the server and turns the answer into a response.
+/// Emits `handle-request` for a request from the server and turns the answer into a response;
+/// None leaves the default answer. The conversions both ways are `handle_request`'s: a request
+/// GStreamer could not hold in a structure is never emitted.
 pub(super) fn emit_handle_request(
     element: &gst::Element,
     req: &crate::rtsp::message::Request,
 ) -> Option<crate::rtsp::message::Response> {
-    let mut s = gst::Structure::builder(req.method.as_str()).field("uri", req.uri.as_str());
-    for (n, v) in &req.headers.0 {
-        if n != "uri" {
-            s = s.field(n.as_str(), v.as_str());
+    let (s, skipped) = match super::handle_request::request_structure(req) {
+        Ok(s) => s,
+        Err(why) => {
+            gst::debug!(CAT, obj = element, "not emitting handle-request: {why}");
+            return None;
         }
+    };
+    if !skipped.is_empty() {
+        gst::debug!(
+            CAT,
+            obj = element,
+            "handle-request for {}: headers left out: {skipped:?}",
+            req.method
+        );
     }
-    if !req.body.is_empty() {
-        s = s.field("body", String::from_utf8_lossy(&req.body).as_ref());
-    }
-    let answer = element.emit_by_name::<Option<gst::Structure>>("handle-request", &[&s.build()])?;
-    let status = answer
-        .get::<u32>("status")
-        .ok()
-        .filter(|s| (100..1000).contains(s))?;
-    let mut resp = crate::rtsp::message::Response::new(
-        status as u16,
-        answer.get::<&str>("reason").unwrap_or("OK"),
-    );
-    for (n, v) in answer.iter() {
-        if !matches!(n.as_str(), "status" | "reason" | "body") {
-            if let Ok(v) = v.get::<&str>() {
-                resp.headers.push(n.as_str(), v.replace(['\r', '\n'], " "));
+    let answer = element.emit_by_name::<Option<gst::Structure>>("handle-request", &[&s])?;
+    match super::handle_request::answer_response(&answer) {
+        Ok((resp, skipped)) => {
+            if !skipped.is_empty() {
+                gst::warning!(
+                    CAT,
+                    obj = element,
+                    "handle-request answer to {}: fields left out (not a header name, or not a string or integer): {skipped:?}",
+                    req.method
+                );
             }
+            Some(resp)
+        }
+        Err(e) => {
+            gst::warning!(
+                CAT,
+                obj = element,
+                "handle-request answer to {} not used, default answer sent: {e}",
+                req.method
+            );
+            None
         }
     }
-    if let Ok(b) = answer.get::<&str>("body") {
-        resp.body = b.as_bytes().to_vec();
-    }
-    Some(resp)
 }
 
 /// A DER certificate as PEM text.
@@ -744,9 +755,11 @@ impl ObjectImpl for RtspAnnounce {
                         .build(),
                     // A request the server sent while we publish, as a structure named after
                     // the method with "uri" and every header as a string field. A handler may
-                    // return a "response" structure ("status" uint, optional "reason" and
-                    // header string fields, "body" string); NULL leaves the default answer
+                    // return a "response" structure ("status" uint or int, optional "reason"
+                    // and header string fields, "body" string); NULL leaves the default answer
                     // (200 for OPTIONS, GET_PARAMETER, SET_PARAMETER, TEARDOWN; else 501).
+                    // Methods that cannot name a structure are not emitted: 400 when they are
+                    // no RTSP token, else 501. See handle_request.rs for the details.
                     glib::subclass::Signal::builder("handle-request")
                         .param_types([gst::Structure::static_type()])
                         .return_type::<Option<gst::Structure>>()
