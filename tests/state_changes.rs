@@ -123,3 +123,51 @@ fn a_pad_released_before_data_flows_leaves_no_track() {
     let announce = server.snapshot().first("ANNOUNCE").unwrap().body_str();
     assert_eq!(announce.matches("m=").count(), 1, "{announce}");
 }
+
+/// Flushing is per pad: a flush on the audio pad of a live H.264+AAC push leaves the video
+/// track streaming (one session-wide flag stopped every pad: 0 video packets in 1.5 s).
+#[test]
+fn a_flush_on_one_pad_leaves_the_others_streaming() {
+    for protocols in ["tcp", "udp"] {
+        let server = ScriptedServer::start(Script::new());
+        let p = pipeline(&format!(
+            "rtspannounce name=s location=\"{}\" protocols={protocols} \
+             videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=30/1 ! \
+             x264enc tune=zerolatency bframes=0 key-int-max=30 speed-preset=ultrafast ! \
+             rtph264pay ! s.sink_0 \
+             audiotestsrc is-live=true samplesperbuffer=1024 ! audio/x-raw,rate=48000,channels=2 ! \
+             avenc_aac ! aacparse ! rtpmp4gpay ! s.sink_1",
+            server.url("/live")
+        ));
+        let sink = p.by_name("s").unwrap();
+        let _ = p.set_state(gst::State::Playing);
+        assert!(
+            server.wait_requests("RECORD", 1, T),
+            "{protocols}: no RECORD"
+        );
+        let video_packets = || {
+            let stats = sink.property::<gst::Structure>("stats");
+            let tracks = stats.get::<gst::Array>("tracks").unwrap();
+            tracks.as_slice()[0]
+                .get::<gst::Structure>()
+                .unwrap()
+                .get::<u64>("packets")
+                .unwrap_or(0)
+        };
+        let audio = sink.static_pad("sink_1").unwrap();
+        assert!(audio.send_event(gst::event::FlushStart::new()));
+        let before = video_packets();
+        // Video goes on while audio is flushing: 90 more packets (a few seconds of frames).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while video_packets() < before + 90 {
+            assert!(
+                Instant::now() < deadline,
+                "{protocols}: video stopped while audio flushed ({} packets)",
+                video_packets() - before
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(audio.send_event(gst::event::FlushStop::new(true)));
+        let _ = p.set_state(gst::State::Null);
+    }
+}

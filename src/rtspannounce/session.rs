@@ -18,6 +18,7 @@ use crate::rtsp::url::{ControlStyle, RtspUrl};
 use crate::sdp;
 use crate::CAT;
 use gst::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -93,6 +94,9 @@ pub struct Track {
     /// The sink pad, to ask upstream for a keyframe after a reconnect.
     pad: Option<gst::glib::WeakRef<gst::Pad>>,
     is_video: bool,
+    /// Flush-start on this track's pad, until flush-stop: its waits return at once. Flushing is
+    /// per pad; the other tracks go on.
+    flushing: Arc<AtomicBool>,
 }
 
 impl Track {
@@ -107,6 +111,7 @@ impl Track {
             tx: None,
             pad: None,
             is_video: false,
+            flushing: Arc::default(),
         }
     }
 
@@ -128,7 +133,6 @@ struct State {
     tracks: Vec<Track>,
     next_track_id: TrackId,
     first_data: Option<Instant>,
-    flushing: bool,
     /// PLAYING to PAUSED: a pad waiting for RECORD's answer returns (its buffer stays held), so
     /// the appsink can pause without waiting on the network.
     paused: bool,
@@ -265,7 +269,6 @@ impl Shared {
                     .map(|(i, n)| Track::new(i as TrackId, n))
                     .collect(),
                 first_data: None,
-                flushing: false,
                 paused: false,
                 failing: false,
                 streaming: None,
@@ -503,10 +506,11 @@ impl Shared {
                 }
                 let tx = st.tracks[track].tx.clone();
                 let udp = st.udp.clone();
+                let flushing = st.tracks[track].flushing.clone();
                 drop(st);
                 return match (tx, udp) {
-                    (Some(tx), Some(udp)) => self.send_udp(track, &tx, &udp, buffers),
-                    (Some(tx), None) => self.send(track, &tx, buffers),
+                    (Some(tx), Some(udp)) => self.send_udp(track, &tx, &udp, &flushing, buffers),
+                    (Some(tx), None) => self.send(track, &tx, &flushing, buffers),
                     (None, _) => Err(PadError::Failed),
                 };
             }
@@ -528,7 +532,7 @@ impl Shared {
                 return Ok(());
             }
         }
-        if st.flushing {
+        if st.tracks[track].flushing.load(Ordering::SeqCst) {
             return Err(PadError::Flushing);
         }
         let connecting = st.phase == Phase::Connecting;
@@ -564,7 +568,7 @@ impl Shared {
                 Phase::Stopped => return Err(PadError::Flushing),
                 _ => return Ok(()),
             }
-            if st.flushing {
+            if st.tracks[track].flushing.load(Ordering::SeqCst) {
                 return Err(PadError::Flushing);
             }
             st = self.cond.wait(st).unwrap();
@@ -620,19 +624,21 @@ impl Shared {
         &self,
         track: usize,
         tx: &TrackSender,
+        flushing: &AtomicBool,
         buffers: impl Iterator<Item = (gst::Buffer, Option<u64>)>,
     ) -> Result<(), PadError> {
         thread_local! {
             // One per streaming thread, reused: no allocation per buffer list.
             static FRAMES: std::cell::RefCell<Vec<OutFrame>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        FRAMES.with_borrow_mut(|frames| self.send_with(track, tx, buffers, frames))
+        FRAMES.with_borrow_mut(|frames| self.send_with(track, tx, flushing, buffers, frames))
     }
 
     fn send_with(
         &self,
         track: usize,
         tx: &TrackSender,
+        flushing: &AtomicBool,
         buffers: impl Iterator<Item = (gst::Buffer, Option<u64>)>,
         frames: &mut Vec<OutFrame>,
     ) -> Result<(), PadError> {
@@ -666,7 +672,7 @@ impl Shared {
         let res = if drop_policy {
             queue.push_all_nowait(frames.drain(..))
         } else {
-            queue.push_all(frames.drain(..))
+            queue.push_all_until(frames.drain(..), flushing)
         };
         let too_big = match result {
             Ok(ev) => {
@@ -707,6 +713,7 @@ impl Shared {
         track: usize,
         tx: &TrackSender,
         udp: &UdpSession,
+        flushing: &AtomicBool,
         buffers: impl Iterator<Item = (gst::Buffer, Option<u64>)>,
     ) -> Result<(), PadError> {
         thread_local! {
@@ -717,7 +724,7 @@ impl Shared {
             let mut frames = cell.borrow_mut();
             frames.clear();
             let framed = tx.frames(buffers, &|| self.ntp_mapper(), None, &mut frames);
-            let sent = udp.send(&frames);
+            let sent = udp.send_until(&frames, flushing);
             frames.clear();
             if let Err(len) = framed {
                 return Err(self.too_large(track, len, "over UDP"));
@@ -729,7 +736,7 @@ impl Shared {
                 Err(UdpError::Cancelled) => match self.phase() {
                     Phase::Failed => Err(PadError::Failed),
                     Phase::Stopped => Err(PadError::Flushing),
-                    _ if self.state.lock().unwrap().flushing => Err(PadError::Flushing),
+                    _ if flushing.load(Ordering::SeqCst) => Err(PadError::Flushing),
                     _ => {
                         self.state.lock().unwrap().dropped_offline += 1;
                         Ok(())
@@ -1777,16 +1784,18 @@ impl Shared {
         });
     }
 
-    /// Flush-start/stop on a pad: blocked waits return at once while flushing.
-    pub fn set_flushing(&self, flushing: bool) {
+    /// Flush-start/stop on track `id`'s pad: its blocked waits return at once while flushing;
+    /// the other pads go on.
+    pub fn set_flushing(&self, id: TrackId, flushing: bool) {
         {
-            let mut st = self.state.lock().unwrap();
-            st.flushing = flushing;
-            if let Some(u) = &st.udp {
-                u.set_flushing(flushing);
+            let st = self.state.lock().unwrap();
+            if let Some(i) = Self::position(&st, id) {
+                st.tracks[i].flushing.store(flushing, Ordering::SeqCst);
             }
         }
-        self.queue().set_flushing(flushing);
+        if flushing {
+            self.queue().wake();
+        }
         self.cond.notify_all();
     }
 
