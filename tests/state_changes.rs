@@ -171,3 +171,21 @@ fn a_flush_on_one_pad_leaves_the_others_streaming() {
         let _ = p.set_state(gst::State::Null);
     }
 }
+
+/// NULL while the TEARDOWN of an ending waits for its answer: the connection closes within the
+/// stop's bound, and that TEARDOWN stays the only one (a stop sent a second).
+#[test]
+fn null_while_the_teardown_waits_sends_no_second_one() {
+    let server = ScriptedServer::start(Script::new().never_answer("TEARDOWN"));
+    let p = pipeline(&format!(
+        "{} ! rtspannounce location=\"{}\" sync=false",
+        h264_branch(10, "pay"),
+        server.url("/live")
+    ));
+    let _ = p.set_state(gst::State::Playing);
+    assert!(server.wait_requests("TEARDOWN", 1, T), "no TEARDOWN");
+    let took = timed_stop(&p, gst::State::Null);
+    assert!(took < BOUND, "NULL took {took:?}");
+    assert!(server.wait_closed(Duration::from_secs(5)), "never closed");
+    assert_eq!(server.snapshot().count("TEARDOWN"), 1);
+}

@@ -1725,7 +1725,7 @@ impl Shared {
         }
         let this = self.clone();
         let timeout = self.cfg.tcp_timeout;
-        RUNTIME.spawn(async move {
+        let handle = RUNTIME.spawn(async move {
             if let Some(udp) = udp {
                 // RTP and RTCP travel on two sockets, and receivers may read RTCP first
                 // (FFmpeg's does): a BYE right behind the last packets ended its recording
@@ -1782,6 +1782,13 @@ impl Shared {
             }
             let _ = element.post_message(gst::message::Eos::builder().src(&element).build());
         });
+        // Tracked, so that a stop while the TEARDOWN waits ends it instead of sending another.
+        let mut st = self.state.lock().unwrap();
+        if st.phase == Phase::Finishing {
+            st.task = Some(handle.abort_handle());
+        } else {
+            handle.abort();
+        }
     }
 
     /// Flush-start/stop on track `id`'s pad: its blocked waits return at once while flushing;
@@ -1816,14 +1823,29 @@ impl Shared {
             (st.streaming.take(), st.task.take(), phase)
         };
         self.cond.notify_all();
+        // The TEARDOWN of an ending is already on its way: its task goes on (a second one
+        // would be a request the server never expected), bounded like a stop's below.
+        let (finishing, task) = match phase {
+            Phase::Finishing => (task, None),
+            _ => (None, task),
+        };
         if let Some(t) = task {
             t.abort();
         }
+        let bound = self.cfg.tcp_timeout.min(Duration::from_secs(2));
         match streaming {
-            Some(s) if matches!(phase, Phase::Recording | Phase::Finishing) => {
-                let timeout = self.cfg.tcp_timeout.min(Duration::from_secs(2));
+            Some(s) if phase == Phase::Recording => {
                 RUNTIME.spawn(async move {
-                    let _ = s.stop(timeout).await;
+                    let _ = s.stop(bound).await;
+                });
+            }
+            Some(s) if phase == Phase::Finishing => {
+                RUNTIME.spawn(async move {
+                    tokio::time::sleep(bound).await;
+                    s.abort();
+                    if let Some(t) = finishing {
+                        t.abort();
+                    }
                 });
             }
             Some(s) => s.abort(),
