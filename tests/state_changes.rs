@@ -1,5 +1,6 @@
-//! No state change waits on the network (DESIGN.md §2a): going to NULL or READY returns within
-//! 100 ms whatever the server is doing.
+//! What must not wait (DESIGN.md §2a): a state change on the network (going to NULL or READY
+//! returns within 100 ms whatever the server is doing), a pad on another pad's flush, a session
+//! on another session's application handlers.
 
 #[path = "common/harness.rs"]
 mod harness;
@@ -188,4 +189,64 @@ fn null_while_the_teardown_waits_sends_no_second_one() {
     assert!(took < BOUND, "NULL took {took:?}");
     assert!(server.wait_closed(Duration::from_secs(5)), "never closed");
     assert_eq!(server.snapshot().count("TEARDOWN"), 1);
+}
+
+/// Application handlers run off the shared I/O workers: four sessions whose `update-sdp`
+/// handler takes 2 s do not hold up a fifth (it took 3.7 s to get RECORD answered).
+#[test]
+fn a_slow_update_sdp_handler_holds_up_only_its_own_session() {
+    init();
+    let server = ScriptedServer::start(Script::new());
+    let audio = |path: &str| {
+        pipeline(&format!(
+            "audiotestsrc is-live=true samplesperbuffer=160 ! audio/x-raw,rate=8000,channels=1 ! \
+             mulawenc ! rtppcmupay ! rtspannounce name=s location=\"{}\"",
+            server.url(path)
+        ))
+    };
+    let started = std::sync::Arc::new((std::sync::Mutex::new(0), std::sync::Condvar::new()));
+    let slow: Vec<gst::Pipeline> = (0..4)
+        .map(|i| {
+            let p = audio(&format!("/slow{i}"));
+            let started = started.clone();
+            p.by_name("s")
+                .unwrap()
+                .connect("update-sdp", false, move |_| {
+                    *started.0.lock().unwrap() += 1;
+                    started.1.notify_all();
+                    std::thread::sleep(Duration::from_secs(2));
+                    None
+                });
+            let _ = p.set_state(gst::State::Playing);
+            p
+        })
+        .collect();
+    // Every slow handler is running before the fifth session starts.
+    let (n, _) = started
+        .1
+        .wait_timeout_while(started.0.lock().unwrap(), T, |n| *n < 4)
+        .unwrap();
+    assert_eq!(*n, 4);
+    drop(n);
+    let t = Instant::now();
+    let fast = audio("/fast");
+    let _ = fast.set_state(gst::State::Playing);
+    let recorded = server.wait_for(
+        |s| {
+            s.requests
+                .iter()
+                .any(|r| r.method == "RECORD" && r.uri.contains("/fast"))
+        },
+        T,
+    );
+    let took = t.elapsed();
+    let _ = fast.set_state(gst::State::Null);
+    for p in slow {
+        let _ = p.set_state(gst::State::Null);
+    }
+    assert!(recorded, "the fifth session never recorded");
+    assert!(
+        took < Duration::from_secs(1),
+        "the fifth session took {took:?}"
+    );
 }

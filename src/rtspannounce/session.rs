@@ -252,6 +252,8 @@ fn error_kind(err: &SessionError, streaming: bool) -> gst::ResourceError {
         }
         // The server could not prove who it is: as for a refused login, retrying will not help.
         SessionError::Certificate(_) => gst::ResourceError::NotAuthorized,
+        // Not the server's doing: what we were given cannot be published as it is.
+        SessionError::Local(_) => gst::ResourceError::Settings,
         _ if streaming => gst::ResourceError::Write,
         _ => gst::ResourceError::OpenWrite,
     }
@@ -1035,7 +1037,10 @@ impl Shared {
 
     /// Connects and runs the handshake, following redirects (at most 5 hops, no loops;
     /// credentials go along only to the same host).
-    async fn connect_and_record(&self, caps: &[gst::Caps]) -> Result<Recorded, SessionError> {
+    async fn connect_and_record(
+        self: &Arc<Self>,
+        caps: &[gst::Caps],
+    ) -> Result<Recorded, SessionError> {
         const MAX_HOPS: usize = 5;
         let mut url = self.cfg.url.clone();
         let mut creds = self.cfg.creds.clone();
@@ -1111,11 +1116,8 @@ impl Shared {
             server_addr: server,
             session_name: "rtspannounce",
         };
-        let mut msg = sdp::build_sdp(&session, &tracks).map_err(|e| {
-            SessionError::Handshake(HandshakeError::BadResponse(format!(
-                "cannot describe the streams: {e}"
-            )))
-        })?;
+        let mut msg = sdp::build_sdp(&session, &tracks)
+            .map_err(|e| SessionError::Local(format!("cannot describe the streams: {e}")))?;
         self.emit_update_sdp(&mut msg);
         let rewrites: Vec<Option<u8>> = caps_pts
             .iter()
@@ -1138,8 +1140,54 @@ impl Shared {
         })
     }
 
+    /// [`Self::describe`], with an `update-sdp` handler run on the blocking pool and awaited at
+    /// most `tcp-timeout`: the I/O workers are every session's, and a slow handler must hold
+    /// up its own session only (DESIGN.md §2a).
+    async fn described(
+        self: &Arc<Self>,
+        caps: &[gst::Caps],
+        addrs: (Option<std::net::IpAddr>, Option<std::net::IpAddr>),
+    ) -> Result<Described, SessionError> {
+        if !self.has_handler("update-sdp") {
+            return self.describe(caps, addrs);
+        }
+        let (this, caps) = (self.clone(), caps.to_vec());
+        let job = tokio::task::spawn_blocking(move || this.describe(&caps, addrs));
+        match tokio::time::timeout(self.cfg.tcp_timeout, job).await {
+            Ok(Ok(described)) => described,
+            Ok(Err(_)) => Err(SessionError::Local(
+                "the update-sdp handler panicked".into(),
+            )),
+            Err(_) => Err(SessionError::Local(format!(
+                "the update-sdp handler did not return within tcp-timeout ({:?})",
+                self.cfg.tcp_timeout
+            ))),
+        }
+    }
+
+    /// Whether the application connected a handler to `signal`.
+    fn has_handler(&self, signal: &str) -> bool {
+        use gst::glib::translate::{IntoGlib, ToGlibPtr};
+        let Some(element) = self.element.upgrade() else {
+            return false;
+        };
+        let Some(id) = gst::glib::subclass::SignalId::lookup(signal, element.type_()) else {
+            return false;
+        };
+        // SAFETY: a live object and a signal id of its type.
+        unsafe {
+            gst::glib::gobject_ffi::g_signal_has_handler_pending(
+                ToGlibPtr::<*mut gst::ffi::GstElement>::to_glib_none(&element).0
+                    as *mut gst::glib::gobject_ffi::GObject,
+                id.into_glib(),
+                0,
+                gst::glib::ffi::GFALSE,
+            ) != gst::glib::ffi::GFALSE
+        }
+    }
+
     async fn record_once(
-        &self,
+        self: &Arc<Self>,
         url: &RtspUrl,
         creds: Option<Credentials>,
         caps: &[gst::Caps],
@@ -1156,7 +1204,7 @@ impl Shared {
             crate::net::connection::route_local_addr(addrs[0]),
             Some(addrs[0].ip()),
         );
-        let mut described = self.describe(caps, guess)?;
+        let mut described = self.described(caps, guess).await?;
         let tls = if cfg.tls || url.scheme == crate::rtsp::url::Scheme::Rtsps {
             Some(self.tls_config()?)
         } else {
@@ -1168,7 +1216,7 @@ impl Shared {
         let peer = stream.peer_addr().ok().map(|a| a.ip());
         let actual = (local_addr.map(|a| a.ip()), peer);
         if actual != guess {
-            described = self.describe(caps, actual)?;
+            described = self.described(caps, actual).await?;
         }
         let Described {
             text,
