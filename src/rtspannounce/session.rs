@@ -183,6 +183,14 @@ fn resource_error(kind: gst::ResourceError, text: String) -> gst::ErrorMessage {
     gst::ErrorMessage::new(&kind, Some(&text), None, file!(), "rtspannounce", line!())
 }
 
+/// How many RTP packets `frames` holds (drops are counted per packet, not per buffer list).
+fn rtp_packets(frames: &[OutFrame]) -> u64 {
+    frames
+        .iter()
+        .filter(|f| matches!(f, OutFrame::Rtp { .. }))
+        .count() as u64
+}
+
 /// The upstream event encoders answer with a keyframe (what
 /// gst_video_event_new_upstream_force_key_unit builds: as soon as possible, with headers).
 fn force_key_unit() -> gst::Event {
@@ -506,13 +514,17 @@ impl Shared {
                         );
                     }
                 }
+                // The sender and the queue of one connection, taken together: a frame framed for
+                // a connection that is being replaced goes to that connection's (failed) queue,
+                // never out on the next one ahead of its first report and keyframe.
                 let tx = st.tracks[track].tx.clone();
                 let udp = st.udp.clone();
+                let queue = self.queue();
                 let flushing = st.tracks[track].flushing.clone();
                 drop(st);
                 return match (tx, udp) {
                     (Some(tx), Some(udp)) => self.send_udp(track, &tx, &udp, &flushing, buffers),
-                    (Some(tx), None) => self.send(track, &tx, &flushing, buffers),
+                    (Some(tx), None) => self.send(track, &tx, &queue, &flushing, buffers),
                     (None, _) => Err(PadError::Failed),
                 };
             }
@@ -626,6 +638,7 @@ impl Shared {
         &self,
         track: usize,
         tx: &TrackSender,
+        queue: &SendQueue,
         flushing: &AtomicBool,
         buffers: impl Iterator<Item = (gst::Buffer, Option<u64>)>,
     ) -> Result<(), PadError> {
@@ -633,19 +646,19 @@ impl Shared {
             // One per streaming thread, reused: no allocation per buffer list.
             static FRAMES: std::cell::RefCell<Vec<OutFrame>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        FRAMES.with_borrow_mut(|frames| self.send_with(track, tx, flushing, buffers, frames))
+        FRAMES.with_borrow_mut(|frames| self.send_with(track, tx, queue, flushing, buffers, frames))
     }
 
     fn send_with(
         &self,
         track: usize,
         tx: &TrackSender,
+        queue: &SendQueue,
         flushing: &AtomicBool,
         buffers: impl Iterator<Item = (gst::Buffer, Option<u64>)>,
         frames: &mut Vec<OutFrame>,
     ) -> Result<(), PadError> {
         frames.clear();
-        let queue = self.queue();
         let (max, max_time) = (self.cfg.max_queue_bytes, self.cfg.max_queue_time);
         let room = || {
             let level = queue.level();
@@ -670,6 +683,7 @@ impl Shared {
             drop_policy.then_some(&room as &dyn Fn() -> Room),
             frames,
         );
+        let packets = rtp_packets(frames);
         // Drop policy: never wait for room (frames were only started when there was some).
         let res = if drop_policy {
             queue.push_all_nowait(frames.drain(..))
@@ -699,7 +713,7 @@ impl Shared {
             Ok(()) => Ok(()),
             // The connection went away under us and a new one is being made: dropped, counted.
             Err(_) if self.phase() == Phase::Reconnecting => {
-                self.state.lock().unwrap().dropped_offline += 1;
+                self.state.lock().unwrap().dropped_offline += packets;
                 Ok(())
             }
             Err(QueueError::Cancelled) => Err(PadError::Flushing),
@@ -727,6 +741,7 @@ impl Shared {
             frames.clear();
             let framed = tx.frames(buffers, &|| self.ntp_mapper(), None, &mut frames);
             let sent = udp.send_until(&frames, flushing);
+            let packets = rtp_packets(&frames);
             frames.clear();
             if let Err(len) = framed {
                 return Err(self.too_large(track, len, "over UDP"));
@@ -740,7 +755,8 @@ impl Shared {
                     Phase::Stopped => Err(PadError::Flushing),
                     _ if flushing.load(Ordering::SeqCst) => Err(PadError::Flushing),
                     _ => {
-                        self.state.lock().unwrap().dropped_offline += 1;
+                        // The whole list is lost: counted per packet, as everywhere else.
+                        self.state.lock().unwrap().dropped_offline += packets;
                         Ok(())
                     }
                 },
@@ -838,9 +854,10 @@ impl Shared {
             st.phase = Phase::Reconnecting;
             st.reannounces += 1;
             Self::close_udp(&mut st);
-            st.streaming.take()
+            // Under the state lock: a pad that took the old sender took the old queue with it.
+            (st.streaming.take(), self.fresh_queue())
         };
-        let stale = self.fresh_queue();
+        let (old, stale) = old;
         if let Some(s) = old {
             let timeout = self.cfg.tcp_timeout.min(Duration::from_secs(2));
             RUNTIME.spawn(async move {
@@ -858,7 +875,8 @@ impl Shared {
         self.spawn_reconnect(SessionError::Io(reason), true);
     }
 
-    /// Installs a new queue for the next connection; returns the old one.
+    /// Installs a new queue for the next connection; returns the old one. Called with the state
+    /// lock held (lock order: state, then queue), so a sender and its queue are taken together.
     fn fresh_queue(&self) -> Arc<SendQueue> {
         let fresh = Arc::new(SendQueue::new(self.cfg.max_queue_bytes));
         std::mem::replace(&mut *self.queue.lock().unwrap(), fresh)
@@ -898,10 +916,12 @@ impl Shared {
             // Later reports from the lost connection (its reader, writer and keep-alive may
             // each report the loss) must not count against the one being set up.
             st.connection += 1;
-            st.streaming.take()
+            // Under the state lock: a pad that took the old sender took the old queue with it.
+            (st.streaming.take(), self.fresh_queue())
         };
+        let (old, stale) = old;
         // Producers blocked on the lost connection's queue return (and drop) at once.
-        self.fresh_queue().fail(err.to_string());
+        stale.fail(err.to_string());
         if let Some(s) = old {
             s.abort();
         }
