@@ -1441,9 +1441,33 @@ impl Shared {
             t.tx = Some(tx);
         }
         match &udp {
+            // A UDP send may block (bounded) on socket room: not under the state lock, which
+            // stop() needs. Pads still see the handshake and hold what they bring meanwhile;
+            // that goes next, until nothing is held.
             Some(u) => {
-                if let Err(e) = u.send(&frames) {
-                    gst::warning!(CAT, "held packets not sent over UDP: {e:?}");
+                let ntp = self.ntp_mapper();
+                while !frames.is_empty() {
+                    drop(st);
+                    if let Err(e) = u.send(&frames) {
+                        gst::warning!(CAT, "held packets not sent over UDP: {e:?}");
+                    }
+                    frames.clear();
+                    st = self.state.lock().unwrap();
+                    if !matches!(st.phase, Phase::Connecting | Phase::Reconnecting) {
+                        drop(st);
+                        streaming.abort();
+                        u.close();
+                        return;
+                    }
+                    for t in st.tracks.iter_mut() {
+                        if let Some(tx) = &t.tx {
+                            if let Err(len) =
+                                tx.frames(t.held.drain(..), &|| ntp, None, &mut frames)
+                            {
+                                gst::warning!(CAT, "dropping {len}-byte packet: too large");
+                            }
+                        }
+                    }
                 }
             }
             None => self.queue().preload(frames),
