@@ -32,7 +32,10 @@
 //!   case in flight;
 //! - `RTSPANNOUNCE_HOSTILE_CASES=N` runs N cases from seed `RTSPANNOUNCE_HOSTILE_FIRST` (default 0)
 //!   as a soak; `RTSPANNOUNCE_HOSTILE_JOBS` sets how many cases run at once (default 8: they
-//!   mostly wait).
+//!   mostly wait);
+//! - `RTSPANNOUNCE_HOSTILE_FILTER=text` keeps only the cases whose description contains the text
+//!   (e.g. `WritesBlocked`, `Ffmpeg`, `[udp+handler]`), `RTSPANNOUNCE_HOSTILE_LIST=1` prints the
+//!   descriptions instead of running them.
 
 #[path = "common/harness.rs"]
 mod harness;
@@ -169,6 +172,8 @@ enum Moment {
 #[derive(Clone, Debug)]
 struct Case {
     seed: u64,
+    /// A named case (a test of its own) replays by its name, not by seed.
+    name: Option<&'static str>,
     variant: Variant,
     plan: Plan,
     tracks: Vec<Track>,
@@ -220,6 +225,13 @@ impl Case {
 
 fn replay(seed: u64) -> String {
     format!("RTSPANNOUNCE_HOSTILE_SEED={seed} cargo test --test hostile -- --nocapture")
+}
+
+fn replay_case(seed: u64, name: Option<&str>) -> String {
+    match name {
+        Some(n) => format!("cargo test --test hostile {n} -- --nocapture"),
+        None => replay(seed),
+    }
 }
 
 // ----- plans ------------------------------------------------------------------------------------
@@ -287,7 +299,7 @@ fn junk(rng: &mut Rng) -> Fault {
 }
 
 fn reply_fault(rng: &mut Rng, step: Step) -> Option<Fault> {
-    Some(match rng.below(17) {
+    Some(match rng.below(19) {
         0 => Fault::Flip(1 + rng.below(4) as u8),
         1 => Fault::Truncate {
             permille: rng.below(1000) as u16,
@@ -335,7 +347,7 @@ fn reply_fault(rng: &mut Rng, step: Step) -> Option<Fault> {
 }
 
 fn media_fault(rng: &mut Rng, step: Step) -> Option<Fault> {
-    Some(match rng.below(8) {
+    Some(match rng.below(9) {
         0 => Fault::Close { after_reply: false },
         1 => Fault::Reset { after_reply: false },
         2 => Fault::StopReading,
@@ -437,6 +449,7 @@ fn case(seed: u64, variant: Variant) -> Case {
     let expect_eos = plan.injections.iter().all(harmless);
     let mut c = Case {
         seed,
+        name: None,
         variant,
         plan,
         tracks,
@@ -460,8 +473,11 @@ fn case(seed: u64, variant: Variant) -> Case {
             Moment::Answer(Step::Record),
             Moment::Answer(Step::KeepAlive),
             Moment::Backoff,
-            Moment::TeardownWait,
         ];
+        if c.plan.profile != Profile::Ffmpeg {
+            // FFmpeg's listener closes at the BYEs, before any TEARDOWN.
+            moments.push(Moment::TeardownWait);
+        }
         if c.tracks.len() > 1 {
             moments.push(Moment::Answer(Step::Setup(1)));
         }
@@ -529,6 +545,7 @@ fn case(seed: u64, variant: Variant) -> Case {
 
 struct InFlight {
     seed: u64,
+    name: Option<&'static str>,
     variant: Variant,
     started: Instant,
     bound: Duration,
@@ -545,7 +562,7 @@ fn in_flight_text(map: &BTreeMap<u64, InFlight>) -> String {
             f.seed,
             f.variant,
             f.started.elapsed().as_secs_f64(),
-            replay(f.seed)
+            replay_case(f.seed, f.name)
         ));
     }
     s
@@ -640,7 +657,8 @@ fn is_element_message(m: &gst::Message, name: &str) -> bool {
 
 // ----- feeding ----------------------------------------------------------------------------------
 
-fn feed(src: gst_app::AppSrc, track: Track, case: &Case, index: usize, stop: Arc<AtomicBool>) {
+/// Pushes the case's packets; returns how many the element took.
+fn feed(src: gst_app::AppSrc, track: Track, case: &Case, index: usize, stop: Arc<AtomicBool>) -> u64 {
     let mut rng = Rng::new(case.seed ^ (index as u64 + 1) * 0x1234_5678);
     let (period, ticks) = track.period();
     let ssrc = 0xA000_0000u32 + index as u32;
@@ -675,7 +693,7 @@ fn feed(src: gst_app::AppSrc, track: Track, case: &Case, index: usize, stop: Arc
             }
         }
         if src.push_buffer(buf).is_err() {
-            return;
+            return i as u64;
         }
         i += 1;
         if case.live {
@@ -684,6 +702,7 @@ fn feed(src: gst_app::AppSrc, track: Track, case: &Case, index: usize, stop: Arc
         }
     }
     let _ = src.end_of_stream();
+    i as u64
 }
 
 // ----- one case ---------------------------------------------------------------------------------
@@ -904,7 +923,9 @@ fn run_case(case: &Case) -> (Outcome, String, Option<String>, Option<String>) {
     let known_b = std::cell::Cell::new(None);
     let timed = |to: gst::State, what: &str, problems: &mut Vec<String>| {
         let t0 = Instant::now();
+        let watch = slow_state_change_watch(case, to);
         let _ = pipeline.set_state(to);
+        drop(watch);
         let took = t0.elapsed();
         if took > STATE_CHANGE_BOUND {
             if KNOWN_B_STATE_CHANGE_WAITS_FOR_THE_NETWORK && took < T + Duration::from_millis(300) {
@@ -989,14 +1010,44 @@ fn run_case(case: &Case) -> (Outcome, String, Option<String>, Option<String>) {
     }
     stop_feed.store(true, Ordering::SeqCst);
     timed(gst::State::Null, "at the end", &mut problems);
-    for f in feeders {
-        let _ = f.join();
-    }
+    let fed: u64 = feeders.into_iter().map(|f| f.join().unwrap_or(0)).sum();
     for m in handler_log.malformed.lock().unwrap().iter() {
         problems.push(format!("handle-request got {m}"));
     }
     let view = server.view();
     drop(server);
+    if outcome == Outcome::Eos && case.expect_eos {
+        // EOS means everything was delivered: over TCP, on one connection, every packet.
+        if !case.variant.udp && view.connections == 1 && view.media != fed {
+            problems.push(format!(
+                "EOS, but the server received {} of {fed} packets",
+                view.media
+            ));
+        }
+        // Every request of the server got its answer, while the session lasted (one the client
+        // read only after it sent TEARDOWN may rightly go unanswered: 200 ms of margin).
+        let teardown = |conn: usize| {
+            view.teardown_at
+                .iter()
+                .find(|(c, _)| *c == conn)
+                .map(|(_, t)| *t)
+        };
+        let lasted = |r: &&SentRequest| {
+            teardown(r.conn).is_none_or(|t| t > r.sent_at + Duration::from_millis(200))
+        };
+        for r in view.server_requests.iter().filter(lasted) {
+            let answered = view
+                .client_answers
+                .iter()
+                .any(|a| a.conn == r.conn && a.cseq == Some(r.cseq));
+            if !answered {
+                problems.push(format!(
+                    "the server's {} (CSeq {}) got no answer",
+                    r.method, r.cseq
+                ));
+            }
+        }
+    }
     let failure = if problems.is_empty() {
         None
     } else {
@@ -1018,6 +1069,7 @@ fn run_one(case: Case) -> Report {
         id,
         InFlight {
             seed: case.seed,
+            name: case.name,
             variant: case.variant,
             started: Instant::now(),
             bound: case.bound() + MOMENT_WAIT,
@@ -1053,6 +1105,53 @@ fn run_one(case: Case) -> Report {
     }
 }
 
+/// Every thread's stack, from gdb attached to this process.
+fn all_stacks() -> String {
+    std::process::Command::new("gdb")
+        .args([
+            "-p",
+            &std::process::id().to_string(),
+            "-batch",
+            "-ex",
+            "thread apply all bt",
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_else(|e| format!("(gdb failed: {e})"))
+}
+
+/// While alive, a state change is under way: if it lasts 3 s, every thread's stack goes to
+/// `target/hostile-slow-<seed>-<pid>.txt` (what it waits for is the defect to report).
+fn slow_state_change_watch(case: &Case, to: gst::State) -> impl Drop {
+    struct Watch(Option<std::sync::mpsc::Sender<()>>);
+    impl Drop for Watch {
+        fn drop(&mut self) {
+            self.0.take();
+        }
+    }
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let seed = case.seed;
+    let what = format!("{} set_state({to:?})", case.describe());
+    std::thread::Builder::new()
+        .name("hostile-slow".into())
+        .spawn(move || {
+            if rx.recv_timeout(Duration::from_secs(3))
+                == Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+            {
+                let path = format!(
+                    "{}/target/hostile-slow-{seed}-{}.txt",
+                    env!("CARGO_MANIFEST_DIR"),
+                    std::process::id()
+                );
+                let _ = std::fs::write(&path, format!("{what}\n\n{}", all_stacks()));
+                eprintln!("slow state change, stacks in {path}");
+                let _ = rx.recv();
+            }
+        })
+        .unwrap();
+    Watch(Some(tx))
+}
+
 /// Aborts the process (after printing the seeds and every thread's stack) if a case runs far
 /// past its bound: a hang must not stall CI.
 fn watchdog(done: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
@@ -1069,9 +1168,7 @@ fn watchdog(done: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
                 };
                 if let Some(text) = hung {
                     eprintln!("HANG: a case ran 30 s past its bound.\n{text}");
-                    let _ = std::process::Command::new("gdb")
-                        .args(["-p", &std::process::id().to_string(), "-batch", "-ex", "thread apply all bt"])
-                        .status();
+                    eprintln!("{}", all_stacks());
                     std::process::abort();
                 }
             }
@@ -1115,7 +1212,7 @@ fn run_cases(cases: Vec<Case>, jobs: usize) -> Vec<Report> {
                             "FAILED seed {} [{}]: {f}\n  replay: {}",
                             rep.case.seed,
                             rep.case.variant,
-                            replay(rep.case.seed)
+                            replay_case(rep.case.seed, rep.case.name)
                         );
                     }
                     r.lock().unwrap().push(rep);
@@ -1146,6 +1243,15 @@ fn hostile_servers() {
         (0..CI_SEEDS).collect()
     };
     let jobs = env_u64("RTSPANNOUNCE_HOSTILE_JOBS").unwrap_or(8).max(1) as usize;
+    if std::env::var_os("RTSPANNOUNCE_HOSTILE_LIST").is_some() {
+        // What the seeds would run, without running it (to find a seed for a scenario).
+        for s in &seeds {
+            for v in VARIANTS {
+                eprintln!("{}", case(*s, v).describe());
+            }
+        }
+        return;
+    }
 
     // Warm up (the I/O runtime, GStreamer's thread pools), then take the baseline.
     let clean = |v: Variant| {
@@ -1168,9 +1274,12 @@ fn hostile_servers() {
     let done = Arc::new(AtomicBool::new(false));
     let dog = watchdog(done.clone());
     let t0 = Instant::now();
+    // RTSPANNOUNCE_HOSTILE_FILTER=text keeps the cases whose description contains it.
+    let filter = std::env::var("RTSPANNOUNCE_HOSTILE_FILTER").ok();
     let cases: Vec<Case> = seeds
         .iter()
         .flat_map(|s| VARIANTS.iter().map(move |v| case(*s, *v)))
+        .filter(|c| filter.as_ref().is_none_or(|f| c.describe().contains(f.as_str())))
         .collect();
     let n_cases = cases.len();
     let reports = run_cases(cases, jobs);
@@ -1230,4 +1339,64 @@ fn hostile_servers() {
     }
     assert!(failures.is_empty(), "{} hostile cases failed", failures.len());
     assert!(back, "thread count {now} not back to {baseline} within {THREADS_BACK:?}");
+}
+
+// ----- named cases: one fault each, deterministic ------------------------------------------------
+
+/// A clean case of `profile` with these injections, none of them stopping the pipeline.
+fn named(name: &'static str, profile: Profile, variant: Variant, injections: Vec<Injection>) -> Case {
+    let mut plan = Plan::clean(profile);
+    plan.injections = injections;
+    let expect_eos = plan.injections.iter().all(harmless);
+    Case {
+        seed: 0,
+        name: Some(name),
+        variant,
+        plan,
+        tracks: vec![Track::H264, Track::Pcmu],
+        live: true,
+        packets: Some(60),
+        packet_size: (40, 1200),
+        retry_max: 0,
+        retry_delay_ms: 10,
+        expect_eos,
+        stop: None,
+    }
+}
+
+fn run_named(case: Case) -> Report {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    init();
+    let r = run_one(case);
+    eprintln!("{} -> {} {}", r.case.describe(), r.outcome, r.text);
+    r
+}
+
+fn at(step: Step, fault: Fault) -> Injection {
+    Injection {
+        step,
+        fault,
+        every_connection: false,
+    }
+}
+
+#[test]
+fn regress_request_with_a_method_that_is_no_structure_name() {
+    for method in ["OPTIONS!", "SET_PARAMETER%"] {
+        for handler in [false, true] {
+            let r = run_named(named(
+                "regress_request_with_a_method_that_is_no_structure_name",
+                Profile::GstRtspServer,
+                Variant { udp: false, handler },
+                vec![at(
+                    Step::Media(5),
+                    Fault::Request(ServerRequest {
+                        method: method.into(),
+                        body: true,
+                    }),
+                )],
+            ));
+            assert!(r.failure.is_none(), "{:?}", r.failure);
+        }
+    }
 }

@@ -303,6 +303,7 @@ pub struct SentRequest {
     pub conn: usize,
     pub method: String,
     pub cseq: u32,
+    pub sent_at: Instant,
 }
 
 /// Everything observable so far. Tests wait on it with [`HostileServer::wait_for`].
@@ -311,6 +312,8 @@ pub struct View {
     pub connections: usize,
     /// (connection, method) of every request received.
     pub requests: Vec<(usize, String)>,
+    /// When the client's TEARDOWN arrived, per connection that got one.
+    pub teardown_at: Vec<(usize, Instant)>,
     /// Answers being held back (never sent), by connection and step.
     pub holding: Vec<(usize, Step)>,
     /// Connections whose reader stopped reading.
@@ -319,6 +322,8 @@ pub struct View {
     pub recording: Vec<usize>,
     /// Media packets received after RECORD's answer, all connections.
     pub media: u64,
+    /// The same, per connection.
+    pub media_on: Vec<u64>,
     pub server_requests: Vec<SentRequest>,
     pub client_answers: Vec<ClientAnswer>,
     /// Connections that ended (either side).
@@ -949,6 +954,10 @@ fn media_in(shared: &Arc<Shared>, inner: &mut Inner, conn: usize, track: usize, 
     c.media += 1;
     let n = c.media;
     inner.view.media += 1;
+    if inner.view.media_on.len() <= conn {
+        inner.view.media_on.resize(conn + 1, 0);
+    }
+    inner.view.media_on[conn] += 1;
     let faults = shared.faults_at(conn, Step::Media(n));
     if !faults.is_empty() {
         shared.log(inner, format!("conn {conn}: media packet {n}"));
@@ -994,6 +1003,7 @@ fn server_request(shared: &Arc<Shared>, inner: &mut Inner, conn: usize, sr: &Ser
         conn,
         method: sr.method.clone(),
         cseq,
+        sent_at: Instant::now(),
     });
     shared.log(inner, format!("conn {conn}: sends {} (CSeq {cseq})", sr.method));
     b
@@ -1199,6 +1209,9 @@ fn step_of(c: &Conn, method: &str) -> Option<Step> {
 fn handle_request(shared: &Arc<Shared>, conn: usize, req: Req) {
     let mut inner = shared.lock();
     inner.view.requests.push((conn, req.method.clone()));
+    if req.method == "TEARDOWN" {
+        inner.view.teardown_at.push((conn, Instant::now()));
+    }
     shared.log(&mut inner, format!("conn {conn}: {} {}", req.method, req.uri));
     let step = step_of(&inner.conns[conn], &req.method);
     let mut reply = normal_reply(shared, &mut inner, conn, &req);
