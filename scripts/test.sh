@@ -3,6 +3,9 @@
 # then the meson build, checked by loading the built plugin with gst-inspect-1.0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A GStreamer-CRITICAL aborts whichever process prints it: the tests, and every gst-launch-1.0,
+# ffmpeg or example they start. The test helpers also make criticals fatal in-process.
+export G_DEBUG="${G_DEBUG:+$G_DEBUG,}fatal-criticals"
 
 echo "== cargo test"
 cargo test --all-targets -- --test-threads=2

@@ -378,6 +378,30 @@ impl RtspAnnounce {
         }
     }
 
+    /// Whether this element, or the bin or pipeline that drives it, is headed for READY or
+    /// NULL. A parent steps its children through each state, so their own target says only
+    /// the next step; the topmost target says where the state change ends.
+    fn leaving_paused(&self) -> bool {
+        let obj = self.obj();
+        let mut next: Option<gst::Object> = Some(obj.clone().upcast());
+        while let Some(o) = next {
+            if let Some(e) = o.downcast_ref::<gst::Element>() {
+                if target_state(e) <= gst::State::Ready {
+                    return true;
+                }
+            }
+            next = o.parent();
+        }
+        false
+    }
+
+    fn set_paused(&self, paused: bool) {
+        let shared = self.shared.lock().unwrap().clone();
+        if let Some(shared) = shared {
+            shared.set_paused(paused);
+        }
+    }
+
     fn make_appsink(&self, link: PadLink) -> gst_app::AppSink {
         let sync = self.settings.lock().unwrap().sync;
         let appsink = gst_app::AppSink::builder()
@@ -457,6 +481,18 @@ impl RtspAnnounce {
             },
         );
         appsink
+    }
+}
+
+/// `GST_STATE_TARGET`: where the element's current state change ends (gstreamer-rs has no
+/// accessor for it).
+fn target_state(e: &gst::Element) -> gst::State {
+    use gst::glib::translate::{from_glib, ToGlibPtr};
+    let _lock = e.object_lock();
+    // SAFETY: a field of a live GstElement, read under its object lock as GStreamer does.
+    unsafe {
+        let ptr: *mut gst::ffi::GstElement = e.to_glib_none().0;
+        from_glib((*ptr).target_state)
     }
 }
 
@@ -979,6 +1015,12 @@ impl ElementImpl for RtspAnnounce {
                     return Err(gst::StateChangeError);
                 }
             }
+            // A pipeline on its way to READY or NULL passes PAUSED, and the appsinks' PLAYING to
+            // PAUSED waits for a streaming thread in our callbacks (it holds their preroll
+            // lock): stop now, so that no step of the way waits on the network.
+            gst::StateChange::PlayingToPaused if self.leaving_paused() => self.stop_session(),
+            gst::StateChange::PlayingToPaused => self.set_paused(true),
+            gst::StateChange::PausedToPlaying => self.set_paused(false),
             // Before the appsinks stop: wake any streaming thread blocked in our callbacks, or
             // the upstream elements could never join their threads.
             gst::StateChange::PausedToReady => self.stop_session(),

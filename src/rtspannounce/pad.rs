@@ -29,10 +29,20 @@ mod imp {
         pub announced: bool,
     }
 
+    /// An automatic payloader a caps query chose before any caps arrived. It is not in the bin:
+    /// its src pad is linked to `probe`, a pad of ours that answers queries as the appsink
+    /// does, so the payloader answers upstream as it would in front of us. The caps event
+    /// links it in (topology never changes inside a query).
+    pub(super) struct Pending {
+        pub element: gst::Element,
+        pub probe: gst::Pad,
+    }
+
     #[derive(Default)]
     pub(super) struct Chain {
         pub appsink: Option<gst::Element>,
         pub installed: Option<Installed>,
+        pub pending: Option<Pending>,
     }
 
     #[derive(Default)]
@@ -117,7 +127,9 @@ impl RtspAnnouncePad {
                 Some(gst::PadProbeData::Event(ev))
                     if quiet && ev.type_() == gst::EventType::Reconfigure =>
                 {
-                    gst::PadProbeReturn::Drop
+                    // Handled, not Drop: gstreamer-rs 0.25 hands GStreamer a NULL event to
+                    // unref after a Drop (a CRITICAL on every re-link); Handled consumes it here.
+                    gst::PadProbeReturn::Handled
                 }
                 _ => gst::PadProbeReturn::Ok,
             }
@@ -167,49 +179,94 @@ impl RtspAnnouncePad {
     }
 
     /// Before caps are fixed, a caps query filtered to what only payloaders take: if one of them
-    /// clearly fits, put it in now, so that it answers (as it would in front of us).
-    fn preinstall_for(&self, filter: &gst::Caps) -> bool {
+    /// clearly fits, the pad that should answer it (the installed payloader's, through the
+    /// ghost pad, or a pending one's). A new choice is made pending, not linked: linking sends
+    /// sticky events, which must not happen inside a query.
+    fn answer_pad_for(&self, filter: &gst::Caps) -> Option<Option<gst::Pad>> {
         let rtp = gst::Caps::new_empty_simple("application/x-rtp");
         if filter.is_any() || filter.is_empty() || filter.can_intersect(&rtp) {
-            return false;
+            return None;
         }
         let fits = |e: &gst::Element| {
             e.static_pad("sink")
                 .is_some_and(|p| p.pad_template_caps().can_intersect(filter))
         };
-        let current = {
+        let (current, pending, appsink) = {
             let chain = self.imp().chain.lock().unwrap();
-            chain
-                .installed
-                .as_ref()
-                .filter(|i| !i.explicit)
-                .map(|i| i.element.clone())
+            (
+                chain
+                    .installed
+                    .as_ref()
+                    .filter(|i| !i.explicit)
+                    .map(|i| i.element.clone()),
+                chain.pending.as_ref().map(|p| p.element.clone()),
+                chain.appsink.clone(),
+            )
         };
         if current.as_ref().is_some_and(fits) {
-            return true;
+            return Some(None);
         }
-        let Some(factory) = payloader::unambiguous(filter) else {
-            return false;
-        };
+        if let Some(p) = pending.filter(fits) {
+            return p.static_pad("sink").map(Some);
+        }
+        let factory = payloader::unambiguous(filter)?;
         let name = self.name();
-        let res = payloader::create(&factory, &format!("pay-{name}"))
-            .map_err(|e| gst::error_msg!(gst::CoreError::Negotiation, ("{}", e)))
-            .and_then(|pay| self.install(Some((pay, false))));
-        match res {
-            Ok(()) => {
-                gst::info!(
-                    CAT,
-                    obj = self,
-                    "{} for upstream offering {filter}",
-                    factory.name()
-                );
-                true
-            }
+        let pay = match payloader::create(&factory, &format!("pay-{name}")) {
+            Ok(p) => p,
             Err(e) => {
-                gst::warning!(CAT, obj = self, "{e}");
-                false
+                gst::warning!(CAT, obj = self, "cannot create {}: {e}", factory.name());
+                return None;
             }
+        };
+        let (Some(src), Some(sink)) = (pay.static_pad("src"), pay.static_pad("sink")) else {
+            return None;
+        };
+        // Queries from the payloader's src go to the appsink, as they will once it is linked.
+        let target = appsink.and_then(|a| a.static_pad("sink"))?.downgrade();
+        let probe = gst::Pad::builder(gst::PadDirection::Sink)
+            .name(format!("probe-{name}"))
+            .query_function(move |_pad, _parent, q| target.upgrade().is_some_and(|t| t.query(q)))
+            .build();
+        if src.link(&probe).is_err() {
+            return None;
         }
+        gst::info!(
+            CAT,
+            obj = self,
+            "{} for upstream offering {filter} (linked in with the caps)",
+            factory.name()
+        );
+        let old = self
+            .imp()
+            .chain
+            .lock()
+            .unwrap()
+            .pending
+            .replace(imp::Pending {
+                element: pay,
+                probe,
+            });
+        if let Some(old) = old {
+            Self::release_pending(old);
+        }
+        Some(Some(sink))
+    }
+
+    fn release_pending(p: imp::Pending) {
+        if let Some(src) = p.element.static_pad("src") {
+            let _ = src.unlink(&p.probe);
+        }
+    }
+
+    /// The pending payloader, unlinked from its probe, if it takes `caps`.
+    fn take_pending_for(&self, caps: &gst::Caps) -> Option<gst::Element> {
+        let pending = self.imp().chain.lock().unwrap().pending.take()?;
+        let element = pending.element.clone();
+        Self::release_pending(pending);
+        element
+            .static_pad("sink")
+            .is_some_and(|s| s.query_accept_caps(caps))
+            .then_some(element)
     }
 
     fn accepts(&self, caps: &gst::Caps) -> bool {
@@ -242,8 +299,11 @@ impl RtspAnnouncePad {
                     if !other {
                         return gst::Pad::query_default(self, parent, query);
                     }
-                } else if filter.as_ref().is_some_and(|f| self.preinstall_for(f)) {
-                    return gst::Pad::query_default(self, parent, query);
+                } else if let Some(answer) = filter.as_ref().and_then(|f| self.answer_pad_for(f)) {
+                    return match answer {
+                        Some(pending) => pending.query(query),
+                        None => gst::Pad::query_default(self, parent, query),
+                    };
                 }
                 let caps = payloader::pad_caps();
                 let res = match filter {
@@ -323,6 +383,10 @@ impl RtspAnnouncePad {
         if keep {
             return Ok(());
         }
+        if let Some(pay) = self.take_pending_for(caps) {
+            gst::info!(CAT, obj = self, "{} for {caps}", describe(&pay));
+            return self.install(Some((pay, false)));
+        }
         let Some(factory) = payloader::find(caps) else {
             return Err(gst::error_msg!(
                 gst::CoreError::Negotiation,
@@ -386,30 +450,42 @@ impl RtspAnnouncePad {
                 )));
             }
         }
-        let mut chain = self.imp().chain.lock().unwrap();
-        let appsink_sink = chain
-            .appsink
-            .as_ref()
-            .and_then(|a| a.static_pad("sink"))
-            .ok_or_else(|| fail(format!("{name} has no appsink")))?;
+        // The chain is taken out and put back: no lock of ours is held while pads are linked,
+        // children added or removed and the ghost pad re-targeted (that sends sticky events).
+        // Installs come from the caps event (the pad's stream lock orders them) or from the
+        // application before data flows.
+        let (appsink_sink, old, pending) = {
+            let mut chain = self.imp().chain.lock().unwrap();
+            let appsink_sink = chain
+                .appsink
+                .as_ref()
+                .and_then(|a| a.static_pad("sink"))
+                .ok_or_else(|| fail(format!("{name} has no appsink")))?;
+            (appsink_sink, chain.installed.take(), chain.pending.take())
+        };
+        if let Some(p) = pending {
+            Self::release_pending(p);
+        }
         self.imp().relinking.store(true, Ordering::SeqCst);
-        let res = self.relink(bin, &element, &mut chain, &appsink_sink, new);
+        let res = self.relink(bin, &element, old, &appsink_sink, new);
         self.imp().relinking.store(false, Ordering::SeqCst);
-        res
+        let installed = res?;
+        self.imp().chain.lock().unwrap().installed = installed;
+        Ok(())
     }
 
     fn relink(
         &self,
         bin: &gst::Bin,
         element: &gst::Element,
-        chain: &mut imp::Chain,
+        old: Option<imp::Installed>,
         appsink_sink: &gst::Pad,
         new: Option<(gst::Element, bool)>,
-    ) -> Result<(), gst::ErrorMessage> {
+    ) -> Result<Option<imp::Installed>, gst::ErrorMessage> {
         let fail = |text: String| gst::error_msg!(gst::CoreError::Negotiation, ("{}", text));
         let name = self.name();
         let _ = self.set_target(None::<&gst::Pad>);
-        if let Some(old) = chain.installed.take() {
+        if let Some(old) = old {
             gst::debug!(CAT, obj = self, "removing {}", describe(&old.element));
             if let Some(src) = old.element.static_pad("src") {
                 let _ = src.unlink(appsink_sink);
@@ -422,6 +498,7 @@ impl RtspAnnouncePad {
         let Some((p, explicit)) = new else {
             return self
                 .set_target(Some(appsink_sink))
+                .map(|_| None)
                 .map_err(|e| fail(format!("{name}: {e}")));
         };
         let linked = (|| -> Result<(), String> {
@@ -454,17 +531,22 @@ impl RtspAnnouncePad {
             if explicit { "set" } else { "chosen" },
             describe(&p)
         );
-        chain.installed = Some(imp::Installed {
+        Ok(Some(imp::Installed {
             element: p,
             explicit,
             announced: false,
-        });
-        Ok(())
+        }))
     }
 
     /// Takes the payloader out of the element (the pad is being released).
     pub fn detach(&self, bin: &gst::Bin) {
-        let installed = self.imp().chain.lock().unwrap().installed.take();
+        let (installed, pending) = {
+            let mut chain = self.imp().chain.lock().unwrap();
+            (chain.installed.take(), chain.pending.take())
+        };
+        if let Some(p) = pending {
+            Self::release_pending(p);
+        }
         if let Some(old) = installed {
             let _ = old.element.set_state(gst::State::Null);
             if old.element.parent().as_ref() == Some(bin.upcast_ref::<gst::Object>()) {

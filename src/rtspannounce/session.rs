@@ -122,6 +122,9 @@ struct State {
     tracks: Vec<Track>,
     first_data: Option<Instant>,
     flushing: bool,
+    /// PLAYING to PAUSED: a pad waiting for RECORD's answer returns (its buffer stays held), so
+    /// the appsink can pause without waiting on the network.
+    paused: bool,
     /// An error is being posted; set before `phase` becomes Failed.
     failing: bool,
     streaming: Option<Arc<Streaming>>,
@@ -251,6 +254,7 @@ impl Shared {
                 tracks: pad_names.into_iter().map(Track::new).collect(),
                 first_data: None,
                 flushing: false,
+                paused: false,
                 failing: false,
                 streaming: None,
                 udp: None,
@@ -496,6 +500,7 @@ impl Shared {
         loop {
             match st.phase {
                 Phase::Waiting if !st.tracks[track].ready() => return Ok(()),
+                Phase::Waiting | Phase::Connecting if st.paused => return Ok(()),
                 Phase::Waiting | Phase::Connecting => {}
                 Phase::Failed => return Err(PadError::Failed),
                 Phase::Stopped => return Err(PadError::Flushing),
@@ -1721,6 +1726,12 @@ impl Shared {
             }
         }
         self.queue().set_flushing(flushing);
+        self.cond.notify_all();
+    }
+
+    /// PLAYING to PAUSED and back (see `State::paused`).
+    pub fn set_paused(&self, paused: bool) {
+        self.state.lock().unwrap().paused = paused;
         self.cond.notify_all();
     }
 

@@ -9,6 +9,11 @@ use std::time::Duration;
 pub fn init() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
+        // A GStreamer-CRITICAL is a bug of ours until shown otherwise: make it abort the test,
+        // as G_DEBUG=fatal-criticals does (CI sets that too, for the processes tests start).
+        gst::glib::log_set_always_fatal(
+            gst::glib::LogLevels::LEVEL_CRITICAL | gst::glib::LogLevels::LEVEL_ERROR,
+        );
         gst::init().unwrap();
         gstrtspannounce::plugin_register_static().unwrap();
     });

@@ -1125,6 +1125,10 @@ impl RecordServer {
 
     /// As [`RecordServer::start`], on a given port (0: the OS picks one).
     pub fn start_on_port(cfg: RecordServerConfig, port: u16) -> anyhow::Result<RecordServer> {
+        // Criticals abort the test, as under G_DEBUG=fatal-criticals.
+        gst::glib::log_set_always_fatal(
+            gst::glib::LogLevels::LEVEL_CRITICAL | gst::glib::LogLevels::LEVEL_ERROR,
+        );
         gst::init().context("gst::init")?;
 
         let container = cfg.output.as_deref().map(Container::from_path);
