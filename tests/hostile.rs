@@ -69,11 +69,6 @@ const THREADS_BACK: Duration = Duration::from_secs(20);
 /// (a) A server request whose method is not a valid GstStructure name (`OPTIONS!`,
 /// `SET_PARAMETER%`, `9X`) while recording: emit_handle_request hits a CRITICAL.
 const SKIP_KNOWN_A_METHOD_NOT_A_STRUCTURE_NAME: bool = true;
-/// (b) A state change waits for the network: set_state(NULL/READY) while a request waits for its
-/// answer, while connecting or while writes are blocked returns only when tcp-timeout expires.
-/// While set, a state change slower than 100 ms but within tcp-timeout + 300 ms is counted (and
-/// printed) as this known defect instead of failing the case.
-const KNOWN_B_STATE_CHANGE_WAITS_FOR_THE_NETWORK: bool = true;
 /// (d) The start-line probe takes a request method shorter than 5 bytes or not in upper case
 /// (`AB`, `9X`, `get_parameter`) for "not RTSP" and ends the connection: such a request is not yet
 /// expected to leave the session running.
@@ -196,7 +191,10 @@ impl Case {
         } else {
             Duration::from_secs(1)
         };
-        ANNOUNCE_TIMEOUT + T * (5 + 2 * self.retry_max.max(0) as u32) + feed + Duration::from_secs(5)
+        ANNOUNCE_TIMEOUT
+            + T * (5 + 2 * self.retry_max.max(0) as u32)
+            + feed
+            + Duration::from_secs(5)
     }
 
     fn describe(&self) -> String {
@@ -280,7 +278,10 @@ fn server_request(rng: &mut Rng, step: Step) -> Option<Fault> {
     {
         return None;
     }
-    let body = matches!(method.as_str(), "SET_PARAMETER" | "ANNOUNCE" | "SET_PARAMETER%");
+    let body = matches!(
+        method.as_str(),
+        "SET_PARAMETER" | "ANNOUNCE" | "SET_PARAMETER%"
+    );
     Some(Fault::Request(ServerRequest { method, body }))
 }
 
@@ -631,7 +632,11 @@ struct BusLog {
 }
 
 impl BusLog {
-    fn wait(&self, pred: impl Fn(&gst::Message) -> bool, timeout: Duration) -> Option<gst::Message> {
+    fn wait(
+        &self,
+        pred: impl Fn(&gst::Message) -> bool,
+        timeout: Duration,
+    ) -> Option<gst::Message> {
         let deadline = Instant::now() + timeout;
         let mut g = self.msgs.lock().unwrap();
         loop {
@@ -648,7 +653,10 @@ impl BusLog {
 }
 
 fn is_end(m: &gst::Message) -> bool {
-    matches!(m.view(), gst::MessageView::Eos(_) | gst::MessageView::Error(_))
+    matches!(
+        m.view(),
+        gst::MessageView::Eos(_) | gst::MessageView::Error(_)
+    )
 }
 
 fn is_element_message(m: &gst::Message, name: &str) -> bool {
@@ -658,7 +666,13 @@ fn is_element_message(m: &gst::Message, name: &str) -> bool {
 // ----- feeding ----------------------------------------------------------------------------------
 
 /// Pushes the case's packets; returns how many the element took.
-fn feed(src: gst_app::AppSrc, track: Track, case: &Case, index: usize, stop: Arc<AtomicBool>) -> u64 {
+fn feed(
+    src: gst_app::AppSrc,
+    track: Track,
+    case: &Case,
+    index: usize,
+    stop: Arc<AtomicBool>,
+) -> u64 {
     let mut rng = Rng::new(case.seed ^ (index as u64 + 1) * 0x1234_5678);
     let (period, ticks) = track.period();
     let ssrc = 0xA000_0000u32 + index as u32;
@@ -920,7 +934,6 @@ fn run_case(case: &Case) -> (Outcome, String, Option<String>, Option<String>) {
         })
         .collect();
 
-    let known_b = std::cell::Cell::new(None);
     let timed = |to: gst::State, what: &str, problems: &mut Vec<String>| {
         let t0 = Instant::now();
         let watch = slow_state_change_watch(case, to);
@@ -928,11 +941,7 @@ fn run_case(case: &Case) -> (Outcome, String, Option<String>, Option<String>) {
         drop(watch);
         let took = t0.elapsed();
         if took > STATE_CHANGE_BOUND {
-            if KNOWN_B_STATE_CHANGE_WAITS_FOR_THE_NETWORK && took < T + Duration::from_millis(300) {
-                known_b.set(Some(format!("set_state({to:?}) {what} took {took:?}")));
-            } else {
-                problems.push(format!("set_state({to:?}) {what} took {took:?}"));
-            }
+            problems.push(format!("set_state({to:?}) {what} took {took:?}"));
         }
     };
 
@@ -941,9 +950,7 @@ fn run_case(case: &Case) -> (Outcome, String, Option<String>, Option<String>) {
         let reached = match moment {
             Moment::Connecting => poll(MOMENT_WAIT, || syn_sent_to(server.port())),
             Moment::Answer(step) => server.wait_for(|v| v.is_holding(step), MOMENT_WAIT),
-            Moment::TeardownWait => {
-                server.wait_for(|v| v.is_holding(Step::Teardown), MOMENT_WAIT)
-            }
+            Moment::TeardownWait => server.wait_for(|v| v.is_holding(Step::Teardown), MOMENT_WAIT),
             Moment::WritesBlocked => {
                 server.wait_for(|v| !v.stopped_reading.is_empty(), MOMENT_WAIT)
                     && poll(MOMENT_WAIT, || stats_u64(&sink, "queue-bytes") >= 32 * 1024)
@@ -975,7 +982,9 @@ fn run_case(case: &Case) -> (Outcome, String, Option<String>, Option<String>) {
                         e.debug().map(|d| d.to_string()).unwrap_or_default()
                     );
                     error_text = text.clone();
-                    let from_us = m.src().is_some_and(|s| s == sink.upcast_ref::<gst::Object>());
+                    let from_us = m
+                        .src()
+                        .is_some_and(|s| s == sink.upcast_ref::<gst::Object>());
                     if !from_us {
                         problems.push(format!(
                             "the first error is not the element's own: {:?}: {text}",
@@ -1060,7 +1069,7 @@ fn run_case(case: &Case) -> (Outcome, String, Option<String>, Option<String>) {
             log.join("\n    ")
         ))
     };
-    (outcome, error_text, failure, known_b.take())
+    (outcome, error_text, failure, None)
 }
 
 fn run_one(case: Case) -> Report {
@@ -1197,7 +1206,9 @@ fn threads() -> usize {
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn run_cases(cases: Vec<Case>, jobs: usize) -> Vec<Report> {
-    let queue = Arc::new(Mutex::new(cases.into_iter().collect::<std::collections::VecDeque<_>>()));
+    let queue = Arc::new(Mutex::new(
+        cases.into_iter().collect::<std::collections::VecDeque<_>>(),
+    ));
     let reports = Arc::new(Mutex::new(Vec::new()));
     let workers: Vec<_> = (0..jobs)
         .map(|j| {
@@ -1205,7 +1216,9 @@ fn run_cases(cases: Vec<Case>, jobs: usize) -> Vec<Report> {
             std::thread::Builder::new()
                 .name(format!("hostile-case{j}"))
                 .spawn(move || loop {
-                    let Some(c) = q.lock().unwrap().pop_front() else { return };
+                    let Some(c) = q.lock().unwrap().pop_front() else {
+                        return;
+                    };
                     let rep = run_one(c);
                     if let Some(f) = &rep.failure {
                         eprintln!(
@@ -1279,7 +1292,11 @@ fn hostile_servers() {
     let cases: Vec<Case> = seeds
         .iter()
         .flat_map(|s| VARIANTS.iter().map(move |v| case(*s, *v)))
-        .filter(|c| filter.as_ref().is_none_or(|f| c.describe().contains(f.as_str())))
+        .filter(|c| {
+            filter
+                .as_ref()
+                .is_none_or(|f| c.describe().contains(f.as_str()))
+        })
         .collect();
     let n_cases = cases.len();
     let reports = run_cases(cases, jobs);
@@ -1318,7 +1335,7 @@ fn hostile_servers() {
     let known: Vec<&Report> = reports.iter().filter(|r| r.known.is_some()).collect();
     if !known.is_empty() {
         eprintln!(
-            "  {:>6}  met known defect (b), tolerated while KNOWN_B_STATE_CHANGE_WAITS_FOR_THE_NETWORK is set (e.g. seed {}: {})",
+            "  {:>6}  met a known defect, tolerated while its flag is set (e.g. seed {}: {})",
             known.len(),
             known[0].case.seed,
             known[0].known.as_deref().unwrap_or("")
@@ -1337,14 +1354,26 @@ fn hostile_servers() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} hostile cases failed", failures.len());
-    assert!(back, "thread count {now} not back to {baseline} within {THREADS_BACK:?}");
+    assert!(
+        failures.is_empty(),
+        "{} hostile cases failed",
+        failures.len()
+    );
+    assert!(
+        back,
+        "thread count {now} not back to {baseline} within {THREADS_BACK:?}"
+    );
 }
 
 // ----- named cases: one fault each, deterministic ------------------------------------------------
 
 /// A clean case of `profile` with these injections, none of them stopping the pipeline.
-fn named(name: &'static str, profile: Profile, variant: Variant, injections: Vec<Injection>) -> Case {
+fn named(
+    name: &'static str,
+    profile: Profile,
+    variant: Variant,
+    injections: Vec<Injection>,
+) -> Case {
     let mut plan = Plan::clean(profile);
     plan.injections = injections;
     let expect_eos = plan.injections.iter().all(harmless);
@@ -1387,7 +1416,10 @@ fn regress_request_with_a_method_that_is_no_structure_name() {
             let r = run_named(named(
                 "regress_request_with_a_method_that_is_no_structure_name",
                 Profile::GstRtspServer,
-                Variant { udp: false, handler },
+                Variant {
+                    udp: false,
+                    handler,
+                },
                 vec![at(
                     Step::Media(5),
                     Fault::Request(ServerRequest {
