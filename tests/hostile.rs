@@ -1432,3 +1432,37 @@ fn regress_request_with_a_method_that_is_no_structure_name() {
         }
     }
 }
+
+/// The connection fails right after RECORD's answer (a reset, or bytes that are not RTSP in the
+/// same segment): the loss is noted while the recording is being set up, and the element must
+/// reconnect, not end with upstream's "Internal data stream error". Found by seeds 83 and 121.
+#[test]
+fn regress_loss_right_after_record_answer() {
+    for (i, fault) in [
+        Fault::Reset { after_reply: true },
+        Fault::Request(ServerRequest {
+            method: "A.B:C".into(),
+            body: false,
+        }),
+    ]
+    .into_iter()
+    .cycle()
+    .take(20)
+    .enumerate()
+    {
+        let mut c = named(
+            "regress_loss_right_after_record_answer",
+            Profile::GstRtspServer,
+            Variant {
+                udp: false,
+                handler: i % 4 < 2,
+            },
+            vec![at(Step::Record, fault)],
+        );
+        c.live = false;
+        c.packets = Some(100);
+        c.retry_max = 2;
+        let r = run_named(c);
+        assert!(r.failure.is_none(), "{:?}", r.failure);
+    }
+}

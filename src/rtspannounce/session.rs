@@ -637,7 +637,17 @@ impl Shared {
                 Ok(())
             }
             Err(QueueError::Cancelled) => Err(PadError::Flushing),
-            Err(QueueError::Failed(_)) => Err(PadError::Failed),
+            // A failed queue is a lost connection; only a failed session has its error on the
+            // bus. A loss that came while begin_recording was still setting the connection up is
+            // handled there just after the phase became Recording: until then, drop and count.
+            Err(QueueError::Failed(_)) => match self.phase() {
+                Phase::Recording | Phase::Reconnecting => {
+                    self.state.lock().unwrap().dropped_offline += 1;
+                    Ok(())
+                }
+                Phase::Stopped => Err(PadError::Flushing),
+                _ => Err(PadError::Failed),
+            },
         }
     }
 
