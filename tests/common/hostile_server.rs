@@ -204,7 +204,10 @@ pub enum Fault {
     /// Flip this many bytes of the answer.
     Flip(u8),
     /// Send only the first `permille`/1000 of the answer.
-    Truncate { permille: u16, then: Then },
+    Truncate {
+        permille: u16,
+        then: Then,
+    },
     /// The header a second time, with another value.
     DupHeader(&'static str),
     DropHeader(&'static str),
@@ -219,13 +222,21 @@ pub enum Fault {
     /// Never answer; the connection stays open.
     Hold,
     /// Close (FIN) before answering, or right after.
-    Close { after_reply: bool },
+    Close {
+        after_reply: bool,
+    },
     /// Reset (SO_LINGER 0) before answering, or right after.
-    Reset { after_reply: bool },
+    Reset {
+        after_reply: bool,
+    },
     /// Stop reading the connection (after the answer, if any).
     StopReading,
     /// An interleaved frame, before or after the answer.
-    Junk { channel: u8, len: u16, before: bool },
+    Junk {
+        channel: u8,
+        len: u16,
+        before: bool,
+    },
     /// A request from the server (after the answer, if any).
     Request(ServerRequest),
     /// Never accept: the listen backlog is full, so the client's connect hangs.
@@ -279,9 +290,7 @@ impl Plan {
         }
     }
     fn holds_accept(&self) -> bool {
-        self.injections
-            .iter()
-            .any(|i| i.fault == Fault::HoldAccept)
+        self.injections.iter().any(|i| i.fault == Fault::HoldAccept)
     }
 }
 
@@ -428,10 +437,11 @@ impl Shared {
     }
     fn log(&self, inner: &mut Inner, text: String) {
         let t = self.t0.elapsed();
-        inner
-            .view
-            .log
-            .push(format!("{:>5}.{:03} {text}", t.as_secs(), t.subsec_millis()));
+        inner.view.log.push(format!(
+            "{:>5}.{:03} {text}",
+            t.as_secs(),
+            t.subsec_millis()
+        ));
         self.cv.notify_all();
     }
     /// The injections that apply at `step` on connection `conn`.
@@ -838,9 +848,7 @@ fn normal_reply(shared: &Arc<Shared>, inner: &mut Inner, conn: usize, req: &Req)
             }
             r
         }
-        "GET_PARAMETER" if profile == Profile::Ffmpeg => {
-            base(Reply::new(501, "Not Implemented"))
-        }
+        "GET_PARAMETER" if profile == Profile::Ffmpeg => base(Reply::new(501, "Not Implemented")),
         "GET_PARAMETER" | "SET_PARAMETER" => {
             base(Reply::new(200, "OK")).header("Session", c.session.clone())
         }
@@ -877,17 +885,14 @@ fn bind_udp(
         spawn(
             shared,
             inner,
-            format!("hostile-udp{conn}.{track}{}", if is_rtcp { "c" } else { "" }),
+            format!(
+                "hostile-udp{conn}.{track}{}",
+                if is_rtcp { "c" } else { "" }
+            ),
             move || udp_loop(&s2, conn, track, &sock, is_rtcp),
         );
     }
-    Ok((
-        ports,
-        UdpTrack {
-            rtcp,
-            client_rtcp,
-        },
-    ))
+    Ok((ports, UdpTrack { rtcp, client_rtcp }))
 }
 
 fn udp_loop(shared: &Arc<Shared>, conn: usize, track: usize, sock: &UdpSocket, is_rtcp: bool) {
@@ -966,7 +971,12 @@ fn media_in(shared: &Arc<Shared>, inner: &mut Inner, conn: usize, track: usize, 
     shared.cv.notify_all();
 }
 
-fn server_request(shared: &Arc<Shared>, inner: &mut Inner, conn: usize, sr: &ServerRequest) -> Vec<u8> {
+fn server_request(
+    shared: &Arc<Shared>,
+    inner: &mut Inner,
+    conn: usize,
+    sr: &ServerRequest,
+) -> Vec<u8> {
     let port = shared.port;
     let c = &mut inner.conns[conn];
     let cseq = c.next_cseq;
@@ -1005,7 +1015,10 @@ fn server_request(shared: &Arc<Shared>, inner: &mut Inner, conn: usize, sr: &Ser
         cseq,
         sent_at: Instant::now(),
     });
-    shared.log(inner, format!("conn {conn}: sends {} (CSeq {cseq})", sr.method));
+    shared.log(
+        inner,
+        format!("conn {conn}: sends {} (CSeq {cseq})", sr.method),
+    );
     b
 }
 
@@ -1063,9 +1076,7 @@ fn apply(
                         .unwrap_or_else(|| "1".into());
                     let new = match cf {
                         CSeqFault::Missing => None,
-                        CSeqFault::Wrong => {
-                            Some((cur.parse::<u32>().unwrap_or(1) + 7).to_string())
-                        }
+                        CSeqFault::Wrong => Some((cur.parse::<u32>().unwrap_or(1) + 7).to_string()),
                         CSeqFault::Garbage => Some("abc".to_string()),
                         CSeqFault::Huge => Some("99999999999999999999".to_string()),
                         CSeqFault::Twice => {
@@ -1110,10 +1121,8 @@ fn apply(
                         ));
                     }
                     if *code == 401 {
-                        r.headers.push((
-                            "WWW-Authenticate".into(),
-                            "Basic realm=\"hostile\"".into(),
-                        ));
+                        r.headers
+                            .push(("WWW-Authenticate".into(), "Basic realm=\"hostile\"".into()));
                     }
                 }
             }
@@ -1212,15 +1221,16 @@ fn handle_request(shared: &Arc<Shared>, conn: usize, req: Req) {
     if req.method == "TEARDOWN" {
         inner.view.teardown_at.push((conn, Instant::now()));
     }
-    shared.log(&mut inner, format!("conn {conn}: {} {}", req.method, req.uri));
+    shared.log(
+        &mut inner,
+        format!("conn {conn}: {} {}", req.method, req.uri),
+    );
     let step = step_of(&inner.conns[conn], &req.method);
     let mut reply = normal_reply(shared, &mut inner, conn, &req);
     if let Some(c) = req.header("cseq") {
         reply.headers.insert(0, ("CSeq".into(), c.to_string()));
     }
-    let faults = step
-        .map(|s| shared.faults_at(conn, s))
-        .unwrap_or_default();
+    let faults = step.map(|s| shared.faults_at(conn, s)).unwrap_or_default();
     if step == Some(Step::Teardown) && shared.plan.profile == Profile::Xiu {
         // xiu never answers TEARDOWN.
         let mut f = faults;
@@ -1268,7 +1278,10 @@ fn reports(shared: &Shared, inner: &mut Inner, conn: usize) -> Vec<Out> {
             p.extend_from_slice(&ssrc.to_be_bytes());
             p.extend_from_slice(&[1, 3, b'z', b'l', b'm', 0, 0, 0]);
         }
-        match (c.udp.get(track).and_then(Option::as_ref), c.rtcp_channels.get(track)) {
+        match (
+            c.udp.get(track).and_then(Option::as_ref),
+            c.rtcp_channels.get(track),
+        ) {
             (Some(u), _) if udp => outs.push(Out::Udp {
                 sock: u.rtcp.clone(),
                 to: u.client_rtcp,
@@ -1303,7 +1316,10 @@ fn reader_loop(shared: &Arc<Shared>, conn: usize, stream: Arc<TcpStream>) {
                 let mut inner = shared.lock();
                 let record_sent = inner.conns[conn].record_sent;
                 if !record_sent && shared.plan.profile == Profile::MediaMtx {
-                    shared.log(&mut inner, format!("conn {conn}: media before RECORD: closing"));
+                    shared.log(
+                        &mut inner,
+                        format!("conn {conn}: media before RECORD: closing"),
+                    );
                     end_conn(shared, &mut inner, conn, "early media");
                     break;
                 }
@@ -1317,8 +1333,14 @@ fn reader_loop(shared: &Arc<Shared>, conn: usize, stream: Arc<TcpStream>) {
             Ok(Msg::Request(req)) => handle_request(shared, conn, req),
             Ok(Msg::Answer(status, cseq)) => {
                 let mut inner = shared.lock();
-                inner.view.client_answers.push(ClientAnswer { conn, status, cseq });
-                shared.log(&mut inner, format!("conn {conn}: client answered {status} (CSeq {cseq:?})"));
+                inner
+                    .view
+                    .client_answers
+                    .push(ClientAnswer { conn, status, cseq });
+                shared.log(
+                    &mut inner,
+                    format!("conn {conn}: client answered {status} (CSeq {cseq:?})"),
+                );
             }
             Err(ReadErr::Closed) => {
                 let mut inner = shared.lock();
