@@ -178,6 +178,8 @@ struct Case {
     packet_size: (usize, usize),
     retry_max: i32,
     retry_delay_ms: u32,
+    /// user-id and user-pw are set (a 401 gets an answer).
+    creds: bool,
     /// Only harmless faults: the case must end with EOS.
     expect_eos: bool,
     stop: Option<(Moment, gst::State)>,
@@ -199,14 +201,15 @@ impl Case {
 
     fn describe(&self) -> String {
         let mut s = format!(
-            "seed {} [{}] {:?} tracks {:?} {} packets {:?} retry-max {}",
+            "seed {} [{}] {:?} tracks {:?} {} packets {:?} retry-max {}{}",
             self.seed,
             self.variant,
             self.plan.profile,
             self.tracks,
             if self.live { "live" } else { "non-live" },
             self.packets,
-            self.retry_max
+            self.retry_max,
+            if self.creds { " credentials" } else { "" }
         );
         if let Some(t) = self.plan.session_timeout {
             s.push_str(&format!(" session-timeout {t}"));
@@ -282,7 +285,12 @@ fn server_request(rng: &mut Rng, step: Step) -> Option<Fault> {
         method.as_str(),
         "SET_PARAMETER" | "ANNOUNCE" | "SET_PARAMETER%"
     );
-    Some(Fault::Request(ServerRequest { method, body }))
+    let odd_headers = rng.chance(1, 4);
+    Some(Fault::Request(ServerRequest {
+        method,
+        body,
+        odd_headers,
+    }))
 }
 
 fn junk(rng: &mut Rng) -> Fault {
@@ -299,8 +307,122 @@ fn junk(rng: &mut Rng) -> Fault {
     }
 }
 
+const SESSION_TIMEOUTS: &[&str] = &[
+    "0",
+    "-5",
+    "",
+    "abc",
+    "1",
+    "60;timeout=1",
+    "4294967296",
+    "99999999999999999",
+    "18446744073709551615",
+];
+
+const TRANSPORTS: &[&str] = &[
+    "RTP/AVP/TCP;unicast;interleaved=255-256",
+    "RTP/AVP/TCP;unicast;interleaved=254-255",
+    "RTP/AVP/TCP;unicast;interleaved=4",
+    "RTP/AVP/TCP;unicast;interleaved=0-0",
+    "RTP/AVP/TCP;unicast;interleaved=2-3",
+    "RTP/AVP/TCP;unicast;interleaved=a-b",
+    "RTP/AVP/TCP;unicast",
+    "RTP/SAVP/TCP;unicast;interleaved=0-1",
+    "RTP/AVP;unicast;server_port=0-0",
+    "RTP/AVP;unicast;server_port=65535",
+    "RTP/AVP;unicast;client_port=1-2;server_port=5000-5001;source=999.1.1.1",
+    "RTP/AVP;unicast;server_port=5000-5001;source=::1",
+    "RTP/AVP;unicast;server_port=5000-5001;ssrc=zzzz",
+    "RTP/AVP;multicast;destination=224.1.1.1;port=5000-5001",
+    "RTP/AVP;unicast",
+    "X",
+    "",
+    ",,,",
+];
+
+const CONTENT_BASES: &[&str] = &[
+    "rtsp://127.0.0.1:{port}/other/",
+    "/relative/",
+    "garbage:::",
+    "rtsp://evil.invalid/x/",
+    "rtsp://[::1/",
+    "",
+];
+
+const LOCATIONS: &[&str] = &[
+    "",
+    "rtsp://",
+    "rtsp://user:pw@127.0.0.1:{port}/x",
+    "/relative/path",
+    "rtsp://127.0.0.1:1/x",
+    "http://127.0.0.1:{port}/x",
+    "rtsp://127.0.0.1:{port}/live/hostile",
+    "rtsps://127.0.0.1:{port}/x",
+    "rtsp://[::1]:{port}/x",
+    "rtsp://127.0.0.1:{port}/%zz",
+];
+
+const CHALLENGES: &[&str] = &[
+    "Digest realm=\"r\"",
+    "Digest nonce=\"n\", algorithm=XYZ",
+    "Basic",
+    "Basic realm=\"x\"",
+    "Digest realm=\"r\", nonce=\"n\", qop=\"auth-int\"",
+    "Digest realm=\"r\", nonce=\"n\", qop=\"auth\", algorithm=SHA-256",
+    "Digest realm=\"r\", nonce=\"n\", stale=true",
+    "Negotiate abc",
+    "",
+    "Digest realm=\"\", nonce=\"\", algorithm=MD5-sess, qop=\"auth\"",
+];
+
+const STATUS_LINES: &[&str] = &[
+    "RTSP/1.0 200",
+    "RTSP/2.0 200 OK",
+    "RTSP/1.0 099 Low",
+    "RTSP/1.0 2000 OK",
+    "HTTP/1.1 200 OK",
+    "RTSP/1.0  200  OK",
+    "rtsp/1.0 200 OK",
+    "RTSP/1.0 200 OK and more words",
+    "RTSP/1.0 -200 X",
+    "RTSP/1.0 100 Continue",
+    "RTSP/1.0 250 Low on Storage Space",
+    "RTSP/1.0 600 Weird",
+];
+
+/// Raw header lines; the first ones are fine (folding, odd bytes in a value).
+const RAW_LINES: &[&[u8]] = &[
+    b" folded continuation",
+    b"\tTab-folded: v",
+    b"X-Bin: \xff\xfe\x00\x01",
+    b"X-Nul: a\x00b",
+    b"NoColonHere",
+    b": empty name",
+    b"Bad Name: v",
+];
+
 fn reply_fault(rng: &mut Rng, step: Step) -> Option<Fault> {
-    Some(match rng.below(19) {
+    Some(match rng.below(29) {
+        19 => Fault::SessionTimeout(rng.pick(SESSION_TIMEOUTS).to_string()),
+        20 => Fault::Header("Transport", rng.pick(TRANSPORTS).to_string()),
+        21 => Fault::Header("Content-Base", rng.pick(CONTENT_BASES).to_string()),
+        22 => Fault::Redirect(rng.pick(LOCATIONS).to_string()),
+        23 => Fault::Challenge(rng.pick(CHALLENGES).to_string()),
+        24 => Fault::StatusLine(rng.pick(STATUS_LINES).to_string()),
+        25 => {
+            if rng.chance(1, 8) {
+                Fault::RawLine(vec![b'A'; 70_000])
+            } else {
+                Fault::RawLine(rng.pick(RAW_LINES).to_vec())
+            }
+        }
+        26 => Fault::ManyHeaders(*rng.pick(&[200, 300, 1000])),
+        27 => Fault::Body(*rng.pick(&[10, 100_000, 1 << 20, (1 << 20) + 1])),
+        28 => Fault::Header(
+            *rng.pick(&["Public", "RTP-Info", "Server", "Date"]),
+            rng.pick(&["", ",,,", "x;y=;z", "url=;seq=abc", "\u{e9}\u{20ac}"])
+                .to_string(),
+        ),
         0 => Fault::Flip(1 + rng.below(4) as u8),
         1 => Fault::Truncate {
             permille: rng.below(1000) as u16,
@@ -348,7 +470,13 @@ fn reply_fault(rng: &mut Rng, step: Step) -> Option<Fault> {
 }
 
 fn media_fault(rng: &mut Rng, step: Step) -> Option<Fault> {
-    Some(match rng.below(9) {
+    Some(match rng.below(11) {
+        9 | 10 => Fault::Rtcp(*rng.pick(&[
+            RtcpKind::WildReport,
+            RtcpKind::LyingLength,
+            RtcpKind::SenderReport,
+            RtcpKind::NotRtcp,
+        ])),
         0 => Fault::Close { after_reply: false },
         1 => Fault::Reset { after_reply: false },
         2 => Fault::StopReading,
@@ -375,7 +503,17 @@ fn harmless(i: &Injection) -> bool {
         return i.fault != Fault::HoldAccept;
     }
     match &i.fault {
-        Fault::Split | Fault::Junk { .. } => true,
+        Fault::Split | Fault::Junk { .. } | Fault::Rtcp(_) => true,
+        Fault::SessionTimeout(_) => true,
+        Fault::Header(h, v) => match *h {
+            "Public" | "RTP-Info" | "Server" | "Date" => true,
+            "Content-Base" => v.starts_with("rtsp://127.0.0.1:{port}/"),
+            _ => false,
+        },
+        Fault::StatusLine(l) => l == "RTSP/1.0 200",
+        Fault::RawLine(l) => RAW_LINES[..4].contains(&l.as_slice()),
+        Fault::ManyHeaders(n) => *n < 250,
+        Fault::Body(n) => *n <= 1 << 20,
         Fault::DupHeader(h) => matches!(*h, "Server" | "RTP-Info"),
         Fault::DropHeader(h) => *h == "RTP-Info",
         Fault::CSeq(CSeqFault::Missing) => i.step != Step::KeepAlive,
@@ -459,6 +597,7 @@ fn case(seed: u64, variant: Variant) -> Case {
         packet_size: (40, 1200),
         retry_max,
         retry_delay_ms: 10 + rng.below(30) as u32,
+        creds: rng.chance(1, 3),
         expect_eos,
         stop: None,
     };
@@ -762,7 +901,8 @@ fn cause_of(text: &str) -> Option<&'static str> {
         ("closed", "closed"),
         ("refused", "refused"),
         ("answered", "status"),
-        ("authoriz", "status"),
+        ("authoriz", "auth"),
+        ("authentication", "auth"),
         ("unauthori", "status"),
         (" failed: 4", "status"),
         (" failed: 5", "status"),
@@ -890,6 +1030,10 @@ fn run_case(case: &Case) -> (Outcome, String, Option<String>, Option<String>) {
         .build()
         .expect("rtspannounce");
     sink.set_property_from_str("protocols", if case.variant.udp { "udp" } else { "tcp" });
+    if case.creds {
+        sink.set_property("user-id", "pusher");
+        sink.set_property("user-pw", "s3cret");
+    }
     let handler_log = Arc::new(HandlerLog::default());
     if case.variant.handler {
         connect_handler(&sink, handler_log.clone());
@@ -1388,6 +1532,7 @@ fn named(
         packet_size: (40, 1200),
         retry_max: 0,
         retry_delay_ms: 10,
+        creds: false,
         expect_eos,
         stop: None,
     }
@@ -1425,6 +1570,7 @@ fn regress_request_with_a_method_that_is_no_structure_name() {
                     Fault::Request(ServerRequest {
                         method: method.into(),
                         body: true,
+                        odd_headers: true,
                     }),
                 )],
             ));
@@ -1443,6 +1589,7 @@ fn regress_loss_right_after_record_answer() {
         Fault::Request(ServerRequest {
             method: "A.B:C".into(),
             body: false,
+            odd_headers: false,
         }),
     ]
     .into_iter()

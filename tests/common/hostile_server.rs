@@ -197,6 +197,9 @@ pub struct ServerRequest {
     pub method: String,
     /// SET_PARAMETER / ANNOUNCE get a body (text/parameters, application/sdp).
     pub body: bool,
+    /// Odd headers too: a name starting with a digit, one named `uri`, a value that is not
+    /// UTF-8.
+    pub odd_headers: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -241,6 +244,37 @@ pub enum Fault {
     Request(ServerRequest),
     /// Never accept: the listen backlog is full, so the client's connect hangs.
     HoldAccept,
+    /// The header set to this value (added if absent). `{port}` is the server's port.
+    Header(&'static str, String),
+    /// A raw line among the headers (bytes that need not be UTF-8 nor `name: value`).
+    RawLine(Vec<u8>),
+    /// This many extra headers.
+    ManyHeaders(u16),
+    /// A body of this many bytes (with its right Content-Length).
+    Body(u32),
+    /// The status line replaced by this one.
+    StatusLine(String),
+    /// An RTCP packet on the track's RTCP channel (TCP) or port (UDP).
+    Rtcp(RtcpKind),
+    /// `302` with this Location (`{port}`: the server's port).
+    Redirect(String),
+    /// `401` with this WWW-Authenticate.
+    Challenge(String),
+    /// The Session header's `;timeout=` set to this text (the id stays right).
+    SessionTimeout(String),
+}
+
+/// RTCP the server sends that a client must survive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RtcpKind {
+    /// A receiver report about the pusher's SSRC with random loss, jitter, LSR and DLSR.
+    WildReport,
+    /// A header whose count and length promise more than the packet holds.
+    LyingLength,
+    /// A sender report from the server, with report blocks.
+    SenderReport,
+    /// RTCP version 0, random bytes.
+    NotRtcp,
 }
 
 /// One fault at one step.
@@ -407,6 +441,9 @@ struct Conn {
     media: u32,
     next_cseq: u32,
     next_report: Option<Instant>,
+    /// Request steps whose faults were applied: a request sent again (after a 401, say) at the
+    /// same step gets the normal answer.
+    fired: Vec<Step>,
 }
 
 struct Inner {
@@ -640,6 +677,10 @@ struct Reply {
     content_length: Option<String>,
     /// The server closes the connection once this answer is out.
     close_after: bool,
+    /// Raw lines written after the headers.
+    raw_lines: Vec<Vec<u8>>,
+    /// Replaces `RTSP/1.0 <status> <reason>`.
+    status_line: Option<String>,
 }
 
 impl Reply {
@@ -651,6 +692,8 @@ impl Reply {
             body: Vec::new(),
             content_length: None,
             close_after: false,
+            raw_lines: Vec::new(),
+            status_line: None,
         }
     }
     fn header(mut self, n: &str, v: impl Into<String>) -> Reply {
@@ -658,19 +701,31 @@ impl Reply {
         self
     }
     fn to_bytes(&self) -> Vec<u8> {
-        let mut s = format!("RTSP/1.0 {} {}\r\n", self.status, self.reason);
+        let mut b: Vec<u8> = match &self.status_line {
+            Some(l) => format!("{l}\r\n"),
+            None => format!("RTSP/1.0 {} {}\r\n", self.status, self.reason),
+        }
+        .into_bytes();
         for (n, v) in &self.headers {
-            s.push_str(&format!("{n}: {v}\r\n"));
+            b.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+        }
+        // Raw lines may be any bytes. A folded line continues a header of its own, not
+        // whichever came last.
+        for l in &self.raw_lines {
+            if l.first().is_some_and(|b| *b == b' ' || *b == b'\t') {
+                b.extend_from_slice(b"X-Folded: start\r\n");
+            }
+            b.extend_from_slice(l);
+            b.extend_from_slice(b"\r\n");
         }
         match &self.content_length {
-            Some(v) => s.push_str(&format!("Content-Length: {v}\r\n")),
+            Some(v) => b.extend_from_slice(format!("Content-Length: {v}\r\n").as_bytes()),
             None if !self.body.is_empty() => {
-                s.push_str(&format!("Content-Length: {}\r\n", self.body.len()))
+                b.extend_from_slice(format!("Content-Length: {}\r\n", self.body.len()).as_bytes())
             }
             None => {}
         }
-        s.push_str("\r\n");
-        let mut b = s.into_bytes();
+        b.extend_from_slice(b"\r\n");
         b.extend_from_slice(&self.body);
         b
     }
@@ -1000,14 +1055,20 @@ fn server_request(
         }
         _ => b"",
     };
+    let mut raw: Vec<u8> = Vec::new();
+    if sr.odd_headers {
+        s.push_str("9-Odd: 1\r\nuri: rtsp://evil.invalid/\r\nX.Dotted+Name: v\r\n");
+        raw.extend_from_slice(b"X-Bin: \xff\xfe\x01\r\n");
+    }
     if sr.method == "REDIRECT" {
         s.push_str(&format!("Location: rtsp://127.0.0.1:{port}/elsewhere\r\n"));
     }
     if !body.is_empty() {
         s.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
-    s.push_str("\r\n");
     let mut b = s.into_bytes();
+    b.extend_from_slice(&raw);
+    b.extend_from_slice(b"\r\n");
     b.extend_from_slice(body);
     inner.view.server_requests.push(SentRequest {
         conn,
@@ -1163,6 +1224,77 @@ fn apply(
                 after.push(Out::Bytes(b, Mode::Whole));
             }
             Fault::HoldAccept => {}
+            Fault::Header(h, v) => {
+                if let Some(r) = reply.as_mut() {
+                    let v = v.replace("{port}", &port.to_string());
+                    match r
+                        .headers
+                        .iter_mut()
+                        .find(|(n, _)| n.eq_ignore_ascii_case(h))
+                    {
+                        Some(slot) => slot.1 = v,
+                        None => r.headers.push((h.to_string(), v)),
+                    }
+                }
+            }
+            Fault::RawLine(line) => {
+                if let Some(r) = reply.as_mut() {
+                    r.raw_lines.push(line.clone());
+                }
+            }
+            Fault::ManyHeaders(n) => {
+                if let Some(r) = reply.as_mut() {
+                    for i in 0..*n {
+                        r.headers.push((format!("X-Filler-{i}"), "x".repeat(8)));
+                    }
+                }
+            }
+            Fault::Body(n) => {
+                if let Some(r) = reply.as_mut() {
+                    r.body = vec![b'b'; *n as usize];
+                    r.headers.push(("Content-Type".into(), "text/plain".into()));
+                }
+            }
+            Fault::StatusLine(l) => {
+                if let Some(r) = reply.as_mut() {
+                    r.status_line = Some(l.clone());
+                }
+            }
+            Fault::Rtcp(kind) => {
+                let outs = rtcp_fault(inner, conn, *kind);
+                after.extend(outs);
+            }
+            Fault::Redirect(location) => {
+                if let Some(r) = reply.as_mut() {
+                    r.status = 302;
+                    r.reason = reason(302).to_string();
+                    r.headers
+                        .retain(|(n, _)| n != "Session" && n != "Transport");
+                    r.headers.push((
+                        "Location".into(),
+                        location.replace("{port}", &port.to_string()),
+                    ));
+                }
+            }
+            Fault::Challenge(c) => {
+                if let Some(r) = reply.as_mut() {
+                    r.status = 401;
+                    r.reason = reason(401).to_string();
+                    r.headers
+                        .retain(|(n, _)| n != "Session" && n != "Transport");
+                    r.headers.push(("WWW-Authenticate".into(), c.clone()));
+                }
+            }
+            Fault::SessionTimeout(t) => {
+                if let Some(r) = reply.as_mut() {
+                    let id = inner.conns[conn].session.clone();
+                    let v = format!("{id};timeout={t}");
+                    match r.headers.iter_mut().find(|(n, _)| n == "Session") {
+                        Some(slot) => slot.1 = v,
+                        None => r.headers.push(("Session".into(), v)),
+                    }
+                }
+            }
         }
     }
     for b in before {
@@ -1248,6 +1380,77 @@ fn handle_request(shared: &Arc<Shared>, conn: usize, req: Req) {
             }
         }
     }
+}
+
+/// Delivers an RTCP packet for `track` the way the track was set up (TCP channel or UDP port).
+fn rtcp_out(c: &Conn, track: usize, p: Vec<u8>) -> Option<Out> {
+    match (
+        c.udp.get(track).and_then(Option::as_ref),
+        c.rtcp_channels.get(track),
+    ) {
+        (Some(u), _) => Some(Out::Udp {
+            sock: u.rtcp.clone(),
+            to: u.client_rtcp,
+            data: p,
+        }),
+        (None, Some(Some(ch))) => {
+            let mut f = vec![b'$', *ch];
+            f.extend_from_slice(&(p.len().min(65535) as u16).to_be_bytes());
+            f.extend_from_slice(&p[..p.len().min(65535)]);
+            Some(Out::Bytes(f, Mode::Whole))
+        }
+        _ => None,
+    }
+}
+
+/// Hostile RTCP for every track set up on the connection.
+fn rtcp_fault(inner: &mut Inner, conn: usize, kind: RtcpKind) -> Vec<Out> {
+    let tracks = inner.conns[conn].setups.len();
+    let mut outs = Vec::new();
+    for track in 0..tracks {
+        let ssrc = inner.conns[conn]
+            .seen
+            .get(track)
+            .and_then(|t| t.ssrc)
+            .unwrap_or(0xA000_0000 + track as u32);
+        let rng = &mut inner.rng;
+        let mut block = Vec::with_capacity(24);
+        block.extend_from_slice(&ssrc.to_be_bytes());
+        block.extend(rng.bytes(20));
+        let p = match kind {
+            RtcpKind::WildReport => {
+                let mut p = vec![0x81, 201, 0, 7];
+                p.extend_from_slice(&rng.next_u64().to_be_bytes()[..4]);
+                p.extend_from_slice(&block);
+                p
+            }
+            RtcpKind::LyingLength => {
+                // 31 report blocks announced, length 200 words, 12 bytes sent.
+                let mut p = vec![0x9F, 201, 0, 200];
+                p.extend_from_slice(&ssrc.wrapping_add(1).to_be_bytes());
+                p.extend_from_slice(&block[..4]);
+                p
+            }
+            RtcpKind::SenderReport => {
+                let mut p = vec![0x82, 200, 0, 18];
+                p.extend_from_slice(&0x5E4D_0001u32.to_be_bytes());
+                p.extend(rng.bytes(20));
+                p.extend_from_slice(&block);
+                p.extend_from_slice(&block);
+                p
+            }
+            RtcpKind::NotRtcp => {
+                let n = 4 + rng.below(64) as usize;
+                let mut p = rng.bytes(n);
+                p[0] &= 0x3F;
+                p
+            }
+        };
+        if let Some(o) = rtcp_out(&inner.conns[conn], track, p) {
+            outs.push(o);
+        }
+    }
+    outs
 }
 
 /// One receiver report (RR + SDES for ZLMediaKit) per track that has sent media.
@@ -1481,6 +1684,7 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             media: 0,
             next_cseq: 1,
             next_report: None,
+            fired: Vec::new(),
         });
         inner.view.connections += 1;
         shared.log(&mut inner, format!("conn {conn}: accepted from {peer}"));
