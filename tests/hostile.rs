@@ -1613,3 +1613,19 @@ fn regress_loss_right_after_record_answer() {
         assert!(r.failure.is_none(), "{:?}", r.failure);
     }
 }
+
+/// `Session: id;timeout=99999999999999999` (seed 40): the keep-alive interval overflowed, the
+/// handshake task panicked on the I/O thread and the pipeline waited for ever.
+#[test]
+fn regress_huge_session_timeout() {
+    for t in ["99999999999999999", "18446744073709551615"] {
+        let r = run_named(named(
+            "regress_huge_session_timeout",
+            Profile::MediaMtx,
+            VARIANTS[0],
+            vec![at(Step::Setup(0), Fault::SessionTimeout(t.into()))],
+        ));
+        assert_eq!(r.outcome, Outcome::Eos, "{:?}", r.failure);
+        assert!(r.failure.is_none(), "{:?}", r.failure);
+    }
+}
