@@ -256,6 +256,10 @@ pub enum Fault {
     StatusLine(String),
     /// An RTCP packet on the track's RTCP channel (TCP) or port (UDP).
     Rtcp(RtcpKind),
+    /// Shut the write side (FIN) and keep reading.
+    HalfClose,
+    /// An answer to a request nobody sent (CSeq 999), and one without CSeq.
+    Unsolicited,
     /// `302` with this Location (`{port}`: the server's port).
     Redirect(String),
     /// `401` with this WWW-Authenticate.
@@ -275,6 +279,8 @@ pub enum RtcpKind {
     SenderReport,
     /// RTCP version 0, random bytes.
     NotRtcp,
+    /// A BYE from the server.
+    Bye,
 }
 
 /// One fault at one step.
@@ -400,6 +406,7 @@ enum Out {
     Bytes(Vec<u8>, Mode),
     Close,
     Reset,
+    HalfClose,
     /// Stop the reader once what came before is written.
     StopReading,
     Udp {
@@ -1264,6 +1271,11 @@ fn apply(
                 let outs = rtcp_fault(inner, conn, *kind);
                 after.extend(outs);
             }
+            Fault::HalfClose => after.push(Out::HalfClose),
+            Fault::Unsolicited => {
+                let b = b"RTSP/1.0 200 OK\r\nCSeq: 999\r\n\r\nRTSP/1.0 200 OK\r\nServer: x\r\n\r\n";
+                after.push(Out::Bytes(b.to_vec(), Mode::Whole));
+            }
             Fault::Redirect(location) => {
                 if let Some(r) = reply.as_mut() {
                     r.status = 302;
@@ -1437,6 +1449,11 @@ fn rtcp_fault(inner: &mut Inner, conn: usize, kind: RtcpKind) -> Vec<Out> {
                 p.extend(rng.bytes(20));
                 p.extend_from_slice(&block);
                 p.extend_from_slice(&block);
+                p
+            }
+            RtcpKind::Bye => {
+                let mut p = vec![0x81, 203, 0, 1];
+                p.extend_from_slice(&0x5E4D_0001u32.to_be_bytes());
                 p
             }
             RtcpKind::NotRtcp => {
@@ -1623,6 +1640,12 @@ fn writer_loop(shared: &Arc<Shared>, conn: usize, stream: Arc<TcpStream>) {
                 reset_stream(&stream);
                 end_conn(shared, &mut inner, conn, "reset by the server");
                 return;
+            }
+            Out::HalfClose => {
+                let mut inner = shared.lock();
+                let _ = stream.shutdown(Shutdown::Write);
+                shared.log(&mut inner, format!("conn {conn}: write side shut"));
+                true
             }
             Out::StopReading => {
                 let mut inner = shared.lock();
