@@ -375,8 +375,9 @@ pub struct View {
     pub media_on: Vec<u64>,
     pub server_requests: Vec<SentRequest>,
     pub client_answers: Vec<ClientAnswer>,
-    /// Connections that ended (either side).
+    /// Connections that ended (either side), and when.
     pub ended: Vec<usize>,
+    pub ended_at: Vec<(usize, Instant)>,
     /// What the client sent that the server could not parse.
     pub protocol_errors: Vec<String>,
     /// The server's own timeline, for failure reports.
@@ -545,6 +546,7 @@ fn end_conn(shared: &Shared, inner: &mut Inner, conn: usize, why: &str) {
     c.paused = false;
     close_stream(&c.stream);
     inner.view.ended.push(conn);
+    inner.view.ended_at.push((conn, Instant::now()));
     shared.log(inner, format!("conn {conn}: ended ({why})"));
 }
 
