@@ -1677,3 +1677,96 @@ fn regress_huge_session_timeout() {
         assert!(r.failure.is_none(), "{:?}", r.failure);
     }
 }
+
+/// A live one-track push to `url` (`tcp-timeout` 1 s), fed from a thread until `stop`.
+fn live_push(
+    url: &str,
+    stop: Arc<AtomicBool>,
+) -> (gst::Pipeline, gst::Element, std::thread::JoinHandle<u64>) {
+    let pipeline = gst::Pipeline::new();
+    let sink = gst::ElementFactory::make("rtspannounce")
+        .property("location", url)
+        .property("tcp-timeout", T.as_micros() as u64)
+        .build()
+        .unwrap();
+    sink.set_property_from_str("protocols", "tcp");
+    let src = gst_app::AppSrc::builder()
+        .caps(&Track::Pcmu.caps())
+        .format(gst::Format::Time)
+        .is_live(true)
+        .do_timestamp(true)
+        .build();
+    pipeline.add_many([src.upcast_ref(), &sink]).unwrap();
+    src.link(&sink).unwrap();
+    let mut c = named("live_push", Profile::GstRtspServer, VARIANTS[0], Vec::new());
+    c.tracks = vec![Track::Pcmu];
+    c.packets = None;
+    let feeder = std::thread::spawn(move || feed(src, Track::Pcmu, &c, 0, stop));
+    (pipeline, sink, feeder)
+}
+
+/// DESIGN.md §2a: application handlers never run on the shared I/O workers, so a slow
+/// `handle-request` handler holds up its own session only. Two sessions get a request from their
+/// servers at the same moment, and each handler takes 2 s: they must run side by side, not one
+/// after the other, and a third session's handshake must not wait for them.
+#[test]
+fn regress_slow_handler_holds_up_only_its_own_session() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    init();
+    let entered: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut running = Vec::new();
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let mut plan = Plan::clean(Profile::GstRtspServer);
+        plan.injections.push(at(
+            Step::Media(2),
+            Fault::Request(ServerRequest {
+                method: "OPTIONS".into(),
+                body: false,
+                odd_headers: false,
+            }),
+        ));
+        let server = HostileServer::start(plan);
+        let (p, sink, feeder) = live_push(&server.url("/slow"), stop.clone());
+        let e = entered.clone();
+        sink.connect("handle-request", false, move |_| {
+            e.lock().unwrap().push(Instant::now());
+            std::thread::sleep(Duration::from_secs(2));
+            Some(None::<gst::Structure>.to_value())
+        });
+        running.push((p, feeder));
+        servers.push(server);
+    }
+    for (p, _) in &running {
+        p.set_state(gst::State::Playing).unwrap();
+    }
+    let both = poll(Duration::from_secs(10), || {
+        entered.lock().unwrap().len() == 2
+    });
+    let server = HostileServer::start(Plan::clean(Profile::GstRtspServer));
+    let (p, _sink, feeder) = live_push(&server.url("/fast"), stop.clone());
+    let t0 = Instant::now();
+    p.set_state(gst::State::Playing).unwrap();
+    let recorded = server.wait_for(|v| !v.recording.is_empty(), Duration::from_secs(5));
+    let took = t0.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    p.set_state(gst::State::Null).unwrap();
+    let _ = feeder.join();
+    for (p, f) in running {
+        p.set_state(gst::State::Null).unwrap();
+        let _ = f.join();
+    }
+    let times = entered.lock().unwrap().clone();
+    assert!(both, "the slow handlers were not both called within 10 s");
+    let gap = times[1].duration_since(times[0]);
+    assert!(
+        gap < Duration::from_millis(1000),
+        "the second session's handler ran {gap:?} after the first: one slow handler held up another session"
+    );
+    assert!(recorded, "no RECORD within 5 s");
+    assert!(
+        took < Duration::from_millis(500),
+        "a third session's handshake took {took:?} while two handle-request handlers were busy"
+    );
+}
