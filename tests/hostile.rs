@@ -382,6 +382,7 @@ const CHALLENGES: &[&str] = &[
     "Digest realm=\"r\", nonce=\"n\", qop=\"auth-int\"",
     "Digest realm=\"r\", nonce=\"n\", qop=\"auth\", algorithm=SHA-256",
     "Digest realm=\"r\", nonce=\"n\", stale=true",
+    "Digest realm=\"r\", nonce=\"{nonce}\", stale=true",
     "Negotiate abc",
     "",
     "Digest realm=\"\", nonce=\"\", algorithm=MD5-sess, qop=\"auth\"",
@@ -414,6 +415,16 @@ const RAW_LINES: &[&[u8]] = &[
 ];
 
 fn reply_fault(rng: &mut Rng, step: Step) -> Option<Fault> {
+    let f = one_reply_fault(rng, step)?;
+    // Now and then on every request at the step, not only the first.
+    Some(if rng.chance(1, 10) {
+        Fault::Always(Box::new(f))
+    } else {
+        f
+    })
+}
+
+fn one_reply_fault(rng: &mut Rng, step: Step) -> Option<Fault> {
     Some(match rng.below(29) {
         19 => Fault::SessionTimeout(rng.pick(SESSION_TIMEOUTS).to_string()),
         20 => Fault::Header("Transport", rng.pick(TRANSPORTS).to_string()),
@@ -518,6 +529,10 @@ fn harmless(i: &Injection) -> bool {
         return i.fault != Fault::HoldAccept;
     }
     match &i.fault {
+        Fault::Always(f) => harmless(&Injection {
+            fault: (**f).clone(),
+            ..i.clone()
+        }),
         Fault::Split | Fault::Junk { .. } | Fault::Rtcp(_) | Fault::Unsolicited => true,
         Fault::SessionTimeout(_) => true,
         Fault::Header(h, v) => match *h {

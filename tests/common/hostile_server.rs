@@ -266,6 +266,9 @@ pub enum Fault {
     Challenge(String),
     /// The Session header's `;timeout=` set to this text (the id stays right).
     SessionTimeout(String),
+    /// The fault on every request at the step, not only the first (a server that says 401
+    /// `stale=true` to every attempt, say).
+    Always(Box<Fault>),
 }
 
 /// RTCP the server sends that a client must survive.
@@ -489,13 +492,18 @@ impl Shared {
         ));
         self.cv.notify_all();
     }
-    /// The injections that apply at `step` on connection `conn`.
-    fn faults_at(&self, conn: usize, step: Step) -> Vec<Fault> {
+    /// The injections that apply at `step` on connection `conn` (`again`: not the first
+    /// request at that step, so only `Always` faults).
+    fn faults_at(&self, conn: usize, step: Step, again: bool) -> Vec<Fault> {
         self.plan
             .injections
             .iter()
             .filter(|i| i.step == step && (i.every_connection || conn == 0))
-            .map(|i| i.fault.clone())
+            .filter_map(|i| match &i.fault {
+                Fault::Always(f) => Some((**f).clone()),
+                f if !again => Some(f.clone()),
+                _ => None,
+            })
             .collect()
     }
 }
@@ -1027,7 +1035,7 @@ fn media_in(shared: &Arc<Shared>, inner: &mut Inner, conn: usize, track: usize, 
         inner.view.media_on.resize(conn + 1, 0);
     }
     inner.view.media_on[conn] += 1;
-    let faults = shared.faults_at(conn, Step::Media(n));
+    let faults = shared.faults_at(conn, Step::Media(n), false);
     if !faults.is_empty() {
         shared.log(inner, format!("conn {conn}: media packet {n}"));
         apply(shared, inner, conn, Step::Media(n), None, faults);
@@ -1296,9 +1304,14 @@ fn apply(
                     r.reason = reason(401).to_string();
                     r.headers
                         .retain(|(n, _)| n != "Session" && n != "Transport");
-                    r.headers.push(("WWW-Authenticate".into(), c.clone()));
+                    // A fresh nonce each time (`{nonce}`), as a server whose nonces expire.
+                    let nonce = format!("{:016x}", inner.rng.next_u64());
+                    r.headers
+                        .push(("WWW-Authenticate".into(), c.replace("{nonce}", &nonce)));
                 }
             }
+            // Unwrapped by faults_at.
+            Fault::Always(_) => {}
             Fault::SessionTimeout(t) => {
                 if let Some(r) = reply.as_mut() {
                     let id = inner.conns[conn].session.clone();
@@ -1376,7 +1389,18 @@ fn handle_request(shared: &Arc<Shared>, conn: usize, req: Req) {
     if let Some(c) = req.header("cseq") {
         reply.headers.insert(0, ("CSeq".into(), c.to_string()));
     }
-    let faults = step.map(|s| shared.faults_at(conn, s)).unwrap_or_default();
+    // Faults fire once per connection and step: a request sent again at the same step (after
+    // a 401, say) gets the normal answer.
+    let faults = match step {
+        Some(s) => {
+            let again = inner.conns[conn].fired.contains(&s);
+            if !again {
+                inner.conns[conn].fired.push(s);
+            }
+            shared.faults_at(conn, s, again)
+        }
+        None => Vec::new(),
+    };
     if step == Some(Step::Teardown) && shared.plan.profile == Profile::Xiu {
         // xiu never answers TEARDOWN.
         let mut f = faults;
@@ -1719,7 +1743,7 @@ fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             end_conn(&shared, &mut inner, conn, "FFmpeg listens once");
             continue;
         }
-        let faults = shared.faults_at(conn, Step::Accept);
+        let faults = shared.faults_at(conn, Step::Accept, false);
         if !faults.is_empty() {
             apply(&shared, &mut inner, conn, Step::Accept, None, faults);
         }
