@@ -1324,6 +1324,12 @@ fn apply(
             }
         }
     }
+    if let (Step::Setup(k), Some(r)) = (step, reply.as_ref()) {
+        // A SETUP refused (or never answered) sets nothing up: the next one is this track again.
+        if !(200..300).contains(&r.status) || !send {
+            inner.conns[conn].setups.truncate(k as usize);
+        }
+    }
     for b in before {
         enqueue(shared, inner, conn, Out::Bytes(b, Mode::Whole));
     }
