@@ -1785,3 +1785,27 @@ fn regress_slow_handler_holds_up_only_its_own_session() {
         "a third session's handshake took {took:?} while two handle-request handlers were busy"
     );
 }
+
+/// A server that answers every attempt with 401 `stale=true` and a fresh nonce: the element
+/// must give up, not retry for ever (seed 471 looped on RECORD until the case's bound).
+#[test]
+fn regress_stale_nonce_for_ever() {
+    for step in [Step::Announce, Step::Setup(0), Step::Record] {
+        let mut c = named(
+            "regress_stale_nonce_for_ever",
+            Profile::GstRtspServer,
+            VARIANTS[0],
+            vec![at(
+                step,
+                Fault::Always(Box::new(Fault::Challenge(
+                    "Digest realm=\"r\", nonce=\"{nonce}\", stale=true".into(),
+                ))),
+            )],
+        );
+        c.creds = true;
+        let r = run_named(c);
+        assert!(r.failure.is_none(), "{:?}", r.failure);
+        assert!(matches!(r.outcome, Outcome::Error(_)), "{}", r.outcome);
+        assert!(r.text.contains("stale again"), "{}", r.text);
+    }
+}
