@@ -11,10 +11,12 @@
 //! READY there.
 //!
 //! What every case must show:
-//! - it ends within its bound (below) with EOS or an ERROR whose text names the cause (a cause
-//!   the classifier knows: closed, reset, timed out, malformed, a status, CSeq, Transport...);
-//!   a plan made only of harmless faults (split answers, stray interleaved frames, valid requests
-//!   from the server, anything at TEARDOWN) must end with EOS;
+//! - it ends within its bound (below) with EOS or an ERROR, posted by the element itself, whose
+//!   text names the cause (one the classifier knows: closed, reset, timed out, malformed, a
+//!   status, CSeq, Transport...); a plan made only of harmless faults (split answers, stray
+//!   interleaved frames, valid requests from the server, anything at TEARDOWN) must end with EOS,
+//!   and then (over TCP, one connection) the server has every packet and every request it sent
+//!   has its answer;
 //! - every state change to NULL or READY returns within 100 ms (measured);
 //! - no panic, no GLib/GStreamer CRITICAL (fatal in this process), no hang (a watchdog prints the
 //!   seeds in flight and every thread's stack, then aborts);
@@ -36,6 +38,9 @@
 //! - `RTSPANNOUNCE_HOSTILE_FILTER=text` keeps only the cases whose description contains the text
 //!   (e.g. `WritesBlocked`, `Ffmpeg`, `[udp+handler]`), `RTSPANNOUNCE_HOSTILE_LIST=1` prints the
 //!   descriptions instead of running them.
+//!
+//! The `regress_*` tests are named cases for defects the harness found. docs/TESTING.md has the
+//! whole picture (profiles, faults, moments, results).
 
 #[path = "common/harness.rs"]
 mod harness;
