@@ -6,6 +6,7 @@
 # server's RTSPS) and ca-certificates (the system trust store rtsps:// validates against). The
 # codec matrix (tests/codec_matrix.rs) needs nothing more: its encoders, payloaders and decoders
 # come from the plugin packages below. gstreamer1.0-x brings pango (the demo's timeoverlay).
+# gdb prints every thread's stack when tests/concurrency.rs's watchdog sees a stall.
 # Skips apt when everything is already there.
 set -euo pipefail
 pkgs=(
@@ -13,7 +14,7 @@ pkgs=(
   libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-rtsp gstreamer1.0-tools gstreamer1.0-x
-  ffmpeg ca-certificates glib-networking
+  ffmpeg ca-certificates glib-networking gdb
   python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0
 )
 missing=()

@@ -11,6 +11,15 @@ pub mod rtsp;
 mod rtspannounce;
 pub mod sdp;
 
+/// What the fuzz targets need from the element's private modules (`cargo fuzz` builds with
+/// `--cfg fuzzing`); not part of the crate's API otherwise.
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    pub use crate::rtspannounce::handle_request::{
+        answer_response, is_gst_name, request_fields, Names,
+    };
+}
+
 fn plugin_init(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     rtspannounce::register(plugin)
 }

@@ -92,3 +92,34 @@ fn pause_while_announce_waits_for_its_answer() {
     assert!(took < BOUND, "PAUSED took {took:?}");
     assert!(down < BOUND, "NULL took {down:?}");
 }
+
+/// A pad requested and released while PAUSED, before data flows, takes its track with it: the
+/// session announces the pads that remain instead of waiting for the gone one until
+/// announce-timeout (found by the concurrency stress test, seeds 1019607112 and 3911498968).
+#[test]
+fn a_pad_released_before_data_flows_leaves_no_track() {
+    let server = ScriptedServer::start(Script::new());
+    let p = pipeline(&format!(
+        "videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=30/1 ! \
+         x264enc tune=zerolatency bframes=0 key-int-max=30 speed-preset=ultrafast ! rtph264pay ! \
+         rtspannounce name=s location=\"{}\" announce-timeout=3000",
+        server.url("/live")
+    ));
+    let sink = p.by_name("s").unwrap();
+    let _ = p.set_state(gst::State::Paused);
+    for _ in 0..2 {
+        let extra = sink.request_pad_simple("sink_%u").unwrap();
+        assert_eq!(extra.name(), "sink_1");
+        sink.release_request_pad(&extra);
+    }
+    let bus = p.bus().unwrap();
+    let _ = p.set_state(gst::State::Playing);
+    let recorded = server.wait_requests("RECORD", 1, T);
+    let error = bus
+        .pop_filtered(&[gst::MessageType::Error])
+        .map(|m| format!("{m:?}"));
+    let _ = p.set_state(gst::State::Null);
+    assert!(recorded, "no RECORD: {error:?}");
+    let announce = server.snapshot().first("ANNOUNCE").unwrap().body_str();
+    assert_eq!(announce.matches("m=").count(), 1, "{announce}");
+}

@@ -5,6 +5,7 @@ use super::queue::{write_all, SendQueue, Wire, WriteError};
 use super::tls::{TlsReader, TlsWire};
 use crate::rtsp::handshake::{Handshake, HandshakeError, Negotiated, RequestContext, Step};
 use crate::rtsp::message::{Incoming, ParseError, Parser, Request, Response};
+use crate::rtsp::server_request;
 use crate::rtsp::url::RtspUrl;
 use crate::CAT;
 use std::collections::HashMap;
@@ -338,29 +339,11 @@ impl Control {
 }
 
 /// What we answer to requests a server sends us on the connection.
-/// `app` may answer first (the element's `handle-request` signal); TEARDOWN is accepted.
+/// `app` may answer first (the element's `handle-request` signal), unless the method is
+/// malformed; see `rtsp::server_request` for the defaults (TEARDOWN is accepted).
 pub fn answer_server_request(name: &str, req: &Request, app: Option<&RequestHandler>) -> Response {
     gst::debug!(CAT, "{name}: server request\n{}", req.to_log_string());
-    let mut resp = match (app.and_then(|h| h(req)), req.method.as_str()) {
-        (Some(r), _) => r,
-        (None, "TEARDOWN") => Response::new(200, "OK"),
-        (None, "OPTIONS") => {
-            let mut r = Response::new(200, "OK");
-            r.headers
-                .push("Public", "OPTIONS, GET_PARAMETER, SET_PARAMETER");
-            r
-        }
-        (None, "GET_PARAMETER" | "SET_PARAMETER") => Response::new(200, "OK"),
-        (None, _) => Response::new(501, "Not Implemented"),
-    };
-    if let Some(c) = req.headers.get("CSeq") {
-        resp.headers.set("CSeq", c.to_string());
-    }
-    if let Some(s) = req.headers.get("Session") {
-        if resp.headers.get("Session").is_none() {
-            resp.headers.push("Session", s.to_string());
-        }
-    }
+    let resp = server_request::answer(req, |req| app.and_then(|h| h(req)));
     log_response(name, &resp);
     resp
 }
@@ -832,4 +815,33 @@ pub struct HandshakeTiming {
     pub started: Instant,
     pub duration: Duration,
     pub round_trips: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_requests_get_400_for_malformed_methods_without_asking_the_application() {
+        gst::init().unwrap();
+        let asked = Arc::new(Mutex::new(Vec::<String>::new()));
+        let a2 = asked.clone();
+        let app: RequestHandler = Arc::new(move |r: &Request| {
+            a2.lock().unwrap().push(r.method.clone());
+            None
+        });
+        let answer = |method: &str| {
+            let mut r = Request::new(method, "rtsp://h/x");
+            r.headers.push("CSeq", "9");
+            let resp = answer_server_request("test", &r, Some(&app));
+            assert_eq!(resp.headers.get("CSeq"), Some("9"));
+            resp.status
+        };
+        assert_eq!(answer("SET(X)"), 400);
+        assert_eq!(answer("GET/X"), 400);
+        assert_eq!(answer("OPTIONS!"), 501);
+        assert_eq!(answer("OPTIONS"), 200);
+        assert_eq!(answer("TEARDOWN"), 200);
+        assert_eq!(*asked.lock().unwrap(), ["OPTIONS!", "OPTIONS", "TEARDOWN"]);
+    }
 }

@@ -427,19 +427,34 @@ fn validity(cert: &[u8]) -> Option<(u64, u64)> {
     Some((der_time(t1, nb)?, der_time(t2, na)?))
 }
 
-/// UTCTime (`YYMMDDHHMMSSZ`) or GeneralizedTime (`YYYYMMDDHHMMSSZ`) in Unix seconds.
+/// UTCTime (`YYMMDDHHMMSSZ`) or GeneralizedTime (`YYYYMMDDHHMMSSZ`) in Unix seconds. The bytes
+/// come from a certificate file anyone may have written: anything but ASCII digits in the right
+/// places, or a field out of its range, is None.
 fn der_time(tag: u8, s: &[u8]) -> Option<u64> {
-    let s = std::str::from_utf8(s).ok()?.strip_suffix('Z')?;
-    let (year, rest) = match tag {
-        0x17 if s.len() == 12 => {
-            let y: i64 = s[..2].parse().ok()?;
-            (if y < 50 { 2000 + y } else { 1900 + y }, &s[2..])
+    let digits = s.strip_suffix(b"Z")?;
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    // The number in `digits[i..i + n]`, all ASCII digits (checked above).
+    let num = |i: usize, n: usize| {
+        digits[i..i + n]
+            .iter()
+            .fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0'))
+    };
+    let (year, at) = match (tag, digits.len()) {
+        (0x17, 12) => {
+            let y = num(0, 2);
+            (if y < 50 { 2000 + y } else { 1900 + y }, 2)
         }
-        0x18 if s.len() == 14 => (s[..4].parse().ok()?, &s[4..]),
+        (0x18, 14) => (num(0, 4), 4),
         _ => return None,
     };
-    let num = |i: usize| rest.get(i..i + 2)?.parse::<i64>().ok();
-    let (m, d, hh, mm, ss) = (num(0)?, num(2)?, num(4)?, num(6)?, num(8)?);
+    let (m, d) = (num(at, 2), num(at + 2, 2));
+    let (hh, mm, ss) = (num(at + 4, 2), num(at + 6, 2), num(at + 8, 2));
+    // Seconds up to 60: a leap second.
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
     // Days from civil date (Howard Hinnant's algorithm).
     let y = if m <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);
@@ -968,6 +983,48 @@ mod tests {
         // UTCTime years 50-99 are 19xx: before 1970 is out of range here.
         assert_eq!(der_time(0x17, b"500101000000Z"), None);
         assert_eq!(der_time(0x18, b"20500101000000Z"), Some(2_524_608_000));
+    }
+
+    #[test]
+    fn der_time_takes_ascii_digits_only_and_never_panics() {
+        // Multi-byte UTF-8 of the right byte length: slicing the text at byte offsets cut
+        // into a character and panicked.
+        for (tag, bad) in [
+            (0x17, "2\u{e9}010100000Z"),
+            (0x17, "24\u{e9}01000000Z"),
+            (0x17, "2401\u{e9}100000Z"),
+            (0x17, "240110000\u{e9}0Z"),
+            (0x18, "202\u{e9}010100000Z"),
+            (0x18, "2024\u{e9}01000000Z"),
+            (0x18, "2401\u{e9}10000000Z"),
+            (0x17, "\u{1f600}01010000Z"),
+        ] {
+            let n = if tag == 0x17 { 13 } else { 15 };
+            assert_eq!(bad.len(), n, "{bad:?} has the length of a good one");
+            assert_eq!(der_time(tag, bad.as_bytes()), None, "{bad:?}");
+        }
+        // Bytes that are no UTF-8 at all, signs and spaces that parse::<i64> took as numbers.
+        assert_eq!(der_time(0x17, b"24\xff\xfe01000000Z"), None);
+        assert_eq!(der_time(0x17, b"24+101000000Z"), None);
+        assert_eq!(der_time(0x17, b"24-101000000Z"), None);
+        assert_eq!(der_time(0x18, b"+0240101000000Z"), None);
+        assert_eq!(der_time(0x17, b"24 101000000Z"), None);
+        // Fields out of range, lengths and tags that do not fit.
+        assert_eq!(der_time(0x17, b"241301000000Z"), None);
+        assert_eq!(der_time(0x17, b"240100000000Z"), None);
+        assert_eq!(der_time(0x17, b"240132000000Z"), None);
+        assert_eq!(der_time(0x17, b"240101240000Z"), None);
+        assert_eq!(der_time(0x17, b"240101006000Z"), None);
+        assert_eq!(der_time(0x17, b"240101000061Z"), None);
+        assert_eq!(der_time(0x17, b"2401010000Z"), None);
+        assert_eq!(der_time(0x18, b"240101000000Z"), None);
+        assert_eq!(der_time(0x17, b"240101000000"), None);
+        assert_eq!(der_time(0x13, b"240101000000Z"), None);
+        assert_eq!(der_time(0x17, b""), None);
+        // And good ones still read.
+        assert_eq!(der_time(0x17, b"700101000000Z"), Some(0));
+        assert_eq!(der_time(0x17, b"240229123456Z"), Some(1_709_210_096));
+        assert_eq!(der_time(0x18, b"20240229123456Z"), Some(1_709_210_096));
     }
 
     /// A rustls server on a loopback socket, decrypting what the wire sends; the raw bytes

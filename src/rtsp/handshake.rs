@@ -519,10 +519,15 @@ impl Handshake {
                 Ok(self.send(r))
             }
             Phase::Announce => {
+                // The base goes into our request lines: one with spaces or control bytes in it
+                // would break them (a server's mistake; our own URL serves instead).
                 self.content_base = resp
                     .headers
                     .get("Content-Base")
                     .or_else(|| resp.headers.get("Content-Location"))
+                    .map(str::trim)
+                    .filter(|b| !b.is_empty())
+                    .filter(|b| !b.chars().any(|c| c.is_whitespace() || c.is_control()))
                     .map(str::to_string);
                 if self.controls.is_empty() {
                     return Err(HandshakeError::BadResponse("no tracks to set up".into()));
@@ -625,14 +630,8 @@ impl Handshake {
             });
         }
         let (rtp, rtcp) = t.interleaved.unwrap_or((asked, asked.wrapping_add(1)));
-        if self
-            .tracks
-            .iter()
-            .any(|o| o.rtp_channel == rtp || o.rtcp_channel == rtp || o.rtp_channel == rtcp)
-        {
-            return Err(HandshakeError::Transport(format!(
-                "server gave track {index} interleaved channels {rtp}-{rtcp}, already used by another track"
-            )));
+        if let Some(clash) = channel_clash(&self.tracks, index, (rtp, rtcp)) {
+            return Err(HandshakeError::Transport(clash));
         }
         Ok(NegotiatedTrack {
             control_uri,
@@ -650,6 +649,40 @@ impl Handshake {
             self.style,
         )
     }
+}
+
+/// Why track `index` cannot have the interleaved channels `(rtp, rtcp)` next to the tracks set
+/// up before it (`earlier[n]` is track n), if it cannot: every channel of the session carries
+/// one thing only, so a track's RTP and RTCP differ and no channel is an earlier track's.
+/// Otherwise our sender reports would go out as another stream's media, and the server's
+/// reports would be read as the wrong track's.
+pub fn channel_clash(
+    earlier: &[NegotiatedTrack],
+    index: usize,
+    (rtp, rtcp): (u8, u8),
+) -> Option<String> {
+    if rtp == rtcp {
+        return Some(format!(
+            "server gave track {index} interleaved channels {rtp}-{rtcp}: RTP and RTCP on one channel"
+        ));
+    }
+    for (n, o) in earlier.iter().enumerate() {
+        for (what, ch) in [("RTP", rtp), ("RTCP", rtcp)] {
+            let theirs = if ch == o.rtp_channel {
+                "RTP"
+            } else if ch == o.rtcp_channel {
+                "RTCP"
+            } else {
+                continue;
+            };
+            return Some(format!(
+                "server gave track {index} interleaved channels {rtp}-{rtcp}, but its {what} \
+                 channel {ch} is already track {n}'s {theirs} channel ({}-{})",
+                o.rtp_channel, o.rtcp_channel
+            ));
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -951,6 +984,33 @@ mod tests {
     }
 
     #[test]
+    fn a_content_base_that_cannot_be_in_a_request_line_is_not_used() {
+        // Found by the server_requests fuzz target: "Content-Base: \0\0" made the SETUP line
+        // "SETUP \0\0/streamid=0 RTSP/1.0".
+        for base in [
+            "\0\0",
+            "rtsp://h/a b/",
+            "rtsp://h/x\r/",
+            "rtsp://h/\u{85}x/",
+        ] {
+            let mut h = hs("rtsp://h/live", 1);
+            h.start();
+            let s0 = send(
+                h.handle_response(&ok(1, &[("Content-Base", base)]))
+                    .unwrap(),
+            );
+            assert_eq!(s0.uri, "rtsp://h:554/live/streamid=0", "{base:?}");
+        }
+        let mut h = hs("rtsp://h/live", 1);
+        h.start();
+        let s0 = send(
+            h.handle_response(&ok(1, &[("Content-Base", " rtsp://h/base/ ")]))
+                .unwrap(),
+        );
+        assert_eq!(s0.uri, "rtsp://h/base/streamid=0");
+    }
+
+    #[test]
     fn session_from_announce_and_content_base() {
         let mut h = hs("rtsp://h/live/x?secret=1", 1);
         h.start();
@@ -1026,6 +1086,65 @@ mod tests {
             .handle_response(&ok(3, &[("Transport", "RTP/AVP/TCP;interleaved=0-1")]))
             .unwrap_err();
         assert!(matches!(e, HandshakeError::Transport(_)));
+    }
+
+    /// Answers ANNOUNCE and the SETUPs of `transports.len()` tracks with these Transport values;
+    /// the result of the last SETUP.
+    fn setup_answers(transports: &[&str]) -> Result<Step, HandshakeError> {
+        let mut h = hs("rtsp://h/live", transports.len());
+        h.start();
+        h.handle_response(&ok(1, &[])).unwrap();
+        let (last, first) = transports.split_last().unwrap();
+        for (i, t) in first.iter().enumerate() {
+            h.handle_response(&ok(2 + i as u32, &[("Transport", t)]))
+                .unwrap_or_else(|e| panic!("track {i} {t:?}: {e}"));
+        }
+        h.handle_response(&ok(1 + transports.len() as u32, &[("Transport", last)]))
+    }
+
+    #[test]
+    fn every_interleaved_channel_is_one_tracks_alone() {
+        let clash = |ts: &[&str]| match setup_answers(ts) {
+            Err(HandshakeError::Transport(m)) => m,
+            other => panic!("{ts:?}: {other:?}"),
+        };
+        // RTCP on an earlier track's RTCP channel.
+        let m = clash(&["RTP/AVP/TCP;interleaved=0-1", "RTP/AVP/TCP;interleaved=2-1"]);
+        assert!(m.contains("track 1") && m.contains("RTCP channel 1"), "{m}");
+        assert!(m.contains("track 0's RTCP channel"), "{m}");
+        // RTCP on an earlier track's RTP channel, RTP on an earlier track's RTCP channel.
+        let m = clash(&["RTP/AVP/TCP;interleaved=0-1", "RTP/AVP/TCP;interleaved=4-0"]);
+        assert!(m.contains("track 0's RTP channel"), "{m}");
+        let m = clash(&["RTP/AVP/TCP;interleaved=0-1", "RTP/AVP/TCP;interleaved=1-2"]);
+        assert!(
+            m.contains("RTP channel 1") && m.contains("track 0's RTCP"),
+            "{m}"
+        );
+        // One track's RTP and RTCP on one channel.
+        let m = clash(&["RTP/AVP/TCP;interleaved=4-4"]);
+        assert!(m.contains("track 0") && m.contains("4-4"), "{m}");
+        // The third track against the first.
+        let m = clash(&[
+            "RTP/AVP/TCP;interleaved=0-1",
+            "RTP/AVP/TCP;interleaved=2-3",
+            "RTP/AVP/TCP;interleaved=5-0",
+        ]);
+        assert!(m.contains("track 2") && m.contains("track 0's RTP"), "{m}");
+        // Single values: RTCP on the next channel, so 0 then 1 clash, 0 then 2 do not.
+        let m = clash(&["RTP/AVP/TCP;interleaved=0", "RTP/AVP/TCP;interleaved=1"]);
+        assert!(m.contains("track 0's RTCP channel"), "{m}");
+        let Ok(Step::Send(_)) =
+            setup_answers(&["RTP/AVP/TCP;interleaved=0", "RTP/AVP/TCP;interleaved=2"])
+        else {
+            panic!("distinct channels refused");
+        };
+        // Distinct but unusual channels are fine.
+        let Ok(Step::Send(_)) = setup_answers(&[
+            "RTP/AVP/TCP;interleaved=9-3",
+            "RTP/AVP/TCP;interleaved=200-201",
+        ]) else {
+            panic!("distinct channels refused");
+        };
     }
 
     fn unauthorized(cseq: u32, challenge: &str) -> Response {

@@ -53,10 +53,36 @@ impl fmt::Display for HeaderError {
 fn pair<T: std::str::FromStr + Copy>(v: &str) -> Option<(T, T)> {
     match v.split_once('-') {
         Some((a, b)) => Some((a.trim().parse().ok()?, b.trim().parse().ok()?)),
-        // A single value means the pair starts there (RFC 2326 12.39 allows "interleaved=4").
+        // A single port: the caller decides where RTCP goes (see `check_transport`).
         None => {
             let a: T = v.trim().parse().ok()?;
             Some((a, a))
+        }
+    }
+}
+
+/// `interleaved=N-M`, or `interleaved=N` (RFC 2326 12.39 allows a single value): RTP on N and
+/// RTCP on N+1, as rtspsrc reads it. A single 255 leaves no channel for RTCP.
+fn interleaved(v: &str, value: &str) -> Result<(u8, u8), HeaderError> {
+    let bad = || {
+        HeaderError(format!(
+            "malformed interleaved parameter in Transport {value:?}"
+        ))
+    };
+    match v.split_once('-') {
+        Some((a, b)) => Ok((
+            a.trim().parse().map_err(|_| bad())?,
+            b.trim().parse().map_err(|_| bad())?,
+        )),
+        None => {
+            let rtp: u8 = v.trim().parse().map_err(|_| bad())?;
+            let rtcp = rtp.checked_add(1).ok_or_else(|| {
+                HeaderError(format!(
+                    "interleaved={rtp} in Transport {value:?} leaves no channel for RTCP (it would be {})",
+                    rtp as u16 + 1
+                ))
+            })?;
+            Ok((rtp, rtcp))
         }
     }
 }
@@ -117,7 +143,7 @@ impl Transport {
             match k.as_str() {
                 "unicast" => t.unicast = true,
                 "multicast" => t.unicast = false,
-                "interleaved" => t.interleaved = Some(pair(v).ok_or_else(bad)?),
+                "interleaved" => t.interleaved = Some(interleaved(v, value)?),
                 "client_port" => t.client_port = Some(pair(v).ok_or_else(bad)?),
                 "server_port" => t.server_port = Some(pair(v).ok_or_else(bad)?),
                 "source" => t.source = Some(v.to_string()),
@@ -222,11 +248,32 @@ mod tests {
         assert_eq!(t.server_port, Some((6000, 6001)));
         assert_eq!(t.source.as_deref(), Some("10.0.0.1"));
         assert_eq!(t.mode.as_deref(), Some("record"));
-        let t = Transport::parse("RTP/AVP/TCP;interleaved=4").unwrap();
-        assert_eq!(t.interleaved, Some((4, 4)));
         assert!(Transport::parse("RAW/RAW/UDP;unicast").is_err());
         assert!(Transport::parse("RTP/AVP/TCP;interleaved=x-y").is_err());
         assert!(Transport::parse("RTP/AVP/TCP;interleaved=300-301").is_err());
+    }
+
+    #[test]
+    fn single_interleaved_value_puts_rtcp_on_the_next_channel() {
+        // RFC 2326 12.39 allows one value; RTCP then goes on the next channel, as rtspsrc
+        // reads it (it used to come out as 4-4, so sender reports went on the RTP channel).
+        let t = Transport::parse("RTP/AVP/TCP;interleaved=4").unwrap();
+        assert_eq!(t.interleaved, Some((4, 5)));
+        let t = Transport::parse("RTP/AVP/TCP;unicast;interleaved= 0 ;mode=record").unwrap();
+        assert_eq!(t.interleaved, Some((0, 1)));
+        assert_eq!(
+            Transport::parse("RTP/AVP/TCP;interleaved=254")
+                .unwrap()
+                .interleaved,
+            Some((254, 255))
+        );
+        // An explicit pair is taken as written (the handshake refuses 4-4 as a clash).
+        let t = Transport::parse("RTP/AVP/TCP;interleaved=4-4").unwrap();
+        assert_eq!(t.interleaved, Some((4, 4)));
+        let e = Transport::parse("RTP/AVP/TCP;interleaved=255").unwrap_err();
+        assert!(e.0.contains("no channel for RTCP"), "{e}");
+        assert!(Transport::parse("RTP/AVP/TCP;interleaved=").is_err());
+        assert!(Transport::parse("RTP/AVP/TCP;interleaved=-1").is_err());
     }
 
     #[test]

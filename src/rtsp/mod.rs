@@ -4,4 +4,5 @@ pub mod auth;
 pub mod handshake;
 pub mod headers;
 pub mod message;
+pub mod server_request;
 pub mod url;

@@ -6,7 +6,7 @@
 
 use super::pad::RtspAnnouncePad;
 use super::sender::NtpSource;
-use super::session::{PadError, Phase, SessionConfig, Shared};
+use super::session::{PadError, SessionConfig, Shared, TrackId};
 use crate::net::tls::TlsOptions;
 use crate::rtsp::auth::Credentials;
 use crate::rtsp::url::{redact, ControlStyle, RtspUrl};
@@ -152,7 +152,7 @@ impl Default for Settings {
 }
 
 /// Where a pad's callbacks find the session: set when the element goes to PAUSED.
-type PadLink = Arc<Mutex<Option<(Arc<Shared>, usize)>>>;
+type PadLink = Arc<Mutex<Option<(Arc<Shared>, TrackId)>>>;
 
 struct PadEntry {
     ghost: RtspAnnouncePad,
@@ -360,9 +360,11 @@ impl RtspAnnounce {
         let order: Vec<String> = names.into_iter().map(|(_, n)| n).collect();
         let shared = Shared::new(cfg, order.clone(), self.obj().upcast_ref());
         for p in pads.iter() {
-            let idx = order.iter().position(|n| *n == p.ghost.name()).unwrap();
-            shared.set_pad(idx, p.ghost.upcast_ref());
-            *p.link.lock().unwrap() = Some((shared.clone(), idx));
+            let Some(id) = shared.track_id(&p.ghost.name()) else {
+                continue;
+            };
+            shared.set_pad(id, p.ghost.upcast_ref());
+            *p.link.lock().unwrap() = Some((shared.clone(), id));
         }
         *self.shared.lock().unwrap() = Some(shared);
         Ok(())
@@ -375,6 +377,34 @@ impl RtspAnnounce {
         }
         for p in self.pads.lock().unwrap().iter() {
             *p.link.lock().unwrap() = None;
+        }
+    }
+
+    /// Gives the appsinks (every pad's, or `only` this one) the `sync` setting, with no lock of
+    /// ours held: setting a child's property emits notify (deep-notify reaches the application).
+    /// Setters on several threads may interleave: a pass that finds the setting changed under it
+    /// goes again, so every appsink ends with the value set last.
+    fn apply_sync(&self, only: Option<&gst_app::AppSink>) {
+        loop {
+            let sinks: Vec<gst_app::AppSink> = match only {
+                Some(a) => vec![a.clone()],
+                None => self
+                    .pads
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p.appsink.clone())
+                    .collect(),
+            };
+            let sync = self.settings.lock().unwrap().sync;
+            for a in &sinks {
+                if a.property::<bool>("sync") != sync {
+                    a.set_sync(sync);
+                }
+            }
+            if self.settings.lock().unwrap().sync == sync {
+                return;
+            }
         }
     }
 
@@ -421,7 +451,9 @@ impl RtspAnnounce {
             gst_app::AppSinkCallbacks::builder()
                 .new_preroll(move |sink| {
                     let sample = sink.pull_preroll().map_err(|_| gst::FlowError::Flushing)?;
-                    if let Some((shared, idx)) = l1.lock().unwrap().clone() {
+                    // Copied out first: an `if let` scrutinee's guard would live through the block.
+                    let linked = l1.lock().unwrap().clone();
+                    if let Some((shared, idx)) = linked {
                         shared.preroll(idx, sample.caps_owned());
                     }
                     let _ = &w1;
@@ -456,7 +488,9 @@ impl RtspAnnounce {
                     pad_result(&l2, element.upcast_ref(), res)
                 })
                 .eos(move |_sink| {
-                    if let Some((shared, idx)) = l3.lock().unwrap().clone() {
+                    // Not under the link lock: eos() may post an error, a warning or EOS.
+                    let linked = l3.lock().unwrap().clone();
+                    if let Some((shared, idx)) = linked {
                         shared.eos(idx);
                     }
                     let _ = &w3;
@@ -469,7 +503,8 @@ impl RtspAnnounce {
             gst::PadProbeType::EVENT_FLUSH,
             move |_pad, info| {
                 if let Some(ev) = info.event() {
-                    if let Some((shared, _)) = lf.lock().unwrap().clone() {
+                    let linked = lf.lock().unwrap().clone();
+                    if let Some((shared, _)) = linked {
                         match ev.type_() {
                             gst::EventType::FlushStart => shared.set_flushing(true),
                             gst::EventType::FlushStop => shared.set_flushing(false),
@@ -496,40 +531,51 @@ fn target_state(e: &gst::Element) -> gst::State {
     }
 }
 
-/// Emits `handle-request` for a request from the server and turns the answer into a response.
+/// Emits `handle-request` for a request from the server and turns the answer into a response;
+/// None leaves the default answer. The conversions both ways are `handle_request`'s: a request
+/// GStreamer could not hold in a structure is never emitted.
 pub(super) fn emit_handle_request(
     element: &gst::Element,
     req: &crate::rtsp::message::Request,
 ) -> Option<crate::rtsp::message::Response> {
-    let mut s = gst::Structure::builder(req.method.as_str()).field("uri", req.uri.as_str());
-    for (n, v) in &req.headers.0 {
-        if n != "uri" {
-            s = s.field(n.as_str(), v.as_str());
+    let (s, skipped) = match super::handle_request::request_structure(req) {
+        Ok(s) => s,
+        Err(why) => {
+            gst::debug!(CAT, obj = element, "not emitting handle-request: {why}");
+            return None;
         }
+    };
+    if !skipped.is_empty() {
+        gst::debug!(
+            CAT,
+            obj = element,
+            "handle-request for {}: headers left out: {skipped:?}",
+            req.method
+        );
     }
-    if !req.body.is_empty() {
-        s = s.field("body", String::from_utf8_lossy(&req.body).as_ref());
-    }
-    let answer = element.emit_by_name::<Option<gst::Structure>>("handle-request", &[&s.build()])?;
-    let status = answer
-        .get::<u32>("status")
-        .ok()
-        .filter(|s| (100..1000).contains(s))?;
-    let mut resp = crate::rtsp::message::Response::new(
-        status as u16,
-        answer.get::<&str>("reason").unwrap_or("OK"),
-    );
-    for (n, v) in answer.iter() {
-        if !matches!(n.as_str(), "status" | "reason" | "body") {
-            if let Ok(v) = v.get::<&str>() {
-                resp.headers.push(n.as_str(), v.replace(['\r', '\n'], " "));
+    let answer = element.emit_by_name::<Option<gst::Structure>>("handle-request", &[&s])?;
+    match super::handle_request::answer_response(&answer) {
+        Ok((resp, skipped)) => {
+            if !skipped.is_empty() {
+                gst::warning!(
+                    CAT,
+                    obj = element,
+                    "handle-request answer to {}: fields left out (not a header name, or not a string or integer): {skipped:?}",
+                    req.method
+                );
             }
+            Some(resp)
+        }
+        Err(e) => {
+            gst::warning!(
+                CAT,
+                obj = element,
+                "handle-request answer to {} not used, default answer sent: {e}",
+                req.method
+            );
+            None
         }
     }
-    if let Ok(b) = answer.get::<&str>("body") {
-        resp.body = b.as_bytes().to_vec();
-    }
-    Some(resp)
 }
 
 /// A DER certificate as PEM text.
@@ -709,9 +755,11 @@ impl ObjectImpl for RtspAnnounce {
                         .build(),
                     // A request the server sent while we publish, as a structure named after
                     // the method with "uri" and every header as a string field. A handler may
-                    // return a "response" structure ("status" uint, optional "reason" and
-                    // header string fields, "body" string); NULL leaves the default answer
+                    // return a "response" structure ("status" uint or int, optional "reason"
+                    // and header string fields, "body" string); NULL leaves the default answer
                     // (200 for OPTIONS, GET_PARAMETER, SET_PARAMETER, TEARDOWN; else 501).
+                    // Methods that cannot name a structure are not emitted: 400 when they are
+                    // no RTSP token, else 501. See handle_request.rs for the details.
                     glib::subclass::Signal::builder("handle-request")
                         .param_types([gst::Structure::static_type()])
                         .return_type::<Option<gst::Structure>>()
@@ -753,6 +801,11 @@ impl ObjectImpl for RtspAnnounce {
     }
 
     fn set_property(&self, _id: usize, value: &glib::Value, pspec: &glib::ParamSpec) {
+        if pspec.name() == "sync" {
+            self.settings.lock().unwrap().sync = value.get().unwrap();
+            self.apply_sync(None);
+            return;
+        }
         let mut s = self.settings.lock().unwrap();
         match pspec.name() {
             "location" => {
@@ -780,12 +833,6 @@ impl ObjectImpl for RtspAnnounce {
                     .replace(['\r', '\n'], " ")
             }
             "tcp-timeout" => s.tcp_timeout_us = value.get().unwrap(),
-            "sync" => {
-                s.sync = value.get().unwrap();
-                for p in self.pads.lock().unwrap().iter() {
-                    p.appsink.set_sync(s.sync);
-                }
-            }
             "do-rtsp-keep-alive" => s.keepalive = value.get().unwrap(),
             "setup-url-style" => s.setup_url_style = value.get().unwrap(),
             "announce-timeout" => s.announce_timeout_ms = value.get().unwrap(),
@@ -902,65 +949,95 @@ impl ElementImpl for RtspAnnounce {
         name: Option<&str>,
         _caps: Option<&gst::Caps>,
     ) -> Option<gst::Pad> {
-        let mut pads = self.pads.lock().unwrap();
-        let taken = |n: &str| pads.iter().any(|p| p.ghost.name() == n);
-        let name = match name {
-            Some(n) => {
-                if taken(n)
-                    || n.strip_prefix("sink_")
-                        .and_then(|x| x.parse::<u32>().ok())
-                        .is_none()
-                {
-                    gst::error!(
-                        CAT,
-                        imp = self,
-                        "cannot create pad {n}: taken or not sink_N"
-                    );
-                    return None;
-                }
-                n.to_string()
-            }
-            None => (0..)
-                .map(|i| format!("sink_{i}"))
-                .find(|n| !taken(n))
-                .unwrap(),
-        };
-
+        // Made before any lock is taken (it reads the settings).
         let link: PadLink = Arc::new(Mutex::new(None));
-        if let Some(shared) = self.shared.lock().unwrap().clone() {
-            match shared.add_track(name.clone()) {
-                Ok(idx) => *link.lock().unwrap() = Some((shared, idx)),
-                Err(phase) => {
-                    gst::element_imp_error!(
-                        self,
-                        gst::CoreError::Pad,
-                        ("Cannot add pad {} while publishing ({:?}): the server was already told the stream list; request every pad before the pipeline starts", name, phase)
-                    );
-                    return None;
-                }
-            }
-        }
         let appsink = self.make_appsink(link.clone());
+        // Under the pads lock only what is ours: the name, the session's track, the entry (so a
+        // concurrent request cannot take the same name). Adding the appsink and the pad, which
+        // emit element-added and pad-added, comes after the lock is released.
+        let claimed = {
+            let mut pads = self.pads.lock().unwrap();
+            let taken = |n: &str| pads.iter().any(|p| p.ghost.name() == n);
+            let name = match name {
+                Some(n) => {
+                    if taken(n)
+                        || n.strip_prefix("sink_")
+                            .and_then(|x| x.parse::<u32>().ok())
+                            .is_none()
+                    {
+                        gst::error!(
+                            CAT,
+                            imp = self,
+                            "cannot create pad {n}: taken or not sink_N"
+                        );
+                        return None;
+                    }
+                    n.to_string()
+                }
+                None => (0..)
+                    .map(|i| format!("sink_{i}"))
+                    .find(|n| !taken(n))
+                    .unwrap(),
+            };
+            let shared = self.shared.lock().unwrap().clone();
+            let track = match shared {
+                Some(shared) => match shared.add_track(name.clone()) {
+                    Ok(idx) => Ok(Some((shared, idx))),
+                    Err(phase) => Err(phase),
+                },
+                None => Ok(None),
+            };
+            match track {
+                Ok(track) => {
+                    *link.lock().unwrap() = track;
+                    // RTP input goes straight to the appsink; encoded input gets a payloader in
+                    // between when its caps arrive (see pad.rs).
+                    let ghost = RtspAnnouncePad::new(templ, &name, appsink.upcast_ref());
+                    pads.push(PadEntry {
+                        ghost: ghost.clone(),
+                        appsink: appsink.clone(),
+                        link,
+                    });
+                    Ok(ghost)
+                }
+                Err(phase) => Err((name, phase)),
+            }
+        };
+        let ghost = match claimed {
+            Ok(ghost) => ghost,
+            Err((name, phase)) => {
+                gst::element_imp_error!(
+                    self,
+                    gst::CoreError::Pad,
+                    ("Cannot add pad {} while publishing ({:?}): the server was already told the stream list; request every pad before the pipeline starts", name, phase)
+                );
+                return None;
+            }
+        };
+        let name = ghost.name();
         appsink.set_property("name", format!("appsink-{name}"));
         let obj = self.obj();
+        let forget = || {
+            self.pads
+                .lock()
+                .unwrap()
+                .retain(|p| p.ghost.upcast_ref::<gst::Pad>() != ghost.upcast_ref::<gst::Pad>());
+        };
         if obj.add(&appsink).is_err() {
+            forget();
             return None;
         }
-        // RTP input goes straight to the appsink; encoded input gets a payloader in between when
-        // its caps arrive (see pad.rs).
-        let ghost = RtspAnnouncePad::new(templ, &name, appsink.upcast_ref());
         let target = appsink.static_pad("sink").unwrap();
         if ghost.set_target(Some(&target)).is_err() || obj.add_pad(&ghost).is_err() {
+            forget();
             let _ = obj.remove(&appsink);
             return None;
         }
         let _ = ghost.set_active(true);
         let _ = appsink.sync_state_with_parent();
-        pads.push(PadEntry {
-            ghost: ghost.clone(),
-            appsink,
-            link,
-        });
+        // `sync` may have changed since make_appsink read it, and a setter that listed the pads
+        // before this one was in the list did not see it.
+        self.apply_sync(Some(&appsink));
         gst::debug!(CAT, imp = self, "created pad {name}");
         Some(ghost.upcast())
     }
@@ -976,17 +1053,19 @@ impl ElementImpl for RtspAnnounce {
             };
             pads.remove(i)
         };
-        if let Some(shared) = self.shared.lock().unwrap().as_ref() {
-            if shared.phase() != Phase::Waiting {
+        // Before the handshake the track goes with its pad; after it the server knows it.
+        let linked = entry.link.lock().unwrap().take();
+        if let Some((shared, id)) = linked {
+            if !shared.remove_track(id) {
                 gst::warning!(
                     CAT,
                     imp = self,
-                    "pad {} released while publishing",
-                    pad.name()
+                    "pad {} released while publishing ({:?}): its track stays announced, silent",
+                    pad.name(),
+                    shared.phase()
                 );
             }
         }
-        *entry.link.lock().unwrap() = None;
         let obj = self.obj();
         entry.ghost.detach(obj.upcast_ref());
         let _ = entry.appsink.set_state(gst::State::Null);

@@ -1,6 +1,7 @@
 use gst::glib;
 use gst::prelude::*;
 
+pub(crate) mod handle_request;
 mod imp;
 mod pad;
 mod payloader;

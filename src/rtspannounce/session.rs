@@ -76,7 +76,11 @@ const UDP_BYE_DELAY: Duration = Duration::from_millis(100);
 /// caps (rtph264pay learns SPS/PPS from the stream); after that we announce without them.
 const MAX_HELD_FOR_PARAMS: usize = 300;
 
+/// A track's identity for its pad: stable while other pads are requested and released.
+pub type TrackId = u64;
+
 pub struct Track {
+    id: TrackId,
     pub pad_name: String,
     caps: Option<gst::Caps>,
     has_buffer: bool,
@@ -92,8 +96,9 @@ pub struct Track {
 }
 
 impl Track {
-    fn new(pad_name: String) -> Self {
+    fn new(id: TrackId, pad_name: String) -> Self {
         Track {
+            id,
             pad_name,
             caps: None,
             has_buffer: false,
@@ -119,7 +124,9 @@ impl Track {
 
 struct State {
     phase: Phase,
+    /// In pad order. Tracks come and go only while Waiting; positions are stable after that.
     tracks: Vec<Track>,
+    next_track_id: TrackId,
     first_data: Option<Instant>,
     flushing: bool,
     /// PLAYING to PAUSED: a pad waiting for RECORD's answer returns (its buffer stays held), so
@@ -252,7 +259,12 @@ impl Shared {
         Arc::new(Shared {
             state: Mutex::new(State {
                 phase: Phase::Waiting,
-                tracks: pad_names.into_iter().map(Track::new).collect(),
+                next_track_id: pad_names.len() as TrackId,
+                tracks: pad_names
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, n)| Track::new(i as TrackId, n))
+                    .collect(),
                 first_data: None,
                 flushing: false,
                 paused: false,
@@ -293,10 +305,25 @@ impl Shared {
         self.queue.lock().unwrap().clone()
     }
 
+    /// Where track `id` is now (None: released).
+    fn position(st: &State, id: TrackId) -> Option<usize> {
+        st.tracks.iter().position(|t| t.id == id)
+    }
+
+    /// The track fed by the pad named `pad_name`.
+    pub fn track_id(&self, pad_name: &str) -> Option<TrackId> {
+        let st = self.state.lock().unwrap();
+        st.tracks
+            .iter()
+            .find(|t| t.pad_name == pad_name)
+            .map(|t| t.id)
+    }
+
     /// The sink pad of a track, for upstream events.
-    pub fn set_pad(&self, track: usize, pad: &gst::Pad) {
-        if let Some(t) = self.state.lock().unwrap().tracks.get_mut(track) {
-            t.pad = Some(pad.downgrade());
+    pub fn set_pad(&self, id: TrackId, pad: &gst::Pad) {
+        let mut st = self.state.lock().unwrap();
+        if let Some(i) = Self::position(&st, id) {
+            st.tracks[i].pad = Some(pad.downgrade());
         }
     }
 
@@ -306,13 +333,32 @@ impl Shared {
 
     /// Adds a track for a pad requested after the session was created. Refused once the
     /// handshake has started: the server was told the stream list already.
-    pub fn add_track(&self, pad_name: String) -> Result<usize, Phase> {
+    pub fn add_track(&self, pad_name: String) -> Result<TrackId, Phase> {
         let mut st = self.state.lock().unwrap();
         if st.phase != Phase::Waiting || st.tracks.iter().any(|t| t.has_buffer) {
             return Err(st.phase);
         }
-        st.tracks.push(Track::new(pad_name));
-        Ok(st.tracks.len() - 1)
+        let id = st.next_track_id;
+        st.next_track_id += 1;
+        st.tracks.push(Track::new(id, pad_name));
+        Ok(id)
+    }
+
+    /// The pad of track `id` was released. Before the handshake its track goes (the others
+    /// may then be all the announce waits for); after it, the server was told of the track, and
+    /// it stays, silent.
+    pub fn remove_track(self: &Arc<Self>, id: TrackId) -> bool {
+        let mut st = self.state.lock().unwrap();
+        if st.phase != Phase::Waiting {
+            return false;
+        }
+        let Some(i) = Self::position(&st, id) else {
+            return false;
+        };
+        st.tracks.remove(i);
+        drop(self.maybe_start(st));
+        self.cond.notify_all();
+        true
     }
 
     /// Lets the application edit the SDP before ANNOUNCE (`update-sdp`, as rtspclientsink).
@@ -376,11 +422,14 @@ impl Shared {
 
     /// Preroll: note caps and that data exists, without sending (the buffer comes again when
     /// PLAYING renders it).
-    pub fn preroll(self: &Arc<Self>, track: usize, caps: Option<gst::Caps>) {
+    pub fn preroll(self: &Arc<Self>, id: TrackId, caps: Option<gst::Caps>) {
         let mut st = self.state.lock().unwrap();
         if st.phase != Phase::Waiting {
             return;
         }
+        let Some(track) = Self::position(&st, id) else {
+            return;
+        };
         let t = &mut st.tracks[track];
         if caps.is_some() {
             t.caps = caps;
@@ -413,7 +462,7 @@ impl Shared {
     /// A buffer (or list) rendered on pad `track`: sent, or held until RECORD is answered.
     pub fn render(
         self: &Arc<Self>,
-        track: usize,
+        id: TrackId,
         caps: Option<gst::Caps>,
         segment: Option<&gst::FormattedSegment<gst::ClockTime>>,
         buffers: impl Iterator<Item = gst::Buffer>,
@@ -426,6 +475,10 @@ impl Shared {
             (b, rt)
         });
         let mut st = self.state.lock().unwrap();
+        let Some(mut track) = Self::position(&st, id) else {
+            // Released: its pad is going away.
+            return Err(PadError::Flushing);
+        };
         match st.phase {
             Phase::Recording => {
                 if let Some(c) = caps {
@@ -499,6 +552,11 @@ impl Shared {
         // can update its caps; other tracks wait here (backpressure) for RECORD's answer. The
         // announce-timeout timer ends a wait that would otherwise last for ever.
         loop {
+            // Other pads' tracks may have gone while this one waited.
+            let Some(now) = Self::position(&st, id) else {
+                return Err(PadError::Flushing);
+            };
+            track = now;
             match st.phase {
                 Phase::Waiting if !st.tracks[track].ready() => return Ok(()),
                 Phase::Waiting | Phase::Connecting if st.paused => return Ok(()),
@@ -1553,8 +1611,11 @@ impl Shared {
     }
 
     /// EOS on one pad. When every pad has had it: drain, TEARDOWN, then EOS on the bus.
-    pub fn eos(self: &Arc<Self>, track: usize) {
+    pub fn eos(self: &Arc<Self>, id: TrackId) {
         let mut st = self.state.lock().unwrap();
+        let Some(track) = Self::position(&st, id) else {
+            return;
+        };
         st.tracks[track].eos = true;
         if !st.tracks.iter().all(|t| t.eos) {
             return;
