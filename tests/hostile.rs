@@ -67,18 +67,6 @@ const MOMENT_WAIT: Duration = Duration::from_secs(10);
 /// After the cases, the thread count must be back within this.
 const THREADS_BACK: Duration = Duration::from_secs(20);
 
-// ----- known defects, being fixed on main ---------------------------------------------------------
-// Each flag keeps one misbehaviour out (or one expectation off) until main has the fix; remove it
-// then.
-
-/// (a) A server request whose method is not a valid GstStructure name (`OPTIONS!`,
-/// `SET_PARAMETER%`, `9X`) while recording: emit_handle_request hits a CRITICAL.
-const SKIP_KNOWN_A_METHOD_NOT_A_STRUCTURE_NAME: bool = true;
-/// (d) The start-line probe takes a request method shorter than 5 bytes or not in upper case
-/// (`AB`, `9X`, `get_parameter`) for "not RTSP" and ends the connection: such a request is not yet
-/// expected to leave the session running.
-const KNOWN_D_SHORT_METHODS_END_THE_CONNECTION: bool = true;
-
 // ----- what a case is ---------------------------------------------------------------------------
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -268,36 +256,34 @@ const SERVER_METHODS: &[&str] = &[
     "A.B:C",
 ];
 
-/// Not a valid GstStructure name (must start with a letter; letters, digits and `/-_.:+` only).
-fn bad_structure_name(m: &str) -> bool {
-    let mut chars = m.chars();
-    !chars.next().is_some_and(|c| c.is_ascii_alphabetic())
-        || !chars.all(|c| c.is_ascii_alphanumeric() || "/-_.:+".contains(c))
-}
-
-/// What the start-line probe of src/rtsp/message.rs wrongly takes for "not RTSP" (defect d).
-fn probe_rejects(m: &str) -> bool {
-    let line = format!("{m} rtsp://");
-    !line
-        .bytes()
-        .take(5)
-        .all(|b| b.is_ascii_uppercase() || b == b'_' || b == b'-')
+/// What the element must answer to a request of the server: the defaults (200 for OPTIONS,
+/// GET_PARAMETER, SET_PARAMETER, TEARDOWN; 501 for a method it does not serve; 400 for one that
+/// is not an RTSP token) or, with our handler connected, what it returns (handle-request is
+/// asked only while recording: requests during the handshake get the defaults).
+fn expected_statuses(method: &str, handler: bool) -> Vec<u16> {
+    let token = !method.is_empty()
+        && method
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b));
+    let default = match method {
+        "OPTIONS" | "GET_PARAMETER" | "SET_PARAMETER" | "TEARDOWN" => 200,
+        _ if !token => 400,
+        _ => 501,
+    };
+    let app = match method {
+        "SET_PARAMETER" => Some(451),
+        "ANNOUNCE" => Some(405),
+        "X-VENDOR-PING" => Some(200),
+        _ => None,
+    };
+    std::iter::once(default)
+        .chain(app.filter(|_| handler && token))
+        .collect()
 }
 
 fn server_request(rng: &mut Rng, step: Step) -> Option<Fault> {
+    let _ = step;
     let method = rng.pick(SERVER_METHODS).to_string();
-    // Only requests that reach handle-request (after RECORD) hit defect (a).
-    let recording = matches!(
-        step,
-        Step::Media(_) | Step::KeepAlive | Step::Record | Step::Teardown
-    );
-    if SKIP_KNOWN_A_METHOD_NOT_A_STRUCTURE_NAME
-        && recording
-        && bad_structure_name(&method)
-        && !probe_rejects(&method)
-    {
-        return None;
-    }
     let body = matches!(
         method.as_str(),
         "SET_PARAMETER" | "ANNOUNCE" | "SET_PARAMETER%"
@@ -556,8 +542,6 @@ fn harmless(i: &Injection) -> bool {
         Fault::Request(r) => {
             let m = r.method.as_str();
             m != "TEARDOWN"
-                && !(KNOWN_D_SHORT_METHODS_END_THE_CONNECTION && probe_rejects(m))
-                && !(SKIP_KNOWN_A_METHOD_NOT_A_STRUCTURE_NAME && bad_structure_name(m))
         }
         _ => false,
     }
@@ -1002,6 +986,9 @@ fn poll(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// How long every timed state change took, for the summary.
+static STATE_CHANGES: Mutex<Vec<Duration>> = Mutex::new(Vec::new());
+
 /// handle-request calls in this process.
 static HANDLER_CALLS: AtomicUsize = AtomicUsize::new(0);
 
@@ -1069,7 +1056,9 @@ struct Report {
     failure: Option<String>,
 }
 
-fn run_case(case: &Case) -> (Outcome, String, Option<String>, Option<String>) {
+/// Runs one case: its outcome, the error text, what failed (None: nothing), and whether all that
+/// failed is state changes slower than 100 ms but under a second.
+fn run_case(case: &Case) -> (Outcome, String, Option<String>, bool) {
     let server = HostileServer::start(case.plan.clone());
     let mut problems: Vec<String> = Vec::new();
 
@@ -1135,14 +1124,24 @@ fn run_case(case: &Case) -> (Outcome, String, Option<String>, Option<String>) {
         })
         .collect();
 
+    let slow = std::cell::Cell::new(0usize);
     let timed = |to: gst::State, what: &str, problems: &mut Vec<String>| {
         let t0 = Instant::now();
         let watch = slow_state_change_watch(case, to);
         let _ = pipeline.set_state(to);
         drop(watch);
         let took = t0.elapsed();
+        STATE_CHANGES.lock().unwrap().push(took);
         if took > STATE_CHANGE_BOUND {
             problems.push(format!("set_state({to:?}) {what} took {took:?}"));
+            slow.set(
+                slow.get()
+                    + if took < Duration::from_secs(1) {
+                        1
+                    } else {
+                        1000
+                    },
+            );
         }
     };
 
@@ -1226,6 +1225,27 @@ fn run_case(case: &Case) -> (Outcome, String, Option<String>, Option<String>) {
     }
     let view = server.view();
     drop(server);
+    // Whatever the server asked, the answer is the one it must be (and carries its CSeq).
+    for a in &view.client_answers {
+        let Some(r) = view
+            .server_requests
+            .iter()
+            .find(|r| r.conn == a.conn && Some(r.cseq) == a.cseq)
+        else {
+            problems.push(format!(
+                "an answer ({}) with CSeq {:?} to no request of the server",
+                a.status, a.cseq
+            ));
+            continue;
+        };
+        let want = expected_statuses(&r.method, case.variant.handler);
+        if !want.contains(&a.status) {
+            problems.push(format!(
+                "the server's {} got {}, not {want:?}",
+                r.method, a.status
+            ));
+        }
+    }
     if outcome == Outcome::Eos && case.expect_eos {
         // EOS means everything was delivered: over TCP, on one connection, every packet.
         if !case.variant.udp && view.connections == 1 && view.media != fed {
@@ -1273,7 +1293,8 @@ fn run_case(case: &Case) -> (Outcome, String, Option<String>, Option<String>) {
             log.join("\n    ")
         ))
     };
-    (outcome, error_text, failure, None)
+    let only_slow = !problems.is_empty() && slow.get() == problems.len();
+    (outcome, error_text, failure, only_slow)
 }
 
 fn run_one(case: Case) -> Report {
@@ -1289,11 +1310,29 @@ fn run_one(case: Case) -> Report {
         },
     );
     let t0 = Instant::now();
-    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_case(&case)));
+    let run = || std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run_case(&case)));
+    let mut res = run();
+    let mut known = None;
+    // A state change a little over 100 ms once, on a loaded two-core machine, may be the
+    // scheduler's: the case runs again (twice at most), and fails only if it is slow every time.
+    // A pass on a re-run is printed in the summary, not hidden.
+    for _ in 0..2 {
+        let Ok((_, _, Some(f), true)) = &res else {
+            break;
+        };
+        let first = f.lines().next().unwrap_or("").to_string();
+        res = run();
+        if matches!(&res, Ok((_, _, None, _))) {
+            known = Some(format!(
+                "{first} (load average {}), fine when run again",
+                load_average()
+            ));
+        }
+    }
     let took = t0.elapsed();
     IN_FLIGHT.lock().unwrap().remove(&id);
-    let (outcome, text, failure, known) = match res {
-        Ok(r) => r,
+    let (outcome, text, failure) = match res {
+        Ok((o, t, f, _)) => (o, t, f),
         Err(p) => {
             let msg = p
                 .downcast_ref::<String>()
@@ -1304,7 +1343,6 @@ fn run_one(case: Case) -> Report {
                 Outcome::Error("panic".into()),
                 msg.clone(),
                 Some(format!("panicked: {msg}\n  {}", case.describe())),
-                None,
             )
         }
     };
@@ -1316,6 +1354,12 @@ fn run_one(case: Case) -> Report {
         took,
         failure,
     }
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 /// Every thread's stack, from gdb attached to this process.
@@ -1539,7 +1583,7 @@ fn hostile_servers() {
     let known: Vec<&Report> = reports.iter().filter(|r| r.known.is_some()).collect();
     if !known.is_empty() {
         say!(
-            "  {:>6}  met a known defect, tolerated while its flag is set (e.g. seed {}: {})",
+            "  {:>6}  slow state change once, fine when run again (e.g. seed {}: {})",
             known.len(),
             known[0].case.seed,
             known[0].known.as_deref().unwrap_or("")
@@ -1549,6 +1593,20 @@ fn hostile_servers() {
         "  handle-request: {} calls",
         HANDLER_CALLS.load(Ordering::SeqCst)
     );
+    {
+        let mut d = STATE_CHANGES.lock().unwrap().clone();
+        d.sort();
+        if !d.is_empty() {
+            let at = |q: f64| d[((d.len() - 1) as f64 * q) as usize];
+            say!(
+                "  state changes to NULL/READY: {}, median {:?}, 99% {:?}, max {:?}",
+                d.len(),
+                at(0.5),
+                at(0.99),
+                d[d.len() - 1]
+            );
+        }
+    }
     say!(
         "  threads: baseline {baseline}, after {now}{}",
         if back { "" } else { " (NOT back)" }
@@ -1618,13 +1676,20 @@ fn at(step: Step, fault: Fault) -> Injection {
     }
 }
 
+/// Known defect (a), fixed on main: a request from the server whose method is no GstStructure
+/// name (`OPTIONS!`, `SET_PARAMETER%`, `9X`) while recording was a CRITICAL; one shorter than 5
+/// bytes or not in upper case ended the connection (d). Now: 501 (400 for one that is no RTSP
+/// token, `A.B:C`), and the session goes on to EOS.
 #[test]
 fn regress_request_with_a_method_that_is_no_structure_name() {
-    if SKIP_KNOWN_A_METHOD_NOT_A_STRUCTURE_NAME {
-        say!("skipped until main has the fix for known defect (a)");
-        return;
-    }
-    for method in ["OPTIONS!", "SET_PARAMETER%"] {
+    for method in [
+        "OPTIONS!",
+        "SET_PARAMETER%",
+        "9X",
+        "AB",
+        "get_parameter",
+        "A.B:C",
+    ] {
         for handler in [false, true] {
             let r = run_named(named(
                 "regress_request_with_a_method_that_is_no_structure_name",
