@@ -37,6 +37,8 @@ pub enum SessionError {
     Tls(String),
     /// The server's certificate failed a check that `tls-validation-flags` keeps.
     Certificate(String),
+    /// Something on our side: the streams cannot be described, an application handler failed.
+    Local(String),
 }
 
 impl fmt::Display for SessionError {
@@ -45,7 +47,8 @@ impl fmt::Display for SessionError {
             SessionError::Resolve(m)
             | SessionError::Connect(m)
             | SessionError::Timeout(m)
-            | SessionError::Io(m) => f.write_str(m),
+            | SessionError::Io(m)
+            | SessionError::Local(m) => f.write_str(m),
             SessionError::Tls(m) => write!(f, "TLS handshake failed: {m}"),
             SessionError::Certificate(m) => write!(f, "TLS: {m}"),
             SessionError::Handshake(e) => write!(f, "{e}"),

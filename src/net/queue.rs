@@ -14,6 +14,7 @@
 use super::tls::TlsWire;
 use std::collections::VecDeque;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -217,7 +218,6 @@ struct Inner {
     pending_peak: usize,
     batch_peak: usize,
     state: QState,
-    flushing: bool,
 }
 
 impl Inner {
@@ -317,7 +317,6 @@ impl SendQueue {
                 pending_peak: 0,
                 batch_peak: 0,
                 state: QState::Open,
-                flushing: false,
             }),
             space: Condvar::new(),
             data: tokio::sync::Notify::new(),
@@ -329,7 +328,6 @@ impl SendQueue {
         match &inner.state {
             QState::Failed(m) | QState::Draining(m) => Err(QueueError::Failed(m.clone())),
             QState::Cancelled | QState::Closing => Err(QueueError::Cancelled),
-            _ if inner.flushing => Err(QueueError::Cancelled),
             _ => Ok(()),
         }
     }
@@ -395,10 +393,23 @@ impl SendQueue {
 
     /// Queues frames in order, blocking while the queue is full.
     pub fn push_all(&self, frames: impl IntoIterator<Item = OutFrame>) -> Result<(), QueueError> {
+        self.push_all_until(frames, &AtomicBool::new(false))
+    }
+
+    /// [`Self::push_all`] for one producer that may be flushed: `cancel` set (then [`Self::wake`])
+    /// makes its wait return `Cancelled`. Other producers go on: flushing is per pad.
+    pub fn push_all_until(
+        &self,
+        frames: impl IntoIterator<Item = OutFrame>,
+        cancel: &AtomicBool,
+    ) -> Result<(), QueueError> {
         let mut inner = self.inner.lock().unwrap();
         for f in frames {
             loop {
                 Self::check(&inner)?;
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(QueueError::Cancelled);
+                }
                 if inner.level() < self.max_bytes || inner.pending.is_empty() {
                     break;
                 }
@@ -557,10 +568,9 @@ impl SendQueue {
         self.data.notify_one();
     }
 
-    /// While flushing, producers return at once (`Cancelled`) instead of blocking.
-    pub fn set_flushing(&self, flushing: bool) {
-        let mut inner = self.inner.lock().unwrap();
-        inner.flushing = flushing;
+    /// Wakes blocked producers to look at their cancel flags (a pad's flush started).
+    pub fn wake(&self) {
+        let _inner = self.inner.lock().unwrap();
         self.space.notify_all();
     }
 

@@ -310,7 +310,6 @@ pub struct UdpSession {
     /// Never drop knowingly: wait for room in the kernel buffer.
     block: bool,
     stopped: AtomicBool,
-    flushing: AtomicBool,
     readers: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
@@ -320,7 +319,6 @@ impl UdpSession {
             tracks,
             block,
             stopped: AtomicBool::new(false),
-            flushing: AtomicBool::new(false),
             readers: Default::default(),
         })
     }
@@ -363,7 +361,13 @@ impl UdpSession {
     /// Sends frames as the TCP path would queue them: RTP to each track's RTP port, framed
     /// RTCP (`$`, odd channel) to its RTCP port, in order. Runs on the caller's thread.
     pub fn send(&self, frames: &[OutFrame]) -> Result<(), UdpError> {
-        let stop = || self.stopped.load(Ordering::Relaxed) || self.flushing.load(Ordering::Relaxed);
+        self.send_until(frames, &AtomicBool::new(false))
+    }
+
+    /// [`Self::send`] for a pad that may be flushed: a blocked send gives up within its
+    /// 100 ms re-check once `cancel` is set (flushing is per pad).
+    pub fn send_until(&self, frames: &[OutFrame], cancel: &AtomicBool) -> Result<(), UdpError> {
+        let stop = || self.stopped.load(Ordering::Relaxed) || cancel.load(Ordering::Relaxed);
         if stop() {
             return Err(UdpError::Cancelled);
         }
@@ -408,10 +412,6 @@ impl UdpSession {
         if let Some(t) = self.track_for(framed[1]) {
             t.send_rtcp(framed);
         }
-    }
-
-    pub fn set_flushing(&self, flushing: bool) {
-        self.flushing.store(flushing, Ordering::Relaxed);
     }
 
     /// Nothing more is sent or read; the sockets close when the last user lets go.

@@ -504,10 +504,10 @@ impl RtspAnnounce {
             move |_pad, info| {
                 if let Some(ev) = info.event() {
                     let linked = lf.lock().unwrap().clone();
-                    if let Some((shared, _)) = linked {
+                    if let Some((shared, id)) = linked {
                         match ev.type_() {
-                            gst::EventType::FlushStart => shared.set_flushing(true),
-                            gst::EventType::FlushStop => shared.set_flushing(false),
+                            gst::EventType::FlushStart => shared.set_flushing(id, true),
+                            gst::EventType::FlushStop => shared.set_flushing(id, false),
                             _ => {}
                         }
                     }

@@ -18,6 +18,7 @@ use crate::rtsp::url::{ControlStyle, RtspUrl};
 use crate::sdp;
 use crate::CAT;
 use gst::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -93,6 +94,9 @@ pub struct Track {
     /// The sink pad, to ask upstream for a keyframe after a reconnect.
     pad: Option<gst::glib::WeakRef<gst::Pad>>,
     is_video: bool,
+    /// Flush-start on this track's pad, until flush-stop: its waits return at once. Flushing is
+    /// per pad; the other tracks go on.
+    flushing: Arc<AtomicBool>,
 }
 
 impl Track {
@@ -107,6 +111,7 @@ impl Track {
             tx: None,
             pad: None,
             is_video: false,
+            flushing: Arc::default(),
         }
     }
 
@@ -128,7 +133,6 @@ struct State {
     tracks: Vec<Track>,
     next_track_id: TrackId,
     first_data: Option<Instant>,
-    flushing: bool,
     /// PLAYING to PAUSED: a pad waiting for RECORD's answer returns (its buffer stays held), so
     /// the appsink can pause without waiting on the network.
     paused: bool,
@@ -249,6 +253,8 @@ fn error_kind(err: &SessionError, streaming: bool) -> gst::ResourceError {
         }
         // The server could not prove who it is: as for a refused login, retrying will not help.
         SessionError::Certificate(_) => gst::ResourceError::NotAuthorized,
+        // Not the server's doing: what we were given cannot be published as it is.
+        SessionError::Local(_) => gst::ResourceError::Settings,
         _ if streaming => gst::ResourceError::Write,
         _ => gst::ResourceError::OpenWrite,
     }
@@ -266,7 +272,6 @@ impl Shared {
                     .map(|(i, n)| Track::new(i as TrackId, n))
                     .collect(),
                 first_data: None,
-                flushing: false,
                 paused: false,
                 failing: false,
                 streaming: None,
@@ -504,10 +509,11 @@ impl Shared {
                 }
                 let tx = st.tracks[track].tx.clone();
                 let udp = st.udp.clone();
+                let flushing = st.tracks[track].flushing.clone();
                 drop(st);
                 return match (tx, udp) {
-                    (Some(tx), Some(udp)) => self.send_udp(track, &tx, &udp, buffers),
-                    (Some(tx), None) => self.send(track, &tx, buffers),
+                    (Some(tx), Some(udp)) => self.send_udp(track, &tx, &udp, &flushing, buffers),
+                    (Some(tx), None) => self.send(track, &tx, &flushing, buffers),
                     (None, _) => Err(PadError::Failed),
                 };
             }
@@ -529,7 +535,7 @@ impl Shared {
                 return Ok(());
             }
         }
-        if st.flushing {
+        if st.tracks[track].flushing.load(Ordering::SeqCst) {
             return Err(PadError::Flushing);
         }
         let connecting = st.phase == Phase::Connecting;
@@ -565,7 +571,7 @@ impl Shared {
                 Phase::Stopped => return Err(PadError::Flushing),
                 _ => return Ok(()),
             }
-            if st.flushing {
+            if st.tracks[track].flushing.load(Ordering::SeqCst) {
                 return Err(PadError::Flushing);
             }
             st = self.cond.wait(st).unwrap();
@@ -621,19 +627,21 @@ impl Shared {
         &self,
         track: usize,
         tx: &TrackSender,
+        flushing: &AtomicBool,
         buffers: impl Iterator<Item = (gst::Buffer, Option<u64>)>,
     ) -> Result<(), PadError> {
         thread_local! {
             // One per streaming thread, reused: no allocation per buffer list.
             static FRAMES: std::cell::RefCell<Vec<OutFrame>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        FRAMES.with_borrow_mut(|frames| self.send_with(track, tx, buffers, frames))
+        FRAMES.with_borrow_mut(|frames| self.send_with(track, tx, flushing, buffers, frames))
     }
 
     fn send_with(
         &self,
         track: usize,
         tx: &TrackSender,
+        flushing: &AtomicBool,
         buffers: impl Iterator<Item = (gst::Buffer, Option<u64>)>,
         frames: &mut Vec<OutFrame>,
     ) -> Result<(), PadError> {
@@ -667,7 +675,7 @@ impl Shared {
         let res = if drop_policy {
             queue.push_all_nowait(frames.drain(..))
         } else {
-            queue.push_all(frames.drain(..))
+            queue.push_all_until(frames.drain(..), flushing)
         };
         let too_big = match result {
             Ok(ev) => {
@@ -718,6 +726,7 @@ impl Shared {
         track: usize,
         tx: &TrackSender,
         udp: &UdpSession,
+        flushing: &AtomicBool,
         buffers: impl Iterator<Item = (gst::Buffer, Option<u64>)>,
     ) -> Result<(), PadError> {
         thread_local! {
@@ -728,7 +737,7 @@ impl Shared {
             let mut frames = cell.borrow_mut();
             frames.clear();
             let framed = tx.frames(buffers, &|| self.ntp_mapper(), None, &mut frames);
-            let sent = udp.send(&frames);
+            let sent = udp.send_until(&frames, flushing);
             frames.clear();
             if let Err(len) = framed {
                 return Err(self.too_large(track, len, "over UDP"));
@@ -740,7 +749,7 @@ impl Shared {
                 Err(UdpError::Cancelled) => match self.phase() {
                     Phase::Failed => Err(PadError::Failed),
                     Phase::Stopped => Err(PadError::Flushing),
-                    _ if self.state.lock().unwrap().flushing => Err(PadError::Flushing),
+                    _ if flushing.load(Ordering::SeqCst) => Err(PadError::Flushing),
                     _ => {
                         self.state.lock().unwrap().dropped_offline += 1;
                         Ok(())
@@ -1039,7 +1048,10 @@ impl Shared {
 
     /// Connects and runs the handshake, following redirects (at most 5 hops, no loops;
     /// credentials go along only to the same host).
-    async fn connect_and_record(&self, caps: &[gst::Caps]) -> Result<Recorded, SessionError> {
+    async fn connect_and_record(
+        self: &Arc<Self>,
+        caps: &[gst::Caps],
+    ) -> Result<Recorded, SessionError> {
         const MAX_HOPS: usize = 5;
         let mut url = self.cfg.url.clone();
         let mut creds = self.cfg.creds.clone();
@@ -1115,11 +1127,8 @@ impl Shared {
             server_addr: server,
             session_name: "rtspannounce",
         };
-        let mut msg = sdp::build_sdp(&session, &tracks).map_err(|e| {
-            SessionError::Handshake(HandshakeError::BadResponse(format!(
-                "cannot describe the streams: {e}"
-            )))
-        })?;
+        let mut msg = sdp::build_sdp(&session, &tracks)
+            .map_err(|e| SessionError::Local(format!("cannot describe the streams: {e}")))?;
         self.emit_update_sdp(&mut msg);
         let rewrites: Vec<Option<u8>> = caps_pts
             .iter()
@@ -1142,8 +1151,54 @@ impl Shared {
         })
     }
 
+    /// [`Self::describe`], with an `update-sdp` handler run on the blocking pool and awaited at
+    /// most `tcp-timeout`: the I/O workers are every session's, and a slow handler must hold
+    /// up its own session only (DESIGN.md §2a).
+    async fn described(
+        self: &Arc<Self>,
+        caps: &[gst::Caps],
+        addrs: (Option<std::net::IpAddr>, Option<std::net::IpAddr>),
+    ) -> Result<Described, SessionError> {
+        if !self.has_handler("update-sdp") {
+            return self.describe(caps, addrs);
+        }
+        let (this, caps) = (self.clone(), caps.to_vec());
+        let job = tokio::task::spawn_blocking(move || this.describe(&caps, addrs));
+        match tokio::time::timeout(self.cfg.tcp_timeout, job).await {
+            Ok(Ok(described)) => described,
+            Ok(Err(_)) => Err(SessionError::Local(
+                "the update-sdp handler panicked".into(),
+            )),
+            Err(_) => Err(SessionError::Local(format!(
+                "the update-sdp handler did not return within tcp-timeout ({:?})",
+                self.cfg.tcp_timeout
+            ))),
+        }
+    }
+
+    /// Whether the application connected a handler to `signal`.
+    fn has_handler(&self, signal: &str) -> bool {
+        use gst::glib::translate::{IntoGlib, ToGlibPtr};
+        let Some(element) = self.element.upgrade() else {
+            return false;
+        };
+        let Some(id) = gst::glib::subclass::SignalId::lookup(signal, element.type_()) else {
+            return false;
+        };
+        // SAFETY: a live object and a signal id of its type.
+        unsafe {
+            gst::glib::gobject_ffi::g_signal_has_handler_pending(
+                ToGlibPtr::<*mut gst::ffi::GstElement>::to_glib_none(&element).0
+                    as *mut gst::glib::gobject_ffi::GObject,
+                id.into_glib(),
+                0,
+                gst::glib::ffi::GFALSE,
+            ) != gst::glib::ffi::GFALSE
+        }
+    }
+
     async fn record_once(
-        &self,
+        self: &Arc<Self>,
         url: &RtspUrl,
         creds: Option<Credentials>,
         caps: &[gst::Caps],
@@ -1160,7 +1215,7 @@ impl Shared {
             crate::net::connection::route_local_addr(addrs[0]),
             Some(addrs[0].ip()),
         );
-        let mut described = self.describe(caps, guess)?;
+        let mut described = self.described(caps, guess).await?;
         let tls = if cfg.tls || url.scheme == crate::rtsp::url::Scheme::Rtsps {
             Some(self.tls_config()?)
         } else {
@@ -1172,7 +1227,7 @@ impl Shared {
         let peer = stream.peer_addr().ok().map(|a| a.ip());
         let actual = (local_addr.map(|a| a.ip()), peer);
         if actual != guess {
-            described = self.describe(caps, actual)?;
+            described = self.described(caps, actual).await?;
         }
         let Described {
             text,
@@ -1729,7 +1784,7 @@ impl Shared {
         }
         let this = self.clone();
         let timeout = self.cfg.tcp_timeout;
-        RUNTIME.spawn(async move {
+        let handle = RUNTIME.spawn(async move {
             if let Some(udp) = udp {
                 // RTP and RTCP travel on two sockets, and receivers may read RTCP first
                 // (FFmpeg's does): a BYE right behind the last packets ended its recording
@@ -1786,18 +1841,27 @@ impl Shared {
             }
             let _ = element.post_message(gst::message::Eos::builder().src(&element).build());
         });
+        // Tracked, so that a stop while the TEARDOWN waits ends it instead of sending another.
+        let mut st = self.state.lock().unwrap();
+        if st.phase == Phase::Finishing {
+            st.task = Some(handle.abort_handle());
+        } else {
+            handle.abort();
+        }
     }
 
-    /// Flush-start/stop on a pad: blocked waits return at once while flushing.
-    pub fn set_flushing(&self, flushing: bool) {
+    /// Flush-start/stop on track `id`'s pad: its blocked waits return at once while flushing;
+    /// the other pads go on.
+    pub fn set_flushing(&self, id: TrackId, flushing: bool) {
         {
-            let mut st = self.state.lock().unwrap();
-            st.flushing = flushing;
-            if let Some(u) = &st.udp {
-                u.set_flushing(flushing);
+            let st = self.state.lock().unwrap();
+            if let Some(i) = Self::position(&st, id) {
+                st.tracks[i].flushing.store(flushing, Ordering::SeqCst);
             }
         }
-        self.queue().set_flushing(flushing);
+        if flushing {
+            self.queue().wake();
+        }
         self.cond.notify_all();
     }
 
@@ -1818,14 +1882,29 @@ impl Shared {
             (st.streaming.take(), st.task.take(), phase)
         };
         self.cond.notify_all();
+        // The TEARDOWN of an ending is already on its way: its task goes on (a second one
+        // would be a request the server never expected), bounded like a stop's below.
+        let (finishing, task) = match phase {
+            Phase::Finishing => (task, None),
+            _ => (None, task),
+        };
         if let Some(t) = task {
             t.abort();
         }
+        let bound = self.cfg.tcp_timeout.min(Duration::from_secs(2));
         match streaming {
-            Some(s) if matches!(phase, Phase::Recording | Phase::Finishing) => {
-                let timeout = self.cfg.tcp_timeout.min(Duration::from_secs(2));
+            Some(s) if phase == Phase::Recording => {
                 RUNTIME.spawn(async move {
-                    let _ = s.stop(timeout).await;
+                    let _ = s.stop(bound).await;
+                });
+            }
+            Some(s) if phase == Phase::Finishing => {
+                RUNTIME.spawn(async move {
+                    tokio::time::sleep(bound).await;
+                    s.abort();
+                    if let Some(t) = finishing {
+                        t.abort();
+                    }
                 });
             }
             Some(s) => s.abort(),
