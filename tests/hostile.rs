@@ -181,7 +181,7 @@ struct Case {
 impl Case {
     fn bound(&self) -> Duration {
         let feed = if self.live {
-            let n = self.packets.unwrap_or(200) as u32;
+            let n = self.packets.unwrap_or(200);
             Duration::from_millis(10) * n
         } else {
             Duration::from_secs(1)
@@ -405,6 +405,10 @@ const RAW_LINES: &[&[u8]] = &[
     b"Bad Name: v",
 ];
 
+fn pick_str(rng: &mut Rng, items: &[&'static str]) -> &'static str {
+    items[rng.below(items.len() as u64) as usize]
+}
+
 fn reply_fault(rng: &mut Rng, step: Step) -> Option<Fault> {
     let f = one_reply_fault(rng, step)?;
     // Now and then on every request at the step, not only the first.
@@ -433,7 +437,7 @@ fn one_reply_fault(rng: &mut Rng, step: Step) -> Option<Fault> {
         26 => Fault::ManyHeaders(*rng.pick(&[200, 300, 1000])),
         27 => Fault::Body(*rng.pick(&[10, 100_000, 1 << 20, (1 << 20) + 1])),
         28 => Fault::Header(
-            *rng.pick(&["Public", "RTP-Info", "Server", "Date"]),
+            pick_str(rng, &["Public", "RTP-Info", "Server", "Date"]),
             rng.pick(&["", ",,,", "x;y=;z", "url=;seq=abc", "\u{e9}\u{20ac}"])
                 .to_string(),
         ),
@@ -442,15 +446,18 @@ fn one_reply_fault(rng: &mut Rng, step: Step) -> Option<Fault> {
             permille: rng.below(1000) as u16,
             then: *rng.pick(&[Then::Close, Then::Reset, Then::StayOpen]),
         },
-        2 => Fault::DupHeader(*rng.pick(&[
-            "CSeq",
-            "Session",
-            "Transport",
-            "Content-Length",
-            "Server",
-            "RTP-Info",
-        ])),
-        3 => Fault::DropHeader(*rng.pick(&["CSeq", "Session", "Transport", "RTP-Info"])),
+        2 => Fault::DupHeader(pick_str(
+            rng,
+            &[
+                "CSeq",
+                "Session",
+                "Transport",
+                "Content-Length",
+                "Server",
+                "RTP-Info",
+            ],
+        )),
+        3 => Fault::DropHeader(pick_str(rng, &["CSeq", "Session", "Transport", "RTP-Info"])),
         4 => Fault::CSeq(*rng.pick(&[
             CSeqFault::Missing,
             CSeqFault::Wrong,
@@ -855,7 +862,7 @@ fn feed(
     index: usize,
     stop: Arc<AtomicBool>,
 ) -> u64 {
-    let mut rng = Rng::new(case.seed ^ (index as u64 + 1) * 0x1234_5678);
+    let mut rng = Rng::new(case.seed ^ ((index as u64 + 1) * 0x1234_5678));
     let (period, ticks) = track.period();
     let ssrc = 0xA000_0000u32 + index as u32;
     let mut i: u32 = 0;
@@ -876,7 +883,7 @@ fn feed(
         }
         if track == Track::H264 {
             // A single-NAL packet: an IDR every 10 frames, else a non-IDR slice.
-            pkt[12] = if i % 10 == 0 { 0x65 } else { 0x41 };
+            pkt[12] = if i.is_multiple_of(10) { 0x65 } else { 0x41 };
         }
         let mut buf = gst::Buffer::from_mut_slice(pkt);
         {
@@ -884,7 +891,7 @@ fn feed(
             if !case.live {
                 b.set_pts(gst::ClockTime::from_nseconds((period * i).as_nanos() as u64));
             }
-            if track == Track::H264 && i % 10 != 0 {
+            if track == Track::H264 && !i.is_multiple_of(10) {
                 b.set_flags(gst::BufferFlags::DELTA_UNIT);
             }
         }
