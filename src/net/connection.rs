@@ -756,7 +756,21 @@ async fn read_loop(mut rd: ReadSide, mut parser: Parser, cx: ReaderCtx) {
                     }
                 }
                 Ok(Some(Incoming::Request(req))) => {
-                    let resp = answer_server_request(&name, &req, on_request.as_ref());
+                    let resp = match &on_request {
+                        // The application's handler may take its time, and the I/O workers are
+                        // shared by every session (DESIGN.md §2a): it runs on the blocking pool.
+                        // This reader waits for it, so answers keep their order.
+                        Some(app) => {
+                            let (app, n, r) = (app.clone(), name.clone(), req.clone());
+                            tokio::task::spawn_blocking(move || {
+                                answer_server_request(&n, &r, Some(&app))
+                            })
+                            .await
+                            // The handler panicked: the default answer.
+                            .unwrap_or_else(|_| answer_server_request(&name, &req, None))
+                        }
+                        None => answer_server_request(&name, &req, None),
+                    };
                     let _ = queue.push_control(resp.to_bytes());
                     if req.method == "TEARDOWN" && !closing.load(Ordering::SeqCst) {
                         // Our 200 still goes out; then the session is over.

@@ -282,7 +282,14 @@ pub struct Handshake {
     transport: usize,
     /// Our UDP ports per track, once bound.
     client_ports: Vec<Option<(u16, u16)>>,
+    /// Requests sent again because the server said our nonce went stale.
+    stale_renewals: u32,
 }
+
+/// A server may retire a nonce during the handshake, but not at every request: past this many
+/// `stale=true` answers the credentials count as refused (a server that says stale to every
+/// attempt would otherwise be asked again for ever, as fast as it answers).
+const MAX_STALE_RENEWALS: u32 = 3;
 
 impl Handshake {
     pub fn new(
@@ -309,6 +316,7 @@ impl Handshake {
             transports: vec![Lower::Tcp],
             transport: 0,
             client_ports: Vec::new(),
+            stale_renewals: 0,
         }
     }
 
@@ -373,6 +381,18 @@ impl Handshake {
                 method,
                 challenge: ch.describe(),
             });
+        }
+        if self.ctx.auth.is_some() {
+            self.stale_renewals += 1;
+            if self.stale_renewals > MAX_STALE_RENEWALS {
+                return Err(HandshakeError::AuthRefused {
+                    method,
+                    challenge: format!(
+                        "{}, stale again after {MAX_STALE_RENEWALS} new nonces",
+                        ch.describe()
+                    ),
+                });
+            }
         }
         self.ctx.auth = Some(Authenticator::new(ch, creds));
         let last = self.last.take().expect("a request was in flight");
@@ -1190,6 +1210,32 @@ mod tests {
             .unwrap()
             .contains("nonce=\"n2\""));
         assert_eq!(r.headers.get("CSeq"), Some("3"));
+    }
+
+    #[test]
+    fn stale_for_ever_is_refused() {
+        let mut h = with_creds("rtsp://h/live");
+        h.start();
+        let mut cseq = 1;
+        let mut step = h.handle_response(&unauthorized(cseq, "Digest realm=\"x\", nonce=\"n0\""));
+        for i in 1..=MAX_STALE_RENEWALS {
+            assert!(step.is_ok(), "renewal {i}: {step:?}");
+            cseq += 1;
+            step = h.handle_response(&unauthorized(
+                cseq,
+                &format!("Digest realm=\"x\", nonce=\"n{i}\", stale=true"),
+            ));
+        }
+        assert!(step.is_ok(), "{step:?}");
+        cseq += 1;
+        let e = h
+            .handle_response(&unauthorized(
+                cseq,
+                "Digest realm=\"x\", nonce=\"last\", stale=true",
+            ))
+            .unwrap_err();
+        assert!(matches!(e, HandshakeError::AuthRefused { .. }), "{e}");
+        assert!(e.to_string().contains("stale again"), "{e}");
     }
 
     #[test]

@@ -231,7 +231,8 @@ fn resolve_redirect(from: &RtspUrl, location: &str) -> Result<RtspUrl, String> {
 /// Half the session timeout, at most 10 s: servers that time out on silence (ZLMediaKit 15 s,
 /// MediaMTX 10 s) see a request well within their limit even when no media flows.
 pub fn keepalive_interval(session_timeout_s: u64) -> Duration {
-    Duration::from_millis((session_timeout_s * 1000 / 2).clamp(500, 10_000))
+    // The timeout is the server's number: `;timeout=99999999999999999` must not overflow.
+    Duration::from_millis(session_timeout_s.saturating_mul(500).clamp(500, 10_000))
 }
 
 /// The GStreamer error for a session failure: what kind, and a message a user can act on.
@@ -717,7 +718,17 @@ impl Shared {
                 Ok(())
             }
             Err(QueueError::Cancelled) => Err(PadError::Flushing),
-            Err(QueueError::Failed(_)) => Err(PadError::Failed),
+            // A failed queue is a lost connection; only a failed session has its error on the
+            // bus. A loss that came while begin_recording was still setting the connection up is
+            // handled there just after the phase became Recording: until then, drop and count.
+            Err(QueueError::Failed(_)) => match self.phase() {
+                Phase::Recording | Phase::Reconnecting => {
+                    self.state.lock().unwrap().dropped_offline += 1;
+                    Ok(())
+                }
+                Phase::Stopped => Err(PadError::Flushing),
+                _ => Err(PadError::Failed),
+            },
         }
     }
 
@@ -1943,5 +1954,26 @@ impl Shared {
             Some(s) => s.abort(),
             None => self.queue().cancel(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keepalive_interval;
+    use std::time::Duration;
+
+    #[test]
+    fn keepalive_interval_is_half_the_timeout_within_bounds() {
+        assert_eq!(keepalive_interval(0), Duration::from_millis(500));
+        assert_eq!(keepalive_interval(1), Duration::from_millis(500));
+        assert_eq!(keepalive_interval(8), Duration::from_secs(4));
+        assert_eq!(keepalive_interval(60), Duration::from_secs(10));
+        // Whatever a server announces (hostile seed 40 sent 99999999999999999 and the handshake
+        // task panicked on the overflow, leaving the pipeline waiting for ever).
+        assert_eq!(
+            keepalive_interval(99_999_999_999_999_999),
+            Duration::from_secs(10)
+        );
+        assert_eq!(keepalive_interval(u64::MAX), Duration::from_secs(10));
     }
 }
