@@ -4,6 +4,7 @@
 
 use gst::glib;
 
+mod error;
 pub mod keyframe;
 pub mod net;
 pub mod rtcp;

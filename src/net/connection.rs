@@ -3,13 +3,12 @@
 
 use super::queue::{write_all, SendQueue, Wire, WriteError};
 use super::tls::{TlsReader, TlsWire};
-use crate::rtsp::handshake::{Handshake, HandshakeError, Negotiated, RequestContext, Step};
-use crate::rtsp::message::{Incoming, ParseError, Parser, Request, Response};
+use crate::rtsp::handshake::{Handshake, Negotiated, RequestContext, Step};
+use crate::rtsp::message::{Incoming, Parser, Request, Response};
 use crate::rtsp::server_request;
 use crate::rtsp::url::RtspUrl;
 use crate::CAT;
 use std::collections::HashMap;
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,44 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 
-/// Why a session could not be set up or went down. Each maps to one GStreamer error.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SessionError {
-    /// Host name did not resolve.
-    Resolve(String),
-    /// No address accepted the connection.
-    Connect(String),
-    /// The server did not answer in time.
-    Timeout(String),
-    /// The server answered with something the handshake cannot accept.
-    Handshake(HandshakeError),
-    /// Bytes that are not RTSP, or over a limit.
-    Parse(ParseError),
-    /// The connection broke while streaming.
-    Io(String),
-    /// The TLS handshake failed (not a TLS server, no common protocol version or cipher...).
-    Tls(String),
-    /// The server's certificate failed a check that `tls-validation-flags` keeps.
-    Certificate(String),
-    /// Something on our side: the streams cannot be described, an application handler failed.
-    Local(String),
-}
-
-impl fmt::Display for SessionError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SessionError::Resolve(m)
-            | SessionError::Connect(m)
-            | SessionError::Timeout(m)
-            | SessionError::Io(m)
-            | SessionError::Local(m) => f.write_str(m),
-            SessionError::Tls(m) => write!(f, "TLS handshake failed: {m}"),
-            SessionError::Certificate(m) => write!(f, "TLS: {m}"),
-            SessionError::Handshake(e) => write!(f, "{e}"),
-            SessionError::Parse(e) => write!(f, "server sent an invalid message: {e}"),
-        }
-    }
-}
+pub use crate::error::Error as SessionError;
 
 fn log_request(who: &str, req: &Request) {
     gst::debug!(CAT, "{who}: sending\n{}", req.to_log_string());

@@ -2,6 +2,7 @@
 //! the UDP one.
 
 pub mod connection;
+pub(crate) mod dial;
 pub mod queue;
 pub mod tls;
 pub mod udp;

@@ -2,154 +2,21 @@
 //!
 //! The element is a bin holding one `appsink` per request pad (see docs/ARCHITECTURE.md): the
 //! appsinks give every pad mature BaseSink behaviour (clock sync, preroll, latency, flushing,
-//! per-pad EOS) and their callbacks feed the session in `session.rs`.
+//! per-pad EOS) and their callbacks feed the session in `session/`. Every signal is emitted
+//! and every message posted from here: the session reaches the element through [`Hooks`].
 
+use super::hooks::{ClockReading, Hooks, Notice};
 use super::pad::RtspAnnouncePad;
-use super::sender::NtpSource;
 use super::session::{PadError, SessionConfig, Shared, TrackId};
-use crate::net::tls::TlsOptions;
-use crate::rtsp::auth::Credentials;
-use crate::rtsp::url::{redact, ControlStyle, RtspUrl};
+use super::settings::Settings;
+use crate::error::ErrorKind;
+use crate::rtsp::message::{Request, Response};
+use crate::rtsp::url::RtspUrl;
 use crate::CAT;
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-pub const DEFAULT_USER_AGENT: &str = concat!("rtspannounce/", env!("CARGO_PKG_VERSION"));
-const DEFAULT_TCP_TIMEOUT_US: u64 = 20_000_000;
-const DEFAULT_ANNOUNCE_TIMEOUT_MS: u32 = 10_000;
-const DEFAULT_MAX_QUEUE_BYTES: u32 = 4 * 1024 * 1024;
-/// TCP interleaved first, then UDP (multicast is not implemented).
-const DEFAULT_PROTOCOLS: gst_rtsp::RTSPLowerTrans =
-    gst_rtsp::RTSPLowerTrans::TCP.union(gst_rtsp::RTSPLowerTrans::UDP);
-
-/// `port-range` as rtspclientsink writes it: "FROM-TO"; empty or "0-0" for OS-chosen ports.
-fn parse_port_range(v: &str) -> Result<Option<(u16, u16)>, String> {
-    let v = v.trim();
-    if v.is_empty() || v == "0-0" {
-        return Ok(None);
-    }
-    let bad = || {
-        format!("port-range {v:?} is not FROM-TO (e.g. 5000-5099: an even RTP port and the next one per track)")
-    };
-    let (a, b) = v.split_once('-').ok_or_else(bad)?;
-    let (a, b): (u16, u16) = (
-        a.trim().parse().map_err(|_| bad())?,
-        b.trim().parse().map_err(|_| bad())?,
-    );
-    if a == 0 || b <= a || b - a < 1 + a % 2 {
-        return Err(bad());
-    }
-    Ok(Some((a, b)))
-}
-
-#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
-#[repr(u32)]
-#[enum_type(name = "GstRtspAnnounceSetupUrlStyle")]
-pub enum SetupUrlStyle {
-    #[enum_value(
-        name = "path?query/streamid=N (FFmpeg style: ZLMediaKit, MediaMTX, FFmpeg)",
-        nick = "ffmpeg"
-    )]
-    Ffmpeg = 0,
-    #[enum_value(
-        name = "path/streamid=N?query (rtspclientsink style: MediaMTX)",
-        nick = "gstreamer"
-    )]
-    Gstreamer = 1,
-    #[enum_value(
-        name = "path/streamid=N, query only on ANNOUNCE/RECORD (gst-rtsp-server)",
-        nick = "no-query"
-    )]
-    NoQuery = 2,
-}
-
-#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
-#[repr(u32)]
-#[enum_type(name = "GstRtspAnnounceNtpTimeSource")]
-pub enum NtpTimeSource {
-    #[enum_value(name = "NTP time based on realtime clock", nick = "ntp")]
-    Ntp = 0,
-    #[enum_value(name = "UNIX time based on realtime clock", nick = "unix")]
-    Unix = 1,
-    #[enum_value(name = "Running time based on pipeline clock", nick = "running-time")]
-    RunningTime = 2,
-    #[enum_value(name = "Pipeline clock time", nick = "clock-time")]
-    ClockTime = 3,
-}
-
-#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
-#[repr(u32)]
-#[enum_type(name = "GstRtspAnnounceCongestionPolicy")]
-pub enum CongestionPolicy {
-    #[enum_value(
-        name = "Block upstream until the network takes the data (nothing lost; right for files)",
-        nick = "block"
-    )]
-    Block = 0,
-    #[enum_value(
-        name = "Drop whole frames (video up to the next keyframe) while the queue is full (right for live sources)",
-        nick = "drop"
-    )]
-    Drop = 1,
-}
-
-#[derive(Debug, Clone)]
-struct Settings {
-    location: Option<String>,
-    user_id: Option<String>,
-    user_pw: Option<String>,
-    user_agent: String,
-    tcp_timeout_us: u64,
-    sync: bool,
-    keepalive: bool,
-    setup_url_style: SetupUrlStyle,
-    announce_timeout_ms: u32,
-    max_queue_bytes: u32,
-    max_queue_time_ms: u32,
-    ntp_time_source: NtpTimeSource,
-    rtcp_interval_ms: u32,
-    retry_max: i32,
-    retry_delay_min_ms: u32,
-    retry_delay_max_ms: u32,
-    congestion_policy: CongestionPolicy,
-    reannounce_on_caps_change: bool,
-    protocols: gst_rtsp::RTSPLowerTrans,
-    port_range: Option<String>,
-    tls_validation_flags: gio::TlsCertificateFlags,
-    tls_ca_file: Option<String>,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            location: None,
-            user_id: None,
-            user_pw: None,
-            user_agent: DEFAULT_USER_AGENT.to_string(),
-            tcp_timeout_us: DEFAULT_TCP_TIMEOUT_US,
-            sync: true,
-            keepalive: true,
-            setup_url_style: SetupUrlStyle::Ffmpeg,
-            announce_timeout_ms: DEFAULT_ANNOUNCE_TIMEOUT_MS,
-            max_queue_bytes: DEFAULT_MAX_QUEUE_BYTES,
-            max_queue_time_ms: 0,
-            ntp_time_source: NtpTimeSource::Ntp,
-            rtcp_interval_ms: 5000,
-            retry_max: -1,
-            retry_delay_min_ms: 500,
-            retry_delay_max_ms: 10_000,
-            congestion_policy: CongestionPolicy::Block,
-            reannounce_on_caps_change: false,
-            protocols: DEFAULT_PROTOCOLS,
-            port_range: None,
-            tls_validation_flags: gio::TlsCertificateFlags::VALIDATE_ALL,
-            tls_ca_file: None,
-        }
-    }
-}
 
 /// Where a pad's callbacks find the session: set when the element goes to PAUSED.
 type PadLink = Arc<Mutex<Option<(Arc<Shared>, TrackId)>>>;
@@ -219,101 +86,6 @@ fn pad_result(
 }
 
 impl RtspAnnounce {
-    fn session_config(&self) -> Result<SessionConfig, gst::ErrorMessage> {
-        let s = self.settings.lock().unwrap().clone();
-        let Some(location) = s.location.as_deref() else {
-            return Err(gst::error_msg!(
-                gst::ResourceError::Settings,
-                ("No location set: set location=rtsp://host:port/path")
-            ));
-        };
-        let url = RtspUrl::parse(location).map_err(|e| {
-            gst::error_msg!(gst::ResourceError::Settings, ("Invalid location: {}", e))
-        })?;
-        let mut transports = crate::rtsp::handshake::transports_for(
-            url.scheme,
-            s.protocols.contains(gst_rtsp::RTSPLowerTrans::TCP),
-            s.protocols.contains(gst_rtsp::RTSPLowerTrans::UDP),
-        )
-        .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ("{}", e)))?;
-        // rtsps://, or the tls flag (as rtspclientsink): the RTSP connection goes over TLS, and
-        // the media with it, interleaved; UDP would send them in the clear.
-        let tls = url.scheme == crate::rtsp::url::Scheme::Rtsps
-            || s.protocols.contains(gst_rtsp::RTSPLowerTrans::TLS);
-        if tls {
-            transports.retain(|t| *t == crate::rtsp::headers::Lower::Tcp);
-            if transports.is_empty() {
-                return Err(gst::error_msg!(
-                    gst::ResourceError::Settings,
-                    ("TLS carries the media inside the RTSP connection (TCP interleaved): add tcp to protocols")
-                ));
-            }
-        }
-        let tls_options = TlsOptions {
-            validation_flags: s.tls_validation_flags,
-            ca_file: s
-                .tls_ca_file
-                .as_deref()
-                .filter(|f| !f.is_empty())
-                .map(Into::into),
-            accept: Some(self.accept_handler()),
-        };
-        if tls {
-            // A bad CA file is a settings error now, not a connection error later.
-            if let Some(f) = &tls_options.ca_file {
-                crate::net::tls::load_roots(Some(f))
-                    .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ("{}", e)))?;
-            }
-        }
-        let port_range = parse_port_range(s.port_range.as_deref().unwrap_or(""))
-            .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ("{}", e)))?;
-        // Properties win over credentials in the URL.
-        let creds = match (s.user_id.as_deref(), &url.user) {
-            (Some(u), _) if !u.is_empty() => Some(Credentials {
-                user: u.to_string(),
-                password: s.user_pw.clone().unwrap_or_default(),
-            }),
-            (_, Some(u)) => Some(Credentials {
-                user: u.clone(),
-                password: url.password.clone().unwrap_or_default(),
-            }),
-            _ => None,
-        };
-        Ok(SessionConfig {
-            creds,
-            url,
-            user_agent: s.user_agent,
-            tcp_timeout: Duration::from_micros(s.tcp_timeout_us.max(1)),
-            style: match s.setup_url_style {
-                SetupUrlStyle::Ffmpeg => ControlStyle::Ffmpeg,
-                SetupUrlStyle::Gstreamer => ControlStyle::Gstreamer,
-                SetupUrlStyle::NoQuery => ControlStyle::NoQuery,
-            },
-            announce_timeout: Duration::from_millis(s.announce_timeout_ms as u64),
-            keepalive: s.keepalive,
-            ntp_source: match s.ntp_time_source {
-                NtpTimeSource::Ntp => NtpSource::Ntp,
-                NtpTimeSource::Unix => NtpSource::Unix,
-                NtpTimeSource::RunningTime => NtpSource::RunningTime,
-                NtpTimeSource::ClockTime => NtpSource::ClockTime,
-            },
-            rtcp_interval: Duration::from_millis(s.rtcp_interval_ms as u64),
-            retry_max: s.retry_max,
-            retry_delay_min: Duration::from_millis(s.retry_delay_min_ms as u64),
-            drop_when_congested: s.congestion_policy == CongestionPolicy::Drop,
-            reannounce_on_caps_change: s.reannounce_on_caps_change,
-            retry_delay_max: Duration::from_millis(
-                s.retry_delay_max_ms.max(s.retry_delay_min_ms) as u64
-            ),
-            max_queue_bytes: s.max_queue_bytes as usize,
-            max_queue_time: Duration::from_millis(s.max_queue_time_ms as u64),
-            transports,
-            port_range,
-            tls,
-            tls_options,
-        })
-    }
-
     /// `accept-certificate` for the verifier: the chain as a GTlsCertificate (glib-networking
     /// builds it) and the failed checks; a handler returning TRUE accepts.
     fn accept_handler(&self) -> crate::net::tls::AcceptHandler {
@@ -338,6 +110,11 @@ impl RtspAnnounce {
         })
     }
 
+    fn session_config(&self) -> Result<SessionConfig, gst::ErrorMessage> {
+        let settings = self.settings.lock().unwrap().clone();
+        settings.session_config(self.accept_handler())
+    }
+
     fn start_session(&self) -> Result<(), gst::ErrorMessage> {
         let cfg = self.session_config()?;
         let pads = self.pads.lock().unwrap();
@@ -358,12 +135,14 @@ impl RtspAnnounce {
         // Tracks follow pad numbers: sink_0 is streamid=0.
         names.sort();
         let order: Vec<String> = names.into_iter().map(|(_, n)| n).collect();
-        let shared = Shared::new(cfg, order.clone(), self.obj().upcast_ref());
+        let hooks = Arc::new(ElementHooks {
+            element: self.obj().downgrade(),
+        });
+        let shared = Shared::new(cfg, order, hooks);
         for p in pads.iter() {
             let Some(id) = shared.track_id(&p.ghost.name()) else {
                 continue;
             };
-            shared.set_pad(id, p.ghost.upcast_ref());
             *p.link.lock().unwrap() = Some((shared.clone(), id));
         }
         *self.shared.lock().unwrap() = Some(shared);
@@ -531,6 +310,144 @@ fn target_state(e: &gst::Element) -> gst::State {
     }
 }
 
+/// The session's way to the element: every signal emission and bus message of a session.
+struct ElementHooks {
+    element: glib::WeakRef<super::RtspAnnounce>,
+}
+
+impl Hooks for ElementHooks {
+    fn notify(&self, notice: Notice) {
+        let Some(e) = self.element.upgrade() else {
+            return;
+        };
+        match notice {
+            Notice::Error(msg) => e.post_error_message(msg),
+            Notice::Warning { kind, text, at } => {
+                let (t, text) = (gst::ElementMessageType::Warning, Some(text.as_str()));
+                let (file, line) = (at.file(), at.line());
+                match kind {
+                    ErrorKind::Resource(k) => {
+                        e.message_full(t, k, text, None, file, "rtspannounce", line)
+                    }
+                    ErrorKind::Stream(k) => {
+                        e.message_full(t, k, text, None, file, "rtspannounce", line)
+                    }
+                    ErrorKind::Write => e.message_full(
+                        t,
+                        gst::ResourceError::Write,
+                        text,
+                        None,
+                        file,
+                        "rtspannounce",
+                        line,
+                    ),
+                }
+            }
+            Notice::Element(s) => {
+                let _ = e.post_message(gst::message::Element::builder(s).src(&e).build());
+            }
+            Notice::Eos => {
+                let _ = e.post_message(gst::message::Eos::builder().src(&e).build());
+            }
+        }
+    }
+
+    fn clock(&self) -> ClockReading {
+        let e = self.element.upgrade();
+        ClockReading {
+            now: e
+                .as_ref()
+                .and_then(|e| e.clock())
+                .map(|c| c.time().nseconds()),
+            base_time: e
+                .and_then(|e| e.base_time())
+                .map(|t| t.nseconds())
+                .unwrap_or(0),
+        }
+    }
+
+    fn force_key_unit(&self, pad_name: &str) {
+        let pad = self.element.upgrade().and_then(|e| e.static_pad(pad_name));
+        if let Some(pad) = pad {
+            let _ = pad.push_event(force_key_unit());
+        }
+    }
+
+    fn edits_sdp(&self) -> bool {
+        self.element
+            .upgrade()
+            .is_some_and(|e| has_handler(e.upcast_ref(), "update-sdp"))
+    }
+
+    fn edit_sdp(&self, msg: &mut gst_sdp::SDPMessage) {
+        if let Some(e) = self.element.upgrade() {
+            emit_update_sdp(e.upcast_ref(), msg);
+        }
+    }
+
+    fn handle_request(&self, req: &Request) -> Option<Response> {
+        let e = self.element.upgrade()?;
+        emit_handle_request(e.upcast_ref(), req)
+    }
+}
+
+/// The upstream event encoders answer with a keyframe (what
+/// gst_video_event_new_upstream_force_key_unit builds: as soon as possible, with headers).
+fn force_key_unit() -> gst::Event {
+    gst::event::CustomUpstream::new(
+        gst::Structure::builder("GstForceKeyUnit")
+            .field("all-headers", true)
+            .field("count", 0u32)
+            .build(),
+    )
+}
+
+/// Whether the application connected a handler to `signal`.
+fn has_handler(element: &gst::Element, signal: &str) -> bool {
+    use gst::glib::translate::{IntoGlib, ToGlibPtr};
+    let Some(id) = gst::glib::subclass::SignalId::lookup(signal, element.type_()) else {
+        return false;
+    };
+    // SAFETY: a live object and a signal id of its type.
+    unsafe {
+        gst::glib::gobject_ffi::g_signal_has_handler_pending(
+            ToGlibPtr::<*mut gst::ffi::GstElement>::to_glib_none(element).0
+                as *mut gst::glib::gobject_ffi::GObject,
+            id.into_glib(),
+            0,
+            gst::glib::ffi::GFALSE,
+        ) != gst::glib::ffi::GFALSE
+    }
+}
+
+/// Lets the application edit the SDP before ANNOUNCE (`update-sdp`, as rtspclientsink).
+fn emit_update_sdp(element: &gst::Element, msg: &mut gst_sdp::SDPMessage) {
+    use gst::glib::translate::{IntoGlib, ToGlibPtr, ToGlibPtrMut};
+    let Some(id) = gst::glib::subclass::SignalId::lookup("update-sdp", element.type_()) else {
+        return;
+    };
+    let mut sdp_value = gst::glib::Value::from_type(gst_sdp::SDPMessage::static_type());
+    let values = unsafe {
+        // SAFETY: the value points at `msg` itself ("static": the value never frees it), so
+        // handlers edit our message. Emitting through glib-rs would g_value_copy the
+        // arguments, and copying a boxed value copies the message: edits would be lost.
+        gst::glib::gobject_ffi::g_value_set_static_boxed(
+            sdp_value.to_glib_none_mut().0,
+            ToGlibPtr::<*const gst_sdp::ffi::GstSDPMessage>::to_glib_none(&*msg).0
+                as gst::glib::ffi::gconstpointer,
+        );
+        [element.to_value(), sdp_value]
+    };
+    unsafe {
+        gst::glib::gobject_ffi::g_signal_emitv(
+            values.as_ptr() as *const gst::glib::gobject_ffi::GValue,
+            id.into_glib(),
+            0,
+            std::ptr::null_mut(),
+        );
+    }
+}
+
 /// Emits `handle-request` for a request from the server and turns the answer into a response;
 /// None leaves the default answer. The conversions both ways are `handle_request`'s: a request
 /// GStreamer could not hold in a structure is never emitted.
@@ -593,147 +510,8 @@ fn pem_encode(der: &[u8]) -> String {
 
 impl ObjectImpl for RtspAnnounce {
     fn properties() -> &'static [glib::ParamSpec] {
-        static PROPS: std::sync::LazyLock<Vec<glib::ParamSpec>> = std::sync::LazyLock::new(|| {
-            vec![
-                glib::ParamSpecString::builder("location")
-                    .nick("Location")
-                    .blurb("RTSP URL to publish to: rtsp://[user:pass@]host[:port]/path[?query] (required; rtsps:// for RTSP over TLS). Credentials in the URL are never sent in the Request-URI nor logged")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("user-id")
-                    .nick("User ID")
-                    .blurb("User name for Basic or Digest authentication (overrides one in the location URL); sent only when the server asks")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("user-pw")
-                    .nick("User password")
-                    .blurb("Password for Basic or Digest authentication (never logged)")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("user-agent")
-                    .nick("User-Agent")
-                    .blurb("User-Agent header sent with every request (do not start it with \"GStreamer\": MediaMTX delays such clients)")
-                    .default_value(Some(DEFAULT_USER_AGENT))
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt64::builder("tcp-timeout")
-                    .nick("TCP timeout")
-                    .blurb("Timeout in microseconds for connecting, for each server answer, and for the network to take queued data")
-                    .minimum(1_000)
-                    .default_value(DEFAULT_TCP_TIMEOUT_US)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecBoolean::builder("sync")
-                    .nick("Sync")
-                    .blurb("Send each packet at its running time on the pipeline clock (off: as fast as upstream produces)")
-                    .default_value(true)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecBoolean::builder("do-rtsp-keep-alive")
-                    .nick("Do RTSP keep-alive")
-                    .blurb("Send GET_PARAMETER (OPTIONS if refused) every half session timeout, at most every 10 s, whether media flows or not")
-                    .default_value(true)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecEnum::builder_with_default("setup-url-style", SetupUrlStyle::Ffmpeg)
-                    .nick("SETUP URL style")
-                    .blurb("With a query string in location (auth tokens): how a track's control (streamid=N) is joined to it in SETUP URLs; no effect without a query")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("announce-timeout")
-                    .nick("Announce timeout")
-                    .blurb("Milliseconds to wait, from the first buffer, for every sink pad's caps and first buffer (and H.264/H.265 parameter sets) before ANNOUNCE; a pad still silent then is an error")
-                    .minimum(1)
-                    .default_value(DEFAULT_ANNOUNCE_TIMEOUT_MS)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecEnum::builder_with_default("ntp-time-source", NtpTimeSource::Ntp)
-                    .nick("NTP time source")
-                    .blurb("Clock behind the NTP timestamps of RTCP sender reports (as rtspclientsink's): receivers line tracks up by them")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("rtcp-interval")
-                    .nick("RTCP interval")
-                    .blurb("Milliseconds between RTCP sender reports, randomised by 0.5 to 1.5 as RFC 3550 asks (the first goes with each track's first packet)")
-                    .minimum(100)
-                    .maximum(3_600_000)
-                    .default_value(5000)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("max-queue-time")
-                    .nick("Max queue time")
-                    .blurb("With congestion-policy=drop: the longest a packet may wait in the queue, in milliseconds, before frames are dropped (0: only max-queue-bytes bounds the queue)")
-                    .default_value(0)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecEnum::builder_with_default("congestion-policy", CongestionPolicy::Block)
-                    .nick("Congestion policy")
-                    .blurb("What to do when max-queue-bytes are queued towards a slow network: block upstream, or drop whole frames (video up to the next keyframe; a keyframe is requested when room is back; drops counted in stats, one warning per episode). Over UDP: block waits for socket buffer room, drop lets a full buffer drop the packet")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecBoolean::builder("reannounce-on-caps-change")
-                    .nick("Re-announce on caps change")
-                    .blurb("ANNOUNCE again on any caps change (new resolution, parameter sets), not only when the codec changes (which always re-announces)")
-                    .default_value(false)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecInt::builder("retry-max")
-                    .nick("Retry max")
-                    .blurb("Reconnect attempts after the connection is lost while publishing (lost connection, write error or stall, keep-alive failure, server TEARDOWN): -1 for ever, 0 to fail at once. Video resumes on a keyframe")
-                    .minimum(-1)
-                    .default_value(-1)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("retry-delay-min")
-                    .nick("Retry delay min")
-                    .blurb("Milliseconds before the first reconnect attempt; doubles per attempt up to retry-delay-max (each randomised by ±20 %)")
-                    .minimum(10)
-                    .default_value(500)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("retry-delay-max")
-                    .nick("Retry delay max")
-                    .blurb("Longest wait in milliseconds between reconnect attempts")
-                    .minimum(10)
-                    .default_value(10_000)
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecFlags::builder::<gst_rtsp::RTSPLowerTrans>("protocols")
-                    .default_value(DEFAULT_PROTOCOLS)
-                    .nick("Protocols")
-                    .blurb("Allowed lower transports, as rtspclientsink's: TCP interleaved is tried first, then UDP unicast when the server answers SETUP with 461 Unsupported Transport (rtspt:// means tcp only, rtspu:// udp only). udp-mcast is accepted but multicast is not implemented and never chosen; tls puts the RTSP connection in TLS as rtsps:// does (TCP only: media go inside it)")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("port-range")
-                    .nick("Port range")
-                    .blurb("Local UDP ports to use for RTP/RTCP, as FROM-TO (e.g. 5000-5099: an even RTP port and the next one for RTCP, per track); unset: ports the OS picks")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecBoxed::builder::<gst::Structure>("stats")
-                    .nick("Statistics")
-                    .blurb("Connection state, transport, server, session id, handshake time and round trips, queue level, and per track: transport (and UDP ports), ssrc, channels, packets, bytes, sender reports, and what the server's receiver reports say (loss, jitter, RTT)")
-                    .read_only()
-                    .build(),
-                glib::ParamSpecFlags::builder::<gio::TlsCertificateFlags>("tls-validation-flags")
-                    .default_value(gio::TlsCertificateFlags::VALIDATE_ALL)
-                    .nick("TLS validation flags")
-                    .blurb("Certificate checks that make an rtsps:// connection fail: unknown-ca (issuer not trusted), bad-identity (host name), not-activated, expired, insecure (bad or weak signatures), generic-error; revoked is not checked (no CRL or OCSP). Clear a flag to accept that failure")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecString::builder("tls-ca-file")
-                    .nick("TLS CA file")
-                    .blurb("PEM file of the CA certificates to trust for rtsps:// instead of the system store (a private CA)")
-                    .mutable_ready()
-                    .build(),
-                glib::ParamSpecUInt::builder("max-queue-bytes")
-                    .nick("Max queue bytes")
-                    .blurb("Bytes queued towards the network before upstream blocks (congestion-policy=block) or whole frames are dropped (congestion-policy=drop)")
-                    .minimum(64 * 1024)
-                    .default_value(DEFAULT_MAX_QUEUE_BYTES)
-                    .mutable_ready()
-                    .build(),
-            ]
-        });
+        static PROPS: std::sync::LazyLock<Vec<glib::ParamSpec>> =
+            std::sync::LazyLock::new(super::settings::properties);
         PROPS.as_ref()
     }
 
@@ -806,102 +584,28 @@ impl ObjectImpl for RtspAnnounce {
             self.apply_sync(None);
             return;
         }
-        let mut s = self.settings.lock().unwrap();
-        match pspec.name() {
-            "location" => {
-                let v: Option<String> = value.get().unwrap();
-                if let Some(l) = v.as_deref() {
-                    if let Err(e) = RtspUrl::parse(l) {
-                        gst::warning!(CAT, imp = self, "location will not work: {e}");
-                    }
-                }
-                gst::debug!(
-                    CAT,
-                    imp = self,
-                    "location set to {:?}",
-                    v.as_deref().map(redact)
-                );
-                s.location = v;
-            }
-            "user-id" => s.user_id = value.get().unwrap(),
-            "user-pw" => s.user_pw = value.get().unwrap(),
-            "user-agent" => {
-                s.user_agent = value
-                    .get::<Option<String>>()
-                    .unwrap()
-                    .unwrap_or_default()
-                    .replace(['\r', '\n'], " ")
-            }
-            "tcp-timeout" => s.tcp_timeout_us = value.get().unwrap(),
-            "do-rtsp-keep-alive" => s.keepalive = value.get().unwrap(),
-            "setup-url-style" => s.setup_url_style = value.get().unwrap(),
-            "announce-timeout" => s.announce_timeout_ms = value.get().unwrap(),
-            "max-queue-bytes" => s.max_queue_bytes = value.get().unwrap(),
-            "ntp-time-source" => s.ntp_time_source = value.get().unwrap(),
-            "rtcp-interval" => s.rtcp_interval_ms = value.get().unwrap(),
-            "retry-max" => s.retry_max = value.get().unwrap(),
-            "congestion-policy" => s.congestion_policy = value.get().unwrap(),
-            "max-queue-time" => s.max_queue_time_ms = value.get().unwrap(),
-            "reannounce-on-caps-change" => s.reannounce_on_caps_change = value.get().unwrap(),
-            "retry-delay-min" => s.retry_delay_min_ms = value.get().unwrap(),
-            "retry-delay-max" => s.retry_delay_max_ms = value.get().unwrap(),
-            "protocols" => s.protocols = value.get().unwrap(),
-            "port-range" => {
-                let v: Option<String> = value.get().unwrap();
-                if let Err(e) = parse_port_range(v.as_deref().unwrap_or("")) {
-                    gst::warning!(CAT, imp = self, "{e}");
-                }
-                s.port_range = v;
-            }
-            "tls-validation-flags" => s.tls_validation_flags = value.get().unwrap(),
-            "tls-ca-file" => s.tls_ca_file = value.get().unwrap(),
-            _ => unreachable!(),
-        }
+        self.settings.lock().unwrap().set(pspec.name(), value);
     }
 
     fn property(&self, _id: usize, pspec: &glib::ParamSpec) -> glib::Value {
-        let s = self.settings.lock().unwrap();
-        match pspec.name() {
-            "location" => s.location.to_value(),
-            "user-id" => s.user_id.to_value(),
-            "user-pw" => s.user_pw.to_value(),
-            "user-agent" => s.user_agent.to_value(),
-            "protocols" => s.protocols.to_value(),
-            "port-range" => s.port_range.to_value(),
-            "tcp-timeout" => s.tcp_timeout_us.to_value(),
-            "sync" => s.sync.to_value(),
-            "do-rtsp-keep-alive" => s.keepalive.to_value(),
-            "setup-url-style" => s.setup_url_style.to_value(),
-            "announce-timeout" => s.announce_timeout_ms.to_value(),
-            "max-queue-bytes" => s.max_queue_bytes.to_value(),
-            "ntp-time-source" => s.ntp_time_source.to_value(),
-            "rtcp-interval" => s.rtcp_interval_ms.to_value(),
-            "retry-max" => s.retry_max.to_value(),
-            "congestion-policy" => s.congestion_policy.to_value(),
-            "max-queue-time" => s.max_queue_time_ms.to_value(),
-            "reannounce-on-caps-change" => s.reannounce_on_caps_change.to_value(),
-            "retry-delay-min" => s.retry_delay_min_ms.to_value(),
-            "retry-delay-max" => s.retry_delay_max_ms.to_value(),
-            "tls-validation-flags" => s.tls_validation_flags.to_value(),
-            "tls-ca-file" => s.tls_ca_file.to_value(),
-            "stats" => {
-                drop(s);
-                match self.shared.lock().unwrap().as_ref() {
-                    Some(sh) => sh.stats().to_value(),
-                    None => self
-                        .last_stats
-                        .lock()
-                        .unwrap()
-                        .clone()
-                        .unwrap_or_else(|| {
-                            gst::Structure::builder("application/x-rtspannounce-stats")
-                                .field("state", "stopped")
-                                .build()
-                        })
-                        .to_value(),
-                }
-            }
-            _ => unreachable!(),
+        if let Some(v) = self.settings.lock().unwrap().get(pspec.name()) {
+            return v;
+        }
+        // `stats`
+        let shared = self.shared.lock().unwrap().clone();
+        match shared {
+            Some(sh) => sh.stats().to_value(),
+            None => self
+                .last_stats
+                .lock()
+                .unwrap()
+                .clone()
+                .unwrap_or_else(|| {
+                    gst::Structure::builder("application/x-rtspannounce-stats")
+                        .field("state", "stopped")
+                        .build()
+                })
+                .to_value(),
         }
     }
 
@@ -992,7 +696,14 @@ impl ElementImpl for RtspAnnounce {
                     *link.lock().unwrap() = track;
                     // RTP input goes straight to the appsink; encoded input gets a payloader in
                     // between when its caps arrive (see pad.rs).
-                    let ghost = RtspAnnouncePad::new(templ, &name, appsink.upcast_ref());
+                    let weak = self.obj().downgrade();
+                    let on_new_payloader = Box::new(move |p: &gst::Element| {
+                        if let Some(e) = weak.upgrade() {
+                            e.emit_by_name::<()>("new-payloader", &[p]);
+                        }
+                    });
+                    let ghost =
+                        RtspAnnouncePad::new(templ, &name, appsink.upcast_ref(), on_new_payloader);
                     pads.push(PadEntry {
                         ghost: ghost.clone(),
                         appsink: appsink.clone(),
@@ -1127,29 +838,5 @@ impl BinImpl for RtspAnnounce {
             return;
         }
         self.parent_handle_message(msg)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_port_range;
-
-    #[test]
-    fn port_ranges() {
-        assert_eq!(parse_port_range(""), Ok(None));
-        assert_eq!(parse_port_range("0-0"), Ok(None));
-        assert_eq!(parse_port_range("5000-5001"), Ok(Some((5000, 5001))));
-        assert_eq!(parse_port_range(" 5001-5003 "), Ok(Some((5001, 5003))));
-        for bad in [
-            "5000",
-            "5000-",
-            "a-b",
-            "5001-5002",
-            "6000-5000",
-            "0-10",
-            "5000-70000",
-        ] {
-            assert!(parse_port_range(bad).is_err(), "{bad}");
-        }
     }
 }

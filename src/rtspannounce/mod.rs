@@ -1,12 +1,17 @@
 use gst::glib;
 use gst::prelude::*;
 
+mod backoff;
+mod connection;
 pub(crate) mod handle_request;
+mod hooks;
 mod imp;
 mod pad;
 mod payloader;
 mod sender;
 mod session;
+mod settings;
+mod stats;
 
 glib::wrapper! {
     pub struct RtspAnnounce(ObjectSubclass<imp::RtspAnnounce>) @extends gst::Bin, gst::Element, gst::Object, @implements gst::URIHandler, gst::ChildProxy;

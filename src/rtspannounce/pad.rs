@@ -53,6 +53,8 @@ mod imp {
         /// Set while we re-link: the RECONFIGURE that linking sends upstream is ours, not a
         /// reason for upstream to renegotiate (an encoder would switch profile mid-stream).
         pub(super) relinking: AtomicBool,
+        /// The element's `new-payloader` emission (signals are the element's to emit).
+        pub(super) on_new_payloader: std::sync::OnceLock<super::NewPayloader>,
     }
 
     #[glib::object_subclass]
@@ -111,14 +113,23 @@ fn describe(e: &gst::Element) -> String {
     }
 }
 
+/// Called with a payloader about to get its first caps.
+pub(crate) type NewPayloader = Box<dyn Fn(&gst::Element) + Send + Sync>;
+
 impl RtspAnnouncePad {
     /// A request pad feeding `appsink` (already in the element).
-    pub fn new(templ: &gst::PadTemplate, name: &str, appsink: &gst::Element) -> RtspAnnouncePad {
+    pub fn new(
+        templ: &gst::PadTemplate,
+        name: &str,
+        appsink: &gst::Element,
+        on_new_payloader: NewPayloader,
+    ) -> RtspAnnouncePad {
         let pad = gst::PadBuilder::<RtspAnnouncePad>::from_template(templ)
             .name(name)
             .query_function(|pad, parent, query| pad.sink_query(parent, query))
             .build();
         pad.imp().chain.lock().unwrap().appsink = Some(appsink.clone());
+        let _ = pad.imp().on_new_payloader.set(on_new_payloader);
         pad.add_probe(gst::PadProbeType::EVENT_UPSTREAM, |pad, info| {
             let quiet = pad
                 .downcast_ref::<RtspAnnouncePad>()
@@ -335,8 +346,8 @@ impl RtspAnnouncePad {
                 i.element.clone()
             })
         };
-        if let (Some(p), Some(e)) = (fresh, self.parent_element()) {
-            e.emit_by_name::<()>("new-payloader", &[&p]);
+        if let (Some(p), Some(notify)) = (fresh, self.imp().on_new_payloader.get()) {
+            notify(&p);
         }
         Ok(())
     }

@@ -1,0 +1,312 @@
+//! Dialing: from a URL to a recording connection. Resolves, connects (TLS when asked), runs
+//! ANNOUNCE/SETUP/RECORD, follows redirects and binds the UDP ports a SETUP asks for. It knows
+//! nothing of the element or the session: what the SDP says comes from the caller.
+
+use super::connection::{Control, SessionError};
+use super::tls::TlsOptions;
+use super::udp::{UdpSession, UdpTrack};
+use crate::rtsp::auth::Credentials;
+use crate::rtsp::handshake::{Handshake, HandshakeError, Negotiated, RequestContext};
+use crate::rtsp::headers::Lower;
+use crate::rtsp::message::{Limits, Parser};
+use crate::rtsp::url::{ControlStyle, RtspUrl, Scheme};
+use crate::sdp::Described;
+use crate::CAT;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Redirects followed at most, per dial.
+const MAX_HOPS: usize = 5;
+
+/// What dialing needs, fixed for a session.
+#[derive(Debug, Clone)]
+pub(crate) struct DialConfig {
+    pub url: RtspUrl,
+    pub creds: Option<Credentials>,
+    pub user_agent: String,
+    pub tcp_timeout: Duration,
+    pub style: ControlStyle,
+    /// Transports to offer, in order of preference (never empty).
+    pub transports: Vec<Lower>,
+    /// RTSP over TLS for every hop (`rtsps://` turns it on for a hop too).
+    pub tls: bool,
+    pub tls_options: TlsOptions,
+    /// Local UDP ports to bind from (`port-range`), else OS-chosen.
+    pub port_range: Option<(u16, u16)>,
+    /// The TCP send buffer to ask for (None: the kernel's).
+    pub send_buffer: Option<u32>,
+    /// UDP sends wait for socket room (blocking policy) instead of dropping.
+    pub udp_blocking: bool,
+}
+
+/// (local, server) addresses the SDP's o= and c= lines name.
+pub(crate) type Addrs = (Option<IpAddr>, Option<IpAddr>);
+
+type DescribeFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Described, SessionError>> + Send + 'a>>;
+
+/// Builds the SDP for a pair of addresses (the caller runs `update-sdp` there).
+pub(crate) type Describe<'a> = &'a (dyn Fn(Addrs) -> DescribeFuture<'a> + Send + Sync);
+
+/// A connection whose RECORD was answered.
+pub(crate) struct Dialed {
+    pub control: Control,
+    pub negotiated: Negotiated,
+    pub ctx: RequestContext,
+    /// Per track, the payload type it is sent with when not its own.
+    pub pt_rewrites: Vec<Option<u8>>,
+    pub round_trips: u32,
+    pub duration: Duration,
+    /// Where RECORD was answered (after redirects).
+    pub url: RtspUrl,
+    pub udp: Option<Arc<UdpSession>>,
+}
+
+/// Dials for a session; keeps the TLS configuration (the CA store is read once) across
+/// reconnects.
+pub(crate) struct Dialer {
+    cfg: DialConfig,
+    tls_config: Mutex<Option<Arc<rustls::ClientConfig>>>,
+}
+
+/// A Location header, absolute or relative to the URL that was redirected.
+fn resolve_redirect(from: &RtspUrl, location: &str) -> Result<RtspUrl, String> {
+    let base = url::Url::parse(&from.request_uri()).map_err(|e| e.to_string())?;
+    let joined = base.join(location).map_err(|e| e.to_string())?;
+    RtspUrl::parse(joined.as_str()).map_err(|e| e.0)
+}
+
+fn bad_redirect(text: String) -> SessionError {
+    SessionError::Handshake(HandshakeError::BadResponse(text))
+}
+
+impl Dialer {
+    pub(crate) fn new(cfg: DialConfig) -> Self {
+        Dialer {
+            cfg,
+            tls_config: Mutex::new(None),
+        }
+    }
+
+    fn tls_config(&self) -> Result<Arc<rustls::ClientConfig>, SessionError> {
+        let mut slot = self.tls_config.lock().unwrap();
+        if let Some(c) = &*slot {
+            return Ok(c.clone());
+        }
+        let c = super::tls::client_config(&self.cfg.tls_options).map_err(SessionError::Tls)?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Connects and runs the handshake, following redirects (at most 5 hops, no loops;
+    /// credentials go along only to the same host).
+    pub(crate) async fn dial(&self, describe: Describe<'_>) -> Result<Dialed, SessionError> {
+        let started = Instant::now();
+        let mut url = self.cfg.url.clone();
+        let mut creds = self.cfg.creds.clone();
+        let mut visited = vec![url.request_uri()];
+        loop {
+            match self.record_once(&url, creds.clone(), describe).await {
+                Ok(mut d) => {
+                    d.duration = started.elapsed();
+                    return Ok(d);
+                }
+                Err(SessionError::Handshake(HandshakeError::Redirect { status, location })) => {
+                    let next = resolve_redirect(&url, &location).map_err(|e| {
+                        bad_redirect(format!(
+                            "redirect ({status}) to an unusable Location {location:?}: {e}"
+                        ))
+                    })?;
+                    if visited.contains(&next.request_uri()) {
+                        return Err(bad_redirect(format!(
+                            "redirect loop: {} was already visited",
+                            next.request_uri()
+                        )));
+                    }
+                    if visited.len() > MAX_HOPS {
+                        return Err(bad_redirect(format!(
+                            "more than {MAX_HOPS} redirects, last to {}",
+                            next.request_uri()
+                        )));
+                    }
+                    gst::info!(CAT, "redirected ({status}) to {}", next.request_uri());
+                    if next.user.is_some() {
+                        creds = next.user.clone().map(|user| Credentials {
+                            user,
+                            password: next.password.clone().unwrap_or_default(),
+                        });
+                    } else if !next.host.eq_ignore_ascii_case(&self.cfg.url.host) {
+                        creds = None;
+                    }
+                    visited.push(next.request_uri());
+                    url = next;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn record_once(
+        &self,
+        url: &RtspUrl,
+        creds: Option<Credentials>,
+        describe: Describe<'_>,
+    ) -> Result<Dialed, SessionError> {
+        let cfg = &self.cfg;
+        // Everything ANNOUNCE needs is written before connecting, from the address the
+        // connection will most likely use: the server then waits for nothing once it accepts.
+        let addrs = super::connection::resolve(url, cfg.tcp_timeout).await?;
+        let guess = (
+            super::connection::route_local_addr(addrs[0]),
+            Some(addrs[0].ip()),
+        );
+        let mut described = describe(guess).await?;
+        let tls = if cfg.tls || url.scheme == Scheme::Rtsps {
+            Some(self.tls_config()?)
+        } else {
+            None
+        };
+        let stream =
+            super::connection::connect(url, &addrs, cfg.tcp_timeout, cfg.send_buffer, tls).await?;
+        let local_addr = stream.local_addr().ok();
+        let peer = stream.peer_addr().ok().map(|a| a.ip());
+        let actual = (local_addr.map(|a| a.ip()), peer);
+        if actual != guess {
+            described = describe(actual).await?;
+        }
+        let Described {
+            text,
+            controls,
+            rewrites,
+        } = described;
+        let mut control = Control {
+            stream,
+            parser: Parser::new(Limits::default()),
+            timeout: cfg.tcp_timeout,
+            name: url.request_uri(),
+        };
+        let mut hs = Handshake::new(
+            url.clone(),
+            cfg.style,
+            text,
+            controls,
+            RequestContext::new(&cfg.user_agent),
+        )
+        .with_transports(&cfg.transports)
+        .with_credentials(creds);
+        gst::debug!(CAT, "offering {:?} (tls flag: {})", cfg.transports, cfg.tls);
+        let mut sockets = PortPairs {
+            local: local_addr,
+            range: cfg.port_range,
+            pairs: Vec::new(),
+        };
+        let (negotiated, round_trips) = control
+            .run_handshake(&mut hs, &mut |track| sockets.bind(track))
+            .await?;
+        let udp = if negotiated.lower == Lower::Udp {
+            let peer = peer.ok_or_else(|| {
+                SessionError::Connect("the RTSP connection has no peer address".into())
+            })?;
+            Some(sockets.into_session(&negotiated, peer, cfg.udp_blocking)?)
+        } else {
+            None
+        };
+        Ok(Dialed {
+            control,
+            negotiated,
+            ctx: hs.ctx,
+            pt_rewrites: rewrites,
+            round_trips,
+            duration: Duration::ZERO,
+            url: url.clone(),
+            udp,
+        })
+    }
+}
+
+/// UDP port pairs, bound when a SETUP offers UDP: on the RTSP connection's local address, so
+/// the family and the interface match the server's.
+struct PortPairs {
+    local: Option<SocketAddr>,
+    range: Option<(u16, u16)>,
+    pairs: Vec<Option<(UdpSocket, UdpSocket)>>,
+}
+
+impl PortPairs {
+    fn bind(&mut self, track: usize) -> Result<(u16, u16), SessionError> {
+        let local = self.local.ok_or_else(|| {
+            SessionError::Connect("the RTSP connection has no local address".into())
+        })?;
+        let pair = super::udp::bind_pair(local, self.range).map_err(|e| {
+            SessionError::Connect(format!("cannot bind UDP ports for track {track}: {e}"))
+        })?;
+        let ports = (
+            pair.0.local_addr().map(|a| a.port()).unwrap_or(0),
+            pair.1.local_addr().map(|a| a.port()).unwrap_or(0),
+        );
+        gst::debug!(
+            CAT,
+            "track {track}: UDP ports {}-{} bound",
+            ports.0,
+            ports.1
+        );
+        if self.pairs.len() <= track {
+            self.pairs.resize_with(track + 1, || None);
+        }
+        self.pairs[track] = Some(pair);
+        Ok(ports)
+    }
+
+    /// The media sockets of every track, aimed at the ports the server's SETUP answers gave.
+    fn into_session(
+        mut self,
+        negotiated: &Negotiated,
+        peer: IpAddr,
+        blocking: bool,
+    ) -> Result<Arc<UdpSession>, SessionError> {
+        let mut tracks = Vec::new();
+        for (i, t) in negotiated.tracks.iter().enumerate() {
+            let (Some(ports), Some((rtp, rtcp))) =
+                (t.udp.as_ref(), self.pairs.get_mut(i).and_then(Option::take))
+            else {
+                return Err(SessionError::Handshake(HandshakeError::Transport(format!(
+                    "track {i} has no UDP ports"
+                ))));
+            };
+            let dest = super::udp::destination(peer, ports.source.as_deref());
+            let server_rtp = SocketAddr::new(dest, ports.server.0);
+            let server_rtcp = SocketAddr::new(dest, ports.server.1);
+            gst::info!(
+                CAT,
+                "track {i}: RTP over UDP {}-{} -> {server_rtp}, RTCP -> {server_rtcp}",
+                ports.client.0,
+                ports.client.1
+            );
+            let track = UdpTrack::new(rtp, rtcp, server_rtp, server_rtcp).map_err(|e| {
+                SessionError::Connect(format!("cannot set up UDP for track {i}: {e}"))
+            })?;
+            tracks.push(Arc::new(track));
+        }
+        Ok(UdpSession::new(tracks, blocking))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve_redirect;
+    use crate::rtsp::url::RtspUrl;
+
+    #[test]
+    fn redirects_resolve_against_the_url_redirected() {
+        let from = RtspUrl::parse("rtsp://a.example:8554/live/cam?x=1").unwrap();
+        let abs = resolve_redirect(&from, "rtsp://b.example/other").unwrap();
+        assert_eq!(abs.host, "b.example");
+        let rel = resolve_redirect(&from, "/moved/cam").unwrap();
+        assert_eq!(rel.host, "a.example");
+        assert_eq!(rel.request_uri(), "rtsp://a.example:8554/moved/cam");
+        assert!(resolve_redirect(&from, "http://c.example/").is_err());
+    }
+}

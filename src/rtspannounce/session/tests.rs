@@ -1,0 +1,147 @@
+//! The session without an element: hooks that record what would be posted.
+
+use super::*;
+use crate::rtsp::headers::Lower;
+use crate::rtsp::message::{Request, Response};
+use crate::rtsp::url::{ControlStyle, RtspUrl};
+use crate::rtspannounce::hooks::ClockReading;
+use std::sync::mpsc;
+
+struct Recorder(Mutex<mpsc::Sender<Notice>>);
+
+impl Hooks for Recorder {
+    fn notify(&self, notice: Notice) {
+        let _ = self.0.lock().unwrap().send(notice);
+    }
+    fn clock(&self) -> ClockReading {
+        ClockReading::default()
+    }
+    fn force_key_unit(&self, _: &str) {}
+    fn edits_sdp(&self) -> bool {
+        false
+    }
+    fn edit_sdp(&self, _: &mut gst_sdp::SDPMessage) {}
+    fn handle_request(&self, _: &Request) -> Option<Response> {
+        None
+    }
+}
+
+fn config(announce_timeout: Duration) -> SessionConfig {
+    SessionConfig {
+        dial: DialConfig {
+            // Nothing listens here: these tests never get as far as dialing.
+            url: RtspUrl::parse("rtsp://127.0.0.1:9/x").unwrap(),
+            creds: None,
+            user_agent: "test".into(),
+            tcp_timeout: Duration::from_secs(1),
+            style: ControlStyle::Ffmpeg,
+            transports: vec![Lower::Tcp],
+            tls: false,
+            tls_options: Default::default(),
+            port_range: None,
+            send_buffer: None,
+            udp_blocking: true,
+        },
+        announce_timeout,
+        keepalive: true,
+        ntp_source: NtpSource::Ntp,
+        rtcp_interval: Duration::from_secs(5),
+        retry_max: 0,
+        retry_delay_min: Duration::from_millis(100),
+        retry_delay_max: Duration::from_secs(1),
+        reannounce_on_caps_change: false,
+        limits: SendLimits {
+            max_bytes: 1 << 20,
+            max_time: Duration::ZERO,
+            drop_when_congested: false,
+        },
+    }
+}
+
+fn session(pads: &[&str], timeout: Duration) -> (Arc<Shared>, mpsc::Receiver<Notice>) {
+    gst::init().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let s = Shared::new(
+        config(timeout),
+        pads.iter().map(|p| p.to_string()).collect(),
+        Arc::new(Recorder(Mutex::new(tx))),
+    );
+    (s, rx)
+}
+
+fn error_text(n: Notice) -> String {
+    match n {
+        Notice::Error(m) => m.to_string(),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn keepalive_interval_is_half_the_timeout_within_bounds() {
+    assert_eq!(keepalive_interval(0), Duration::from_millis(500));
+    assert_eq!(keepalive_interval(1), Duration::from_millis(500));
+    assert_eq!(keepalive_interval(8), Duration::from_secs(4));
+    assert_eq!(keepalive_interval(60), Duration::from_secs(10));
+    // Whatever a server announces (hostile seed 40 sent 99999999999999999 and the handshake
+    // task panicked on the overflow, leaving the pipeline waiting for ever).
+    assert_eq!(
+        keepalive_interval(99_999_999_999_999_999),
+        Duration::from_secs(10)
+    );
+    assert_eq!(keepalive_interval(u64::MAX), Duration::from_secs(10));
+}
+
+#[test]
+fn a_silent_track_fails_the_session_at_the_announce_timeout() {
+    let (s, rx) = session(&["sink_0", "sink_1"], Duration::from_millis(50));
+    let caps = gst::Caps::builder("application/x-rtp")
+        .field("media", "audio")
+        .field("encoding-name", "OPUS")
+        .field("clock-rate", 48000i32)
+        .build();
+    s.preroll(0, Some(caps));
+    let text = error_text(rx.recv_timeout(Duration::from_secs(5)).unwrap());
+    assert!(text.contains("sink_1 (no buffer)"), "{text}");
+    assert!(!text.contains("sink_0"), "{text}");
+    assert_eq!(s.phase(), PhaseName::Failed);
+    // A pad then sees the failure, not a wait.
+    let buf = gst::Buffer::from_slice([0u8; 12]);
+    assert!(matches!(
+        s.render(0, None, None, std::iter::once(buf)),
+        Err(PadError::Failed)
+    ));
+}
+
+#[test]
+fn eos_before_any_data_names_the_silent_pads() {
+    let (s, rx) = session(&["sink_0"], Duration::from_secs(60));
+    s.eos(0);
+    let text = error_text(rx.recv_timeout(Duration::from_secs(5)).unwrap());
+    assert!(text.contains("before any data on sink_0"), "{text}");
+    assert_eq!(s.phase(), PhaseName::Failed);
+}
+
+#[test]
+fn tracks_come_and_go_only_before_the_handshake() {
+    let (s, _rx) = session(&["sink_0"], Duration::from_secs(60));
+    let id = s.add_track("sink_1".into()).unwrap();
+    assert_eq!(s.track_id("sink_1"), Some(id));
+    assert!(s.remove_track(id));
+    assert_eq!(s.track_id("sink_1"), None);
+    s.stop();
+    assert_eq!(s.add_track("sink_2".into()), Err(PhaseName::Stopped));
+    assert!(!s.remove_track(0));
+}
+
+#[test]
+fn a_flush_ends_only_its_own_pads_wait() {
+    let (s, _rx) = session(&["sink_0"], Duration::from_secs(60));
+    s.set_flushing(0, true);
+    let buf = gst::Buffer::from_slice([0u8; 12]);
+    assert!(matches!(
+        s.render(0, None, None, std::iter::once(buf)),
+        Err(PadError::Flushing)
+    ));
+    s.set_flushing(0, false);
+    s.stop();
+}

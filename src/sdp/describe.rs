@@ -1,0 +1,108 @@
+//! The SDP a session announces for its tracks' caps: payload types made distinct, one
+//! `streamid=N` control per track, and the application's edits (`update-sdp`).
+
+use super::{assign_payload_types, build_sdp, sdp_to_string, SdpError, SdpSession, SdpTrack};
+use crate::CAT;
+use std::net::IpAddr;
+
+/// What ANNOUNCE and SETUP say about the tracks.
+#[derive(Debug, Clone)]
+pub(crate) struct Described {
+    pub text: String,
+    /// The SETUP control of each track, in track order.
+    pub controls: Vec<String>,
+    /// Per track, the payload type it is sent with when an earlier track already uses its own.
+    pub rewrites: Vec<Option<u8>>,
+}
+
+/// The SDP for `caps` with (local, server) addresses; `edit` may change the message before it
+/// is written out.
+pub(crate) fn describe(
+    caps: &[gst::Caps],
+    (local, server): (Option<IpAddr>, Option<IpAddr>),
+    edit: &dyn Fn(&mut gst_sdp::SDPMessage),
+) -> Result<Described, SdpError> {
+    let caps_pts: Vec<u8> = caps
+        .iter()
+        .map(|c| {
+            c.structure(0)
+                .and_then(|s| s.get::<i32>("payload").ok())
+                .map(|p| p.clamp(0, 255) as u8)
+                .unwrap_or(96)
+        })
+        .collect();
+    let pts = assign_payload_types(&caps_pts);
+    let controls: Vec<String> = (0..caps.len()).map(|i| format!("streamid={i}")).collect();
+    let tracks: Vec<SdpTrack> = caps
+        .iter()
+        .zip(&pts)
+        .zip(&controls)
+        .map(|((c, pt), control)| SdpTrack {
+            caps: c.as_ref(),
+            payload_type: *pt,
+            control: control.clone(),
+        })
+        .collect();
+    let session = SdpSession {
+        local_addr: local,
+        server_addr: server,
+        session_name: "rtspannounce",
+    };
+    let mut msg = build_sdp(&session, &tracks)?;
+    edit(&mut msg);
+    let rewrites: Vec<Option<u8>> = caps_pts
+        .iter()
+        .zip(&pts)
+        .map(|(a, b)| (a != b).then_some(*b))
+        .collect();
+    for (i, r) in rewrites.iter().enumerate() {
+        if let Some(pt) = r {
+            gst::info!(
+                CAT,
+                "track {i}: payload type {} already used by an earlier track, sending as {pt}",
+                caps_pts[i]
+            );
+        }
+    }
+    Ok(Described {
+        text: sdp_to_string(&msg),
+        controls,
+        rewrites,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rtp(pt: i32, encoding: &str) -> gst::Caps {
+        gst::Caps::builder("application/x-rtp")
+            .field("media", "video")
+            .field("payload", pt)
+            .field("clock-rate", 90000i32)
+            .field("encoding-name", encoding)
+            .build()
+    }
+
+    #[test]
+    fn tracks_get_distinct_payload_types_and_stream_controls() {
+        gst::init().unwrap();
+        let caps = [rtp(96, "H264"), rtp(96, "H265")];
+        let d = describe(&caps, (None, None), &|_| {}).unwrap();
+        assert_eq!(d.controls, ["streamid=0", "streamid=1"]);
+        assert_eq!(d.rewrites[0], None);
+        let moved = d.rewrites[1].expect("the second 96 is rewritten");
+        assert_ne!(moved, 96);
+        assert!(d.text.contains(&format!("a=rtpmap:{moved} H265/90000")));
+    }
+
+    #[test]
+    fn edits_reach_the_text() {
+        gst::init().unwrap();
+        let d = describe(&[rtp(96, "H264")], (None, None), &|m| {
+            m.add_attribute("tool", Some("edited"));
+        })
+        .unwrap();
+        assert!(d.text.contains("a=tool:edited"), "{}", d.text);
+    }
+}
