@@ -105,3 +105,91 @@ fn reannounce_on_caps_change_starts_a_new_session_on_a_keyframe() {
         || (nal == 28 && pl[1] & 0x80 != 0 && matches!(pl[1] & 0x1f, 5 | 7));
     assert!(key, "the new session starts on a delta frame");
 }
+
+/// One RTP packet (PT 96) of 16-bit PCM silence.
+fn l16_packet(seq: u16) -> gst::Buffer {
+    let mut p = vec![0x80, 96];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+    p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+    p.extend_from_slice(&[0u8; 320]);
+    gst::Buffer::from_mut_slice(p)
+}
+
+fn l16_caps(rate: i32) -> gst::Caps {
+    gst::Caps::builder("application/x-rtp")
+        .field("media", "audio")
+        .field("encoding-name", "L16")
+        .field("clock-rate", rate)
+        .field("encoding-params", "1")
+        .field("channels", 1i32)
+        .field("payload", 96i32)
+        .build()
+}
+
+/// Caps that change while ANNOUNCE waits for its answer (here across a pause, when the pad
+/// returns from its wait) are not what the SDP on its way describes: once recording, the
+/// element announces again with the new ones instead of sending a codec the server was never
+/// told of.
+#[test]
+fn a_codec_change_during_the_handshake_is_announced() {
+    use scripted_server::*;
+    harness::init();
+    // The first ANNOUNCE is answered only once the test has changed the caps.
+    let gate = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let g = gate.clone();
+    let server = ScriptedServer::start(Script::new().custom("ANNOUNCE", move |req| {
+        if req.conn == 0 {
+            let (lock, cond) = &*g;
+            let mut open = lock.lock().unwrap();
+            while !*open {
+                open = cond.wait(open).unwrap();
+            }
+        }
+        Action::Normal
+    }));
+    let p = gst::parse::launch(&format!(
+        "appsrc name=src format=time ! rtspannounce location={} sync=false",
+        server.url("/live/a")
+    ))
+    .unwrap()
+    .downcast::<gst::Pipeline>()
+    .unwrap();
+    let src = p
+        .by_name("src")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
+        .unwrap();
+    src.set_caps(Some(&l16_caps(44100)));
+    p.set_state(gst::State::Playing).unwrap();
+    src.push_buffer(l16_packet(0)).unwrap();
+    assert!(
+        server.wait_for(|s| s.count("ANNOUNCE") == 1, Duration::from_secs(10)),
+        "no ANNOUNCE"
+    );
+    // The pad waiting for RECORD returns on the pause; the new caps come with the next buffer.
+    p.set_state(gst::State::Paused).unwrap();
+    src.set_caps(Some(&l16_caps(8000)));
+    src.push_buffer(l16_packet(1)).unwrap();
+    let _ = p.state(gst::ClockTime::from_seconds(5));
+    p.set_state(gst::State::Playing).unwrap();
+    {
+        let (lock, cond) = &*gate;
+        *lock.lock().unwrap() = true;
+        cond.notify_all();
+    }
+    let announced = server.wait_for(|s| s.count("ANNOUNCE") >= 2, Duration::from_secs(10));
+    for seq in 2..10 {
+        src.push_buffer(l16_packet(seq)).unwrap();
+    }
+    src.end_of_stream().unwrap();
+    let out = harness::run(&p, Duration::from_secs(20));
+    p.set_state(gst::State::Null).unwrap();
+    let snap = server.snapshot();
+    assert!(announced, "announced once only: {:?}", snap.methods());
+    let first = snap.first("ANNOUNCE").unwrap().body_str();
+    let last = snap.last("ANNOUNCE").unwrap().body_str();
+    assert!(first.contains("L16/44100"), "{first}");
+    assert!(last.contains("L16/8000"), "{last}");
+    assert!(out.eos, "{out:?}");
+}
