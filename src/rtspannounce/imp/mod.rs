@@ -5,17 +5,19 @@
 //! per-pad EOS) and their callbacks feed the session in `session/`. Every signal is emitted
 //! and every message posted from here: the session reaches the element through [`Hooks`].
 
-use super::hooks::{ClockReading, Hooks, Notice};
+mod signals;
+
 use super::pad::RtspAnnouncePad;
 use super::session::{PadError, SessionConfig, Shared, TrackId};
 use super::settings::Settings;
-use crate::error::ErrorKind;
-use crate::rtsp::message::{Request, Response};
 use crate::rtsp::url::RtspUrl;
 use crate::CAT;
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
+#[cfg(test)]
+pub(super) use signals::emit_handle_request;
+use signals::ElementHooks;
 use std::sync::{Arc, Mutex};
 
 /// Where a pad's callbacks find the session: set when the element goes to PAUSED.
@@ -86,33 +88,9 @@ fn pad_result(
 }
 
 impl RtspAnnounce {
-    /// `accept-certificate` for the verifier: the chain as a GTlsCertificate (glib-networking
-    /// builds it) and the failed checks; a handler returning TRUE accepts.
-    fn accept_handler(&self) -> crate::net::tls::AcceptHandler {
-        let weak = self.obj().downgrade();
-        Arc::new(move |chain, errors| {
-            let Some(element) = weak.upgrade() else {
-                return false;
-            };
-            let pem: String = chain.iter().map(|c| pem_encode(c)).collect();
-            let cert = match gio::TlsCertificate::from_pem(&pem) {
-                Ok(c) => c,
-                Err(e) => {
-                    gst::warning!(
-                        CAT,
-                        obj = element,
-                        "cannot offer the certificate to accept-certificate: {e}"
-                    );
-                    return false;
-                }
-            };
-            element.emit_by_name::<bool>("accept-certificate", &[&cert, &errors])
-        })
-    }
-
     fn session_config(&self) -> Result<SessionConfig, gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
-        settings.session_config(self.accept_handler())
+        settings.session_config(signals::accept_handler(&self.obj()))
     }
 
     fn start_session(&self) -> Result<(), gst::ErrorMessage> {
@@ -308,204 +286,6 @@ fn target_state(e: &gst::Element) -> gst::State {
         let ptr: *mut gst::ffi::GstElement = e.to_glib_none().0;
         from_glib((*ptr).target_state)
     }
-}
-
-/// The session's way to the element: every signal emission and bus message of a session.
-struct ElementHooks {
-    element: glib::WeakRef<super::RtspAnnounce>,
-}
-
-impl Hooks for ElementHooks {
-    fn notify(&self, notice: Notice) {
-        let Some(e) = self.element.upgrade() else {
-            return;
-        };
-        match notice {
-            Notice::Error(msg) => e.post_error_message(msg),
-            Notice::Warning { kind, text, at } => {
-                let (t, text) = (gst::ElementMessageType::Warning, Some(text.as_str()));
-                let (file, line) = (at.file(), at.line());
-                match kind {
-                    ErrorKind::Resource(k) => {
-                        e.message_full(t, k, text, None, file, "rtspannounce", line)
-                    }
-                    ErrorKind::Stream(k) => {
-                        e.message_full(t, k, text, None, file, "rtspannounce", line)
-                    }
-                    ErrorKind::Write => e.message_full(
-                        t,
-                        gst::ResourceError::Write,
-                        text,
-                        None,
-                        file,
-                        "rtspannounce",
-                        line,
-                    ),
-                }
-            }
-            Notice::Element(s) => {
-                let _ = e.post_message(gst::message::Element::builder(s).src(&e).build());
-            }
-            Notice::Eos => {
-                let _ = e.post_message(gst::message::Eos::builder().src(&e).build());
-            }
-        }
-    }
-
-    fn clock(&self) -> ClockReading {
-        let e = self.element.upgrade();
-        ClockReading {
-            now: e
-                .as_ref()
-                .and_then(|e| e.clock())
-                .map(|c| c.time().nseconds()),
-            base_time: e
-                .and_then(|e| e.base_time())
-                .map(|t| t.nseconds())
-                .unwrap_or(0),
-        }
-    }
-
-    fn force_key_unit(&self, pad_name: &str) {
-        let pad = self.element.upgrade().and_then(|e| e.static_pad(pad_name));
-        if let Some(pad) = pad {
-            let _ = pad.push_event(force_key_unit());
-        }
-    }
-
-    fn edits_sdp(&self) -> bool {
-        self.element
-            .upgrade()
-            .is_some_and(|e| has_handler(e.upcast_ref(), "update-sdp"))
-    }
-
-    fn edit_sdp(&self, msg: &mut gst_sdp::SDPMessage) {
-        if let Some(e) = self.element.upgrade() {
-            emit_update_sdp(e.upcast_ref(), msg);
-        }
-    }
-
-    fn handle_request(&self, req: &Request) -> Option<Response> {
-        let e = self.element.upgrade()?;
-        emit_handle_request(e.upcast_ref(), req)
-    }
-}
-
-/// The upstream event encoders answer with a keyframe (what
-/// gst_video_event_new_upstream_force_key_unit builds: as soon as possible, with headers).
-fn force_key_unit() -> gst::Event {
-    gst::event::CustomUpstream::new(
-        gst::Structure::builder("GstForceKeyUnit")
-            .field("all-headers", true)
-            .field("count", 0u32)
-            .build(),
-    )
-}
-
-/// Whether the application connected a handler to `signal`.
-fn has_handler(element: &gst::Element, signal: &str) -> bool {
-    use gst::glib::translate::{IntoGlib, ToGlibPtr};
-    let Some(id) = gst::glib::subclass::SignalId::lookup(signal, element.type_()) else {
-        return false;
-    };
-    // SAFETY: a live object and a signal id of its type.
-    unsafe {
-        gst::glib::gobject_ffi::g_signal_has_handler_pending(
-            ToGlibPtr::<*mut gst::ffi::GstElement>::to_glib_none(element).0
-                as *mut gst::glib::gobject_ffi::GObject,
-            id.into_glib(),
-            0,
-            gst::glib::ffi::GFALSE,
-        ) != gst::glib::ffi::GFALSE
-    }
-}
-
-/// Lets the application edit the SDP before ANNOUNCE (`update-sdp`, as rtspclientsink).
-fn emit_update_sdp(element: &gst::Element, msg: &mut gst_sdp::SDPMessage) {
-    use gst::glib::translate::{IntoGlib, ToGlibPtr, ToGlibPtrMut};
-    let Some(id) = gst::glib::subclass::SignalId::lookup("update-sdp", element.type_()) else {
-        return;
-    };
-    let mut sdp_value = gst::glib::Value::from_type(gst_sdp::SDPMessage::static_type());
-    let values = unsafe {
-        // SAFETY: the value points at `msg` itself ("static": the value never frees it), so
-        // handlers edit our message. Emitting through glib-rs would g_value_copy the
-        // arguments, and copying a boxed value copies the message: edits would be lost.
-        gst::glib::gobject_ffi::g_value_set_static_boxed(
-            sdp_value.to_glib_none_mut().0,
-            ToGlibPtr::<*const gst_sdp::ffi::GstSDPMessage>::to_glib_none(&*msg).0
-                as gst::glib::ffi::gconstpointer,
-        );
-        [element.to_value(), sdp_value]
-    };
-    unsafe {
-        gst::glib::gobject_ffi::g_signal_emitv(
-            values.as_ptr() as *const gst::glib::gobject_ffi::GValue,
-            id.into_glib(),
-            0,
-            std::ptr::null_mut(),
-        );
-    }
-}
-
-/// Emits `handle-request` for a request from the server and turns the answer into a response;
-/// None leaves the default answer. The conversions both ways are `handle_request`'s: a request
-/// GStreamer could not hold in a structure is never emitted.
-pub(super) fn emit_handle_request(
-    element: &gst::Element,
-    req: &crate::rtsp::message::Request,
-) -> Option<crate::rtsp::message::Response> {
-    let (s, skipped) = match super::handle_request::request_structure(req) {
-        Ok(s) => s,
-        Err(why) => {
-            gst::debug!(CAT, obj = element, "not emitting handle-request: {why}");
-            return None;
-        }
-    };
-    if !skipped.is_empty() {
-        gst::debug!(
-            CAT,
-            obj = element,
-            "handle-request for {}: headers left out: {skipped:?}",
-            req.method
-        );
-    }
-    let answer = element.emit_by_name::<Option<gst::Structure>>("handle-request", &[&s])?;
-    match super::handle_request::answer_response(&answer) {
-        Ok((resp, skipped)) => {
-            if !skipped.is_empty() {
-                gst::warning!(
-                    CAT,
-                    obj = element,
-                    "handle-request answer to {}: fields left out (not a header name, or not a string or integer): {skipped:?}",
-                    req.method
-                );
-            }
-            Some(resp)
-        }
-        Err(e) => {
-            gst::warning!(
-                CAT,
-                obj = element,
-                "handle-request answer to {} not used, default answer sent: {e}",
-                req.method
-            );
-            None
-        }
-    }
-}
-
-/// A DER certificate as PEM text.
-fn pem_encode(der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).unwrap());
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
 }
 
 impl ObjectImpl for RtspAnnounce {
