@@ -88,6 +88,13 @@ pub(crate) struct Setup {
     pub on_loss: Arc<dyn Fn(LossReport) + Send + Sync>,
 }
 
+/// Half the session timeout, at most 10 s: servers that time out on silence (ZLMediaKit 15 s,
+/// MediaMTX 10 s) see a request well within their limit even when no media flows.
+fn keepalive_interval(session_timeout_s: u64) -> Duration {
+    // The timeout is the server's number: `;timeout=99999999999999999` must not overflow.
+    Duration::from_millis(session_timeout_s.saturating_mul(500).clamp(500, 10_000))
+}
+
 fn clock_rate(caps: &gst::Caps) -> u32 {
     caps.structure(0)
         .and_then(|s| s.get::<i32>("clock-rate").ok())
@@ -198,10 +205,7 @@ impl Connection {
                     .public
                     .as_ref()
                     .is_some_and(|p| !p.iter().any(|m| m == "GET_PARAMETER"));
-                streaming.start_keepalive(
-                    super::session::keepalive_interval(negotiated.session_timeout),
-                    options,
-                );
+                streaming.start_keepalive(keepalive_interval(negotiated.session_timeout), options);
             }
             Connection {
                 id,
@@ -438,4 +442,25 @@ fn rtp_packets(frames: &[OutFrame]) -> u64 {
         .iter()
         .filter(|f| matches!(f, OutFrame::Rtp { .. }))
         .count() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::keepalive_interval;
+    use std::time::Duration;
+
+    #[test]
+    fn keepalive_interval_is_half_the_timeout_within_bounds() {
+        assert_eq!(keepalive_interval(0), Duration::from_millis(500));
+        assert_eq!(keepalive_interval(1), Duration::from_millis(500));
+        assert_eq!(keepalive_interval(8), Duration::from_secs(4));
+        assert_eq!(keepalive_interval(60), Duration::from_secs(10));
+        // Whatever a server announces (hostile seed 40 sent 99999999999999999 and the handshake
+        // task panicked on the overflow, leaving the pipeline waiting for ever).
+        assert_eq!(
+            keepalive_interval(99_999_999_999_999_999),
+            Duration::from_secs(10)
+        );
+        assert_eq!(keepalive_interval(u64::MAX), Duration::from_secs(10));
+    }
 }

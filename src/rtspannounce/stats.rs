@@ -3,11 +3,11 @@
 //! reads GstValueArray with Debian's python3-gst-1.0 overrides; see examples/push.py).
 
 use super::connection::Connection;
-use super::session::PhaseName;
 use std::sync::atomic::Ordering;
 
 pub(crate) struct Snapshot<'a> {
-    pub phase: PhaseName,
+    /// The session's phase, as `state` names it.
+    pub state: &'static str,
     /// The latest connection, live or gone.
     pub connection: Option<&'a Connection>,
     /// Whether that connection is the one recording (or draining) now.
@@ -17,19 +17,6 @@ pub(crate) struct Snapshot<'a> {
     pub reconnects: u32,
     pub reannounces: u32,
     pub dropped_offline: u64,
-}
-
-fn phase_name(p: PhaseName) -> &'static str {
-    match p {
-        PhaseName::Waiting => "waiting-for-data",
-        PhaseName::Connecting => "connecting",
-        PhaseName::Recording => "recording",
-        PhaseName::Reconnecting => "reconnecting",
-        PhaseName::Finishing => "finishing",
-        PhaseName::Done => "done",
-        PhaseName::Failed => "failed",
-        PhaseName::Stopped => "stopped",
-    }
 }
 
 impl Snapshot<'_> {
@@ -94,7 +81,7 @@ impl Snapshot<'_> {
             })
             .unwrap_or(0);
         gst::Structure::builder("application/x-rtspannounce-stats")
-            .field("state", phase_name(self.phase))
+            .field("state", self.state)
             .field(
                 "transport",
                 match conn {
@@ -142,7 +129,7 @@ mod tests {
     fn before_any_connection_tracks_show_what_they_hold() {
         gst::init().unwrap();
         let s = Snapshot {
-            phase: PhaseName::Waiting,
+            state: "waiting-for-data",
             connection: None,
             live: false,
             tracks: vec![("sink_0", 3), ("sink_1", 0)],

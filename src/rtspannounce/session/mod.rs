@@ -22,8 +22,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-pub(crate) use recover::keepalive_interval;
-
 /// What a session needs from the element's settings, fixed when it starts.
 #[derive(Debug, Clone)]
 pub(crate) struct SessionConfig {
@@ -79,6 +77,22 @@ pub(crate) enum PhaseName {
     Done,
     Failed,
     Stopped,
+}
+
+impl PhaseName {
+    /// As the stats' `state` field says it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            PhaseName::Waiting => "waiting-for-data",
+            PhaseName::Connecting => "connecting",
+            PhaseName::Recording => "recording",
+            PhaseName::Reconnecting => "reconnecting",
+            PhaseName::Finishing => "finishing",
+            PhaseName::Done => "done",
+            PhaseName::Failed => "failed",
+            PhaseName::Stopped => "stopped",
+        }
+    }
 }
 
 impl Phase {
@@ -623,7 +637,7 @@ impl Shared {
         let st = self.state.lock().unwrap();
         let live = st.phase.connection().is_some();
         let snapshot = super::stats::Snapshot {
-            phase: st.phase.name(),
+            state: st.phase.name().as_str(),
             connection: st.last.as_deref(),
             tracks: st
                 .tracks

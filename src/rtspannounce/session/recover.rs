@@ -9,13 +9,6 @@ use crate::CAT;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Half the session timeout, at most 10 s: servers that time out on silence (ZLMediaKit 15 s,
-/// MediaMTX 10 s) see a request well within their limit even when no media flows.
-pub(crate) fn keepalive_interval(session_timeout_s: u64) -> Duration {
-    // The timeout is the server's number: `;timeout=99999999999999999` must not overflow.
-    Duration::from_millis(session_timeout_s.saturating_mul(500).clamp(500, 10_000))
-}
-
 impl Shared {
     /// Connection `id` broke: reconnect (warning, element message, backoff) while `retry-max`
     /// allows, else the error.

@@ -77,21 +77,6 @@ fn error_text(n: Notice) -> String {
 }
 
 #[test]
-fn keepalive_interval_is_half_the_timeout_within_bounds() {
-    assert_eq!(keepalive_interval(0), Duration::from_millis(500));
-    assert_eq!(keepalive_interval(1), Duration::from_millis(500));
-    assert_eq!(keepalive_interval(8), Duration::from_secs(4));
-    assert_eq!(keepalive_interval(60), Duration::from_secs(10));
-    // Whatever a server announces (hostile seed 40 sent 99999999999999999 and the handshake
-    // task panicked on the overflow, leaving the pipeline waiting for ever).
-    assert_eq!(
-        keepalive_interval(99_999_999_999_999_999),
-        Duration::from_secs(10)
-    );
-    assert_eq!(keepalive_interval(u64::MAX), Duration::from_secs(10));
-}
-
-#[test]
 fn a_silent_track_fails_the_session_at_the_announce_timeout() {
     let (s, rx) = session(&["sink_0", "sink_1"], Duration::from_millis(50));
     let caps = gst::Caps::builder("application/x-rtp")
