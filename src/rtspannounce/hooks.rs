@@ -3,8 +3,8 @@
 //! so it can run, and be tested, without one.
 //!
 //! Threads: `notify`, `clock` and `force_key_unit` are called from streaming threads and I/O
-//! workers alike and must not block. `edit_sdp` and `handle_request` run application handlers
-//! and are only called from the blocking pool (see `session::off_workers`), bounded by the
+//! workers alike and must not block. `edit_sdp`, `handle_request` and `accept_certificate` run
+//! application handlers and are called off the I/O workers (the blocking pool), bounded by the
 //! session's tcp-timeout, so a slow handler holds up its own session only.
 
 use crate::error::ErrorKind;
@@ -46,4 +46,11 @@ pub(crate) trait Hooks: Send + Sync {
     fn edit_sdp(&self, sdp: &mut gst_sdp::SDPMessage);
     /// `handle-request`: the application's answer to a request from the server (None: ours).
     fn handle_request(&self, req: &Request) -> Option<Response>;
+    /// `accept-certificate`: whether to accept a server certificate chain that failed the
+    /// checks in `errors` (called by the TLS verifier).
+    fn accept_certificate(
+        &self,
+        chain: &[rustls::pki_types::CertificateDer<'_>],
+        errors: gio::TlsCertificateFlags,
+    ) -> bool;
 }

@@ -3,7 +3,7 @@
 
 use super::session::SessionConfig;
 use crate::net::dial::DialConfig;
-use crate::net::tls::{AcceptHandler, TlsOptions};
+use crate::net::tls::TlsOptions;
 use crate::rtsp::auth::Credentials;
 use crate::rtsp::url::{redact, ControlStyle, RtspUrl};
 use crate::rtspannounce::connection::SendLimits;
@@ -371,12 +371,9 @@ impl Settings {
         })
     }
 
-    /// The configuration of a session; errors name the property at fault. `accept` runs the
-    /// element's `accept-certificate`.
-    pub(super) fn session_config(
-        &self,
-        accept: AcceptHandler,
-    ) -> Result<SessionConfig, gst::ErrorMessage> {
+    /// The configuration of a session; errors name the property at fault. (The session
+    /// points `accept-certificate` at its hooks.)
+    pub(super) fn session_config(&self) -> Result<SessionConfig, gst::ErrorMessage> {
         let s = self.clone();
         let Some(location) = s.location.as_deref() else {
             return Err(gst::error_msg!(
@@ -413,7 +410,7 @@ impl Settings {
                 .as_deref()
                 .filter(|f| !f.is_empty())
                 .map(Into::into),
-            accept: Some(accept),
+            accept: None,
         };
         if tls {
             // A bad CA file is a settings error now, not a connection error later.

@@ -90,7 +90,7 @@ fn pad_result(
 impl RtspAnnounce {
     fn session_config(&self) -> Result<SessionConfig, gst::ErrorMessage> {
         let settings = self.settings.lock().unwrap().clone();
-        settings.session_config(signals::accept_handler(&self.obj()))
+        settings.session_config()
     }
 
     fn start_session(&self) -> Result<(), gst::ErrorMessage> {

@@ -7,7 +7,6 @@ use crate::rtsp::message::{Request, Response};
 use crate::rtspannounce::hooks::{ClockReading, Hooks, Notice};
 use gst::glib;
 use gst::prelude::*;
-use std::sync::Arc;
 
 /// The session's way to the element: every signal emission and bus message of a session.
 pub(super) struct ElementHooks {
@@ -87,6 +86,31 @@ impl Hooks for ElementHooks {
     fn handle_request(&self, req: &Request) -> Option<Response> {
         let e = self.element.upgrade()?;
         emit_handle_request(e.upcast_ref(), req)
+    }
+
+    /// The chain as a GTlsCertificate (glib-networking builds it) and the failed checks; a
+    /// handler returning TRUE accepts.
+    fn accept_certificate(
+        &self,
+        chain: &[rustls::pki_types::CertificateDer<'_>],
+        errors: gio::TlsCertificateFlags,
+    ) -> bool {
+        let Some(element) = self.element.upgrade() else {
+            return false;
+        };
+        let pem: String = chain.iter().map(|c| pem_encode(c)).collect();
+        let cert = match gio::TlsCertificate::from_pem(&pem) {
+            Ok(c) => c,
+            Err(e) => {
+                gst::warning!(
+                    CAT,
+                    obj = element,
+                    "cannot offer the certificate to accept-certificate: {e}"
+                );
+                return false;
+            }
+        };
+        element.emit_by_name::<bool>("accept-certificate", &[&cert, &errors])
     }
 }
 
@@ -205,30 +229,4 @@ fn pem_encode(der: &[u8]) -> String {
     }
     out.push_str("-----END CERTIFICATE-----\n");
     out
-}
-
-/// `accept-certificate` for the verifier: the chain as a GTlsCertificate (glib-networking
-/// builds it) and the failed checks; a handler returning TRUE accepts.
-pub(super) fn accept_handler(
-    element: &super::super::RtspAnnounce,
-) -> crate::net::tls::AcceptHandler {
-    let weak = element.downgrade();
-    Arc::new(move |chain, errors| {
-        let Some(element) = weak.upgrade() else {
-            return false;
-        };
-        let pem: String = chain.iter().map(|c| pem_encode(c)).collect();
-        let cert = match gio::TlsCertificate::from_pem(&pem) {
-            Ok(c) => c,
-            Err(e) => {
-                gst::warning!(
-                    CAT,
-                    obj = element,
-                    "cannot offer the certificate to accept-certificate: {e}"
-                );
-                return false;
-            }
-        };
-        element.emit_by_name::<bool>("accept-certificate", &[&cert, &errors])
-    })
 }

@@ -219,10 +219,14 @@ pub(crate) enum PadError {
 
 impl Shared {
     pub(crate) fn new(
-        cfg: SessionConfig,
+        mut cfg: SessionConfig,
         pad_names: Vec<String>,
         hooks: Arc<dyn Hooks>,
     ) -> Arc<Shared> {
+        let h = hooks.clone();
+        cfg.dial.tls_options.accept = Some(Arc::new(move |chain, errors| {
+            h.accept_certificate(chain, errors)
+        }));
         Arc::new(Shared {
             state: Mutex::new(State {
                 phase: Phase::Waiting,

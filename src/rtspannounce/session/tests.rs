@@ -24,6 +24,13 @@ impl Hooks for Recorder {
     fn handle_request(&self, _: &Request) -> Option<Response> {
         None
     }
+    fn accept_certificate(
+        &self,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: gio::TlsCertificateFlags,
+    ) -> bool {
+        false
+    }
 }
 
 fn config(announce_timeout: Duration) -> SessionConfig {
