@@ -16,13 +16,13 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Why a session could not be set up or went down. Each maps to one GStreamer error.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SessionError {
+pub(crate) enum SessionError {
     /// Host name did not resolve.
     Resolve(String),
     /// No address accepted the connection.
@@ -68,7 +68,10 @@ fn log_response(who: &str, resp: &Response) {
 }
 
 /// Resolves the server name, within `timeout`.
-pub async fn resolve(url: &RtspUrl, timeout: Duration) -> Result<Vec<SocketAddr>, SessionError> {
+pub(crate) async fn resolve(
+    url: &RtspUrl,
+    timeout: Duration,
+) -> Result<Vec<SocketAddr>, SessionError> {
     let (host, port) = url.connect_target();
     let addrs: Vec<_> =
         tokio::time::timeout(timeout, tokio::net::lookup_host((host.as_str(), port)))
@@ -88,7 +91,7 @@ pub async fn resolve(url: &RtspUrl, timeout: Duration) -> Result<Vec<SocketAddr>
 
 /// The local address the kernel would use towards `peer` (a UDP socket's connect only looks the
 /// route up; nothing is sent), so the SDP can be written before the TCP connection exists.
-pub fn route_local_addr(peer: SocketAddr) -> Option<IpAddr> {
+pub(crate) fn route_local_addr(peer: SocketAddr) -> Option<IpAddr> {
     let any: SocketAddr = if peer.is_ipv4() {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -103,7 +106,7 @@ pub fn route_local_addr(peer: SocketAddr) -> Option<IpAddr> {
 /// `send_buffer` caps the kernel's send buffer (it autotunes up to megabytes, which on a slow
 /// link is seconds of hidden latency a drop policy could not see).
 /// With `tls`, the TLS handshake follows within the same deadline.
-pub async fn connect(
+pub(crate) async fn connect(
     url: &RtspUrl,
     addrs: &[SocketAddr],
     timeout: Duration,
@@ -195,7 +198,7 @@ fn tls_error_text(e: &std::io::Error) -> String {
 }
 
 /// The RTSP connection, plain or TLS.
-pub enum Stream {
+pub(crate) enum Stream {
     Tcp(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
@@ -208,16 +211,16 @@ impl Stream {
         }
     }
 
-    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+    pub(crate) fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
         self.tcp().local_addr()
     }
 
-    pub fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+    pub(crate) fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
         self.tcp().peer_addr()
     }
 
     /// TLS version and cipher suite, e.g. `TLSv1.3 TLS13_AES_256_GCM_SHA384` (None: plain).
-    pub fn tls_summary(&self) -> Option<String> {
+    pub(crate) fn tls_summary(&self) -> Option<String> {
         let Stream::Tls(s) = self else { return None };
         let conn = s.get_ref().1;
         let version = match conn.protocol_version() {
@@ -252,16 +255,16 @@ impl Stream {
 }
 
 /// The connection during the handshake: whole responses in, requests out.
-pub struct Control {
-    pub stream: Stream,
-    pub parser: Parser,
-    pub timeout: Duration,
-    pub name: String,
+pub(crate) struct Control {
+    pub(crate) stream: Stream,
+    pub(crate) parser: Parser,
+    pub(crate) timeout: Duration,
+    pub(crate) name: String,
 }
 
 impl Control {
     /// Sends `req` and returns its response, answering any request the server sends meanwhile.
-    pub async fn round_trip(&mut self, req: &Request) -> Result<Response, SessionError> {
+    async fn round_trip(&mut self, req: &Request) -> Result<Response, SessionError> {
         log_request(&self.name, req);
         let bytes = req.to_bytes();
         tokio::time::timeout(self.timeout, self.stream.write_all(&bytes))
@@ -319,7 +322,7 @@ impl Control {
 
     /// Drives the handshake to its end. Returns what was negotiated and the round trips taken.
     /// `bind_udp` binds a track's UDP port pair when a SETUP offers UDP.
-    pub async fn run_handshake(
+    pub(crate) async fn run_handshake(
         &mut self,
         hs: &mut Handshake,
         bind_udp: &mut (dyn FnMut(usize) -> Result<(u16, u16), SessionError> + Send),
@@ -346,7 +349,7 @@ impl Control {
 /// What we answer to requests a server sends us on the connection.
 /// `app` may answer first (the element's `handle-request` signal), unless the method is
 /// malformed; see `rtsp::server_request` for the defaults (TEARDOWN is accepted).
-pub fn answer_server_request(name: &str, req: &Request, app: Option<&RequestHandler>) -> Response {
+fn answer_server_request(name: &str, req: &Request, app: Option<&RequestHandler>) -> Response {
     gst::debug!(CAT, "{name}: server request\n{}", req.to_log_string());
     let resp = server_request::answer(req, |req| app.and_then(|h| h(req)));
     log_response(name, &resp);
@@ -355,7 +358,7 @@ pub fn answer_server_request(name: &str, req: &Request, app: Option<&RequestHand
 
 /// How the end of a session went wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TeardownError {
+pub(crate) enum TeardownError {
     /// Queued data did not reach the server.
     NotDelivered(SessionError),
     /// Everything was written, but TEARDOWN got no answer.
@@ -363,18 +366,18 @@ pub enum TeardownError {
 }
 
 /// Lets the application answer a request the server sent (None: the default answer).
-pub type RequestHandler = Arc<dyn Fn(&Request) -> Option<Response> + Send + Sync>;
+pub(crate) type RequestHandler = Arc<dyn Fn(&Request) -> Option<Response> + Send + Sync>;
 
 /// Called with interleaved data the server sends (its RTCP).
-pub type RtcpHandler = Arc<dyn Fn(u8, &[u8]) + Send + Sync>;
+pub(crate) type RtcpHandler = Arc<dyn Fn(u8, &[u8]) + Send + Sync>;
 
 /// Called from the I/O tasks when the connection fails while streaming.
-pub type FailureHandler = Arc<dyn Fn(SessionError) + Send + Sync>;
+type FailureHandler = Arc<dyn Fn(SessionError) + Send + Sync>;
 
 /// A recording session: the writer drains the queue to the socket, the reader handles whatever
 /// the server sends (RTCP, answers, requests) so the server never blocks on us.
-pub struct Streaming {
-    pub queue: Arc<SendQueue>,
+pub(crate) struct Streaming {
+    pub(crate) queue: Arc<SendQueue>,
     ctx: Mutex<RequestContext>,
     uri: String,
     waiting: Arc<Mutex<HashMap<u32, tokio::sync::oneshot::Sender<Response>>>>,
@@ -390,7 +393,7 @@ pub struct Streaming {
 
 impl Streaming {
     /// Starts the I/O tasks. Must be called from within the runtime.
-    pub fn start(
+    pub(crate) fn start(
         control: Control,
         ctx: RequestContext,
         uri: String,
@@ -472,7 +475,7 @@ impl Streaming {
     }
 
     /// Sends a request after what is queued and waits (bounded) for its answer.
-    pub async fn request(&self, method: &str) -> Result<Response, SessionError> {
+    pub(crate) async fn request(&self, method: &str) -> Result<Response, SessionError> {
         let req = self.ctx.lock().unwrap().request(method, &self.uri);
         log_request(&self.name, &req);
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -498,7 +501,7 @@ impl Streaming {
 
     /// Keeps the session alive with GET_PARAMETER (OPTIONS if the server refuses it, or if
     /// `prefer_options`) every `interval`, whether media flows or not.
-    pub fn start_keepalive(self: &Arc<Self>, interval: Duration, prefer_options: bool) {
+    pub(crate) fn start_keepalive(self: &Arc<Self>, interval: Duration, prefer_options: bool) {
         let weak = Arc::downgrade(self);
         let task = tokio::spawn(async move {
             let mut method = if prefer_options {
@@ -552,17 +555,17 @@ impl Streaming {
 
     /// The end is near (BYE is about to go out): the server closing is no longer a failure;
     /// `teardown` reports what matters.
-    pub fn expect_close(&self) {
+    pub(crate) fn expect_close(&self) {
         self.closing.store(true, Ordering::SeqCst);
     }
 
     /// Sends TEARDOWN after everything queued, waits for its answer (bounded), closes.
-    pub async fn teardown(&self, timeout: Duration) -> Result<(), TeardownError> {
+    pub(crate) async fn teardown(&self, timeout: Duration) -> Result<(), TeardownError> {
         self.end(false, timeout).await
     }
 
     /// Drops what is queued, sends TEARDOWN best-effort (bounded), closes.
-    pub async fn stop(&self, timeout: Duration) -> Result<(), TeardownError> {
+    pub(crate) async fn stop(&self, timeout: Duration) -> Result<(), TeardownError> {
         self.end(true, timeout).await
     }
 
@@ -627,7 +630,7 @@ impl Streaming {
     }
 
     /// Stops at once: nothing more is written, both tasks end.
-    pub fn abort(&self) {
+    pub(crate) fn abort(&self) {
         self.closing.store(true, Ordering::SeqCst);
         if let Some(k) = self.keepalive.lock().unwrap().take() {
             k.abort();
@@ -638,14 +641,6 @@ impl Streaming {
         }
         self.reader.abort();
     }
-}
-
-/// Timing of a finished handshake, for stats and benchmarks.
-#[derive(Debug, Clone, Copy)]
-pub struct HandshakeTiming {
-    pub started: Instant,
-    pub duration: Duration,
-    pub round_trips: u32,
 }
 
 #[cfg(test)]

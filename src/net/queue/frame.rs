@@ -3,7 +3,7 @@
 use super::QueueError;
 
 /// One interleaved frame or a piece of RTSP text, written in queue order.
-pub enum OutFrame {
+pub(crate) enum OutFrame {
     /// `$`, channel, 16-bit length, then optionally the first two RTP bytes rewritten (payload type
     /// remapping), followed by the buffer from byte `skip` on.
     Rtp {
@@ -16,12 +16,12 @@ pub enum OutFrame {
 }
 
 /// Largest packet an interleaved frame can carry.
-pub const MAX_INTERLEAVED: usize = u16::MAX as usize;
+const MAX_INTERLEAVED: usize = u16::MAX as usize;
 
 impl OutFrame {
     /// Frames an RTP/RTCP buffer for `channel`; `pt` rewrites the payload type byte (keeping the
     /// marker bit) when this track's payload type was remapped.
-    pub fn rtp(buffer: gst::Buffer, channel: u8, pt: Option<u8>) -> Result<OutFrame, usize> {
+    pub(crate) fn rtp(buffer: gst::Buffer, channel: u8, pt: Option<u8>) -> Result<OutFrame, usize> {
         let len = buffer.size();
         if len > MAX_INTERLEAVED {
             return Err(len);
@@ -49,7 +49,7 @@ impl OutFrame {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match self {
             OutFrame::Rtp {
                 head_len,
@@ -63,10 +63,6 @@ impl OutFrame {
             }
             OutFrame::Control(v) => v.len(),
         }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     pub(super) fn is_media(&self) -> bool {

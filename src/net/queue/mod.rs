@@ -16,8 +16,8 @@ mod frame;
 mod tests;
 mod wire;
 
-pub use frame::{OutFrame, MAX_INTERLEAVED};
-pub use wire::{write_all, Wire, WriteError};
+pub(crate) use frame::OutFrame;
+pub(crate) use wire::{write_all, Wire, WriteError};
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +25,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum QueueError {
+pub(crate) enum QueueError {
     /// Flushing or stopping: not an error for the pipeline.
     Cancelled,
     /// The connection failed; the message says why.
@@ -127,7 +127,7 @@ impl Inner {
     }
 }
 
-pub struct SendQueue {
+pub(crate) struct SendQueue {
     inner: Mutex<Inner>,
     space: Condvar,
     data: tokio::sync::Notify,
@@ -154,7 +154,7 @@ fn trim(buf: &mut Vec<u8>, used: usize, peak: &mut usize) {
 }
 
 impl SendQueue {
-    pub fn new(max_bytes: usize) -> Self {
+    pub(crate) fn new(max_bytes: usize) -> Self {
         SendQueue {
             inner: Mutex::new(Inner {
                 pending: Vec::new(),
@@ -229,13 +229,13 @@ impl SendQueue {
     }
 
     /// The wire has bytes of its own to send (a TLS alert or key update the reader caused).
-    pub fn flush_wire(&self) {
+    pub(crate) fn flush_wire(&self) {
         let mut inner = self.inner.lock().unwrap();
         self.kick(&mut inner);
     }
 
     /// The socket the connection streams on (None once it ended).
-    pub fn set_wire(&self, wire: Option<Wire>) {
+    pub(crate) fn set_wire(&self, wire: Option<Wire>) {
         let mut inner = self.inner.lock().unwrap();
         inner.wire = wire;
         if inner.wire.is_some() {
@@ -244,13 +244,17 @@ impl SendQueue {
     }
 
     /// Queues frames in order, blocking while the queue is full.
-    pub fn push_all(&self, frames: impl IntoIterator<Item = OutFrame>) -> Result<(), QueueError> {
+    #[cfg(test)]
+    pub(crate) fn push_all(
+        &self,
+        frames: impl IntoIterator<Item = OutFrame>,
+    ) -> Result<(), QueueError> {
         self.push_all_until(frames, &AtomicBool::new(false))
     }
 
     /// [`Self::push_all`] for one producer that may be flushed: `cancel` set (then [`Self::wake`])
     /// makes its wait return `Cancelled`. Other producers go on: flushing is per pad.
-    pub fn push_all_until(
+    pub(crate) fn push_all_until(
         &self,
         frames: impl IntoIterator<Item = OutFrame>,
         cancel: &AtomicBool,
@@ -279,7 +283,7 @@ impl SendQueue {
 
     /// Queues frames without waiting for room: for the drop policy, which decides itself what
     /// fits (it may overshoot the bound by the rest of a frame already started).
-    pub fn push_all_nowait(
+    pub(crate) fn push_all_nowait(
         &self,
         frames: impl IntoIterator<Item = OutFrame>,
     ) -> Result<(), QueueError> {
@@ -294,7 +298,7 @@ impl SendQueue {
     }
 
     /// Queues a control message regardless of the size bound (it is small and must go out).
-    pub fn push_control(&self, bytes: Vec<u8>) -> Result<(), QueueError> {
+    pub(crate) fn push_control(&self, bytes: Vec<u8>) -> Result<(), QueueError> {
         let mut inner = self.inner.lock().unwrap();
         match &inner.state {
             QState::Failed(m) | QState::Draining(m) => return Err(QueueError::Failed(m.clone())),
@@ -308,7 +312,7 @@ impl SendQueue {
 
     /// Queues frames without waiting for space: for what was held back before RECORD, already
     /// bounded by the caller.
-    pub fn preload(&self, frames: Vec<OutFrame>) {
+    pub(crate) fn preload(&self, frames: Vec<OutFrame>) {
         let mut inner = self.inner.lock().unwrap();
         let now = Instant::now();
         for f in &frames {
@@ -320,7 +324,7 @@ impl SendQueue {
 
     /// Drops what is queued, refuses producers from now on, and queues `last` (TEARDOWN) as the
     /// final thing the writer sends.
-    pub fn abandon_with(&self, last: Vec<u8>) {
+    pub(crate) fn abandon_with(&self, last: Vec<u8>) {
         let mut inner = self.inner.lock().unwrap();
         if matches!(
             inner.state,
@@ -336,12 +340,12 @@ impl SendQueue {
     }
 
     /// Whether media (not only control messages) waits for the writer.
-    pub fn has_media(&self) -> bool {
+    pub(crate) fn has_media(&self) -> bool {
         self.inner.lock().unwrap().segments.iter().any(|s| s.media)
     }
 
     /// How long the oldest frame not yet written has waited.
-    pub fn oldest_age(&self) -> Duration {
+    pub(crate) fn oldest_age(&self) -> Duration {
         let inner = self.inner.lock().unwrap();
         inner
             .in_flight_since
@@ -351,12 +355,12 @@ impl SendQueue {
     }
 
     /// Bytes queued and not yet written (the writer's batch included).
-    pub fn level(&self) -> usize {
+    pub(crate) fn level(&self) -> usize {
         self.inner.lock().unwrap().level()
     }
 
     /// No more data will come: the writer ends once everything queued is written.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         let mut inner = self.inner.lock().unwrap();
         if inner.state == QState::Open {
             inner.state = QState::Closing;
@@ -365,7 +369,7 @@ impl SendQueue {
     }
 
     /// Drops everything and wakes every waiter.
-    pub fn cancel(&self) {
+    pub(crate) fn cancel(&self) {
         let mut inner = self.inner.lock().unwrap();
         if !matches!(inner.state, QState::Failed(_)) {
             inner.state = QState::Cancelled;
@@ -376,7 +380,7 @@ impl SendQueue {
         self.data.notify_one();
     }
 
-    pub fn fail(&self, why: String) {
+    pub(crate) fn fail(&self, why: String) {
         let mut inner = self.inner.lock().unwrap();
         match inner.state {
             QState::Failed(_) => {}
@@ -395,7 +399,7 @@ impl SendQueue {
 
     /// Fails producers at once, drops queued media, and lets the writer send the control
     /// messages still queued before it ends.
-    pub fn fail_after_control(&self, why: String) {
+    pub(crate) fn fail_after_control(&self, why: String) {
         let mut inner = self.inner.lock().unwrap();
         if matches!(inner.state, QState::Failed(_) | QState::Cancelled) {
             return;
@@ -421,7 +425,7 @@ impl SendQueue {
     }
 
     /// Wakes blocked producers to look at their cancel flags (a pad's flush started).
-    pub fn wake(&self) {
+    pub(crate) fn wake(&self) {
         let _inner = self.inner.lock().unwrap();
         self.space.notify_all();
     }
@@ -429,7 +433,7 @@ impl SendQueue {
     /// The writer task: waits for pending bytes and swaps them into `out` (empty on entry).
     /// Returns whether the batch holds media, or None once the queue has ended (closed and
     /// drained, cancelled or failed). Until [`Self::written`], producers only queue.
-    pub async fn take(&self, out: &mut Vec<u8>) -> Option<bool> {
+    pub(crate) async fn take(&self, out: &mut Vec<u8>) -> Option<bool> {
         loop {
             let notified = self.data.notified();
             {
@@ -463,7 +467,7 @@ impl SendQueue {
     }
 
     /// The writer wrote (or gave up on) the batch `take` gave it; `out` is cleared for reuse.
-    pub fn written(&self, out: &mut Vec<u8>) {
+    pub(crate) fn written(&self, out: &mut Vec<u8>) {
         let used = out.len();
         out.clear();
         let mut inner = self.inner.lock().unwrap();

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::net::tcp::OwnedWriteHalf;
 
 #[derive(Clone)]
-pub enum Wire {
+pub(crate) enum Wire {
     Tcp(Arc<OwnedWriteHalf>),
     /// RTSPS: bytes are sealed into TLS records, many frames to a record.
     Tls(Arc<TlsWire>),
@@ -48,7 +48,7 @@ impl Wire {
 
     /// Ends the write side once everything is written. A TCP half closes when its last
     /// reference goes; TLS says close_notify first, and its reader still holds the socket.
-    pub async fn close(&self, stall: Duration) {
+    pub(crate) async fn close(&self, stall: Duration) {
         if let Wire::Tls(w) = self {
             w.close(stall).await;
         }
@@ -57,7 +57,7 @@ impl Wire {
 
 /// Writes `data` to the wire as it drains; fails when no byte goes out for `stall`.
 /// Returns once the wire holds nothing more of it (TLS records included).
-pub async fn write_all(wire: &Wire, data: &[u8], stall: Duration) -> Result<(), WriteError> {
+pub(crate) async fn write_all(wire: &Wire, data: &[u8], stall: Duration) -> Result<(), WriteError> {
     let mut at = 0;
     loop {
         let res = if at < data.len() {
@@ -85,7 +85,7 @@ pub async fn write_all(wire: &Wire, data: &[u8], stall: Duration) -> Result<(), 
 }
 
 #[derive(Debug)]
-pub enum WriteError {
+pub(crate) enum WriteError {
     Io(io::Error),
     /// The peer took nothing for the stall timeout.
     Stalled,

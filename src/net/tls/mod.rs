@@ -11,9 +11,9 @@ mod stream;
 mod tests;
 mod verify;
 
-pub use roots::{load_roots, Anchors};
-pub use stream::{TlsReader, TlsWire};
-pub use verify::{assess, rejected, Findings, Rejected};
+pub(crate) use roots::{load_roots, Anchors};
+pub(crate) use stream::{TlsReader, TlsWire};
+pub(crate) use verify::rejected;
 
 use gio::TlsCertificateFlags as Flags;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -25,16 +25,16 @@ use verify::Verifier;
 
 /// Asks the application whether to accept a certificate that failed the checks in `flags`
 /// (the element's `accept-certificate` signal). The chain starts with the server's certificate.
-pub type AcceptHandler = Arc<dyn Fn(&[CertificateDer<'_>], Flags) -> bool + Send + Sync>;
+pub(crate) type AcceptHandler = Arc<dyn Fn(&[CertificateDer<'_>], Flags) -> bool + Send + Sync>;
 
 /// What the element's TLS properties say.
 #[derive(Clone)]
-pub struct TlsOptions {
+pub(crate) struct TlsOptions {
     /// Checks that make a certificate fail (`tls-validation-flags`).
-    pub validation_flags: Flags,
+    pub(crate) validation_flags: Flags,
     /// PEM file of CA certificates trusted instead of the system store (`tls-ca-file`).
-    pub ca_file: Option<PathBuf>,
-    pub accept: Option<AcceptHandler>,
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) accept: Option<AcceptHandler>,
 }
 
 impl Default for TlsOptions {
@@ -58,7 +58,7 @@ impl fmt::Debug for TlsOptions {
 }
 
 /// The client configuration for a session: ring crypto, TLS 1.2 and 1.3, our verifier.
-pub fn client_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, String> {
+pub(crate) fn client_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, String> {
     let anchors = load_roots(opts.ca_file.as_deref())?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = Verifier {
@@ -78,7 +78,7 @@ pub fn client_config(opts: &TlsOptions) -> Result<Arc<ClientConfig>, String> {
 
 /// The name the certificate must carry: a DNS name (sent as SNI) or an IP address (checked
 /// against the certificate's IP SANs; never sent as SNI).
-pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
+pub(crate) fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(host.to_string())
         .map_err(|_| format!("{host:?} is not a valid TLS server name"))
 }

@@ -7,7 +7,7 @@ use rustls::RootCertStore;
 
 /// Reads the trust anchors: the `tls-ca-file` certificates, or the system store (Debian's
 /// ca-certificates; `SSL_CERT_FILE`/`SSL_CERT_DIR` override it).
-pub fn load_roots(ca_file: Option<&std::path::Path>) -> Result<Anchors, String> {
+pub(crate) fn load_roots(ca_file: Option<&std::path::Path>) -> Result<Anchors, String> {
     let mut roots = RootCertStore::empty();
     let mut pinned = Vec::new();
     let source = match ca_file {
@@ -54,10 +54,10 @@ pub fn load_roots(ca_file: Option<&std::path::Path>) -> Result<Anchors, String> 
 
 /// What a server certificate is checked against.
 #[derive(Debug)]
-pub struct Anchors {
-    pub roots: RootCertStore,
+pub(crate) struct Anchors {
+    pub(crate) roots: RootCertStore,
     /// The `tls-ca-file` certificates, matched byte for byte against a server's certificate.
-    pub pinned: Vec<CertificateDer<'static>>,
+    pub(crate) pinned: Vec<CertificateDer<'static>>,
     /// Where the roots came from, for error texts.
-    pub source: String,
+    pub(crate) source: String,
 }

@@ -16,7 +16,7 @@ const TLS_BUFFER: usize = 256 * 1024;
 const TLS_CHUNK: usize = 64 * 1024;
 
 /// The streaming half of a TLS connection: its state and the socket's write side.
-pub struct TlsWire {
+pub(crate) struct TlsWire {
     conn: Mutex<ClientConnection>,
     tcp: OwnedWriteHalf,
 }
@@ -40,7 +40,7 @@ impl Write for NonBlocking<'_> {
 }
 
 impl TlsWire {
-    pub fn new(mut conn: ClientConnection, tcp: OwnedWriteHalf) -> Arc<TlsWire> {
+    pub(crate) fn new(mut conn: ClientConnection, tcp: OwnedWriteHalf) -> Arc<TlsWire> {
         conn.set_buffer_limit(Some(TLS_BUFFER));
         Arc::new(TlsWire {
             conn: Mutex::new(conn),
@@ -66,7 +66,7 @@ impl TlsWire {
     /// and go before anything new; while they wait, nothing new is taken (`WouldBlock`).
     /// Goes on while the socket takes everything, so one call moves as much as a plain
     /// socket's `try_write` would.
-    pub fn try_write(&self, data: &[u8]) -> io::Result<usize> {
+    pub(crate) fn try_write(&self, data: &[u8]) -> io::Result<usize> {
         let mut conn = self.conn.lock().unwrap();
         let mut done = 0;
         loop {
@@ -85,21 +85,21 @@ impl TlsWire {
     }
 
     /// Sends sealed bytes still held; `WouldBlock` while some remain.
-    pub fn flush(&self) -> io::Result<()> {
+    pub(crate) fn flush(&self) -> io::Result<()> {
         self.flush_locked(&mut self.conn.lock().unwrap())
     }
 
     /// Whether sealed bytes wait for the socket.
-    pub fn backlog(&self) -> bool {
+    pub(crate) fn backlog(&self) -> bool {
         self.conn.lock().unwrap().wants_write()
     }
 
-    pub async fn writable(&self) -> io::Result<()> {
+    pub(crate) async fn writable(&self) -> io::Result<()> {
         self.tcp.writable().await
     }
 
     /// Ends the TLS session (close_notify, bounded by `stall`) and the socket's write side.
-    pub async fn close(&self, stall: Duration) {
+    pub(crate) async fn close(&self, stall: Duration) {
         self.conn.lock().unwrap().send_close_notify();
         loop {
             match self.flush() {
@@ -119,7 +119,7 @@ impl TlsWire {
 }
 
 /// The reading half of a TLS connection: ciphertext from the socket, plaintext out.
-pub struct TlsReader {
+pub(crate) struct TlsReader {
     rd: OwnedReadHalf,
     wire: Arc<TlsWire>,
     cipher: Vec<u8>,
@@ -128,7 +128,7 @@ pub struct TlsReader {
 }
 
 impl TlsReader {
-    pub fn new(rd: OwnedReadHalf, wire: Arc<TlsWire>) -> TlsReader {
+    pub(crate) fn new(rd: OwnedReadHalf, wire: Arc<TlsWire>) -> TlsReader {
         TlsReader {
             rd,
             wire,
@@ -141,7 +141,11 @@ impl TlsReader {
     /// Reads plaintext; 0 at the end (close_notify or the socket closed). `needs_flush` is set
     /// when rustls has something to send in answer (an alert, a key update): the caller makes
     /// sure it goes out.
-    pub async fn read(&mut self, buf: &mut [u8], needs_flush: &mut bool) -> io::Result<usize> {
+    pub(crate) async fn read(
+        &mut self,
+        buf: &mut [u8],
+        needs_flush: &mut bool,
+    ) -> io::Result<usize> {
         use tokio::io::AsyncReadExt;
         loop {
             {

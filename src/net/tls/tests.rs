@@ -1,5 +1,5 @@
 use super::dates::{der_time, utc, validity};
-use super::verify::Verifier;
+use super::verify::{assess, Findings, Verifier};
 use super::*;
 use rustls::pki_types::UnixTime;
 use rustls::RootCertStore;

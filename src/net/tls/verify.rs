@@ -16,11 +16,10 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A certificate the checks refused, saying which checks failed.
+/// A certificate the checks refused; the text says which checks failed.
 #[derive(Debug, Clone)]
-pub struct Rejected {
-    pub flags: Flags,
-    pub text: String,
+pub(crate) struct Rejected {
+    pub(crate) text: String,
 }
 
 impl fmt::Display for Rejected {
@@ -32,7 +31,7 @@ impl fmt::Display for Rejected {
 impl std::error::Error for Rejected {}
 
 /// Finds our verdict in a failed TLS handshake's error.
-pub fn rejected(err: &io::Error) -> Option<&Rejected> {
+pub(crate) fn rejected(err: &io::Error) -> Option<&Rejected> {
     let e = err.get_ref()?.downcast_ref::<rustls::Error>()?;
     match e {
         rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(o))) => {
@@ -44,9 +43,9 @@ pub fn rejected(err: &io::Error) -> Option<&Rejected> {
 
 /// What the checks found, before `tls-validation-flags` decide which failures count.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Findings {
-    pub flags: Flags,
-    pub problems: Vec<(Flags, String)>,
+pub(super) struct Findings {
+    pub(crate) flags: Flags,
+    problems: Vec<(Flags, String)>,
 }
 
 impl Findings {
@@ -56,7 +55,7 @@ impl Findings {
     }
 
     /// The problems that count under `mask`, in the order they were found.
-    pub fn describe(&self, mask: Flags) -> String {
+    pub(crate) fn describe(&self, mask: Flags) -> String {
         self.problems
             .iter()
             .filter(|(f, _)| mask.intersects(*f))
@@ -69,7 +68,7 @@ impl Findings {
 /// Checks the chain against `roots` at `now`, then the name. webpki stops at the first problem
 /// and checks validity dates before issuers, so an out-of-date certificate is checked again at a
 /// time it is valid: every problem is found, not only the first.
-pub fn assess(
+pub(super) fn assess(
     anchors: &Anchors,
     end_entity: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
@@ -328,10 +327,7 @@ impl ServerCertVerifier for Verifier {
             ));
         }
         Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-            OtherError(Arc::new(Rejected {
-                flags: failed,
-                text,
-            })),
+            OtherError(Arc::new(Rejected { text })),
         )))
     }
 

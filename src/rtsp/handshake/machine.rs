@@ -34,7 +34,7 @@ pub struct Handshake {
     style: ControlStyle,
     sdp: String,
     controls: Vec<String>,
-    pub ctx: RequestContext,
+    pub(crate) ctx: RequestContext,
     phase: Phase,
     content_base: Option<String>,
     tracks: Vec<NegotiatedTrack>,
@@ -421,7 +421,7 @@ impl Handshake {
 /// one thing only, so a track's RTP and RTCP differ and no channel is an earlier track's.
 /// Otherwise our sender reports would go out as another stream's media, and the server's
 /// reports would be read as the wrong track's.
-pub fn channel_clash(
+fn channel_clash(
     earlier: &[NegotiatedTrack],
     index: usize,
     (rtp, rtcp): (u8, u8),

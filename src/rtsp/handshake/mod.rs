@@ -6,7 +6,7 @@ mod request;
 #[cfg(test)]
 mod tests;
 
-pub use machine::{channel_clash, Handshake, Step};
+pub use machine::{Handshake, Step};
 pub use request::RequestContext;
 
 use super::headers::Lower;
@@ -17,7 +17,7 @@ use std::fmt;
 /// `protocols` flags: TCP interleaved first (it crosses NAT and firewalls, and interop
 /// practice recommends it), then UDP. `rtspt://` means TCP only, `rtspu://` UDP only,
 /// `rtsps://` TLS over TCP. Multicast is not implemented and never chosen.
-pub fn transports_for(scheme: Scheme, tcp: bool, udp: bool) -> Result<Vec<Lower>, String> {
+pub(crate) fn transports_for(scheme: Scheme, tcp: bool, udp: bool) -> Result<Vec<Lower>, String> {
     let (want_tcp, want_udp, what) = match scheme {
         Scheme::Rtsp => (tcp, udp, None),
         Scheme::RtspT => (tcp, false, Some(("rtspt://", "TCP", "tcp"))),
@@ -44,27 +44,27 @@ pub fn transports_for(scheme: Scheme, tcp: bool, udp: bool) -> Result<Vec<Lower>
 
 /// Where a UDP track's packets go.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UdpPorts {
+pub(crate) struct UdpPorts {
     /// Our RTP and RTCP ports, as bound and announced in `client_port`.
-    pub client: (u16, u16),
+    pub(crate) client: (u16, u16),
     /// The server's RTP and RTCP ports (`server_port`).
-    pub server: (u16, u16),
+    pub(crate) server: (u16, u16),
     /// `source=` from the answer: the address to send to, if not the RTSP peer's.
-    pub source: Option<String>,
+    pub(crate) source: Option<String>,
 }
 
 /// What was agreed for one track.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NegotiatedTrack {
-    pub control_uri: String,
+    pub(crate) control_uri: String,
     /// Interleaved channels (TCP); with UDP, 2n and 2n+1 still name the track's RTP and RTCP
     /// inside the element.
     pub rtp_channel: u8,
     pub rtcp_channel: u8,
     /// SSRC the server says it expects, if any (informational).
-    pub ssrc: Option<u32>,
+    pub(crate) ssrc: Option<u32>,
     /// Set when the track goes over UDP.
-    pub udp: Option<UdpPorts>,
+    pub(crate) udp: Option<UdpPorts>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,11 +72,11 @@ pub struct Negotiated {
     pub tracks: Vec<NegotiatedTrack>,
     pub session_id: Option<String>,
     /// Seconds, from `Session: id;timeout=N`, 60 when the server states none (RFC 2326 12.37).
-    pub session_timeout: u64,
+    pub(crate) session_timeout: u64,
     /// Methods from a `Public` header, if the server sent one.
-    pub public: Option<Vec<String>>,
+    pub(crate) public: Option<Vec<String>>,
     /// The transport every track uses.
-    pub lower: Lower,
+    pub(crate) lower: Lower,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,10 +10,10 @@ use crate::rtsp::message::{Request, Response};
 #[derive(Debug, Clone)]
 pub struct RequestContext {
     next_cseq: u32,
-    pub session: Option<Session>,
-    pub user_agent: String,
+    pub(crate) session: Option<Session>,
+    pub(crate) user_agent: String,
     /// Set once a server asked for credentials: every later request carries them.
-    pub auth: Option<Authenticator>,
+    pub(crate) auth: Option<Authenticator>,
 }
 
 impl RequestContext {
@@ -27,7 +27,7 @@ impl RequestContext {
     }
 
     /// Gives `req` the next CSeq and current credentials (for a request sent again after 401).
-    pub fn renew(&mut self, req: &Request) -> Request {
+    pub(crate) fn renew(&mut self, req: &Request) -> Request {
         let mut r = self.request(&req.method, &req.uri);
         for (n, v) in &req.headers.0 {
             if r.headers.get(n).is_none() && !n.eq_ignore_ascii_case("Authorization") {
@@ -40,7 +40,7 @@ impl RequestContext {
 
     /// A request with CSeq, User-Agent and (once known) the session id alone: MediaMTX rejects
     /// a Session header that carries `;timeout=`.
-    pub fn request(&mut self, method: &str, uri: &str) -> Request {
+    pub(crate) fn request(&mut self, method: &str, uri: &str) -> Request {
         let mut r = Request::new(method, uri);
         r.headers.push("CSeq", self.next_cseq.to_string());
         self.next_cseq += 1;
@@ -58,7 +58,7 @@ impl RequestContext {
     }
 
     /// Takes the session from the first response that carries one.
-    pub fn learn_session(&mut self, resp: &Response) -> Result<(), HandshakeError> {
+    pub(crate) fn learn_session(&mut self, resp: &Response) -> Result<(), HandshakeError> {
         if let Some(v) = resp.headers.get("Session") {
             let s = Session::parse(v).map_err(|e| HandshakeError::BadResponse(e.0))?;
             match &mut self.session {

@@ -43,7 +43,7 @@ impl Headers {
             .map(|(_, v)| v.as_str())
     }
 
-    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    pub(crate) fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.0
             .iter()
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
@@ -54,12 +54,12 @@ impl Headers {
         self.0.push((name.into(), value.into()));
     }
 
-    pub fn set(&mut self, name: &str, value: impl Into<String>) {
+    pub(crate) fn set(&mut self, name: &str, value: impl Into<String>) {
         self.0.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
         self.0.push((name.to_string(), value.into()));
     }
 
-    pub fn cseq(&self) -> Option<u32> {
+    pub(crate) fn cseq(&self) -> Option<u32> {
         self.get("CSeq").and_then(|v| v.trim().parse().ok())
     }
 }
@@ -91,7 +91,7 @@ impl Request {
     }
 
     /// The same text with credentials hidden, for logs.
-    pub fn to_log_string(&self) -> String {
+    pub(crate) fn to_log_string(&self) -> String {
         let mut out = Vec::new();
         self.write_head(&mut out, |n, v| {
             if n.eq_ignore_ascii_case("Authorization") {
@@ -156,7 +156,7 @@ impl Response {
         }
     }
 
-    pub fn is_success(&self) -> bool {
+    pub(crate) fn is_success(&self) -> bool {
         (200..300).contains(&self.status)
     }
 
@@ -177,7 +177,7 @@ impl Response {
         out
     }
 
-    pub fn to_log_string(&self) -> String {
+    pub(crate) fn to_log_string(&self) -> String {
         String::from_utf8_lossy(&self.to_bytes()).into_owned()
     }
 }
