@@ -157,7 +157,9 @@ async fn tls_handshake(
 ) -> Result<Stream, SessionError> {
     let name = super::tls::server_name(host).map_err(SessionError::Tls)?;
     let connector = tokio_rustls::TlsConnector::from(cfg);
-    match tokio::time::timeout_at(deadline, connector.connect(name, tcp)).await {
+    // The verifier waits for an accept-certificate handler no longer than this deadline.
+    let handshake = super::tls::bounded_handshake(deadline, timeout, connector.connect(name, tcp));
+    match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(s)) => {
             let s = Stream::Tls(Box::new(s));
             gst::debug!(

@@ -4,6 +4,7 @@
 //! The handshake runs through `tokio-rustls` with our verifier (`verify`); once RECORD is
 //! answered the connection streams through `stream`.
 
+mod accept;
 mod dates;
 mod roots;
 mod stream;
@@ -11,6 +12,7 @@ mod stream;
 mod tests;
 mod verify;
 
+pub(crate) use accept::bounded_handshake;
 pub(crate) use roots::{load_roots, Anchors};
 pub(crate) use stream::{TlsReader, TlsWire};
 pub(crate) use verify::rejected;
@@ -25,6 +27,8 @@ use verify::Verifier;
 
 /// Asks the application whether to accept a certificate that failed the checks in `flags`
 /// (the element's `accept-certificate` signal). The chain starts with the server's certificate.
+/// Called on a thread of its own, never on an I/O worker; an answer after the handshake's
+/// deadline is not waited for (see `accept`).
 pub(crate) type AcceptHandler = Arc<dyn Fn(&[CertificateDer<'_>], Flags) -> bool + Send + Sync>;
 
 /// What the element's TLS properties say.

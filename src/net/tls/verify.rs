@@ -1,6 +1,7 @@
 //! The certificate verifier: every problem of a server's chain found and named, then weighed
 //! against `tls-validation-flags` and, for what fails, the application's `accept-certificate`.
 
+use super::accept::{self, Answer};
 use super::dates::{utc, validity};
 use super::{AcceptHandler, Anchors};
 use crate::CAT;
@@ -29,6 +30,13 @@ impl fmt::Display for Rejected {
 }
 
 impl std::error::Error for Rejected {}
+
+/// Our verdict as rustls carries it out of the handshake (see [`rejected`]).
+fn rejection(text: String) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(Rejected {
+        text,
+    }))))
+}
 
 /// Finds our verdict in a failed TLS handshake's error.
 pub(crate) fn rejected(err: &io::Error) -> Option<&Rejected> {
@@ -310,13 +318,24 @@ impl ServerCertVerifier for Verifier {
         if let Some(accept) = &self.accept {
             let mut chain = vec![end_entity.clone().into_owned()];
             chain.extend(intermediates.iter().map(|c| c.clone().into_owned()));
-            if accept(&chain, failed) {
-                gst::info!(
-                    CAT,
-                    "server certificate accepted by the application despite: {}",
-                    found.describe(failed)
-                );
-                return Ok(ServerCertVerified::assertion());
+            match accept::ask(accept, chain, failed) {
+                Answer::Accepted => {
+                    gst::info!(
+                        CAT,
+                        "server certificate accepted by the application despite: {}",
+                        found.describe(failed)
+                    );
+                    return Ok(ServerCertVerified::assertion());
+                }
+                Answer::Refused => {}
+                Answer::Late(timeout) => {
+                    return Err(rejection(format!(
+                        "server certificate rejected: the accept-certificate handler did not \
+                         answer in time (the TLS handshake is bounded by tcp-timeout, \
+                         {timeout:?}); the certificate failed: {}",
+                        found.describe(failed)
+                    )));
+                }
             }
         }
         let mut text = format!("server certificate rejected: {}", found.describe(failed));
@@ -326,9 +345,7 @@ impl ServerCertVerifier for Verifier {
                 self.anchors.source
             ));
         }
-        Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-            OtherError(Arc::new(Rejected { text })),
-        )))
+        Err(rejection(text))
     }
 
     fn verify_tls12_signature(
