@@ -3,7 +3,7 @@
 
 /// What a packet's payload says about where it sits in the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Start {
+pub(crate) enum Start {
     /// A receiver can start decoding here (parameter sets or a random-access picture begin).
     Key,
     /// Part of a frame that needs earlier frames.
@@ -16,7 +16,7 @@ pub enum Start {
 }
 
 /// Codecs whose payload we inspect, from the caps' encoding-name.
-pub fn classify(encoding_name: &str, payload: &[u8]) -> Start {
+pub(crate) fn classify(encoding_name: &str, payload: &[u8]) -> Start {
     match encoding_name.to_ascii_uppercase().as_str() {
         "H264" => h264(payload),
         "H265" => h265(payload),

@@ -5,17 +5,24 @@
 use gst::glib;
 
 mod error;
-pub mod keyframe;
-pub mod net;
-pub mod rtcp;
-pub mod rtsp;
+mod keyframe;
+mod net;
+mod rtcp;
+mod rtsp;
 mod rtspannounce;
-pub mod sdp;
+mod sdp;
 
-/// What the fuzz targets need from the element's private modules (`cargo fuzz` builds with
-/// `--cfg fuzzing`); not part of the crate's API otherwise.
+/// What the fuzz targets (fuzz/) need from the crate's private modules (`cargo fuzz` builds with
+/// `--cfg fuzzing`): the crate's only API otherwise is the plugin. Items reached through these
+/// stay `pub` in their modules, everything else there is `pub(crate)`.
 #[cfg(fuzzing)]
 pub mod fuzzing {
+    pub use crate::rtsp::auth::{parse_challenges, strongest, Authenticator, Credentials};
+    pub use crate::rtsp::handshake::{Handshake, RequestContext, Step};
+    pub use crate::rtsp::headers::{Lower, Session, Transport};
+    pub use crate::rtsp::message::{Incoming, Limits, Parser, Request, Response};
+    pub use crate::rtsp::server_request::{answer, is_token};
+    pub use crate::rtsp::url::{ControlStyle, RtspUrl};
     pub use crate::rtspannounce::handle_request::{
         answer_response, is_gst_name, request_fields, Names,
     };

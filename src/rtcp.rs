@@ -4,28 +4,28 @@
 use std::time::Duration;
 
 /// Seconds between the NTP epoch (1900) and the Unix epoch (1970).
-pub const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
+pub(crate) const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
 
 /// A 64-bit NTP timestamp from a duration since its epoch.
-pub fn ntp_timestamp(since_epoch: Duration) -> u64 {
+pub(crate) fn ntp_timestamp(since_epoch: Duration) -> u64 {
     let secs = since_epoch.as_secs();
     let frac = ((since_epoch.subsec_nanos() as u64) << 32) / 1_000_000_000;
     (secs << 32) | frac
 }
 
 /// The middle 32 bits of an NTP timestamp (LSR and RTT arithmetic).
-pub fn ntp_middle(ntp: u64) -> u32 {
+pub(crate) fn ntp_middle(ntp: u64) -> u32 {
     (ntp >> 16) as u32
 }
 
 /// What a sender report states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SenderInfo {
-    pub ssrc: u32,
-    pub ntp: u64,
-    pub rtp_timestamp: u32,
-    pub packets: u32,
-    pub octets: u32,
+pub(crate) struct SenderInfo {
+    pub(crate) ssrc: u32,
+    pub(crate) ntp: u64,
+    pub(crate) rtp_timestamp: u32,
+    pub(crate) packets: u32,
+    pub(crate) octets: u32,
 }
 
 fn header(out: &mut Vec<u8>, count: u8, pt: u8, words_after: usize) {
@@ -35,7 +35,7 @@ fn header(out: &mut Vec<u8>, count: u8, pt: u8, words_after: usize) {
 }
 
 /// SR with no report blocks (we receive nothing).
-pub fn write_sender_report(out: &mut Vec<u8>, i: &SenderInfo) {
+fn write_sender_report(out: &mut Vec<u8>, i: &SenderInfo) {
     header(out, 0, 200, 6);
     out.extend_from_slice(&i.ssrc.to_be_bytes());
     out.extend_from_slice(&i.ntp.to_be_bytes());
@@ -45,7 +45,7 @@ pub fn write_sender_report(out: &mut Vec<u8>, i: &SenderInfo) {
 }
 
 /// SDES with one chunk holding the CNAME item.
-pub fn write_sdes_cname(out: &mut Vec<u8>, ssrc: u32, cname: &str) {
+fn write_sdes_cname(out: &mut Vec<u8>, ssrc: u32, cname: &str) {
     let name = &cname.as_bytes()[..cname.len().min(255)];
     // ssrc + type + len + text + END, padded to 32 bits.
     let chunk = 4 + 2 + name.len() + 1;
@@ -58,13 +58,13 @@ pub fn write_sdes_cname(out: &mut Vec<u8>, ssrc: u32, cname: &str) {
     out.extend(std::iter::repeat_n(0u8, padded - chunk + 1));
 }
 
-pub fn write_bye(out: &mut Vec<u8>, ssrc: u32) {
+fn write_bye(out: &mut Vec<u8>, ssrc: u32) {
     header(out, 1, 203, 1);
     out.extend_from_slice(&ssrc.to_be_bytes());
 }
 
 /// The compound packet sent periodically: SR + SDES CNAME, and BYE at the end.
-pub fn compound(info: &SenderInfo, cname: &str, bye: bool) -> Vec<u8> {
+pub(crate) fn compound(info: &SenderInfo, cname: &str, bye: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(64);
     write_sender_report(&mut out, info);
     write_sdes_cname(&mut out, info.ssrc, cname);
@@ -76,20 +76,20 @@ pub fn compound(info: &SenderInfo, cname: &str, bye: bool) -> Vec<u8> {
 
 /// A reception report block about one of our sources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReportBlock {
-    pub reporter: u32,
-    pub ssrc: u32,
-    pub fraction_lost: u8,
-    pub cumulative_lost: i32,
-    pub highest_seq: u32,
-    pub jitter: u32,
-    pub lsr: u32,
-    pub dlsr: u32,
+pub(crate) struct ReportBlock {
+    reporter: u32,
+    pub(crate) ssrc: u32,
+    pub(crate) fraction_lost: u8,
+    pub(crate) cumulative_lost: i32,
+    highest_seq: u32,
+    pub(crate) jitter: u32,
+    pub(crate) lsr: u32,
+    pub(crate) dlsr: u32,
 }
 
 impl ReportBlock {
     /// Round trip from LSR/DLSR and the middle 32 bits of the arrival time (RFC 3550 6.4.1).
-    pub fn rtt(&self, arrival_middle: u32) -> Option<Duration> {
+    pub(crate) fn rtt(&self, arrival_middle: u32) -> Option<Duration> {
         if self.lsr == 0 {
             return None;
         }
@@ -106,7 +106,7 @@ impl ReportBlock {
 
 /// Every report block in a compound RTCP packet (from RRs and SRs). Malformed packets end the
 /// walk; what was read before is kept.
-pub fn report_blocks(mut data: &[u8]) -> Vec<ReportBlock> {
+pub(crate) fn report_blocks(mut data: &[u8]) -> Vec<ReportBlock> {
     let mut out = Vec::new();
     while data.len() >= 8 {
         let count = (data[0] & 0x1f) as usize;
@@ -151,21 +151,21 @@ pub fn report_blocks(mut data: &[u8]) -> Vec<ReportBlock> {
 
 /// The fixed-header facts of an RTP packet that reports need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RtpFacts {
-    pub ssrc: u32,
-    pub timestamp: u32,
-    pub seq: u16,
+pub(crate) struct RtpFacts {
+    pub(crate) ssrc: u32,
+    pub(crate) timestamp: u32,
+    pub(crate) seq: u16,
     /// Payload octets: without header, CSRCs, extension or padding.
-    pub payload_len: usize,
+    pub(crate) payload_len: usize,
     /// Where the payload starts.
-    pub header_len: usize,
+    pub(crate) header_len: usize,
     /// Marker bit: for video, the last packet of a frame.
-    pub marker: bool,
+    pub(crate) marker: bool,
 }
 
 /// Reads what is needed from the start and end of a packet through `read(offset, buf)`, so a
 /// packet spread over several memories is never copied whole.
-pub fn rtp_facts(len: usize, read: impl Fn(usize, &mut [u8]) -> bool) -> Option<RtpFacts> {
+pub(crate) fn rtp_facts(len: usize, read: impl Fn(usize, &mut [u8]) -> bool) -> Option<RtpFacts> {
     let mut h = [0u8; 12];
     if len < 12 || !read(0, &mut h) || h[0] >> 6 != 2 {
         return None;
@@ -199,14 +199,14 @@ pub fn rtp_facts(len: usize, read: impl Fn(usize, &mut [u8]) -> bool) -> Option<
 
 /// The RTP timestamp a track's clock reads at running time `at`, from the last packet's
 /// (RTP timestamp, running time): what an SR sent at `at` must carry.
-pub fn rtp_at(last_rtp: u32, last_running: u64, at: u64, clock_rate: u32) -> u32 {
+pub(crate) fn rtp_at(last_rtp: u32, last_running: u64, at: u64, clock_rate: u32) -> u32 {
     let diff = at as i128 - last_running as i128;
     let ticks = diff * clock_rate as i128 / 1_000_000_000;
     last_rtp.wrapping_add(ticks as i64 as u32)
 }
 
 /// Next report interval: the base randomised over [0.5, 1.5] (RFC 3550 6.3.1).
-pub fn jittered(base: Duration, unit_random: f64) -> Duration {
+pub(crate) fn jittered(base: Duration, unit_random: f64) -> Duration {
     base.mul_f64(0.5 + unit_random.clamp(0.0, 1.0))
 }
 

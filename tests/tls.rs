@@ -340,6 +340,191 @@ fn accept_certificate_signal_decides() {
     }
 }
 
+/// A condition handlers block on until the test opens it: what a slow application handler does,
+/// with an end the test decides instead of a sleep.
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    cond: std::sync::Condvar,
+}
+
+impl Gate {
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.cond.notify_all();
+    }
+
+    /// Waits until the gate opens, at most `cap`; whether it opened.
+    fn wait(&self, cap: Duration) -> bool {
+        let g = self.open.lock().unwrap();
+        let (g, _) = self.cond.wait_timeout_while(g, cap, |open| !*open).unwrap();
+        *g
+    }
+}
+
+/// Counts up and tells waiters when a number is reached.
+#[derive(Default)]
+struct Counter {
+    n: Mutex<usize>,
+    cond: std::sync::Condvar,
+}
+
+impl Counter {
+    fn add(&self) {
+        *self.n.lock().unwrap() += 1;
+        self.cond.notify_all();
+    }
+
+    fn wait_for(&self, n: usize, cap: Duration) -> bool {
+        let g = self.n.lock().unwrap();
+        let (g, _) = self.cond.wait_timeout_while(g, cap, |c| *c < n).unwrap();
+        *g >= n
+    }
+}
+
+/// `accept-certificate` handlers are application code and may take their time: they must not
+/// hold up the shared I/O workers (DESIGN.md §2a). Two sessions (as many as the runtime has
+/// workers) sit in slow handlers, which return only once a third session, with the CA file and
+/// so no handler, has finished its handshake (its `rtspannounce-connected` message). Were the
+/// handlers run on the workers, that session could not progress and the handlers would end at
+/// their cap instead.
+#[test]
+fn a_slow_accept_certificate_handler_holds_up_no_other_session() {
+    const SLOW: usize = 2;
+    // Well under the slow sessions' tcp-timeout (20 s): their own handshakes must still succeed.
+    let cap = Duration::from_secs(10);
+    let pki = Pki::new("slowaccept");
+    let cert = pki.server_cert(&["127.0.0.1"], None);
+    let servers: Vec<RecordServer> = (0..=SLOW)
+        .map(|_| tls_server("/live/x", Tracks::H264, &cert))
+        .collect();
+    let fast_connected = Arc::new(Gate::default());
+    let in_handler = Arc::new(Counter::default());
+    let events: Arc<Mutex<Vec<String>>> = Arc::default();
+
+    let slow: Vec<_> = (0..SLOW)
+        .map(|i| {
+            let p = pipeline(&format!(
+                "{} ! rtspannounce name=sink location={}",
+                h264_branch(30, "vpay"),
+                servers[i].url()
+            ));
+            let (gate, entered, events) =
+                (fast_connected.clone(), in_handler.clone(), events.clone());
+            p.by_name("sink")
+                .unwrap()
+                .connect("accept-certificate", false, move |_| {
+                    entered.add();
+                    let released = gate.wait(cap);
+                    events.lock().unwrap().push(if released {
+                        format!("slow {i} answered after the fast session connected")
+                    } else {
+                        format!("slow {i} answered at its cap")
+                    });
+                    Some(true.to_value())
+                });
+            std::thread::spawn(move || run(&p, Duration::from_secs(60)))
+        })
+        .collect();
+    // Both slow sessions are inside their handlers before the fast one starts.
+    assert!(
+        in_handler.wait_for(SLOW, Duration::from_secs(30)),
+        "the slow sessions never asked accept-certificate"
+    );
+
+    let fast = pipeline(&format!(
+        "{} ! rtspannounce location={} {}",
+        h264_branch(30, "vpay"),
+        servers[SLOW].url(),
+        pki.ca_arg()
+    ));
+    {
+        let (gate, events) = (fast_connected.clone(), events.clone());
+        fast.bus().unwrap().set_sync_handler(move |_, msg| {
+            if let gst::MessageView::Element(e) = msg.view() {
+                if e.structure()
+                    .is_some_and(|s| s.name() == "rtspannounce-connected")
+                {
+                    events.lock().unwrap().push("fast connected".into());
+                    gate.open();
+                }
+            }
+            gst::BusSyncReply::Pass
+        });
+    }
+    let fast_out = run(&fast, Duration::from_secs(60));
+    // Whatever happened, the slow handlers must not wait for their cap once the fast one ended.
+    fast_connected.open();
+    let slow_out: Vec<Outcome> = slow.into_iter().map(|t| t.join().unwrap()).collect();
+
+    let events = events.lock().unwrap().clone();
+    println!("{events:#?}");
+    assert!(fast_out.eos, "{fast_out:?}");
+    assert_eq!(events.first().map(String::as_str), Some("fast connected"));
+    assert_eq!(events.len(), SLOW + 1, "{events:?}");
+    assert!(
+        events[1..]
+            .iter()
+            .all(|e| e.ends_with("after the fast session connected")),
+        "{events:?}"
+    );
+    // The slow sessions, accepted late but within their handshake's bound, recorded too.
+    for (i, out) in slow_out.iter().enumerate() {
+        assert!(out.eos, "slow {i}: {out:?}");
+    }
+    for (i, server) in servers.iter().enumerate() {
+        let report = server.wait_finished(Duration::from_secs(20)).unwrap();
+        assert_eq!(report.tracks[0].frames, 30, "server {i}: {report}");
+    }
+}
+
+/// A handler that does not answer within the handshake's bound (tcp-timeout) is not waited for:
+/// the certificate is refused, and the error says why, while the handler still runs.
+#[test]
+fn an_accept_certificate_handler_that_does_not_answer_in_time_refuses() {
+    let pki = Pki::new("lateaccept");
+    let server = tls_server(
+        "/live/x",
+        Tracks::H264,
+        &pki.server_cert(&["127.0.0.1"], None),
+    );
+    let p = pipeline(&format!(
+        "{} ! rtspannounce name=sink location={} tcp-timeout=1000000 retry-max=0",
+        h264_branch(30, "vpay"),
+        server.url()
+    ));
+    let release = Arc::new(Gate::default());
+    let (returned_tx, returned_rx) = std::sync::mpsc::channel();
+    {
+        let release = release.clone();
+        p.by_name("sink")
+            .unwrap()
+            .connect("accept-certificate", false, move |_| {
+                let released = release.wait(Duration::from_secs(30));
+                let _ = returned_tx.send(released);
+                Some(true.to_value())
+            });
+    }
+    let out = run(&p, Duration::from_secs(60));
+    // Only now is the handler let go: the error came while it was still running.
+    release.open();
+    assert_eq!(
+        returned_rx.recv_timeout(Duration::from_secs(30)),
+        Ok(true),
+        "the handler ended at its cap: the session waited for it"
+    );
+    assert_eq!(
+        out.error_is,
+        Some(gst::ResourceError::NotAuthorized),
+        "{out:?}"
+    );
+    let text = out.error_text();
+    println!("error: {text}");
+    assert!(text.contains("did not answer in time"), "{text}");
+    assert!(text.contains("unknown issuer"), "{text}");
+    assert!(server.stats().requests.is_empty(), "{:?}", server.stats());
+}
+
 #[test]
 fn a_bad_ca_file_is_a_settings_error_at_start() {
     init();

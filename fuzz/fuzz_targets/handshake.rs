@@ -2,11 +2,10 @@
 //! parser, must end in Done or an error, never a panic. Header parsers get the same bytes.
 #![no_main]
 
-use gstrtspannounce::rtsp::auth::{parse_challenges, strongest, Authenticator, Credentials};
-use gstrtspannounce::rtsp::handshake::{Handshake, RequestContext, Step};
-use gstrtspannounce::rtsp::headers::{Lower, Session, Transport};
-use gstrtspannounce::rtsp::message::{Incoming, Parser};
-use gstrtspannounce::rtsp::url::{ControlStyle, RtspUrl};
+use gstrtspannounce::fuzzing::{
+    parse_challenges, strongest, Authenticator, ControlStyle, Credentials, Handshake, Incoming,
+    Lower, Parser, RequestContext, RtspUrl, Session, Step, Transport,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! never panic, never loop, and never hold more than its limits allow.
 #![no_main]
 
-use gstrtspannounce::rtsp::message::{Limits, Parser};
+use gstrtspannounce::fuzzing::{Limits, Parser};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -14,12 +14,11 @@
 //! request the handshake sends is well-framed and reads back as sent.
 #![no_main]
 
-use gstrtspannounce::fuzzing::{answer_response, is_gst_name, request_fields, Names};
-use gstrtspannounce::rtsp::handshake::{Handshake, RequestContext, Step};
-use gstrtspannounce::rtsp::headers::{Lower, Session};
-use gstrtspannounce::rtsp::message::{Incoming, Limits, Parser, Request, Response};
-use gstrtspannounce::rtsp::server_request::{answer, is_token};
-use gstrtspannounce::rtsp::url::{ControlStyle, RtspUrl};
+use gstrtspannounce::fuzzing::{
+    answer, answer_response, is_gst_name, is_token, request_fields, ControlStyle, Handshake,
+    Incoming, Limits, Lower, Names, Parser, Request, RequestContext, Response, RtspUrl, Session,
+    Step,
+};
 use libfuzzer_sys::fuzz_target;
 use std::sync::Once;
 
@@ -83,7 +82,11 @@ fn one_request(req: &Request, fields: &[u8]) {
         assert!(view.fields.len() <= r.headers.0.len() + 2);
         let s = view.structure();
         shown = true;
-        assert!(is_token(&r.method) && is_gst_name(&r.method), "{:?}", r.method);
+        assert!(
+            is_token(&r.method) && is_gst_name(&r.method),
+            "{:?}",
+            r.method
+        );
         assert_eq!(s.name(), r.method.as_str());
         for (n, _) in s.iter() {
             assert!(is_gst_name(n.as_str()), "field {n:?}");
@@ -103,7 +106,10 @@ fn one_request(req: &Request, fields: &[u8]) {
     let mut p = Parser::default();
     p.feed(&bytes);
     let Ok(Some(Incoming::Response(back))) = p.next_message() else {
-        panic!("our answer does not parse: {:?}", String::from_utf8_lossy(&bytes));
+        panic!(
+            "our answer does not parse: {:?}",
+            String::from_utf8_lossy(&bytes)
+        );
     };
     assert_eq!(p.pending(), 0, "{:?}", String::from_utf8_lossy(&bytes));
     assert_eq!(back.status, resp.status);
@@ -271,6 +277,10 @@ fn well_framed(req: &Request) {
         panic!("our request does not parse: {text:?}");
     };
     assert_eq!(p.pending(), 0, "{text:?}");
-    assert_eq!((&back.method, &back.uri), (&req.method, &req.uri), "{text:?}");
+    assert_eq!(
+        (&back.method, &back.uri),
+        (&req.method, &req.uri),
+        "{text:?}"
+    );
     assert_eq!(back.body, req.body);
 }

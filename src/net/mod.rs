@@ -1,16 +1,16 @@
 //! Network side: the shared I/O runtime, the RTSP connection, the interleaved data path and
 //! the UDP one.
 
-pub mod connection;
+pub(crate) mod connection;
 pub(crate) mod dial;
-pub mod queue;
-pub mod tls;
-pub mod udp;
+pub(crate) mod queue;
+pub(crate) mod tls;
+pub(crate) mod udp;
 
 use std::sync::LazyLock;
 
 /// One small runtime for every session in the process: sessions cost tasks, not threads.
-pub static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+pub(crate) static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("rtspannounce-io")

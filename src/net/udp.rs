@@ -15,7 +15,7 @@ use std::time::Duration;
 
 /// Largest RTP packet that fits an Ethernet MTU over IPv4 (1500 - 20 - 8): beyond it the
 /// packet is fragmented, and one lost fragment loses all of it.
-pub const SAFE_UDP_PAYLOAD: usize = 1472;
+const SAFE_UDP_PAYLOAD: usize = 1472;
 
 /// How long one blocking send may wait for room in the kernel buffer before the stop flags
 /// are looked at again.
@@ -28,7 +28,7 @@ const IOV_PER_PACKET: usize = 8;
 
 /// Binds an RTP/RTCP pair on `local` (its port ignored): an even RTP port and RTCP on the next
 /// one, within `range` if given, else ports the OS picks.
-pub fn bind_pair(
+pub(crate) fn bind_pair(
     local: SocketAddr,
     range: Option<(u16, u16)>,
 ) -> io::Result<(UdpSocket, UdpSocket)> {
@@ -84,7 +84,7 @@ pub fn bind_pair(
 
 /// Why a UDP send did not go out.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UdpError {
+pub(crate) enum UdpError {
     /// Stopping or flushing.
     Cancelled,
     /// A packet larger than a datagram can be.
@@ -92,19 +92,19 @@ pub enum UdpError {
 }
 
 /// One track's sockets and what happened on them.
-pub struct UdpTrack {
+pub(crate) struct UdpTrack {
     /// Connected to the server's RTP port; blocking with a short timeout.
     rtp: UdpSocket,
     /// Non-blocking, registered with the runtime for reading; reports are sent with plain
     /// `sendto` (losing one to a full buffer is harmless).
     rtcp: Arc<tokio::net::UdpSocket>,
-    pub client_ports: (u16, u16),
-    pub server_rtp: SocketAddr,
-    pub server_rtcp: SocketAddr,
+    pub(crate) client_ports: (u16, u16),
+    pub(crate) server_rtp: SocketAddr,
+    pub(crate) server_rtcp: SocketAddr,
     /// Packets the kernel would not take (drop policy) or refused with an error.
-    pub dropped: AtomicU64,
+    pub(crate) dropped: AtomicU64,
     /// RTCP packets received from the server.
-    pub rtcp_received: AtomicU64,
+    pub(crate) rtcp_received: AtomicU64,
     warned_size: AtomicBool,
     warned_error: AtomicBool,
 }
@@ -112,7 +112,7 @@ pub struct UdpTrack {
 impl UdpTrack {
     /// Sets up a track from its bound pair (within the runtime: the RTCP socket registers with
     /// its reactor).
-    pub fn new(
+    pub(crate) fn new(
         rtp: UdpSocket,
         rtcp: UdpSocket,
         server_rtp: SocketAddr,
@@ -302,11 +302,11 @@ impl UdpTrack {
 }
 
 /// Called with RTCP the server sent: the track's RTCP channel and the packet.
-pub type RtcpHandler = Arc<dyn Fn(u8, &[u8]) + Send + Sync>;
+pub(crate) type RtcpHandler = Arc<dyn Fn(u8, &[u8]) + Send + Sync>;
 
 /// Every track of one recording connection in UDP mode.
-pub struct UdpSession {
-    pub tracks: Vec<Arc<UdpTrack>>,
+pub(crate) struct UdpSession {
+    pub(crate) tracks: Vec<Arc<UdpTrack>>,
     /// Never drop knowingly: wait for room in the kernel buffer.
     block: bool,
     stopped: AtomicBool,
@@ -314,7 +314,7 @@ pub struct UdpSession {
 }
 
 impl UdpSession {
-    pub fn new(tracks: Vec<Arc<UdpTrack>>, block: bool) -> Arc<UdpSession> {
+    pub(crate) fn new(tracks: Vec<Arc<UdpTrack>>, block: bool) -> Arc<UdpSession> {
         Arc::new(UdpSession {
             tracks,
             block,
@@ -325,7 +325,7 @@ impl UdpSession {
 
     /// Reads what the server sends to our RTCP ports (receiver reports) and hands it on. Only
     /// datagrams from the server's address are taken. Within the runtime.
-    pub fn start_readers(self: &Arc<Self>, on_rtcp: RtcpHandler) {
+    pub(crate) fn start_readers(self: &Arc<Self>, on_rtcp: RtcpHandler) {
         let mut readers = self.readers.lock().unwrap();
         for (i, t) in self.tracks.iter().enumerate() {
             let sock = t.rtcp.clone();
@@ -360,13 +360,17 @@ impl UdpSession {
 
     /// Sends frames as the TCP path would queue them: RTP to each track's RTP port, framed
     /// RTCP (`$`, odd channel) to its RTCP port, in order. Runs on the caller's thread.
-    pub fn send(&self, frames: &[OutFrame]) -> Result<(), UdpError> {
+    pub(crate) fn send(&self, frames: &[OutFrame]) -> Result<(), UdpError> {
         self.send_until(frames, &AtomicBool::new(false))
     }
 
     /// [`Self::send`] for a pad that may be flushed: a blocked send gives up within its
     /// 100 ms re-check once `cancel` is set (flushing is per pad).
-    pub fn send_until(&self, frames: &[OutFrame], cancel: &AtomicBool) -> Result<(), UdpError> {
+    pub(crate) fn send_until(
+        &self,
+        frames: &[OutFrame],
+        cancel: &AtomicBool,
+    ) -> Result<(), UdpError> {
         let stop = || self.stopped.load(Ordering::Relaxed) || cancel.load(Ordering::Relaxed);
         if stop() {
             return Err(UdpError::Cancelled);
@@ -405,7 +409,7 @@ impl UdpSession {
     }
 
     /// A framed RTCP compound (as `TrackSender::report` builds it) to its track's RTCP port.
-    pub fn send_rtcp(&self, framed: &[u8]) {
+    pub(crate) fn send_rtcp(&self, framed: &[u8]) {
         if self.stopped.load(Ordering::Relaxed) || framed.len() <= 4 {
             return;
         }
@@ -415,7 +419,7 @@ impl UdpSession {
     }
 
     /// Nothing more is sent or read; the sockets close when the last user lets go.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.stopped.store(true, Ordering::Relaxed);
         for r in self.readers.lock().unwrap().drain(..) {
             r.abort();
@@ -431,7 +435,7 @@ impl Drop for UdpSession {
 
 /// Where to send a track's media: the `source` the server named, if it is an address of the
 /// same family as ours, else the RTSP peer.
-pub fn destination(peer: IpAddr, source: Option<&str>) -> IpAddr {
+pub(crate) fn destination(peer: IpAddr, source: Option<&str>) -> IpAddr {
     match source.and_then(|s| s.trim().parse::<IpAddr>().ok()) {
         Some(ip) if ip.is_ipv4() == peer.is_ipv4() && !ip.is_unspecified() => ip,
         Some(ip) => {

@@ -84,13 +84,7 @@ pub enum Challenge {
 }
 
 impl Challenge {
-    pub fn realm(&self) -> &str {
-        match self {
-            Challenge::Basic { realm } | Challenge::Digest { realm, .. } => realm,
-        }
-    }
-
-    pub fn is_stale(&self) -> bool {
+    pub(crate) fn is_stale(&self) -> bool {
         matches!(self, Challenge::Digest { stale: true, .. })
     }
 
@@ -104,7 +98,7 @@ impl Challenge {
         }
     }
 
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Challenge::Basic { realm } => format!("Basic realm \"{realm}\""),
             Challenge::Digest {
@@ -264,7 +258,7 @@ pub fn strongest(challenges: &[Challenge]) -> Option<&Challenge> {
 /// Answers one challenge for every later request.
 #[derive(Clone)]
 pub struct Authenticator {
-    pub challenge: Challenge,
+    pub(crate) challenge: Challenge,
     creds: Credentials,
     nc: u32,
     cnonce: String,

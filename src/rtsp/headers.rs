@@ -5,15 +5,15 @@ use std::fmt;
 /// What the server answered in SETUP's Transport header (the parts we use).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Transport {
-    pub profile: String,
-    pub lower: Lower,
-    pub unicast: bool,
-    pub interleaved: Option<(u8, u8)>,
-    pub client_port: Option<(u16, u16)>,
-    pub server_port: Option<(u16, u16)>,
-    pub source: Option<String>,
-    pub ssrc: Option<u32>,
-    pub mode: Option<String>,
+    pub(crate) profile: String,
+    pub(crate) lower: Lower,
+    pub(crate) unicast: bool,
+    pub(crate) interleaved: Option<(u8, u8)>,
+    pub(crate) client_port: Option<(u16, u16)>,
+    pub(crate) server_port: Option<(u16, u16)>,
+    pub(crate) source: Option<String>,
+    pub(crate) ssrc: Option<u32>,
+    pub(crate) mode: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -25,7 +25,7 @@ pub enum Lower {
 
 impl Lower {
     /// How errors and stats name it.
-    pub fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             Lower::Tcp => "TCP interleaved",
             Lower::Udp => "UDP unicast",
@@ -33,7 +33,7 @@ impl Lower {
     }
 
     /// The `protocols` flag that allows it.
-    pub fn flag(self) -> &'static str {
+    pub(crate) fn flag(self) -> &'static str {
         match self {
             Lower::Tcp => "tcp",
             Lower::Udp => "udp",
@@ -42,7 +42,7 @@ impl Lower {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HeaderError(pub String);
+pub struct HeaderError(pub(crate) String);
 
 impl fmt::Display for HeaderError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -91,7 +91,7 @@ impl Transport {
     /// The TCP interleaved request for track `index`: channels 2n and 2n+1.
     /// Written by hand: `mode=record` must be lower-case and unquoted (FFmpeg's listener compares
     /// it case-sensitively; rtsp-types would write `mode="RECORD"`).
-    pub fn tcp_request(rtp_channel: u8) -> String {
+    fn tcp_request(rtp_channel: u8) -> String {
         format!(
             "RTP/AVP/TCP;unicast;interleaved={}-{};mode=record",
             rtp_channel,
@@ -101,12 +101,12 @@ impl Transport {
 
     /// The UDP unicast request for a track whose RTP/RTCP sockets are bound to `rtp`/`rtcp`.
     /// Hand-written for the same reason as `tcp_request`.
-    pub fn udp_request(rtp: u16, rtcp: u16) -> String {
+    fn udp_request(rtp: u16, rtcp: u16) -> String {
         format!("RTP/AVP;unicast;client_port={rtp}-{rtcp};mode=record")
     }
 
     /// The request for `lower`: interleaved channels for TCP, client ports for UDP.
-    pub fn request(lower: Lower, channel: u8, ports: Option<(u16, u16)>) -> String {
+    pub(crate) fn request(lower: Lower, channel: u8, ports: Option<(u16, u16)>) -> String {
         match (lower, ports) {
             (Lower::Udp, Some((rtp, rtcp))) => Transport::udp_request(rtp, rtcp),
             _ => Transport::tcp_request(channel),
@@ -160,7 +160,7 @@ impl Transport {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     pub id: String,
-    pub timeout: Option<u64>,
+    pub(crate) timeout: Option<u64>,
 }
 
 impl Session {
@@ -186,7 +186,7 @@ impl Session {
 }
 
 /// Methods listed in a `Public` header, upper-cased.
-pub fn parse_public(value: &str) -> Vec<String> {
+pub(crate) fn parse_public(value: &str) -> Vec<String> {
     value
         .split(',')
         .map(|m| m.trim().to_ascii_uppercase())

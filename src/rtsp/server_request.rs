@@ -25,7 +25,7 @@ const DEFAULTS: &str = "OPTIONS, GET_PARAMETER, SET_PARAMETER";
 /// - anything else: `501 Not Implemented`.
 ///
 /// CSeq and Session are the caller's to echo (`answer`).
-pub fn default_response(req: &Request) -> Response {
+pub(crate) fn default_response(req: &Request) -> Response {
     if !is_token(&req.method) {
         return Response::new(400, "Bad Request");
     }
@@ -43,7 +43,7 @@ pub fn default_response(req: &Request) -> Response {
 /// `s` as text for a start line or a header value we send: CR, LF and other control characters
 /// (a tab excepted) become spaces, so nothing we echo or are handed can end the line and add
 /// lines of its own.
-pub fn line_text(s: &str) -> String {
+pub(crate) fn line_text(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() && c != '\t' { ' ' } else { c })
         .collect()
@@ -70,7 +70,7 @@ pub fn answer(req: &Request, app: impl FnOnce(&Request) -> Option<Response>) -> 
 }
 
 /// The reason phrase RFC 2326 7.1.1 gives `status`, or "" for codes it does not list.
-pub fn reason_phrase(status: u16) -> &'static str {
+pub(crate) fn reason_phrase(status: u16) -> &'static str {
     match status {
         100 => "Continue",
         200 => "OK",

@@ -3,7 +3,7 @@
 use std::fmt;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scheme {
+pub(crate) enum Scheme {
     Rtsp,
     /// `rtspt://`: TCP only.
     RtspT,
@@ -30,14 +30,14 @@ pub enum ControlStyle {
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct RtspUrl {
-    pub scheme: Scheme,
-    pub host: String,
-    pub port: u16,
+    pub(crate) scheme: Scheme,
+    pub(crate) host: String,
+    pub(crate) port: u16,
     /// Path and query as given, without credentials, starting with `/`.
-    pub path: String,
-    pub query: Option<String>,
-    pub user: Option<String>,
-    pub password: Option<String>,
+    pub(crate) path: String,
+    pub(crate) query: Option<String>,
+    pub(crate) user: Option<String>,
+    pub(crate) password: Option<String>,
 }
 
 // Never print the password, even in debug output.
@@ -56,7 +56,7 @@ impl fmt::Debug for RtspUrl {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UrlError(pub String);
+pub struct UrlError(pub(crate) String);
 
 impl fmt::Display for UrlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -133,7 +133,7 @@ impl RtspUrl {
     }
 
     /// The Request-URI for ANNOUNCE and RECORD: no credentials, query kept.
-    pub fn request_uri(&self) -> String {
+    pub(crate) fn request_uri(&self) -> String {
         match &self.query {
             Some(q) => format!("{}{}?{}", self.base(), self.path, q),
             None => format!("{}{}", self.base(), self.path),
@@ -141,7 +141,7 @@ impl RtspUrl {
     }
 
     /// The aggregate URI for RECORD and TEARDOWN.
-    pub fn aggregate_uri(&self, style: ControlStyle) -> String {
+    pub(crate) fn aggregate_uri(&self, style: ControlStyle) -> String {
         match style {
             ControlStyle::NoQuery => format!("{}{}", self.base(), self.path),
             _ => self.request_uri(),
@@ -149,14 +149,14 @@ impl RtspUrl {
     }
 
     /// Host and port to connect to, in the form `lookup_host` takes.
-    pub fn connect_target(&self) -> (String, u16) {
+    pub(crate) fn connect_target(&self) -> (String, u16) {
         (self.host.clone(), self.port)
     }
 
     /// The SETUP URI of a track whose SDP `a=control` is `control`.
     /// An absolute control wins; else `Content-Base` (if the server sent one) is the base;
     /// else the announce URL, joined per `style` when it has a query.
-    pub fn control_uri(
+    pub(crate) fn control_uri(
         &self,
         control: &str,
         content_base: Option<&str>,
@@ -184,7 +184,7 @@ impl RtspUrl {
 }
 
 /// A location with any password replaced, for messages.
-pub fn redact(location: &str) -> String {
+pub(crate) fn redact(location: &str) -> String {
     match url::Url::parse(location) {
         Ok(mut u) if u.password().is_some() => {
             let _ = u.set_password(Some("***"));

@@ -126,7 +126,7 @@ pub struct Names {
 
 impl Names {
     /// The process-wide budget: far more than any real server uses, a few hundred KiB at most.
-    pub const MAX_NEW: usize = 4096;
+    const MAX_NEW: usize = 4096;
 
     pub fn new(max: usize) -> Names {
         Names {
@@ -137,7 +137,7 @@ impl Names {
 
     /// Whether `name` may be given to GStreamer: a standard name, one given before, or a new
     /// one while the budget lasts (then counted).
-    pub fn admit(&mut self, name: &str) -> bool {
+    fn admit(&mut self, name: &str) -> bool {
         if STANDARD_NAMES.contains(&name) || self.new.contains(name) {
             return true;
         }
@@ -157,9 +157,9 @@ static PROCESS_NAMES: LazyLock<Mutex<Names>> =
 /// and its string fields in order, and the headers left out (each with the reason), for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Shown {
-    pub name: String,
+    pub(crate) name: String,
     pub fields: Vec<(String, String)>,
-    pub skipped: Vec<String>,
+    pub(crate) skipped: Vec<String>,
 }
 
 impl Shown {
@@ -230,7 +230,7 @@ pub fn request_fields(req: &Request, names: &mut Names) -> Result<Shown, NotShow
 }
 
 /// `request_fields` with the process's budget of names, as a structure; with what was left out.
-pub fn request_structure(req: &Request) -> Result<(gst::Structure, Vec<String>), NotShown> {
+pub(crate) fn request_structure(req: &Request) -> Result<(gst::Structure, Vec<String>), NotShown> {
     // The budget's lock is not held while GStreamer builds the structure.
     let shown = request_fields(req, &mut PROCESS_NAMES.lock().unwrap())?;
     Ok((shown.structure(), shown.skipped))

@@ -13,11 +13,13 @@ mod session;
 mod settings;
 mod stats;
 
+// `pub` (the module is private): imp.rs's subclass struct is `pub` and names this type as its
+// `ObjectSubclass::Type`, which may not be less visible than it.
 glib::wrapper! {
     pub struct RtspAnnounce(ObjectSubclass<imp::RtspAnnounce>) @extends gst::Bin, gst::Element, gst::Object, @implements gst::URIHandler, gst::ChildProxy;
 }
 
-pub fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
+pub(crate) fn register(plugin: &gst::Plugin) -> Result<(), glib::BoolError> {
     // The request pads' class: documented with the element (its `payloader` property).
     pad::RtspAnnouncePad::static_type().mark_as_plugin_api(gst::PluginAPIFlags::empty());
     gst::Element::register(

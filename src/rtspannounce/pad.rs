@@ -23,10 +23,10 @@ mod imp {
     use super::*;
 
     pub(super) struct Installed {
-        pub element: gst::Element,
-        pub explicit: bool,
+        pub(crate) element: gst::Element,
+        pub(crate) explicit: bool,
         /// `new-payloader` was emitted for it.
-        pub announced: bool,
+        pub(crate) announced: bool,
     }
 
     /// An automatic payloader a caps query chose before any caps arrived. It is not in the bin:
@@ -34,19 +34,19 @@ mod imp {
     /// does, so the payloader answers upstream as it would in front of us. The caps event
     /// links it in (topology never changes inside a query).
     pub(super) struct Pending {
-        pub element: gst::Element,
-        pub probe: gst::Pad,
+        pub(crate) element: gst::Element,
+        pub(crate) probe: gst::Pad,
     }
 
     #[derive(Default)]
     pub(super) struct Chain {
-        pub appsink: Option<gst::Element>,
-        pub installed: Option<Installed>,
-        pub pending: Option<Pending>,
+        pub(crate) appsink: Option<gst::Element>,
+        pub(crate) installed: Option<Installed>,
+        pub(crate) pending: Option<Pending>,
     }
 
     #[derive(Default)]
-    pub struct RtspAnnouncePad {
+    pub(crate) struct RtspAnnouncePad {
         /// The `payloader` property.
         pub(super) payloader: Mutex<Option<gst::Element>>,
         pub(super) chain: Mutex<Chain>,
@@ -103,7 +103,7 @@ mod imp {
 }
 
 glib::wrapper! {
-    pub struct RtspAnnouncePad(ObjectSubclass<imp::RtspAnnouncePad>) @extends gst::GhostPad, gst::ProxyPad, gst::Pad, gst::Object;
+    pub(crate) struct RtspAnnouncePad(ObjectSubclass<imp::RtspAnnouncePad>) @extends gst::GhostPad, gst::ProxyPad, gst::Pad, gst::Object;
 }
 
 fn describe(e: &gst::Element) -> String {
@@ -118,7 +118,7 @@ pub(crate) type NewPayloader = Box<dyn Fn(&gst::Element) + Send + Sync>;
 
 impl RtspAnnouncePad {
     /// A request pad feeding `appsink` (already in the element).
-    pub fn new(
+    pub(crate) fn new(
         templ: &gst::PadTemplate,
         name: &str,
         appsink: &gst::Element,
@@ -174,7 +174,7 @@ impl RtspAnnouncePad {
     }
 
     /// The payloader now in front of the appsink (chosen or set), if any.
-    pub fn current_payloader(&self) -> Option<gst::Element> {
+    fn current_payloader(&self) -> Option<gst::Element> {
         let chain = self.imp().chain.lock().unwrap();
         chain.installed.as_ref().map(|i| i.element.clone())
     }
@@ -550,7 +550,7 @@ impl RtspAnnouncePad {
     }
 
     /// Takes the payloader out of the element (the pad is being released).
-    pub fn detach(&self, bin: &gst::Bin) {
+    pub(crate) fn detach(&self, bin: &gst::Bin) {
         let (installed, pending) = {
             let mut chain = self.imp().chain.lock().unwrap();
             (chain.installed.take(), chain.pending.take())

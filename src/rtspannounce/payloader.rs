@@ -19,12 +19,12 @@ fn is_rtp(caps: &gst::CapsRef) -> bool {
 }
 
 /// True for caps our appsink takes as they are (already payloaded).
-pub fn is_rtp_caps(caps: &gst::CapsRef) -> bool {
+pub(crate) fn is_rtp_caps(caps: &gst::CapsRef) -> bool {
     !caps.is_empty() && !caps.is_any() && is_rtp(caps)
 }
 
 /// Sort order of candidates: rank (highest first), then not demoted, then name.
-pub fn order(mut candidates: Vec<(String, i32)>) -> Vec<String> {
+pub(crate) fn order(mut candidates: Vec<(String, i32)>) -> Vec<String> {
     candidates.sort_by(|(na, ra), (nb, rb)| {
         rb.cmp(ra)
             .then_with(|| {
@@ -92,12 +92,12 @@ fn cached<T>(f: impl FnOnce(&Cache) -> T) -> T {
 }
 
 /// The candidate payloaders, best first.
-pub fn factories() -> Vec<gst::ElementFactory> {
+fn factories() -> Vec<gst::ElementFactory> {
     cached(|c| c.factories.clone())
 }
 
 /// What a request pad accepts: RTP, or anything a candidate payloader takes.
-pub fn pad_caps() -> gst::Caps {
+pub(crate) fn pad_caps() -> gst::Caps {
     cached(|c| c.pad_caps.clone())
 }
 
@@ -128,7 +128,7 @@ fn scan() -> Vec<gst::ElementFactory> {
 /// our plugin is scanned alone no payloader is known there, and the template cached in the
 /// registry (what gst-inspect-1.0 prints) would wrongly say RTP only: then it says ANY, as
 /// rtspclientsink's does. A pad's caps query always answers from the live registry.
-pub fn template_caps() -> gst::Caps {
+pub(crate) fn template_caps() -> gst::Caps {
     if factories().is_empty() {
         return gst::Caps::new_any();
     }
@@ -136,7 +136,7 @@ pub fn template_caps() -> gst::Caps {
 }
 
 /// The best payloader factory for fixed encoded caps.
-pub fn find(caps: &gst::CapsRef) -> Option<gst::ElementFactory> {
+pub(crate) fn find(caps: &gst::CapsRef) -> Option<gst::ElementFactory> {
     factories().into_iter().find(|f| f.can_sink_any_caps(caps))
 }
 
@@ -147,13 +147,13 @@ pub fn find(caps: &gst::CapsRef) -> Option<gst::ElementFactory> {
 /// then puts SPS/PPS before every IDR *slice*, i.e. inside the access unit of a multi-slice
 /// frame (x264enc tune=zerolatency), and FFmpeg's listener counts extra, damaged frames.
 /// With an interval they go before the first slice of a keyframe once a second.
-pub const CONFIG_INTERVAL_S: i32 = 1;
+const CONFIG_INTERVAL_S: i32 = 1;
 
 /// The payloader for a caps query's filter, when the choice does not depend on fields upstream
 /// has not fixed yet: the best candidate that can take some of `filter`, if it is the only one or
 /// outranks every other. `audio/mpeg` without `mpegversion` (what lamemp3enc asks with) fits
 /// rtpmp4gpay, rtpmp4apay and rtpmpapay at one rank: no choice until the caps say which.
-pub fn unambiguous(filter: &gst::CapsRef) -> Option<gst::ElementFactory> {
+pub(crate) fn unambiguous(filter: &gst::CapsRef) -> Option<gst::ElementFactory> {
     let mut matching = factories()
         .into_iter()
         .filter(|f| f.can_sink_any_caps(filter));
@@ -167,7 +167,10 @@ pub fn unambiguous(filter: &gst::CapsRef) -> Option<gst::ElementFactory> {
 /// A payloader from `factory`, configured for RTSP publishing: H.264/H.265/MPEG-4 parameter
 /// sets in-band every [`CONFIG_INTERVAL_S`]. Everything else keeps the payloader's defaults
 /// (mtu 1400, its payload type: the session remaps collisions between tracks).
-pub fn create(factory: &gst::ElementFactory, name: &str) -> Result<gst::Element, glib::BoolError> {
+pub(crate) fn create(
+    factory: &gst::ElementFactory,
+    name: &str,
+) -> Result<gst::Element, glib::BoolError> {
     let pay = factory.create().name(name).build()?;
     let has_interval = pay
         .find_property("config-interval")

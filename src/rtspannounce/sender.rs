@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Which clock the NTP field of sender reports follows (rtspclientsink's `ntp-time-source`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NtpSource {
+pub(crate) enum NtpSource {
     /// Wall clock, NTP epoch.
     Ntp,
     /// Wall clock, Unix epoch.
@@ -24,21 +24,21 @@ pub enum NtpSource {
 /// Maps running time to the NTP field: the same function for every track of a session, which
 /// is what lets a receiver line tracks up.
 #[derive(Debug, Clone, Copy)]
-pub struct NtpMapper {
-    pub source: NtpSource,
+pub(crate) struct NtpMapper {
+    pub(crate) source: NtpSource,
     /// Pipeline clock now and base time, if the element has a clock.
-    pub clock_now: Option<u64>,
-    pub base_time: u64,
-    pub wall_now: SystemTime,
+    pub(crate) clock_now: Option<u64>,
+    pub(crate) base_time: u64,
+    pub(crate) wall_now: SystemTime,
 }
 
 impl NtpMapper {
-    pub fn running_now(&self) -> Option<u64> {
+    pub(crate) fn running_now(&self) -> Option<u64> {
         self.clock_now.map(|c| c.saturating_sub(self.base_time))
     }
 
     /// NTP timestamp of the instant the pipeline reaches running time `rt`.
-    pub fn ntp_at(&self, rt: u64) -> u64 {
+    pub(crate) fn ntp_at(&self, rt: u64) -> u64 {
         let clock_at = self.base_time.saturating_add(rt);
         match self.source {
             NtpSource::RunningTime => rtcp::ntp_timestamp(Duration::from_nanos(rt)),
@@ -65,33 +65,33 @@ impl NtpMapper {
 
 /// What the server reported about one of our tracks.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ReceiverView {
-    pub reports: u64,
-    pub fraction_lost: u8,
-    pub cumulative_lost: i32,
-    pub jitter: u32,
-    pub rtt: Option<Duration>,
+pub(crate) struct ReceiverView {
+    pub(crate) reports: u64,
+    pub(crate) fraction_lost: u8,
+    pub(crate) cumulative_lost: i32,
+    pub(crate) jitter: u32,
+    pub(crate) rtt: Option<Duration>,
 }
 
 #[derive(Debug, Default)]
-pub struct Counters {
-    pub ssrc: Option<u32>,
-    pub packets: u64,
+pub(crate) struct Counters {
+    pub(crate) ssrc: Option<u32>,
+    pub(crate) packets: u64,
     /// Payload octets, as sender reports count them.
-    pub octets: u64,
+    pub(crate) octets: u64,
     /// Bytes on the wire, interleave headers included.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     last_rtp: u32,
     last_running: Option<u64>,
-    pub sender_reports: u64,
-    pub receiver: ReceiverView,
+    pub(crate) sender_reports: u64,
+    pub(crate) receiver: ReceiverView,
     /// (middle 32 bits of the NTP field, when it was queued) of recent reports: a receiver
     /// report's LSR names one, which gives the round trip on our own clock whatever the NTP
     /// field said (the first report is stamped at its packet's running time, which rtpbin needs
     /// but which lies a pipeline latency in the past).
     recent_reports: std::collections::VecDeque<(u32, std::time::Instant)>,
     /// Packets held back until a keyframe (after a reconnect or under congestion).
-    pub dropped: u64,
+    pub(crate) dropped: u64,
     /// The next packet starts a frame (the previous one had the marker bit).
     mid_frame: bool,
     /// Dropping because the network is too slow; the episode ends at a keyframe with room.
@@ -105,16 +105,16 @@ pub struct Counters {
 
 /// What `frames` noticed that the session acts on.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct FrameEvents {
+pub(crate) struct FrameEvents {
     /// A congestion episode began: warn once.
-    pub congestion_started: bool,
+    pub(crate) congestion_started: bool,
     /// Room is back while waiting for a keyframe: ask the encoder for one.
-    pub want_keyframe: bool,
+    pub(crate) want_keyframe: bool,
 }
 
 /// How full the queue is, as the drop policy sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Room {
+pub(crate) enum Room {
     /// Below half the bound: a dropped stream may resume.
     Plenty,
     Some,
@@ -123,29 +123,29 @@ pub enum Room {
 }
 
 /// What a track is sent with, fixed for one connection.
-pub struct TrackSetup {
-    pub channel: u8,
-    pub rtcp_channel: u8,
-    pub pt_rewrite: Option<u8>,
-    pub clock_rate: u32,
-    pub cname: String,
-    pub encoding: String,
-    pub is_video: bool,
+pub(crate) struct TrackSetup {
+    pub(crate) channel: u8,
+    pub(crate) rtcp_channel: u8,
+    pub(crate) pt_rewrite: Option<u8>,
+    pub(crate) clock_rate: u32,
+    pub(crate) cname: String,
+    pub(crate) encoding: String,
+    pub(crate) is_video: bool,
     /// Hold delta frames back until a keyframe (after a reconnect).
-    pub wait_keyframe: bool,
+    pub(crate) wait_keyframe: bool,
 }
 
-pub struct TrackSender {
-    pub channel: u8,
-    pub rtcp_channel: u8,
-    pub pt_rewrite: Option<u8>,
-    pub clock_rate: u32,
+pub(crate) struct TrackSender {
+    pub(crate) channel: u8,
+    pub(crate) rtcp_channel: u8,
+    pub(crate) pt_rewrite: Option<u8>,
+    pub(crate) clock_rate: u32,
     cname: String,
     encoding: String,
     is_video: bool,
     /// Set while delta frames must be held back: the server's first frame must be decodable.
     waiting_keyframe: AtomicBool,
-    pub counters: Mutex<Counters>,
+    pub(crate) counters: Mutex<Counters>,
 }
 
 /// An RTCP compound as an interleaved frame.
@@ -159,7 +159,7 @@ fn frame_rtcp(channel: u8, packet: &[u8]) -> Vec<u8> {
 }
 
 impl TrackSender {
-    pub fn new(t: TrackSetup) -> Self {
+    pub(crate) fn new(t: TrackSetup) -> Self {
         TrackSender {
             channel: t.channel,
             rtcp_channel: t.rtcp_channel,
@@ -173,7 +173,7 @@ impl TrackSender {
         }
     }
 
-    pub fn waiting_keyframe(&self) -> bool {
+    fn waiting_keyframe(&self) -> bool {
         self.waiting_keyframe.load(Ordering::Relaxed)
     }
 
@@ -199,7 +199,7 @@ impl TrackSender {
     /// With `room` (the drop policy), a frame only starts when the queue has room; once one is
     /// dropped, video drops everything up to a keyframe that finds room again, so the server
     /// never gets half a frame or a delta frame it cannot decode. Audio drops frame by frame.
-    pub fn frames(
+    pub(crate) fn frames(
         &self,
         buffers: impl IntoIterator<Item = (gst::Buffer, Option<u64>)>,
         ntp: &dyn Fn() -> NtpMapper,
@@ -342,7 +342,7 @@ impl TrackSender {
 
     /// A periodic report (or the last one, with BYE): stamped "now" on the pipeline clock, or at
     /// the last packet when there is no clock. None before the track's first packet.
-    pub fn report(&self, ntp: &NtpMapper, bye: bool) -> Option<Vec<u8>> {
+    pub(crate) fn report(&self, ntp: &NtpMapper, bye: bool) -> Option<Vec<u8>> {
         let mut c = self.counters.lock().unwrap();
         c.ssrc?;
         let last = c.last_running?;
@@ -351,7 +351,11 @@ impl TrackSender {
     }
 
     /// Takes report blocks about our SSRC; returns the new cumulative loss if it grew.
-    pub fn receiver_report(&self, block: &rtcp::ReportBlock, arrival_middle: u32) -> Option<i32> {
+    pub(crate) fn receiver_report(
+        &self,
+        block: &rtcp::ReportBlock,
+        arrival_middle: u32,
+    ) -> Option<i32> {
         let mut c = self.counters.lock().unwrap();
         if c.ssrc != Some(block.ssrc) {
             return None;

@@ -299,8 +299,10 @@ impl ObjectImpl for RtspAnnounce {
         static SIGNALS: std::sync::LazyLock<Vec<glib::subclass::Signal>> =
             std::sync::LazyLock::new(|| {
                 vec![
-                    // Emitted from the I/O thread with the SDP about to be announced; handlers
-                    // may edit it in place (same name and meaning as rtspclientsink's).
+                    // The SDP about to be announced; handlers may edit it in place (same name
+                    // and meaning as rtspclientsink's). Emitted from a blocking-pool thread, not
+                    // the shared I/O workers; a handler that takes longer than tcp-timeout fails
+                    // the handshake (ResourceError::Settings).
                     glib::subclass::Signal::builder("update-sdp")
                         .param_types([gst_sdp::SDPMessage::static_type()])
                         .build(),
@@ -337,7 +339,8 @@ impl ObjectImpl for RtspAnnounce {
                         .build(),
                     // The server's certificate failed the checks in `errors` (those that
                     // tls-validation-flags keep): a handler returning TRUE accepts it anyway.
-                    // Emitted from the I/O thread during the TLS handshake.
+                    // Emitted from a blocking-pool thread during the TLS handshake; an answer
+                    // later than tcp-timeout refuses the certificate.
                     glib::subclass::Signal::builder("accept-certificate")
                         .param_types([
                             gio::TlsCertificate::static_type(),

@@ -1,23 +1,25 @@
 //! The RTSP connection: connect, run the handshake, then stream with one writer and one reader
 //! task, and TEARDOWN at the end.
 
-use super::queue::{write_all, SendQueue, Wire, WriteError};
+mod io_tasks;
+
+use super::queue::{SendQueue, Wire};
 use super::tls::{TlsReader, TlsWire};
 use crate::rtsp::handshake::{Handshake, Negotiated, RequestContext, Step};
 use crate::rtsp::message::{Incoming, Parser, Request, Response};
 use crate::rtsp::server_request;
 use crate::rtsp::url::RtspUrl;
 use crate::CAT;
+use io_tasks::{read_loop, write_loop, ReadSide, ReaderCtx};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 
-pub use crate::error::Error as SessionError;
+pub(crate) use crate::error::Error as SessionError;
 
 fn log_request(who: &str, req: &Request) {
     gst::debug!(CAT, "{who}: sending\n{}", req.to_log_string());
@@ -28,7 +30,10 @@ fn log_response(who: &str, resp: &Response) {
 }
 
 /// Resolves the server name, within `timeout`.
-pub async fn resolve(url: &RtspUrl, timeout: Duration) -> Result<Vec<SocketAddr>, SessionError> {
+pub(crate) async fn resolve(
+    url: &RtspUrl,
+    timeout: Duration,
+) -> Result<Vec<SocketAddr>, SessionError> {
     let (host, port) = url.connect_target();
     let addrs: Vec<_> =
         tokio::time::timeout(timeout, tokio::net::lookup_host((host.as_str(), port)))
@@ -48,7 +53,7 @@ pub async fn resolve(url: &RtspUrl, timeout: Duration) -> Result<Vec<SocketAddr>
 
 /// The local address the kernel would use towards `peer` (a UDP socket's connect only looks the
 /// route up; nothing is sent), so the SDP can be written before the TCP connection exists.
-pub fn route_local_addr(peer: SocketAddr) -> Option<IpAddr> {
+pub(crate) fn route_local_addr(peer: SocketAddr) -> Option<IpAddr> {
     let any: SocketAddr = if peer.is_ipv4() {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -63,7 +68,7 @@ pub fn route_local_addr(peer: SocketAddr) -> Option<IpAddr> {
 /// `send_buffer` caps the kernel's send buffer (it autotunes up to megabytes, which on a slow
 /// link is seconds of hidden latency a drop policy could not see).
 /// With `tls`, the TLS handshake follows within the same deadline.
-pub async fn connect(
+pub(crate) async fn connect(
     url: &RtspUrl,
     addrs: &[SocketAddr],
     timeout: Duration,
@@ -114,7 +119,9 @@ async fn tls_handshake(
 ) -> Result<Stream, SessionError> {
     let name = super::tls::server_name(host).map_err(SessionError::Tls)?;
     let connector = tokio_rustls::TlsConnector::from(cfg);
-    match tokio::time::timeout_at(deadline, connector.connect(name, tcp)).await {
+    // The verifier waits for an accept-certificate handler no longer than this deadline.
+    let handshake = super::tls::bounded_handshake(deadline, timeout, connector.connect(name, tcp));
+    match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(s)) => {
             let s = Stream::Tls(Box::new(s));
             gst::debug!(
@@ -155,7 +162,7 @@ fn tls_error_text(e: &std::io::Error) -> String {
 }
 
 /// The RTSP connection, plain or TLS.
-pub enum Stream {
+pub(crate) enum Stream {
     Tcp(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
@@ -168,16 +175,16 @@ impl Stream {
         }
     }
 
-    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+    pub(crate) fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
         self.tcp().local_addr()
     }
 
-    pub fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+    pub(crate) fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
         self.tcp().peer_addr()
     }
 
     /// TLS version and cipher suite, e.g. `TLSv1.3 TLS13_AES_256_GCM_SHA384` (None: plain).
-    pub fn tls_summary(&self) -> Option<String> {
+    pub(crate) fn tls_summary(&self) -> Option<String> {
         let Stream::Tls(s) = self else { return None };
         let conn = s.get_ref().1;
         let version = match conn.protocol_version() {
@@ -212,16 +219,16 @@ impl Stream {
 }
 
 /// The connection during the handshake: whole responses in, requests out.
-pub struct Control {
-    pub stream: Stream,
-    pub parser: Parser,
-    pub timeout: Duration,
-    pub name: String,
+pub(crate) struct Control {
+    pub(crate) stream: Stream,
+    pub(crate) parser: Parser,
+    pub(crate) timeout: Duration,
+    pub(crate) name: String,
 }
 
 impl Control {
     /// Sends `req` and returns its response, answering any request the server sends meanwhile.
-    pub async fn round_trip(&mut self, req: &Request) -> Result<Response, SessionError> {
+    async fn round_trip(&mut self, req: &Request) -> Result<Response, SessionError> {
         log_request(&self.name, req);
         let bytes = req.to_bytes();
         tokio::time::timeout(self.timeout, self.stream.write_all(&bytes))
@@ -279,7 +286,7 @@ impl Control {
 
     /// Drives the handshake to its end. Returns what was negotiated and the round trips taken.
     /// `bind_udp` binds a track's UDP port pair when a SETUP offers UDP.
-    pub async fn run_handshake(
+    pub(crate) async fn run_handshake(
         &mut self,
         hs: &mut Handshake,
         bind_udp: &mut (dyn FnMut(usize) -> Result<(u16, u16), SessionError> + Send),
@@ -306,7 +313,7 @@ impl Control {
 /// What we answer to requests a server sends us on the connection.
 /// `app` may answer first (the element's `handle-request` signal), unless the method is
 /// malformed; see `rtsp::server_request` for the defaults (TEARDOWN is accepted).
-pub fn answer_server_request(name: &str, req: &Request, app: Option<&RequestHandler>) -> Response {
+fn answer_server_request(name: &str, req: &Request, app: Option<&RequestHandler>) -> Response {
     gst::debug!(CAT, "{name}: server request\n{}", req.to_log_string());
     let resp = server_request::answer(req, |req| app.and_then(|h| h(req)));
     log_response(name, &resp);
@@ -315,7 +322,7 @@ pub fn answer_server_request(name: &str, req: &Request, app: Option<&RequestHand
 
 /// How the end of a session went wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TeardownError {
+pub(crate) enum TeardownError {
     /// Queued data did not reach the server.
     NotDelivered(SessionError),
     /// Everything was written, but TEARDOWN got no answer.
@@ -323,18 +330,18 @@ pub enum TeardownError {
 }
 
 /// Lets the application answer a request the server sent (None: the default answer).
-pub type RequestHandler = Arc<dyn Fn(&Request) -> Option<Response> + Send + Sync>;
+pub(crate) type RequestHandler = Arc<dyn Fn(&Request) -> Option<Response> + Send + Sync>;
 
 /// Called with interleaved data the server sends (its RTCP).
-pub type RtcpHandler = Arc<dyn Fn(u8, &[u8]) + Send + Sync>;
+pub(crate) type RtcpHandler = Arc<dyn Fn(u8, &[u8]) + Send + Sync>;
 
 /// Called from the I/O tasks when the connection fails while streaming.
-pub type FailureHandler = Arc<dyn Fn(SessionError) + Send + Sync>;
+pub(crate) type FailureHandler = Arc<dyn Fn(SessionError) + Send + Sync>;
 
 /// A recording session: the writer drains the queue to the socket, the reader handles whatever
 /// the server sends (RTCP, answers, requests) so the server never blocks on us.
-pub struct Streaming {
-    pub queue: Arc<SendQueue>,
+pub(crate) struct Streaming {
+    pub(crate) queue: Arc<SendQueue>,
     ctx: Mutex<RequestContext>,
     uri: String,
     waiting: Arc<Mutex<HashMap<u32, tokio::sync::oneshot::Sender<Response>>>>,
@@ -350,7 +357,7 @@ pub struct Streaming {
 
 impl Streaming {
     /// Starts the I/O tasks. Must be called from within the runtime.
-    pub fn start(
+    pub(crate) fn start(
         control: Control,
         ctx: RequestContext,
         uri: String,
@@ -432,7 +439,7 @@ impl Streaming {
     }
 
     /// Sends a request after what is queued and waits (bounded) for its answer.
-    pub async fn request(&self, method: &str) -> Result<Response, SessionError> {
+    pub(crate) async fn request(&self, method: &str) -> Result<Response, SessionError> {
         let req = self.ctx.lock().unwrap().request(method, &self.uri);
         log_request(&self.name, &req);
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -458,7 +465,7 @@ impl Streaming {
 
     /// Keeps the session alive with GET_PARAMETER (OPTIONS if the server refuses it, or if
     /// `prefer_options`) every `interval`, whether media flows or not.
-    pub fn start_keepalive(self: &Arc<Self>, interval: Duration, prefer_options: bool) {
+    pub(crate) fn start_keepalive(self: &Arc<Self>, interval: Duration, prefer_options: bool) {
         let weak = Arc::downgrade(self);
         let task = tokio::spawn(async move {
             let mut method = if prefer_options {
@@ -512,17 +519,17 @@ impl Streaming {
 
     /// The end is near (BYE is about to go out): the server closing is no longer a failure;
     /// `teardown` reports what matters.
-    pub fn expect_close(&self) {
+    pub(crate) fn expect_close(&self) {
         self.closing.store(true, Ordering::SeqCst);
     }
 
     /// Sends TEARDOWN after everything queued, waits for its answer (bounded), closes.
-    pub async fn teardown(&self, timeout: Duration) -> Result<(), TeardownError> {
+    pub(crate) async fn teardown(&self, timeout: Duration) -> Result<(), TeardownError> {
         self.end(false, timeout).await
     }
 
     /// Drops what is queued, sends TEARDOWN best-effort (bounded), closes.
-    pub async fn stop(&self, timeout: Duration) -> Result<(), TeardownError> {
+    pub(crate) async fn stop(&self, timeout: Duration) -> Result<(), TeardownError> {
         self.end(true, timeout).await
     }
 
@@ -587,7 +594,7 @@ impl Streaming {
     }
 
     /// Stops at once: nothing more is written, both tasks end.
-    pub fn abort(&self) {
+    pub(crate) fn abort(&self) {
         self.closing.store(true, Ordering::SeqCst);
         if let Some(k) = self.keepalive.lock().unwrap().take() {
             k.abort();
@@ -598,188 +605,6 @@ impl Streaming {
         }
         self.reader.abort();
     }
-}
-
-async fn write_loop(
-    wire: Wire,
-    queue: Arc<SendQueue>,
-    timeout: Duration,
-    on_failure: FailureHandler,
-    closing: Arc<AtomicBool>,
-    name: String,
-) -> Result<(), SessionError> {
-    let mut batch: Vec<u8> = Vec::new();
-    while let Some(media_in_batch) = queue.take(&mut batch).await {
-        let res = write_all(&wire, &batch, timeout).await;
-        queue.written(&mut batch);
-        let err = match res {
-            Ok(()) => continue,
-            Err(WriteError::Io(_))
-                if closing.load(Ordering::SeqCst) && !media_in_batch && !queue.has_media() =>
-            {
-                // Only BYE/TEARDOWN were left when a closing server went away: all media arrived.
-                gst::debug!(CAT, "{name}: server gone while closing, after all media");
-                queue.set_wire(None);
-                return Ok(());
-            }
-            Err(WriteError::Io(e)) => {
-                SessionError::Io(format!("writing to the server failed: {e}"))
-            }
-            Err(WriteError::Stalled) => SessionError::Io(format!(
-                "server accepted no data for {timeout:?} (not reading, or the network is down)"
-            )),
-        };
-        gst::warning!(CAT, "{name}: {err}");
-        on_failure(err.clone());
-        queue.fail(err.to_string());
-        return Err(err);
-    }
-    // The last reference to a TCP write half goes with `wire`: the write side closes.
-    queue.set_wire(None);
-    wire.close(timeout).await;
-    gst::debug!(CAT, "{name}: writer done");
-    Ok(())
-}
-
-/// What the reader task shares with the rest of the session.
-struct ReaderCtx {
-    queue: Arc<SendQueue>,
-    waiting: Arc<Mutex<HashMap<u32, tokio::sync::oneshot::Sender<Response>>>>,
-    on_failure: FailureHandler,
-    on_rtcp: RtcpHandler,
-    on_request: Option<RequestHandler>,
-    closing: Arc<AtomicBool>,
-    name: String,
-}
-
-/// Where the reader task reads plaintext from.
-enum ReadSide {
-    Tcp(OwnedReadHalf),
-    Tls(TlsReader),
-}
-
-impl ReadSide {
-    async fn read(&mut self, buf: &mut [u8], queue: &SendQueue) -> std::io::Result<usize> {
-        match self {
-            ReadSide::Tcp(rd) => rd.read(buf).await,
-            ReadSide::Tls(rd) => {
-                let mut needs_flush = false;
-                let res = rd.read(buf, &mut needs_flush).await;
-                if needs_flush {
-                    queue.flush_wire();
-                }
-                res
-            }
-        }
-    }
-}
-
-async fn read_loop(mut rd: ReadSide, mut parser: Parser, cx: ReaderCtx) {
-    let ReaderCtx {
-        queue,
-        waiting,
-        on_failure,
-        on_rtcp,
-        on_request,
-        closing,
-        name,
-    } = cx;
-    let mut buf = vec![0u8; 16 * 1024];
-    let fail = |err: SessionError| {
-        gst::warning!(CAT, "{name}: {err}");
-        // Whoever waits for an answer learns of the failure by the dropped sender.
-        waiting.lock().unwrap().clear();
-        on_failure(err.clone());
-        queue.fail(err.to_string());
-    };
-    loop {
-        loop {
-            match parser.next_message() {
-                Ok(Some(Incoming::Response(r))) => {
-                    log_response(&name, &r);
-                    // An answer without CSeq (FFmpeg's listener answers TEARDOWN so) belongs to
-                    // the request in flight when there is just one.
-                    let tx = {
-                        let mut w = waiting.lock().unwrap();
-                        match r.headers.cseq() {
-                            Some(c) => w.remove(&c),
-                            None if w.len() == 1 => {
-                                let c = *w.keys().next().unwrap();
-                                w.remove(&c)
-                            }
-                            None => None,
-                        }
-                    };
-                    match tx {
-                        Some(tx) => {
-                            let _ = tx.send(r);
-                        }
-                        None => gst::debug!(CAT, "{name}: unsolicited response ignored"),
-                    }
-                }
-                Ok(Some(Incoming::Request(req))) => {
-                    let resp = match &on_request {
-                        // The application's handler may take its time, and the I/O workers are
-                        // shared by every session (DESIGN.md §2a): it runs on the blocking pool.
-                        // This reader waits for it, so answers keep their order.
-                        Some(app) => {
-                            let (app, n, r) = (app.clone(), name.clone(), req.clone());
-                            tokio::task::spawn_blocking(move || {
-                                answer_server_request(&n, &r, Some(&app))
-                            })
-                            .await
-                            // The handler panicked: the default answer.
-                            .unwrap_or_else(|_| answer_server_request(&name, &req, None))
-                        }
-                        None => answer_server_request(&name, &req, None),
-                    };
-                    let _ = queue.push_control(resp.to_bytes());
-                    if req.method == "TEARDOWN" && !closing.load(Ordering::SeqCst) {
-                        // Our 200 still goes out; then the session is over.
-                        let err = SessionError::Io(
-                            "the server ended the session (it sent TEARDOWN)".into(),
-                        );
-                        queue.fail_after_control(err.to_string());
-                        return fail(err);
-                    }
-                }
-                Ok(Some(Incoming::Interleaved { channel, data })) => {
-                    gst::trace!(
-                        CAT,
-                        "{name}: {} bytes from server on channel {channel}",
-                        data.len()
-                    );
-                    on_rtcp(channel, &data);
-                }
-                Ok(None) => break,
-                Err(e) => return fail(SessionError::Parse(e)),
-            }
-        }
-        match rd.read(&mut buf, &queue).await {
-            Ok(0) | Err(_) if closing.load(Ordering::SeqCst) => {
-                // Expected at the end: whoever waits for an answer learns by the dropped sender;
-                // the writer finishes what is queued and reports itself.
-                gst::debug!(CAT, "{name}: server closed the connection at the end");
-                waiting.lock().unwrap().clear();
-                return;
-            }
-            Ok(0) => return fail(SessionError::Io("server closed the connection".into())),
-            Ok(n) => parser.feed(&buf[..n]),
-            Err(e) => {
-                return fail(SessionError::Io(format!(
-                    "reading from the server failed: {e}"
-                )))
-            }
-        }
-    }
-}
-
-/// Timing of a finished handshake, for stats and benchmarks.
-#[derive(Debug, Clone, Copy)]
-pub struct HandshakeTiming {
-    pub started: Instant,
-    pub duration: Duration,
-    pub round_trips: u32,
 }
 
 #[cfg(test)]

@@ -1,0 +1,101 @@
+//! What is queued: an interleaved RTP/RTCP frame or a piece of RTSP text.
+
+use super::QueueError;
+
+/// One interleaved frame or a piece of RTSP text, written in queue order.
+pub(crate) enum OutFrame {
+    /// `$`, channel, 16-bit length, then optionally the first two RTP bytes rewritten (payload type
+    /// remapping), followed by the buffer from byte `skip` on.
+    Rtp {
+        head: [u8; 6],
+        head_len: u8,
+        buffer: gst::Buffer,
+        skip: u8,
+    },
+    Control(Vec<u8>),
+}
+
+/// Largest packet an interleaved frame can carry.
+const MAX_INTERLEAVED: usize = u16::MAX as usize;
+
+impl OutFrame {
+    /// Frames an RTP/RTCP buffer for `channel`; `pt` rewrites the payload type byte (keeping the
+    /// marker bit) when this track's payload type was remapped.
+    pub(crate) fn rtp(buffer: gst::Buffer, channel: u8, pt: Option<u8>) -> Result<OutFrame, usize> {
+        let len = buffer.size();
+        if len > MAX_INTERLEAVED {
+            return Err(len);
+        }
+        let l = (len as u16).to_be_bytes();
+        let mut head = [b'$', channel, l[0], l[1], 0, 0];
+        let mut first = [0u8; 2];
+        match pt {
+            Some(pt) if len >= 2 && buffer.copy_to_slice(0, &mut first).is_ok() => {
+                head[4] = first[0];
+                head[5] = (first[1] & 0x80) | (pt & 0x7f);
+                Ok(OutFrame::Rtp {
+                    head,
+                    head_len: 6,
+                    buffer,
+                    skip: 2,
+                })
+            }
+            _ => Ok(OutFrame::Rtp {
+                head,
+                head_len: 4,
+                buffer,
+                skip: 0,
+            }),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            OutFrame::Rtp {
+                head_len,
+                head,
+                skip,
+                ..
+            } => {
+                // The length field says how big the packet is: no buffer size walk.
+                *head_len as usize + u16::from_be_bytes([head[2], head[3]]) as usize
+                    - *skip as usize
+            }
+            OutFrame::Control(v) => v.len(),
+        }
+    }
+
+    pub(super) fn is_media(&self) -> bool {
+        matches!(self, OutFrame::Rtp { .. })
+    }
+
+    /// Appends the frame's wire bytes to `out`, mapping the buffer's memories one by one (mapping
+    /// a multi-memory buffer whole would merge it into a fresh allocation first).
+    pub(super) fn append_to(&self, out: &mut Vec<u8>) -> Result<(), QueueError> {
+        match self {
+            OutFrame::Rtp {
+                head,
+                head_len,
+                buffer,
+                skip,
+            } => {
+                out.extend_from_slice(&head[..*head_len as usize]);
+                let mut to_skip = *skip as usize;
+                for mem in buffer.iter_memories() {
+                    let map = mem
+                        .map_readable()
+                        .map_err(|_| QueueError::Failed("cannot map buffer memory".into()))?;
+                    let data = map.as_slice();
+                    if to_skip >= data.len() {
+                        to_skip -= data.len();
+                        continue;
+                    }
+                    out.extend_from_slice(&data[to_skip..]);
+                    to_skip = 0;
+                }
+            }
+            OutFrame::Control(v) => out.extend_from_slice(v),
+        }
+        Ok(())
+    }
+}

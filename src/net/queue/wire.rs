@@ -1,0 +1,92 @@
+//! Where the queued bytes go: the socket (plain or TLS), written without blocking.
+
+use crate::net::tls::TlsWire;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::tcp::OwnedWriteHalf;
+
+#[derive(Clone)]
+pub(crate) enum Wire {
+    Tcp(Arc<OwnedWriteHalf>),
+    /// RTSPS: bytes are sealed into TLS records, many frames to a record.
+    Tls(Arc<TlsWire>),
+}
+
+impl Wire {
+    /// A non-blocking write: `WouldBlock` when the socket has no room.
+    pub(super) fn try_write(&self, data: &[u8]) -> io::Result<usize> {
+        match self {
+            Wire::Tcp(w) => w.try_write(data),
+            Wire::Tls(w) => w.try_write(data),
+        }
+    }
+
+    /// Sends bytes the wire itself still holds (sealed TLS records); `WouldBlock` while some
+    /// remain.
+    pub(super) fn flush(&self) -> io::Result<()> {
+        match self {
+            Wire::Tcp(_) => Ok(()),
+            Wire::Tls(w) => w.flush(),
+        }
+    }
+
+    /// Whether the wire holds bytes that must still go out even when nothing is pending.
+    pub(super) fn backlog(&self) -> bool {
+        match self {
+            Wire::Tcp(_) => false,
+            Wire::Tls(w) => w.backlog(),
+        }
+    }
+
+    pub(super) async fn writable(&self) -> io::Result<()> {
+        match self {
+            Wire::Tcp(w) => w.writable().await,
+            Wire::Tls(w) => w.writable().await,
+        }
+    }
+
+    /// Ends the write side once everything is written. A TCP half closes when its last
+    /// reference goes; TLS says close_notify first, and its reader still holds the socket.
+    pub(crate) async fn close(&self, stall: Duration) {
+        if let Wire::Tls(w) = self {
+            w.close(stall).await;
+        }
+    }
+}
+
+/// Writes `data` to the wire as it drains; fails when no byte goes out for `stall`.
+/// Returns once the wire holds nothing more of it (TLS records included).
+pub(crate) async fn write_all(wire: &Wire, data: &[u8], stall: Duration) -> Result<(), WriteError> {
+    let mut at = 0;
+    loop {
+        let res = if at < data.len() {
+            wire.try_write(&data[at..])
+        } else {
+            match wire.flush() {
+                Ok(()) => return Ok(()),
+                Err(e) => Err(e),
+            }
+        };
+        match res {
+            Ok(0) => return Err(WriteError::Io(io::ErrorKind::WriteZero.into())),
+            Ok(n) => at += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match tokio::time::timeout(stall, wire.writable()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(WriteError::Io(e)),
+                    Err(_) => return Err(WriteError::Stalled),
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(WriteError::Io(e)),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum WriteError {
+    Io(io::Error),
+    /// The peer took nothing for the stall timeout.
+    Stalled,
+}
