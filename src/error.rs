@@ -56,8 +56,11 @@ pub enum Error {
 pub(crate) enum ErrorKind {
     Resource(gst::ResourceError),
     Stream(gst::StreamError),
-    /// Shorthand for `Resource(Write)`: media could not go out.
-    Write,
+}
+
+impl ErrorKind {
+    /// Media could not go out.
+    pub(crate) const WRITE: ErrorKind = ErrorKind::Resource(gst::ResourceError::Write);
 }
 
 impl Error {
@@ -131,14 +134,6 @@ fn message(
         ErrorKind::Resource(k) => {
             gst::ErrorMessage::new(&k, Some(text), None, file, "rtspannounce", line)
         }
-        ErrorKind::Write => gst::ErrorMessage::new(
-            &gst::ResourceError::Write,
-            Some(text),
-            None,
-            file,
-            "rtspannounce",
-            line,
-        ),
         ErrorKind::Stream(k) => {
             gst::ErrorMessage::new(&k, Some(text), None, file, "rtspannounce", line)
         }

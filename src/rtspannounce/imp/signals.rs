@@ -30,15 +30,6 @@ impl Hooks for ElementHooks {
                     ErrorKind::Stream(k) => {
                         e.message_full(t, k, text, None, file, "rtspannounce", line)
                     }
-                    ErrorKind::Write => e.message_full(
-                        t,
-                        gst::ResourceError::Write,
-                        text,
-                        None,
-                        file,
-                        "rtspannounce",
-                        line,
-                    ),
                 }
             }
             Notice::Element(s) => {

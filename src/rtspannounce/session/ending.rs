@@ -40,7 +40,7 @@ impl Shared {
                     t.abort();
                 }
                 self.warn(
-                    ErrorKind::Write,
+                    ErrorKind::WRITE,
                     format!("End of stream while reconnecting: {dropped} packets since the connection loss were not delivered"),
                 );
                 self.hooks.notify(Notice::Eos);

@@ -580,7 +580,7 @@ impl Shared {
         };
         if ev.congestion_started {
             self.warn(
-                ErrorKind::Write,
+                ErrorKind::WRITE,
                 format!("The network is slower than the stream: dropping on {name} (video up to the next keyframe) until the queue drains"),
             );
         }

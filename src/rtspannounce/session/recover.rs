@@ -49,7 +49,7 @@ impl Shared {
         }
         self.cond.notify_all();
         self.warn(
-            ErrorKind::Write,
+            ErrorKind::WRITE,
             format!(
                 "Connection to {} lost ({err}): reconnecting",
                 self.cfg.dial.url.request_uri()
