@@ -101,6 +101,20 @@ pub(crate) struct Counters {
     neutral_prefix: bool,
     prefix: Vec<(gst::Buffer, Option<u64>, Option<RtpFacts>)>,
     keyframe_requested: bool,
+    /// Continuity across flushes: what is added to the payloader's sequence numbers and
+    /// timestamps (zero until a flush), and the last packet as it went out.
+    shift: (u16, u32),
+    last_out: Option<LastOut>,
+    /// A flush happened: the next packet continues from `last_out`.
+    discont: bool,
+}
+
+/// The last packet sent on a track, as it went out.
+#[derive(Debug, Clone, Copy)]
+struct LastOut {
+    seq: u16,
+    ts: u32,
+    at: std::time::Instant,
 }
 
 /// What `frames` noticed that the session acts on.
@@ -175,6 +189,19 @@ impl TrackSender {
 
     fn waiting_keyframe(&self) -> bool {
         self.waiting_keyframe.load(Ordering::Relaxed)
+    }
+
+    /// The track's pad was flushed (a flushing seek): what comes next continues the sequence
+    /// numbers and timestamps of what went out, video from a keyframe. No sender report until
+    /// then: the running time it maps from has restarted.
+    pub(crate) fn flushed(&self) {
+        let mut c = self.counters.lock().unwrap();
+        c.discont = true;
+        c.last_running = None;
+        c.mid_frame = false;
+        if self.is_video {
+            self.waiting_keyframe.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Whether a decoder could start at this packet.
@@ -284,14 +311,42 @@ impl TrackSender {
         out: &mut Vec<OutFrame>,
     ) -> Result<(), usize> {
         {
-            let frame = OutFrame::rtp(buffer, self.channel, self.pt_rewrite)?;
+            if let (true, Some(f), Some(last)) = (c.discont, facts.as_ref(), c.last_out) {
+                // After a flush the payloader's numbers restart where its new segment does:
+                // continue from the last packet sent, its timestamp advanced by the time since.
+                let ticks = (last.at.elapsed().as_nanos() * self.clock_rate as u128 / 1_000_000_000)
+                    .max(1) as u32;
+                c.shift = (
+                    last.seq.wrapping_add(1).wrapping_sub(f.seq),
+                    last.ts.wrapping_add(ticks).wrapping_sub(f.timestamp),
+                );
+                gst::debug!(
+                    crate::CAT,
+                    "channel {}: after a flush, sequence numbers shift by {} and timestamps by {}",
+                    self.channel,
+                    c.shift.0,
+                    c.shift.1
+                );
+            }
+            if facts.is_some() {
+                c.discont = false;
+            }
+            let (seq, ts) = c.shift;
+            let frame = OutFrame::rtp_shifted(buffer, self.channel, self.pt_rewrite, seq, ts)?;
             if let Some(RtpFacts {
                 ssrc,
                 timestamp,
                 payload_len,
+                seq: in_seq,
                 ..
             }) = facts
             {
+                let timestamp = timestamp.wrapping_add(ts);
+                c.last_out = Some(LastOut {
+                    seq: in_seq.wrapping_add(seq),
+                    ts: timestamp,
+                    at: std::time::Instant::now(),
+                });
                 if c.ssrc != Some(ssrc) {
                     c.ssrc = Some(ssrc);
                 }
@@ -376,5 +431,128 @@ impl TrackSender {
             rtt: rtt.or(c.receiver.rtt),
         };
         grew.then_some(block.cumulative_lost)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sender(is_video: bool) -> TrackSender {
+        TrackSender::new(TrackSetup {
+            channel: 0,
+            rtcp_channel: 1,
+            pt_rewrite: None,
+            clock_rate: 90_000,
+            cname: "test".into(),
+            encoding: String::new(),
+            is_video,
+            wait_keyframe: false,
+        })
+    }
+
+    fn packet(seq: u16, ts: u32) -> gst::Buffer {
+        let mut p = vec![0x80, 0x80 | 96];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&ts.to_be_bytes());
+        p.extend_from_slice(&0xfeed_beefu32.to_be_bytes());
+        p.extend_from_slice(&[0x65, 1, 2, 3]);
+        gst::Buffer::from_mut_slice(p)
+    }
+
+    /// (sequence number, timestamp) of every RTP packet framed.
+    fn sent(out: &[OutFrame]) -> Vec<(u16, u32)> {
+        out.iter()
+            .filter_map(|f| match f {
+                OutFrame::Rtp {
+                    head,
+                    head_len,
+                    buffer,
+                    skip,
+                } => {
+                    let mut bytes = head[4..*head_len as usize].to_vec();
+                    let rest = buffer.map_readable().unwrap();
+                    bytes.extend_from_slice(&rest[*skip as usize..]);
+                    Some((
+                        u16::from_be_bytes([bytes[2], bytes[3]]),
+                        u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
+                    ))
+                }
+                OutFrame::Control(_) => None,
+            })
+            .collect()
+    }
+
+    fn ntp() -> NtpMapper {
+        NtpMapper {
+            source: NtpSource::Ntp,
+            clock_now: None,
+            base_time: 0,
+            wall_now: SystemTime::now(),
+        }
+    }
+
+    fn frame(tx: &TrackSender, packets: &[(u16, u32)], out: &mut Vec<OutFrame>) {
+        let buffers = packets
+            .iter()
+            .map(|&(seq, ts)| (packet(seq, ts), Some(u64::from(ts) * 11_111)));
+        tx.frames(buffers, &ntp, None, out).unwrap();
+    }
+
+    #[test]
+    fn packets_go_out_as_the_payloader_numbered_them() {
+        gst::init().unwrap();
+        let tx = sender(true);
+        let mut out = Vec::new();
+        frame(&tx, &[(10, 1000), (11, 4000), (12, 7000)], &mut out);
+        assert_eq!(sent(&out), [(10, 1000), (11, 4000), (12, 7000)]);
+    }
+
+    #[test]
+    fn a_flush_continues_sequence_numbers_and_timestamps() {
+        gst::init().unwrap();
+        let tx = sender(true);
+        let mut out = Vec::new();
+        frame(&tx, &[(65534, 900_000), (65535, 903_000)], &mut out);
+        tx.flushed();
+        // The payloader starts over after a flushing seek: back to earlier numbers.
+        frame(&tx, &[(100, 0), (101, 3000), (102, 6000)], &mut out);
+        let s = sent(&out);
+        assert_eq!(s.len(), 5);
+        let seqs: Vec<u16> = s.iter().map(|p| p.0).collect();
+        assert_eq!(seqs, [65534, 65535, 0, 1, 2]);
+        // Forward from the last timestamp sent (by at least a tick), then the payloader's own
+        // spacing.
+        let (before, after) = (s[1].1, s[2].1);
+        assert!(after.wrapping_sub(before) >= 1 && after.wrapping_sub(before) < 90_000);
+        assert_eq!(s[3].1.wrapping_sub(s[2].1), 3000);
+        assert_eq!(s[4].1.wrapping_sub(s[3].1), 3000);
+        // A second flush continues from the shifted numbers.
+        tx.flushed();
+        frame(&tx, &[(7, 50)], &mut out);
+        assert_eq!(sent(&out)[5].0, 3);
+    }
+
+    #[test]
+    fn video_after_a_flush_starts_on_a_keyframe() {
+        gst::init().unwrap();
+        let tx = sender(true);
+        let mut out = Vec::new();
+        frame(&tx, &[(1, 0)], &mut out);
+        tx.flushed();
+        let mut delta = packet(2, 3000);
+        delta
+            .get_mut()
+            .unwrap()
+            .set_flags(gst::BufferFlags::DELTA_UNIT);
+        tx.frames([(delta, Some(0))], &ntp, None, &mut out).unwrap();
+        assert_eq!(
+            sent(&out).len(),
+            1,
+            "a delta frame after the flush went out"
+        );
+        frame(&tx, &[(3, 6000)], &mut out);
+        assert_eq!(sent(&out).len(), 2);
+        assert_eq!(sent(&out)[1].0, 2);
     }
 }

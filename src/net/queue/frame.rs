@@ -5,9 +5,10 @@ use super::QueueError;
 /// One interleaved frame or a piece of RTSP text, written in queue order.
 pub(crate) enum OutFrame {
     /// `$`, channel, 16-bit length, then optionally the first two RTP bytes rewritten (payload type
-    /// remapping), followed by the buffer from byte `skip` on.
+    /// remapping) or the first eight (sequence number and timestamp shifted too), followed by
+    /// the buffer from byte `skip` on.
     Rtp {
-        head: [u8; 6],
+        head: [u8; 12],
         head_len: u8,
         buffer: gst::Buffer,
         skip: u8,
@@ -21,32 +22,54 @@ const MAX_INTERLEAVED: usize = u16::MAX as usize;
 impl OutFrame {
     /// Frames an RTP/RTCP buffer for `channel`; `pt` rewrites the payload type byte (keeping the
     /// marker bit) when this track's payload type was remapped.
+    #[cfg(test)]
     pub(crate) fn rtp(buffer: gst::Buffer, channel: u8, pt: Option<u8>) -> Result<OutFrame, usize> {
+        Self::rtp_shifted(buffer, channel, pt, 0, 0)
+    }
+
+    /// [`Self::rtp`], with `seq` and `ts` added (wrapping) to the packet's sequence number and
+    /// timestamp: how a track stays continuous across a flush.
+    pub(crate) fn rtp_shifted(
+        buffer: gst::Buffer,
+        channel: u8,
+        pt: Option<u8>,
+        seq: u16,
+        ts: u32,
+    ) -> Result<OutFrame, usize> {
         let len = buffer.size();
         if len > MAX_INTERLEAVED {
             return Err(len);
         }
         let l = (len as u16).to_be_bytes();
-        let mut head = [b'$', channel, l[0], l[1], 0, 0];
-        let mut first = [0u8; 2];
-        match pt {
-            Some(pt) if len >= 2 && buffer.copy_to_slice(0, &mut first).is_ok() => {
-                head[4] = first[0];
-                head[5] = (first[1] & 0x80) | (pt & 0x7f);
-                Ok(OutFrame::Rtp {
-                    head,
-                    head_len: 6,
-                    buffer,
-                    skip: 2,
-                })
-            }
-            _ => Ok(OutFrame::Rtp {
+        let mut head = [b'$', channel, l[0], l[1], 0, 0, 0, 0, 0, 0, 0, 0];
+        let shifted = seq != 0 || ts != 0;
+        let n = if shifted { 8 } else { 2 };
+        if (pt.is_none() && !shifted)
+            || len < n
+            || buffer.copy_to_slice(0, &mut head[4..4 + n]).is_err()
+        {
+            return Ok(OutFrame::Rtp {
                 head,
                 head_len: 4,
                 buffer,
                 skip: 0,
-            }),
+            });
         }
+        if let Some(pt) = pt {
+            head[5] = (head[5] & 0x80) | (pt & 0x7f);
+        }
+        if shifted {
+            let s = u16::from_be_bytes([head[6], head[7]]).wrapping_add(seq);
+            head[6..8].copy_from_slice(&s.to_be_bytes());
+            let t = u32::from_be_bytes([head[8], head[9], head[10], head[11]]).wrapping_add(ts);
+            head[8..12].copy_from_slice(&t.to_be_bytes());
+        }
+        Ok(OutFrame::Rtp {
+            head,
+            head_len: 4 + n as u8,
+            buffer,
+            skip: n as u8,
+        })
     }
 
     pub(crate) fn len(&self) -> usize {

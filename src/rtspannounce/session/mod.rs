@@ -615,17 +615,27 @@ impl Shared {
     }
 
     /// Flush-start/stop on track `id`'s pad: its blocked waits return at once while flushing;
-    /// the other pads go on.
+    /// the other pads go on. What the pad held for the handshake is flushed with it; once
+    /// recording, the track's sender continues its sequence numbers and timestamps across the
+    /// flush (a flushing seek restarts the payloader's running time).
     pub(crate) fn set_flushing(&self, id: TrackId, flushing: bool) {
         let conn = {
-            let st = self.state.lock().unwrap();
-            if let Some(i) = st.position(id) {
-                st.tracks[i].flushing.store(flushing, Ordering::SeqCst);
+            let mut st = self.state.lock().unwrap();
+            let Some(i) = st.position(id) else {
+                return;
+            };
+            st.tracks[i].flushing.store(flushing, Ordering::SeqCst);
+            if flushing && matches!(st.phase, Phase::Waiting | Phase::Connecting(_)) {
+                st.tracks[i].held.clear();
             }
-            st.phase.connection().cloned()
+            st.phase.connection().cloned().map(|c| (c, i))
         };
-        if let (true, Some(c)) = (flushing, conn) {
-            c.queue().wake();
+        if let Some((c, i)) = conn {
+            if flushing {
+                c.queue().wake();
+            } else if let Some(tx) = c.senders().get(i) {
+                tx.flushed();
+            }
         }
         self.cond.notify_all();
     }
