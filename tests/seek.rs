@@ -7,8 +7,8 @@
 //! flight in it at the flush; the video decodes from the seek on. What does not (the ignored
 //! test): one continuous RTP stream per SSRC across the seek. A gst-rtsp-server 1.22 receiver in
 //! record mode aborts on the resulting sequence gap (rtpulpfecdec's `have_caps_ssrc` assertion
-//! on the jitterbuffer's packet-lost event; one missing packet without a seek is enough), which is
-//! why this file does not use tests/common/record_server.rs.
+//! on the jitterbuffer's packet-lost event; one push dropped before the element, without a seek,
+//! is enough), which is why this file does not use tests/common/record_server.rs.
 
 #[path = "common/harness.rs"]
 mod harness;
