@@ -95,6 +95,11 @@ fn a_silent_track_fails_the_session_at_the_announce_timeout() {
     let text = error_text(rx.recv_timeout(Duration::from_secs(5)).unwrap());
     assert!(text.contains("sink_1 (no buffer)"), "{text}");
     assert!(!text.contains("sink_0"), "{text}");
+    // The error is posted first, then the phase turns (on the timer's thread).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.phase() != PhaseName::Failed && Instant::now() < deadline {
+        std::thread::yield_now();
+    }
     assert_eq!(s.phase(), PhaseName::Failed);
     // A pad then sees the failure, not a wait.
     let buf = gst::Buffer::from_slice([0u8; 12]);
