@@ -4,12 +4,16 @@
     cargo build --lib
     GST_PLUGIN_PATH=$PWD/target/debug python3 examples/push.py rtsp://127.0.0.1:8554/live/x
 
-Prints the rtspannounce-connected / rtspannounce-disconnected element messages as they arrive
-and the element's `stats` property once a second while playing. Exits 0 on EOS (everything
-delivered and TEARDOWN answered), 1 on an error, 2 on bad arguments.
+Prints the rtspannounce-connected / rtspannounce-disconnected element messages as they arrive,
+the element's `stats` property once a second while playing, and at EOS the number of packets
+the first track sent. Exits 0 on EOS (everything delivered and TEARDOWN answered), 1 on an
+error, 2 on bad arguments.
 
-Needs the Debian packages python3-gi, gir1.2-gstreamer-1.0 and gir1.2-gst-plugins-base-1.0, and
-Debian's interpreter: run /usr/bin/python3 if `python3` on PATH is another one (pyenv, a venv).
+Needs the Debian packages python3-gi, python3-gst-1.0, gir1.2-gstreamer-1.0 and
+gir1.2-gst-plugins-base-1.0, and Debian's interpreter: run /usr/bin/python3 if `python3` on PATH
+is another one (pyenv, a venv). python3-gst-1.0 holds gst-python's overrides, which make the
+`tracks` array (a GstValueArray) readable with get_value; without them PyGObject fails with
+"TypeError: unknown type GstValueArray", and this example falls back to get_array.
 """
 
 import sys
@@ -31,9 +35,14 @@ PIPELINE = (
 def track_structures(stats):
     """The `tracks` field, an array of `track` structures.
 
-    Without gst-python's overrides PyGObject cannot convert a GstValueArray (get_value fails);
-    Gst.Structure.get_array hands it over as a GValueArray instead, made for bindings.
+    With gst-python's overrides (python3-gst-1.0) get_value returns a Gst.ValueArray. Without
+    them PyGObject cannot convert a GstValueArray; Gst.Structure.get_array hands it over as a
+    GValueArray instead, made for bindings.
     """
+    try:
+        return [track.copy() for track in stats.get_value("tracks")]
+    except TypeError:
+        pass
     ok, array = stats.get_array("tracks")
     if not ok:
         return []
@@ -111,6 +120,10 @@ def main(argv):
         elif msg.type == Gst.MessageType.EOS:
             # Posted only once TEARDOWN was answered: everything reached the server.
             print_stats(sink, start)
+            tracks = track_structures(sink.get_property("stats"))
+            if tracks:
+                first = tracks[0]
+                print(f"track {first.get_value('pad')} sent {first.get_value('packets')} packets")
             print(f"EOS after {time.monotonic() - start:.1f}s")
             result["ok"] = True
             loop.quit()

@@ -18,6 +18,7 @@
 //! (PEM) it serves RTSPS and prints an `rtsps://` URL.
 
 #[path = "../tests/common/record_server.rs"]
+#[allow(dead_code)] // shared with the tests: the example uses some of it
 mod record_server;
 
 use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};

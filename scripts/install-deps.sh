@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Debian 12 packages: GStreamer development files and plugins (encoders, payloaders, the RTSP
 # server library for our record server and interop tests), ffmpeg as a peer, meson for the
-# install build, PyGObject and GStreamer's typelibs for the Python example (tests/examples.rs runs
-# it; gcc from build-essential compiles the C one), glib-networking (GIO's TLS, for the record
-# server's RTSPS) and ca-certificates (the system trust store rtsps:// validates against). The
-# codec matrix (tests/codec_matrix.rs) needs nothing more: its encoders, payloaders and decoders
+# install build, PyGObject, gst-python's overrides (python3-gst-1.0: the stats `tracks` array)
+# and GStreamer's typelibs for the Python example (tests/it/examples.rs runs it; gcc from
+# build-essential compiles the C one), glib-networking (GIO's TLS, for the record server's RTSPS)
+# and ca-certificates (the system trust store rtsps:// validates against). The
+# codec matrix (tests/it/codec_matrix.rs) needs nothing more: its encoders, payloaders and decoders
 # come from the plugin packages below. gstreamer1.0-x brings pango (the demo's timeoverlay).
 # gdb prints every thread's stack when tests/concurrency.rs's watchdog sees a stall.
 # Skips apt when everything is already there.
@@ -15,7 +16,7 @@ pkgs=(
   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-rtsp gstreamer1.0-tools gstreamer1.0-x
   ffmpeg ca-certificates glib-networking gdb
-  python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0
+  python3-gi python3-gst-1.0 gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -11,8 +11,10 @@
 //! over 500 ms. What it does and what it found: docs/STRESS.md.
 
 #[path = "common/harness.rs"]
+#[allow(dead_code)] // shared helpers: this suite uses some of them
 mod harness;
 #[path = "common/scripted_server.rs"]
+#[allow(dead_code)] // shared helpers: this suite uses some of them
 mod scripted_server;
 
 use gst::glib;
@@ -980,7 +982,7 @@ fn stress_concurrent_callers() {
     );
     assert!(res.is_ok(), "final NULL failed: {res:?} (seed {seed})");
     assert_eq!(state, gst::State::Null, "seed {seed}");
-    // No state change waits on the network (rule 1; tests/state_changes.rs holds it to 100 ms
+    // No state change waits on the network (rule 1; tests/it/state_changes.rs holds it to 100 ms
     // on a quiet machine): here, with everything else going on, 1 s.
     assert!(
         final_null < Duration::from_secs(1),

@@ -2,8 +2,10 @@
 //! thread left behind. One test function so the thread count is not disturbed by other tests.
 
 #[path = "common/harness.rs"]
+#[allow(dead_code)] // shared helpers: this suite uses some of them
 mod harness;
 #[path = "common/scripted_server.rs"]
+#[allow(dead_code)] // shared helpers: this suite uses some of them
 mod scripted_server;
 
 use gst::prelude::*;

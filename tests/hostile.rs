@@ -43,6 +43,7 @@
 //! whole picture (profiles, faults, moments, results).
 
 #[path = "common/harness.rs"]
+#[allow(dead_code)] // shared helpers: this suite uses some of them
 mod harness;
 #[path = "common/hostile_server.rs"]
 mod hostile_server;

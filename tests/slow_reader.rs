@@ -3,8 +3,10 @@
 //! Alone in its test binary so the process's memory figures are this test's.
 
 #[path = "common/harness.rs"]
+#[allow(dead_code)] // shared helpers: this suite uses some of them
 mod harness;
 #[path = "common/scripted_server.rs"]
+#[allow(dead_code)] // shared helpers: this suite uses some of them
 mod scripted_server;
 
 use gst::prelude::*;

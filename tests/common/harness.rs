@@ -1,6 +1,5 @@
 //! Pipeline helpers shared by the integration tests: plugin registration, running a pipeline to
 //! its end with a bound, and capturing what payloaders produced.
-#![allow(dead_code)]
 
 use gst::prelude::*;
 use std::sync::{Arc, Mutex, Once};
@@ -123,6 +122,9 @@ pub fn aac_branch(buffers: u32, pay_name: &str) -> String {
     )
 }
 
+/// Threads of this process. Only the suites in a process of their own use it (tests/errors.rs,
+/// tests/hostile.rs, tests/concurrency.rs): in `it` other tests' threads would count too.
+#[allow(dead_code)]
 pub fn threads() -> usize {
     std::fs::read_dir("/proc/self/task")
         .map(|d| d.count())

@@ -19,8 +19,6 @@
 //! panics on what the client sends. Tests wait for exact moments (a held answer, a stopped
 //! reader, a connection) with [`HostileServer::wait_for`], a condition variable, not sleeps.
 
-#![allow(dead_code)]
-
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -136,12 +134,6 @@ pub enum Step {
     Teardown,
     /// When the n-th media packet after RECORD's answer arrives (TCP frame or UDP datagram).
     Media(u32),
-}
-
-impl Step {
-    pub fn is_request(self) -> bool {
-        !matches!(self, Step::Accept | Step::Media(_))
-    }
 }
 
 impl fmt::Display for Step {
@@ -388,9 +380,6 @@ pub struct View {
 }
 
 impl View {
-    pub fn count(&self, method: &str) -> usize {
-        self.requests.iter().filter(|(_, m)| m == method).count()
-    }
     pub fn is_holding(&self, step: Step) -> bool {
         self.holding.iter().any(|(_, s)| *s == step)
     }
@@ -1846,17 +1835,6 @@ impl HostileServer {
             }
             inner = self.shared.wait_timeout(inner, deadline - now);
         }
-    }
-
-    /// Sends `req` on the latest open connection now (outside any plan). False without one.
-    pub fn send_request(&self, req: &ServerRequest) -> bool {
-        let mut inner = self.shared.lock();
-        let Some(conn) = inner.conns.iter().rposition(|c| !c.ended) else {
-            return false;
-        };
-        let b = server_request(&self.shared, &mut inner, conn, req);
-        enqueue(&self.shared, &mut inner, conn, Out::Bytes(b, Mode::Whole));
-        true
     }
 
     fn shutdown(&mut self) {

@@ -1,6 +1,5 @@
 //! Real peers run as child processes (ffmpeg's RTSP listener) and what we learn of their output
 //! (ffprobe). Every child is killed on drop.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -28,8 +28,6 @@
 //!   RTSP methods are logged from the client's `pre-*-request` signals (the post signals
 //!   fire after TEARDOWN has already unprepared the media).
 
-#![allow(dead_code)]
-
 use std::{
     fmt,
     path::{Path, PathBuf},
@@ -479,15 +477,6 @@ impl Report {
         self.tracks
             .iter()
             .filter(|t| t.is_video())
-            .map(|t| t.frames)
-            .sum()
-    }
-
-    /// Total decoded buffers over all audio tracks.
-    pub fn audio_frames(&self) -> u64 {
-        self.tracks
-            .iter()
-            .filter(|t| !t.is_video())
             .map(|t| t.frames)
             .sum()
     }
@@ -1331,12 +1320,6 @@ impl RecordServer {
             0 => Report::default(),
             n => st.report(n - 1),
         }
-    }
-
-    /// Snapshot of every session so far, in order.
-    pub fn all_stats(&self) -> Vec<Report> {
-        let st = self.shared.lock();
-        (0..st.sessions.len()).map(|i| st.report(i)).collect()
     }
 
     /// Stops the server: closes client connections, quits the main loop, joins its thread.

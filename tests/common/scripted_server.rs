@@ -33,8 +33,6 @@
 //! thread. The server never panics on malformed input: it records a protocol error in
 //! [`Snapshot::protocol_errors`] and closes that connection.
 
-#![allow(dead_code)]
-
 use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -85,14 +83,6 @@ impl RecordedRequest {
     /// First header with this name (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         find_header(&self.headers, name)
-    }
-    /// All values of headers with this name (case-insensitive).
-    pub fn header_all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
     }
     /// The CSeq header parsed as a number.
     pub fn cseq(&self) -> Option<u32> {
@@ -262,13 +252,6 @@ impl Action {
     pub fn with_header(mut self, name: &str, value: &str) -> Action {
         if let Action::Respond { headers, .. } = &mut self {
             headers.push((name.to_string(), value.to_string()));
-        }
-        self
-    }
-    /// Sets the body of an `Action::Respond` (adds `Content-Length` automatically).
-    pub fn with_body(mut self, data: &[u8]) -> Action {
-        if let Action::Respond { body, .. } = &mut self {
-            *body = data.to_vec();
         }
         self
     }
@@ -566,13 +549,10 @@ struct Shared {
 #[derive(Clone, Debug)]
 pub struct UdpDatagram {
     pub conn: usize,
-    /// Index of the SETUP on its connection (= track).
-    pub track: usize,
     /// Arrived on the RTCP port (else the RTP port).
     pub rtcp: bool,
     pub from: SocketAddr,
     pub data: Vec<u8>,
-    pub at: Instant,
 }
 
 /// A server port pair bound for one UDP SETUP.
@@ -641,11 +621,9 @@ impl UdpLog {
                         };
                         log.lock().datagrams.push(UdpDatagram {
                             conn,
-                            track,
                             rtcp: is_rtcp,
                             from,
                             data: buf[..n].to_vec(),
-                            at: Instant::now(),
                         });
                         log.cv.notify_all();
                     }
@@ -1373,11 +1351,6 @@ impl ScriptedServer {
             addr,
             accept: Some(accept),
         }
-    }
-
-    /// A well-behaved server (`Script::new()`).
-    pub fn start_default() -> ScriptedServer {
-        Self::start(Script::new())
     }
 
     pub fn port(&self) -> u16 {

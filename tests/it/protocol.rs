@@ -1,14 +1,9 @@
 //! Protocol completeness against the scripted server: redirects, OPTIONS fallback, update-sdp,
 //! requests from the server, and hard limits on what a server may send.
 
-#[path = "common/harness.rs"]
-mod harness;
-#[path = "common/scripted_server.rs"]
-mod scripted_server;
-
+use crate::harness::*;
+use crate::scripted_server::*;
 use gst::prelude::*;
-use harness::*;
-use scripted_server::*;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(30);

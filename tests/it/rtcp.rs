@@ -1,13 +1,8 @@
 //! Sender reports, BYE, receiver reports and the `stats` property, against the scripted server.
 
-#[path = "common/harness.rs"]
-mod harness;
-#[path = "common/scripted_server.rs"]
-mod scripted_server;
-
+use crate::harness::*;
+use crate::scripted_server::*;
 use gst::prelude::*;
-use harness::*;
-use scripted_server::*;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);

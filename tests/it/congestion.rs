@@ -1,14 +1,9 @@
 //! A server that stops reading: with congestion-policy=drop the element drops whole frames
 //! (video up to a keyframe) and the server gets a decodable stream; with block nothing is lost.
 
-#[path = "common/harness.rs"]
-mod harness;
-#[path = "common/scripted_server.rs"]
-mod scripted_server;
-
+use crate::harness::*;
+use crate::scripted_server::*;
 use gst::prelude::*;
-use harness::*;
-use scripted_server::*;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(60);

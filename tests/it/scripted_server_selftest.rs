@@ -1,9 +1,6 @@
 //! Self-test of the scripted RTSP RECORD server, driven by a plain `TcpStream` client.
 
-#[path = "common/scripted_server.rs"]
-mod scripted_server;
-
-use scripted_server::{Action, Script, ScriptedServer, DEFAULT_GARBAGE, DEFAULT_SESSION_ID};
+use crate::scripted_server::{Action, Script, ScriptedServer, DEFAULT_GARBAGE, DEFAULT_SESSION_ID};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};

@@ -2,14 +2,9 @@
 //! returns within 100 ms whatever the server is doing), a pad on another pad's flush, a session
 //! on another session's application handlers.
 
-#[path = "common/harness.rs"]
-mod harness;
-#[path = "common/scripted_server.rs"]
-mod scripted_server;
-
+use crate::harness::*;
+use crate::scripted_server::*;
 use gst::prelude::*;
-use harness::*;
-use scripted_server::*;
 use std::time::{Duration, Instant};
 
 const BOUND: Duration = Duration::from_millis(100);

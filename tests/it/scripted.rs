@@ -1,14 +1,9 @@
 //! The element against our scripted server: exact request sequence and headers, and every
 //! interleaved packet compared byte for byte with what the payloaders produced.
 
-#[path = "common/harness.rs"]
-mod harness;
-#[path = "common/scripted_server.rs"]
-mod scripted_server;
-
+use crate::harness::*;
+use crate::scripted_server::*;
 use gst::prelude::*;
-use harness::*;
-use scripted_server::*;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);

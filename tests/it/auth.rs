@@ -1,16 +1,11 @@
 //! Authentication against the scripted server: Basic, Digest MD5 with qop, Digest SHA-256,
 //! stale nonces, refused credentials, and no password anywhere in logs or errors.
 
-#[path = "common/harness.rs"]
-mod harness;
-#[path = "common/scripted_server.rs"]
-mod scripted_server;
-
+use crate::harness::*;
+use crate::scripted_server::*;
 use base64::Engine as _;
 use gst::prelude::*;
-use harness::*;
 use md5::Md5;
-use scripted_server::*;
 use sha2::{Digest as _, Sha256};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;

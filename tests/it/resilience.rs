@@ -1,16 +1,11 @@
 //! Reconnect after the server goes away: backoff, a fresh handshake, video resuming on a
 //! keyframe, no pipeline error while retries remain, one clear error after the last.
 
-#[path = "common/harness.rs"]
-mod harness;
-#[path = "common/record_server.rs"]
-mod record_server;
-#[path = "common/scripted_server.rs"]
-mod scripted_server;
+use crate::record_server;
 
+use crate::harness::*;
+use crate::scripted_server::*;
 use gst::prelude::*;
-use harness::*;
-use scripted_server::*;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(30);

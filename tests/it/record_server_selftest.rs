@@ -6,8 +6,7 @@
 //! request pads (the last requested pad comes first). The server expects video as the first
 //! `m=` line, so these pipelines link audio to `sink_0` and video to `sink_1`.
 
-#[path = "common/record_server.rs"]
-mod record_server;
+use crate::record_server;
 
 use std::{
     fs::File,
@@ -18,7 +17,7 @@ use std::{
     time::Duration,
 };
 
-use record_server::{RecordServer, RecordServerConfig, Tracks};
+use crate::record_server::{RecordServer, RecordServerConfig, Tracks};
 
 /// How long a pusher may take beyond the duration of the media it sends in real time.
 const PUSHER_GRACE: Duration = Duration::from_secs(10);

@@ -8,10 +8,7 @@
 //! Each example pushes `videotestsrc num-buffers=90` as H.264, so the server must decode 90
 //! frames. The example binary and the cdylib are the ones `cargo test --all-targets` (what CI
 //! runs) built next to this test; a `cargo build --lib --example embed` of the same profile
-//! runs first so that `cargo test --test examples` alone works too (a no-op when up to date).
-
-#[path = "common/record_server.rs"]
-mod record_server;
+//! runs first so that `cargo test --test it examples::` alone works too (a no-op when up to date).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -20,7 +17,7 @@ use std::sync::{mpsc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use record_server::{RecordServer, RecordServerConfig, Report, Tracks};
+use crate::record_server::{RecordServer, RecordServerConfig, Report, Tracks};
 
 /// `num-buffers` in every example.
 const FRAMES: u64 = 90;
@@ -327,6 +324,22 @@ fn python_example_pushes_90_frames() {
     let mut expect = vec!["connected: rtsp://", "disconnected: ", "EOS", "track, pad="];
     expect.extend_from_slice(STATS);
     check("Python example", &out, &report, &expect);
+    // At EOS the example reads one track's packet count out of the `tracks` array: 90 frames
+    // are at least 90 packets.
+    let packets: u64 = out
+        .stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("track sink_0 sent ")?
+                .strip_suffix(" packets")
+        })
+        .unwrap_or_else(|| panic!("no \"track sink_0 sent N packets\" line: {out}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("packet count: {e}: {out}"));
+    assert!(
+        packets >= 90,
+        "track sink_0 sent {packets} packets for 90 frames: {out}"
+    );
     let _ = std::fs::remove_file(private_registry("python"));
 }
 

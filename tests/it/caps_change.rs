@@ -1,12 +1,9 @@
 //! Caps that change mid-stream: a new resolution streams on (parameter sets in-band) and every
 //! frame decodes at gst-rtsp-server; with reannounce-on-caps-change the element announces again.
 
-#[path = "common/harness.rs"]
-mod harness;
-#[path = "common/record_server.rs"]
-mod record_server;
-#[path = "common/scripted_server.rs"]
-mod scripted_server;
+use crate::harness;
+use crate::record_server;
+use crate::scripted_server;
 
 use gst::prelude::*;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -3,18 +3,12 @@
 //! record mode (decoded frames counted), at FFmpeg's listener (ffprobe on the recording) and at
 //! the scripted server (payload types and packet sizes on the wire).
 
-#[path = "common/harness.rs"]
-mod harness;
-#[path = "common/peers.rs"]
-mod peers;
-#[path = "common/record_server.rs"]
-mod record_server;
-#[path = "common/scripted_server.rs"]
-mod scripted_server;
+use crate::peers;
+use crate::scripted_server;
 
+use crate::harness::*;
+use crate::record_server::*;
 use gst::prelude::*;
-use harness::*;
-use record_server::*;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);

@@ -2,13 +2,10 @@
 //! reports. Audio is stamped 500 ms after video but produced (and, with sync=false, sent) at
 //! the same moment as the video: only the reports can tell the receiver about the offset.
 
-#[path = "common/harness.rs"]
-mod harness;
-#[path = "common/record_server.rs"]
-mod record_server;
+use crate::harness;
 
+use crate::record_server::*;
 use gst::prelude::*;
-use record_server::*;
 use std::time::Duration;
 
 #[test]

@@ -3,18 +3,12 @@
 //! `accept-certificate`, a plain server behind an `rtsps://` URL, and byte-exactness through a
 //! TLS-terminating proxy in front of the scripted server.
 
-#[path = "common/harness.rs"]
-mod harness;
-#[path = "common/peers.rs"]
-mod peers;
-#[path = "common/record_server.rs"]
-mod record_server;
-#[path = "common/scripted_server.rs"]
-mod scripted_server;
+use crate::peers;
+use crate::scripted_server;
 
+use crate::harness::*;
+use crate::record_server::*;
 use gst::prelude::*;
-use harness::*;
-use record_server::*;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -1,7 +1,6 @@
 //! The element as gst-inspect-1.0 and applications see it: metadata, pads, properties.
 
-#[path = "common/harness.rs"]
-mod harness;
+use crate::harness;
 
 use gst::prelude::*;
 

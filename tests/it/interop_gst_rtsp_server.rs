@@ -4,15 +4,10 @@
 //! Pushed at real-time speed (`sync=true`, the default), as a server expects: its receive
 //! side is a jitterbuffer, which drops what arrives seconds ahead of its timestamps.
 
-#[path = "common/harness.rs"]
-mod harness;
-#[path = "common/peers.rs"]
-mod peers;
-#[path = "common/record_server.rs"]
-mod record_server;
+use crate::peers;
 
-use harness::*;
-use record_server::*;
+use crate::harness::*;
+use crate::record_server::*;
 use std::time::Duration;
 
 /// The requests the server saw, keep-alives left out (one may fall in a 10 s push).

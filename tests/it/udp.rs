@@ -6,20 +6,13 @@
 //! Media is pushed at real-time speed (`sync=true`): over UDP a burst faster than the receiver
 //! reads overflows its socket buffer, which is loss, not a test of the element.
 
-#[path = "common/harness.rs"]
-mod harness;
-#[path = "common/peers.rs"]
-mod peers;
-#[path = "common/record_server.rs"]
-mod record_server;
-#[path = "common/scripted_server.rs"]
-mod scripted_server;
+use crate::peers;
 
+use crate::harness::*;
+use crate::record_server::*;
+use crate::scripted_server::*;
 use gst::prelude::*;
 use gst_rtsp_server::gst_rtsp::RTSPLowerTrans;
-use harness::*;
-use record_server::*;
-use scripted_server::*;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);

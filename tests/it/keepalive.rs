@@ -1,14 +1,9 @@
 //! Keep-alive: with `Session: id;timeout=2` the server hears from us well within 2 s, while media
 //! flows and while the pipeline is paused; GET_PARAMETER falls back to OPTIONS when refused.
 
-#[path = "common/harness.rs"]
-mod harness;
-#[path = "common/scripted_server.rs"]
-mod scripted_server;
-
+use crate::harness::*;
+use crate::scripted_server::*;
 use gst::prelude::*;
-use harness::*;
-use scripted_server::*;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);

@@ -1,13 +1,8 @@
 //! Interop with FFmpeg's RTSP listener (`ffmpeg -rtsp_flags listen`), the strictest peer about
 //! SDP and Transport: media verified at the receiver by decoding the recording with ffprobe.
 
-#[path = "common/harness.rs"]
-mod harness;
-#[path = "common/peers.rs"]
-mod peers;
-
-use harness::*;
-use peers::*;
+use crate::harness::*;
+use crate::peers::*;
 use std::time::Duration;
 
 #[test]

@@ -11,14 +11,9 @@
 //! assertion on the jitterbuffer's packet-lost event; one push dropped before the element,
 //! without a seek, is enough), which is why this file uses the scripted server.
 
-#[path = "common/harness.rs"]
-mod harness;
-#[path = "common/scripted_server.rs"]
-mod scripted_server;
-
+use crate::harness::*;
+use crate::scripted_server::*;
 use gst::prelude::*;
-use harness::*;
-use scripted_server::*;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
