@@ -426,3 +426,64 @@ fn h264_and_aac_encoded_over_udp_at_gst_rtsp_server() {
     assert!((141..=142).contains(&a.frames), "{report}");
     assert!(report.errors.is_empty(), "{report}");
 }
+
+/// x264enc with `bframes` B-frames between references (profile main: negotiated as in front of
+/// rtph264pay, x264enc would otherwise pick constrained-baseline, which has none), into the
+/// element at real-time speed
+/// (sync=true, the default): every frame decoded at gst-rtsp-server, and the warnings posted.
+fn b_frames_push(bframes: u32) -> (Outcome, Report) {
+    let server = RecordServer::start(RecordServerConfig::new("/live/b", Tracks::H264)).unwrap();
+    let started = std::time::Instant::now();
+    let out = push(&format!(
+        "videotestsrc num-buffers=90 ! video/x-raw,width=320,height=240,framerate=30/1 ! \
+         x264enc bframes={bframes} key-int-max=30 speed-preset=ultrafast ! \
+         video/x-h264,profile=main ! rtspannounce location={}",
+        server.url()
+    ));
+    // Paced by the clock (the appsinks sync on DTS, which never goes back), not pushed at once.
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(2800),
+        "90 frames at 30/s pushed in {took:?}"
+    );
+    let report = server.wait_finished(Duration::from_secs(20)).unwrap();
+    eprintln!("bframes={bframes}: {report}\nwarnings: {:?}", out.warnings);
+    (out, report)
+}
+
+#[test]
+fn b_frames_every_frame_decoded_and_one_warning_naming_the_pad() {
+    let (out, report) = b_frames_push(2);
+    assert!(out.eos, "{out:?}");
+    let v = &report.tracks[0];
+    assert_eq!((v.codec.as_str(), v.frames), ("H.264", 90), "{report}");
+    assert!(report.errors.is_empty(), "{report}");
+    let reorder: Vec<&String> = out
+        .warnings
+        .iter()
+        .filter(|w| w.contains("presentation order"))
+        .collect();
+    assert_eq!(reorder.len(), 1, "{:?}", out.warnings);
+    assert!(reorder[0].starts_with("sink_0:"), "{}", reorder[0]);
+    assert!(reorder[0].contains("WebRTC"), "{}", reorder[0]);
+    // Frames keep their presentation times: 90 frames at 30/s span 3 s at the server.
+    let span = v.duration().unwrap();
+    assert!(
+        span >= gst::ClockTime::from_mseconds(2900) && span <= gst::ClockTime::from_mseconds(3100),
+        "{report}"
+    );
+}
+
+#[test]
+fn no_b_frames_no_reorder_warning() {
+    let (out, report) = b_frames_push(0);
+    assert!(out.eos, "{out:?}");
+    assert_eq!(report.tracks[0].frames, 90, "{report}");
+    assert!(
+        !out.warnings
+            .iter()
+            .any(|w| w.contains("presentation order")),
+        "{:?}",
+        out.warnings
+    );
+}
