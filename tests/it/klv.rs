@@ -71,3 +71,25 @@ fn klv_is_announced_as_application_smpte336m_with_its_own_payload_type() {
     let marked = frames.iter().filter(|f| f.data[1] & 0x80 != 0).count();
     assert_eq!(marked, UNITS as usize, "one marker bit per KLV unit");
 }
+
+#[test]
+fn ffmpeg_listener_records_the_video_beside_klv_it_cannot_depacketize() {
+    // FFmpeg 5.1 has no SMPTE336M depacketizer: the KLV track is a data stream of codec none,
+    // which `-c copy` leaves out; the video beside it must still arrive whole.
+    let dir = crate::peers::temp_dir("klv-ffmpeg");
+    let mut ff = crate::peers::FfmpegListener::start(&dir, "/live/klv", "v.mkv", &[]);
+    let (p, _) = h264_and_klv(&ff.url());
+    let out = run(&p, Duration::from_secs(60));
+    assert!(out.eos, "{out:?}");
+    let st = ff.child.wait_exit(Duration::from_secs(20));
+    let log = ff.log_text();
+    assert!(st.is_some_and(|s| s.success()), "ffmpeg: {log}");
+    assert!(log.contains("Data: none"), "{log}");
+    let streams = crate::peers::ffprobe(&ff.out);
+    let decoded = crate::peers::ffprobe_decoded(&ff.out);
+    eprintln!("ffmpeg recording: {streams:?}, decoded {decoded:?}");
+    assert_eq!(streams.len(), 1, "{streams:?}");
+    assert_eq!(streams[0].codec, "h264");
+    assert_eq!(decoded[0].0, 90, "{decoded:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
