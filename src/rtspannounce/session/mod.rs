@@ -541,7 +541,7 @@ impl Shared {
         self.warn(
             ErrorKind::Stream(gst::StreamError::Format),
             format!(
-                "{pad}: frames arrive out of presentation order (B-frames: running time {} after {}). They are pushed as they come, but readers that cannot reorder frames (WebRTC, some HLS players) will stutter: encode without B-frames for them (x264enc bframes=0)",
+                "{pad}: frames arrive out of presentation order (B-frames: running time {} after {}). They are pushed as they come, but readers that cannot reorder frames (WebRTC, some HLS players) will stutter: encode without B-frames for them (x264enc bframes=0, x265enc option-string=bframes=0)",
                 t(r.to),
                 t(r.from)
             ),
