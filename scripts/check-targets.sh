@@ -3,7 +3,8 @@
 # macOS. Nothing is linked or run. The GStreamer -sys crates only need pkg-config answers (the
 # host's .pc files do, PKG_CONFIG_ALLOW_CROSS=1); ring's build script compiles C and assembly,
 # for which this machine has no cross compiler, so its objects are stubbed with empty files:
-# type-checking Rust code needs none of them. With a real cross toolchain, leave STUB_CC=0.
+# type-checking Rust code needs none of them. With a real cross toolchain, set STUB_CC=0. Only
+# the library is checked: the tests are Linux-only (they read /proc, start ffmpeg).
 #   scripts/check-targets.sh [TARGET...]   (default: the three below; `rustup target add` first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
