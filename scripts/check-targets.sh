@@ -4,7 +4,7 @@
 # host's .pc files do, PKG_CONFIG_ALLOW_CROSS=1); ring's build script compiles C and assembly,
 # for which this machine has no cross compiler, so its objects are stubbed with empty files:
 # type-checking Rust code needs none of them. With a real cross toolchain, set STUB_CC=0. Only
-# the library is checked: the tests are Linux-only (they read /proc, start ffmpeg).
+# the library is checked (the plugin users build); the tests have only ever run on Linux.
 #   scripts/check-targets.sh [TARGET...]   (default: the three below; `rustup target add` first)
 set -euo pipefail
 cd "$(dirname "$0")/.."
