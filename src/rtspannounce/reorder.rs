@@ -1,7 +1,7 @@
 //! Frames whose presentation order is not their decode order (B-frames). They are pushed as
 //! they come (each RTP timestamp is its frame's PTS, as the payloader wrote it), but a reader
 //! that cannot reorder (WebRTC, some HLS players) stutters on them, so the element warns once
-//! per pad.
+//! per video pad (audio whose timestamps jitter back is another matter).
 //!
 //! The sign is a presentation time going back in decode order: every reordered stream has one,
 //! and nothing else does. `PTS > DTS` alone is not enough: a muxer or an encoder may delay DTS by

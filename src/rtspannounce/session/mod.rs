@@ -11,7 +11,7 @@ mod ending;
 mod recover;
 mod start;
 
-use super::connection::{Connection, SendLimits, Sent};
+use super::connection::{is_video, Connection, SendLimits, Sent};
 use super::hooks::{Hooks, Notice};
 use super::reorder::{ReorderWatch, Reordered};
 use super::sender::{FrameEvents, NtpMapper, NtpSource};
@@ -434,8 +434,13 @@ impl Shared {
             // Released: its pad is going away.
             return Err(PadError::Flushing);
         };
-        let times = buffers.clone().map(|(_, rt)| rt);
-        if let Some(r) = st.tracks[track].reorder.observe(times) {
+        // Video only: audio whose timestamps jitter back is no B-frame stream.
+        let t = &mut st.tracks[track];
+        let video = caps.as_ref().or(t.caps.as_ref()).is_some_and(is_video);
+        let reordered = video
+            .then(|| t.reorder.observe(buffers.clone().map(|(_, rt)| rt)))
+            .flatten();
+        if let Some(r) = reordered {
             let name = st.tracks[track].pad_name.clone();
             drop(st);
             self.warn_reordered(&name, r);

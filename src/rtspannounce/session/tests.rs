@@ -196,3 +196,26 @@ fn b_frames_are_warned_about_once_per_pad_naming_it() {
     );
     s.stop();
 }
+
+#[test]
+fn audio_timestamps_going_back_are_no_b_frames() {
+    let (s, rx) = session(&["sink_0", "sink_1"], Duration::from_secs(60));
+    s.set_paused(true);
+    let caps = gst::Caps::builder("application/x-rtp")
+        .field("media", "audio")
+        .field("encoding-name", "OPUS")
+        .field("clock-rate", 48000i32)
+        .build();
+    let seg = gst::FormattedSegment::<gst::ClockTime>::new();
+    for ms in [0u64, 20, 40, 39, 60] {
+        let mut b = gst::Buffer::from_slice([0x80u8, 96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        b.get_mut()
+            .unwrap()
+            .set_pts(gst::ClockTime::from_mseconds(ms));
+        assert!(s
+            .render(0, Some(caps.clone()), Some(&seg), std::iter::once(b))
+            .is_ok());
+    }
+    assert!(rx.try_recv().is_err());
+    s.stop();
+}
