@@ -15,11 +15,15 @@ const EVERY: Duration = Duration::from_millis(100);
 /// 90 frames of H.264 on sink_0 and `UNITS` KLV units over the same 3 s on sink_1, both
 /// encoded (the element payloads them).
 fn h264_and_klv(url: &str) -> (gst::Pipeline, usize) {
+    h264_and_klv_with(url, "")
+}
+
+fn h264_and_klv_with(url: &str, props: &str) -> (gst::Pipeline, usize) {
     let p = pipeline(&format!(
         "videotestsrc num-buffers=90 ! video/x-raw,width=320,height=240,framerate=30/1 ! \
          x264enc tune=zerolatency bframes=0 key-int-max=30 speed-preset=ultrafast ! s.sink_0 \
          {} ! s.sink_1 \
-         rtspannounce name=s location={url}",
+         rtspannounce name=s location={url} {props}",
         klv::klv_src("klv")
     ));
     let bytes = klv::feed(&p, "klv", UNITS, EVERY);
@@ -51,6 +55,29 @@ fn klv_beside_h264_every_unit_depayloaded_at_gst_rtsp_server() {
         (EVERY * (UNITS - 1)).as_nanos() as u64,
         "{report}"
     );
+}
+
+#[test]
+fn klv_beside_h264_over_udp_every_unit_depayloaded() {
+    use gst_rtsp_server::gst_rtsp::RTSPLowerTrans;
+    let server = RecordServer::start(
+        RecordServerConfig::new("/live/klv", Tracks::H264Klv).with_protocols(RTSPLowerTrans::UDP),
+    )
+    .unwrap();
+    let (p, bytes) = h264_and_klv_with(&server.url(), "protocols=udp");
+    let out = run(&p, Duration::from_secs(60));
+    assert!(out.eos, "{out:?}");
+    let report = server.wait_finished(Duration::from_secs(20)).unwrap();
+    eprintln!("{report}");
+    assert!(report.errors.is_empty(), "{report}");
+    assert_eq!(report.tracks[0].frames, 90, "{report}");
+    let m = &report.tracks[1];
+    assert_eq!(
+        (m.codec.as_str(), m.frames),
+        ("KLV", u64::from(UNITS)),
+        "{report}"
+    );
+    assert_eq!(m.bytes, bytes as u64, "{report}");
 }
 
 #[test]
