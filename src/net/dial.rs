@@ -290,7 +290,8 @@ impl PortPairs {
             })?;
             tracks.push(Arc::new(track));
         }
-        Ok(UdpSession::new(tracks, blocking))
+        UdpSession::new(tracks, blocking)
+            .map_err(|e| SessionError::Connect(format!("cannot set up UDP sending: {e}")))
     }
 }
 

@@ -58,12 +58,14 @@ pub enum Tracks {
     Aac,
     /// H.264 video (stream 0) + Opus audio (stream 1).
     H264Opus,
+    /// H.264 video (stream 0) + KLV metadata (stream 1, SMPTE336M).
+    H264Klv,
     /// One track of any codec the server can receive (the codec matrix).
     Single(TrackKind),
 }
 
 impl Tracks {
-    /// Parses `h264`, `h264+aac`, `aac`, `h264+opus`, or any single codec that
+    /// Parses `h264`, `h264+aac`, `aac`, `h264+opus`, `h264+klv`, or any single codec that
     /// [`TrackKind::parse`] knows (`h265`, `vp8`, `pcmu`...), case-insensitive.
     pub fn parse(s: &str) -> Option<Tracks> {
         match s.to_ascii_lowercase().as_str() {
@@ -71,6 +73,7 @@ impl Tracks {
             "h264+aac" => Some(Tracks::H264Aac),
             "aac" => Some(Tracks::Aac),
             "h264+opus" => Some(Tracks::H264Opus),
+            "h264+klv" => Some(Tracks::H264Klv),
             other => TrackKind::parse(other).map(Tracks::Single),
         }
     }
@@ -81,6 +84,7 @@ impl Tracks {
             Tracks::H264Aac => vec![TrackKind::H264, TrackKind::Aac],
             Tracks::Aac => vec![TrackKind::Aac],
             Tracks::H264Opus => vec![TrackKind::H264, TrackKind::Opus],
+            Tracks::H264Klv => vec![TrackKind::H264, TrackKind::Klv],
             Tracks::Single(k) => vec![k],
         }
     }
@@ -107,6 +111,8 @@ pub enum TrackKind {
     Speex,
     Ac3,
     Vorbis,
+    /// SMPTE 336M KLV metadata: depayloaded, not decoded.
+    Klv,
 }
 
 impl TrackKind {
@@ -129,6 +135,7 @@ impl TrackKind {
         TrackKind::Speex,
         TrackKind::Ac3,
         TrackKind::Vorbis,
+        TrackKind::Klv,
     ];
 
     /// The lower-case id used on command lines (`h265`, `pcmu`, `amr-nb`...).
@@ -152,6 +159,7 @@ impl TrackKind {
             TrackKind::Speex => "speex",
             TrackKind::Ac3 => "ac3",
             TrackKind::Vorbis => "vorbis",
+            TrackKind::Klv => "klv",
         }
     }
 
@@ -186,6 +194,7 @@ impl TrackKind {
             TrackKind::Speex => ("rtpspeexdepay", "identity"),
             TrackKind::Ac3 => ("rtpac3depay", "ac3parse"),
             TrackKind::Vorbis => ("rtpvorbisdepay", "vorbisparse"),
+            TrackKind::Klv => ("rtpklvdepay", "identity"),
         }
     }
 
@@ -216,6 +225,7 @@ impl TrackKind {
             TrackKind::Speex => &["SPEEX"],
             TrackKind::Ac3 => &["AC3"],
             TrackKind::Vorbis => &["VORBIS"],
+            TrackKind::Klv => &["SMPTE336M"],
         }
     }
 
@@ -240,6 +250,7 @@ impl TrackKind {
             TrackKind::Speex => "Speex",
             TrackKind::Ac3 => "AC-3",
             TrackKind::Vorbis => "Vorbis",
+            TrackKind::Klv => "KLV",
         }
     }
 
@@ -264,6 +275,8 @@ impl TrackKind {
             TrackKind::Speex => "speexdec",
             TrackKind::Ac3 => "avdec_ac3",
             TrackKind::Vorbis => "vorbisdec",
+            // Metadata: nothing to decode; each depayloaded unit is counted as a frame.
+            TrackKind::Klv => "identity",
         }
     }
 
@@ -275,6 +288,11 @@ impl TrackKind {
             v.extend_from_slice(&["rtpmp4gdepay", "rtpmp4adepay"]);
         }
         v
+    }
+
+    /// A metadata track (`m=application`): neither decoded nor muxed.
+    pub fn is_metadata(self) -> bool {
+        self == TrackKind::Klv
     }
 
     pub fn is_video(self) -> bool {
@@ -416,6 +434,8 @@ pub struct TrackReport {
     pub frames: u64,
     /// Decoded audio samples per channel (0 for video).
     pub samples: u64,
+    /// Bytes of the decoded buffers (for metadata: of the units depayloaded).
+    pub bytes: u64,
     /// PTS of the first / last decoded buffer (running on the receiver's timeline).
     pub first_pts: Option<gst::ClockTime>,
     pub last_pts: Option<gst::ClockTime>,
@@ -430,6 +450,13 @@ pub struct TrackReport {
 }
 
 impl TrackReport {
+    pub fn is_metadata(&self) -> bool {
+        self.caps.starts_with("meta/")
+            || TrackKind::ALL
+                .iter()
+                .any(|k| k.is_metadata() && k.name() == self.expected)
+    }
+
     pub fn is_video(&self) -> bool {
         if self.caps.is_empty() && self.decoded_caps.is_empty() {
             return TrackKind::ALL
@@ -508,7 +535,9 @@ impl fmt::Display for Report {
             writeln!(f, "  output: {}", out.display())?;
         }
         for t in &self.tracks {
-            let params = if t.is_video() {
+            let params = if t.is_metadata() {
+                format!("metadata, {} bytes", t.bytes)
+            } else if t.is_video() {
                 format!(
                     "{}x{}",
                     t.width.map_or("?".into(), |v| v.to_string()),
@@ -521,7 +550,7 @@ impl fmt::Display for Report {
                     t.channels.map_or("?".into(), |v| v.to_string())
                 )
             };
-            let samples = if t.is_video() {
+            let samples = if t.is_video() || t.is_metadata() {
                 String::new()
             } else if t.interpolated_pts > 0 {
                 format!(
@@ -664,6 +693,9 @@ fn launch_line(tracks: Tracks, container: Option<Container>) -> String {
         s += &kind.depay_and_parse(i);
         let dec = kind.decoder();
         match container {
+            Some(_) if kind.is_metadata() => {
+                s += &format!(" ! {Q} ! {dec} ! fakesink name=sink{i} sync=false async=false ")
+            }
             // Name the muxer pad: with parsebin's caps unknown at launch time, "mux." would
             // pick the first template (video_%u) for an audio branch.
             Some(_) => {
@@ -726,6 +758,7 @@ fn codec_name(s: &gst::StructureRef) -> String {
         "audio/AMR" => "AMR-NB".into(),
         "audio/x-speex" => "Speex".into(),
         "audio/x-ac3" | "audio/ac3" => "AC-3".into(),
+        "meta/x-klv" => "KLV".into(),
         other => other.into(),
     }
 }
@@ -830,6 +863,7 @@ fn probe_decoded(pad: &gst::Pad, shared: &Arc<Shared>, si: usize, ti: usize) {
                     let mut st = shared.lock();
                     let t = &mut st.sessions[si].tracks[ti];
                     t.frames += 1;
+                    t.bytes += buf.size() as u64;
                     let bpf = bpf.load(Ordering::Relaxed);
                     // bpf is 0 until the decoder's caps are known.
                     t.samples += (buf.size() as u64).checked_div(bpf).unwrap_or(0);

@@ -7,6 +7,8 @@
 
 #[path = "../common/harness.rs"]
 mod harness;
+#[path = "../common/klv_source.rs"]
+mod klv_source;
 #[path = "../common/peers.rs"]
 mod peers;
 #[path = "../common/record_server.rs"]
@@ -26,6 +28,7 @@ mod examples;
 mod interop_ffmpeg;
 mod interop_gst_rtsp_server;
 mod keepalive;
+mod klv;
 mod protocol;
 mod record_server_selftest;
 mod resilience;

@@ -11,8 +11,9 @@ mod ending;
 mod recover;
 mod start;
 
-use super::connection::{Connection, SendLimits, Sent};
+use super::connection::{is_video, Connection, SendLimits, Sent};
 use super::hooks::{Hooks, Notice};
+use super::reorder::{ReorderWatch, Reordered};
 use super::sender::{FrameEvents, NtpMapper, NtpSource};
 use crate::error::{Error, ErrorKind};
 use crate::net::dial::{DialConfig, Dialer};
@@ -145,6 +146,8 @@ struct Track {
     /// Flush-start on this track's pad, until flush-stop: its waits return at once. Flushing is
     /// per pad; the other tracks go on.
     flushing: Arc<AtomicBool>,
+    /// B-frames on this pad, warned about once.
+    reorder: ReorderWatch,
 }
 
 impl Track {
@@ -157,6 +160,7 @@ impl Track {
             held: Vec::new(),
             eos: false,
             flushing: Arc::default(),
+            reorder: ReorderWatch::default(),
         }
     }
 
@@ -416,7 +420,7 @@ impl Shared {
         id: TrackId,
         caps: Option<gst::Caps>,
         segment: Option<&gst::FormattedSegment<gst::ClockTime>>,
-        buffers: impl Iterator<Item = gst::Buffer>,
+        buffers: impl Iterator<Item = gst::Buffer> + Clone,
     ) -> Result<(), PadError> {
         let buffers = buffers.map(|b| {
             let rt = segment
@@ -430,6 +434,19 @@ impl Shared {
             // Released: its pad is going away.
             return Err(PadError::Flushing);
         };
+        // Video only: audio whose timestamps jitter back is no B-frame stream.
+        let t = &mut st.tracks[track];
+        let video = caps.as_ref().or(t.caps.as_ref()).is_some_and(is_video);
+        let reordered = video
+            .then(|| t.reorder.observe(buffers.clone().map(|(_, rt)| rt)))
+            .flatten();
+        if let Some(r) = reordered {
+            let name = st.tracks[track].pad_name.clone();
+            drop(st);
+            self.warn_reordered(&name, r);
+            st = self.state.lock().unwrap();
+            track = st.position(id).ok_or(PadError::Flushing)?;
+        }
         match &st.phase {
             Phase::Recording(conn) => {
                 let conn = conn.clone();
@@ -520,6 +537,20 @@ impl Shared {
             }
             st = self.cond.wait(st).unwrap();
         }
+    }
+
+    /// Once per pad, the first time its frames come out of presentation order.
+    #[track_caller]
+    fn warn_reordered(&self, pad: &str, r: Reordered) {
+        let t = |ns| gst::ClockTime::from_nseconds(ns);
+        self.warn(
+            ErrorKind::Stream(gst::StreamError::Format),
+            format!(
+                "{pad}: frames arrive out of presentation order (B-frames: running time {} after {}). They are pushed as they come, but readers that cannot reorder frames (WebRTC, some HLS players) will stutter: encode without B-frames for them (x264enc bframes=0, x265enc option-string=bframes=0)",
+                t(r.to),
+                t(r.from)
+            ),
+        );
     }
 
     /// The pipeline clock as sender reports need it.
@@ -625,6 +656,9 @@ impl Shared {
                 return;
             };
             st.tracks[i].flushing.store(flushing, Ordering::SeqCst);
+            if !flushing {
+                st.tracks[i].reorder.flushed();
+            }
             if flushing && matches!(st.phase, Phase::Waiting | Phase::Connecting(_)) {
                 st.tracks[i].held.clear();
             }
