@@ -30,6 +30,9 @@ pub(crate) struct NtpMapper {
     pub(crate) clock_now: Option<u64>,
     pub(crate) base_time: u64,
     pub(crate) wall_now: SystemTime,
+    /// RFC 7273 signalling is on and the pipeline clock is an NTP or PTP clock: reports carry
+    /// that clock's time, moved to the NTP era by this many nanoseconds, whatever `source` says.
+    pub(crate) reference_era: Option<u64>,
 }
 
 impl NtpMapper {
@@ -40,6 +43,9 @@ impl NtpMapper {
     /// NTP timestamp of the instant the pipeline reaches running time `rt`.
     pub(crate) fn ntp_at(&self, rt: u64) -> u64 {
         let clock_at = self.base_time.saturating_add(rt);
+        if let Some(era) = self.reference_era {
+            return rtcp::ntp_timestamp(Duration::from_nanos(clock_at.saturating_add(era)));
+        }
         match self.source {
             NtpSource::RunningTime => rtcp::ntp_timestamp(Duration::from_nanos(rt)),
             NtpSource::ClockTime => rtcp::ntp_timestamp(Duration::from_nanos(clock_at)),
@@ -83,6 +89,9 @@ pub(crate) struct Counters {
     pub(crate) bytes: u64,
     last_rtp: u32,
     last_running: Option<u64>,
+    /// The last (RTP timestamp as the payloader stamped it, running time): what a new
+    /// connection, which starts without any shift, will stamp on the same timeline.
+    last_raw: Option<(u32, u64)>,
     pub(crate) sender_reports: u64,
     pub(crate) receiver: ReceiverView,
     /// (middle 32 bits of the NTP field, when it was queued) of recent reports: a receiver
@@ -351,6 +360,7 @@ impl TrackSender {
                     c.ssrc = Some(ssrc);
                 }
                 if let Some(rt) = running {
+                    c.last_raw = Some((timestamp.wrapping_sub(ts), rt));
                     c.last_rtp = timestamp;
                     c.last_running = Some(rt);
                     if c.sender_reports == 0 {
@@ -393,6 +403,11 @@ impl TrackSender {
             info.packets
         );
         frame_rtcp(self.rtcp_channel, &rtcp::compound(&info, &self.cname, bye))
+    }
+
+    /// The last packet's (payloader's RTP timestamp, running time), if it had one.
+    pub(crate) fn anchor(&self) -> Option<(u32, u64)> {
+        self.counters.lock().unwrap().last_raw
     }
 
     /// A periodic report (or the last one, with BYE): stamped "now" on the pipeline clock, or at
@@ -489,6 +504,7 @@ mod tests {
             clock_now: None,
             base_time: 0,
             wall_now: SystemTime::now(),
+            reference_era: None,
         }
     }
 

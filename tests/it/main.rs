@@ -7,6 +7,8 @@
 
 #[path = "../common/harness.rs"]
 mod harness;
+#[path = "../common/ntp_server.rs"]
+mod ntp_server;
 #[path = "../common/peers.rs"]
 mod peers;
 #[path = "../common/record_server.rs"]
@@ -17,6 +19,7 @@ mod scripted_server;
 mod auth;
 mod av_sync;
 mod caps_change;
+mod clock_signalling;
 mod codec_matrix;
 mod congestion;
 mod defects;

@@ -17,6 +17,7 @@ use super::sender::{FrameEvents, NtpMapper, NtpSource};
 use crate::error::{Error, ErrorKind};
 use crate::net::dial::{DialConfig, Dialer};
 use crate::sdp;
+use crate::sdp::clock::{PublishClockMode, Signalling};
 use crate::CAT;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -29,6 +30,8 @@ pub(crate) struct SessionConfig {
     pub announce_timeout: Duration,
     pub keepalive: bool,
     pub ntp_source: NtpSource,
+    /// RFC 7273 clock lines in the SDP, and sender reports on the reference clock.
+    pub publish_clock: PublishClockMode,
     pub rtcp_interval: Duration,
     /// Reconnect attempts after a loss: -1 for ever, 0 never.
     pub retry_max: i32,
@@ -141,6 +144,9 @@ struct Track {
     /// Buffers (with running times) that arrived before RECORD's answer, sent first once it
     /// comes.
     held: Vec<(gst::Buffer, Option<u64>)>,
+    /// The (RTP timestamp, running time) of the prerolled packet: the direct offset of the
+    /// SDP when the handshake starts from preroll, before anything is held.
+    preroll_anchor: Option<(u32, u64)>,
     eos: bool,
     /// Flush-start on this track's pad, until flush-stop: its waits return at once. Flushing is
     /// per pad; the other tracks go on.
@@ -155,6 +161,7 @@ impl Track {
             caps: None,
             has_buffer: false,
             held: Vec::new(),
+            preroll_anchor: None,
             eos: false,
             flushing: Arc::default(),
         }
@@ -350,8 +357,13 @@ impl Shared {
     }
 
     /// Preroll: note caps and that data exists, without sending (the buffer comes again when
-    /// PLAYING renders it).
-    pub(crate) fn preroll(self: &Arc<Self>, id: TrackId, caps: Option<gst::Caps>) {
+    /// PLAYING renders it). `anchor` is the buffer's (RTP timestamp, running time), if known.
+    pub(crate) fn preroll(
+        self: &Arc<Self>,
+        id: TrackId,
+        caps: Option<gst::Caps>,
+        anchor: Option<(u32, u64)>,
+    ) {
         let mut st = self.state.lock().unwrap();
         if !matches!(st.phase, Phase::Waiting) {
             return;
@@ -364,6 +376,7 @@ impl Shared {
             t.caps = caps;
         }
         t.has_buffer = true;
+        t.preroll_anchor = anchor.or(t.preroll_anchor);
         self.note_first_data(&mut st);
         drop(self.maybe_start(st));
     }
@@ -525,12 +538,75 @@ impl Shared {
     /// The pipeline clock as sender reports need it.
     fn ntp_mapper(&self) -> NtpMapper {
         let clock = self.hooks.clock();
+        let signalled = self.cfg.publish_clock != PublishClockMode::None && clock.now.is_some();
         NtpMapper {
             source: self.cfg.ntp_source,
             clock_now: clock.now,
             base_time: clock.base_time,
             wall_now: std::time::SystemTime::now(),
+            reference_era: clock
+                .reference
+                .as_ref()
+                .filter(|_| signalled)
+                .map(|r| r.to_ntp_era()),
         }
+    }
+
+    /// What the SDP says about the clock (RFC 7273), None with `publish-clock-mode=none`. The
+    /// direct offset of a track comes from a packet it holds for this handshake or, when it
+    /// holds none (a reconnect), from the last one the previous connection sent: the
+    /// payloader's timestamps are one line against running time, so any packet gives it.
+    fn clock_signalling(&self) -> Option<Signalling> {
+        if self.cfg.publish_clock == PublishClockMode::None {
+            return None;
+        }
+        // Outside the state lock: reading the clock is foreign code.
+        let clock = self.hooks.clock();
+        let st = self.state.lock().unwrap();
+        let offsets = st
+            .tracks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                if self.cfg.publish_clock != PublishClockMode::ClockAndOffset
+                    || clock.reference.is_none()
+                    || clock.now.is_none()
+                {
+                    return None;
+                }
+                let rate = t
+                    .caps
+                    .as_ref()
+                    .and_then(|c| c.structure(0))
+                    .and_then(|s| s.get::<i32>("clock-rate").ok())
+                    .filter(|r| *r > 0)? as u32;
+                let held = t.held.iter().rev().find_map(|(b, rt)| anchor_of(b, *rt));
+                let anchor = held.or(t.preroll_anchor).or_else(|| {
+                    st.last
+                        .as_ref()
+                        .and_then(|c| c.senders().get(i))
+                        .and_then(|s| s.anchor())
+                });
+                let Some((rtp, running)) = anchor else {
+                    gst::warning!(
+                        CAT,
+                        "{}: no timestamped packet yet, announcing mediaclk:sender",
+                        t.pad_name
+                    );
+                    return None;
+                };
+                Some(sdp::clock::direct_offset(
+                    rtp,
+                    running,
+                    clock.base_time,
+                    rate,
+                ))
+            })
+            .collect();
+        Some(Signalling {
+            refclk: clock.reference,
+            offsets,
+        })
     }
 
     /// Sends on `conn` from a pad thread, without any lock of ours.
@@ -665,6 +741,14 @@ impl Shared {
         };
         snapshot.to_structure()
     }
+}
+
+/// A packet's (RTP timestamp, running time), for the SDP's direct offset.
+pub(crate) fn anchor_of(buffer: &gst::BufferRef, running: Option<u64>) -> Option<(u32, u64)> {
+    let f = crate::rtcp::rtp_facts(buffer.size(), |off, dst| {
+        buffer.copy_to_slice(off, dst).is_ok()
+    })?;
+    Some((f.timestamp, running?))
 }
 
 #[cfg(test)]
