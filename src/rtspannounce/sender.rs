@@ -571,4 +571,37 @@ mod tests {
         assert_eq!(sent(&out).len(), 2);
         assert_eq!(sent(&out)[1].0, 2);
     }
+
+    #[test]
+    fn a_reference_clock_stamps_reports_with_its_own_time() {
+        // A PTP clock (TAI since 1970) at 1.7e9 s; reports say that time in the NTP era,
+        // whatever ntp-time-source asks for.
+        let base = 1_700_000_000_000_000_000u64;
+        for source in [NtpSource::Ntp, NtpSource::RunningTime] {
+            let m = NtpMapper {
+                source,
+                clock_now: Some(base + 9_000_000_000),
+                base_time: base,
+                wall_now: SystemTime::now(),
+                reference_era: Some(rtcp::NTP_UNIX_OFFSET * 1_000_000_000),
+            };
+            let ntp = m.ntp_at(5_500_000_000);
+            assert_eq!(ntp >> 32, 1_700_000_005 + rtcp::NTP_UNIX_OFFSET);
+            assert_eq!(ntp & 0xffff_ffff, 1 << 31, "half a second");
+        }
+    }
+
+    #[test]
+    fn the_anchor_is_the_payloaders_own_timestamp_after_a_flush() {
+        gst::init().unwrap();
+        let tx = sender(true);
+        let mut out = Vec::new();
+        frame(&tx, &[(1, 900_000)], &mut out);
+        assert_eq!(tx.anchor(), Some((900_000, 900_000 * 11_111)));
+        tx.flushed();
+        // Sent shifted, but a new connection starts unshifted: the anchor says what it stamps.
+        frame(&tx, &[(2, 3000)], &mut out);
+        assert_ne!(sent(&out)[1].1, 3000);
+        assert_eq!(tx.anchor(), Some((3000, 3000 * 11_111)));
+    }
 }

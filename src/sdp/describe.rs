@@ -110,4 +110,32 @@ mod tests {
         .unwrap();
         assert!(d.text.contains("a=tool:edited"), "{}", d.text);
     }
+
+    #[test]
+    fn clock_lines_per_media_and_none_without_signalling() {
+        gst::init().unwrap();
+        let caps = [rtp(96, "H264"), rtp(97, "H265")];
+        let clock = Signalling {
+            refclk: Some(crate::sdp::clock::RefClock::Ptp {
+                grandmaster: 0x0102_0304_0506_0708,
+                domain: 3,
+            }),
+            offsets: vec![Some(42), None],
+        };
+        let d = describe(&caps, (None, None), Some(&clock), &|_| {}).unwrap();
+        let media: Vec<&str> = d.text.split("m=").skip(1).collect();
+        assert_eq!(media.len(), 2);
+        for m in &media {
+            assert!(
+                m.contains("a=ts-refclk:ptp=IEEE1588-2008:01-02-03-04-05-06-07-08:3\r\n"),
+                "{m}"
+            );
+        }
+        assert!(media[0].contains("a=mediaclk:direct=42\r\n"), "{}", d.text);
+        assert!(media[1].contains("a=mediaclk:sender\r\n"), "{}", d.text);
+        // Not at session level.
+        assert!(!d.text.split("m=").next().unwrap().contains("refclk"));
+        let none = describe(&caps, (None, None), None, &|_| {}).unwrap();
+        assert!(!none.text.contains("ts-refclk") && !none.text.contains("mediaclk"));
+    }
 }

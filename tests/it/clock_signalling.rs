@@ -92,6 +92,15 @@ fn stamps(p: &gst::Pipeline) -> Arc<Mutex<Vec<(u32, u64)>>> {
     out
 }
 
+/// Stops a pipeline the test set playing, also when an assertion fails first.
+struct StopOnDrop(gst::Pipeline);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.set_state(gst::State::Null);
+    }
+}
+
 struct Sr {
     rtp: u32,
     /// The NTP field, as nanoseconds since the NTP epoch.
@@ -99,9 +108,11 @@ struct Sr {
     at: Instant,
 }
 
-fn sender_reports(snap: &Snapshot, channel: u8) -> Vec<Sr> {
+/// The sender reports on `channel` of connection `conn`.
+fn sender_reports(snap: &Snapshot, conn: usize, channel: u8) -> Vec<Sr> {
     snap.frames_on(channel)
         .iter()
+        .filter(|f| f.conn == conn)
         .map(|f| {
             let d = &f.data;
             assert_eq!(d[1], 200, "an SR first");
@@ -154,17 +165,19 @@ fn ntp_clock_is_named_and_sender_reports_follow_it() {
         [format!("ntp=127.0.0.1:{port}")],
         "{sdp}"
     );
-    let direct = attributes(&sdp, "mediaclk");
-    assert_eq!(direct.len(), 1, "{sdp}");
-    let offset: u32 = direct[0]
-        .strip_prefix("direct=")
-        .and_then(|o| o.parse().ok())
-        .unwrap_or_else(|| panic!("mediaclk:direct=<u32>: {sdp}"));
+    let offset = direct_offset(&sdp);
 
-    // The offset is the RTP timestamp at the clock's epoch, for what the payloader stamped.
     let stamped = stamped.lock().unwrap().clone();
     assert!(stamped.len() >= 90, "{} packets", stamped.len());
-    for &(ts, rt) in &stamped {
+    check_offset(offset, &stamped, base_time);
+    let srs = sender_reports(&snap, 0, 1);
+    assert!(srs.len() >= 5, "{} reports", srs.len());
+    check_reports(&srs, offset, &stamped, base_time, (now, now_ntp));
+}
+
+/// The offset is the RTP timestamp at the clock's epoch, for what the payloader stamped.
+fn check_offset(offset: u32, stamped: &[(u32, u64)], base_time: u64) {
+    for &(ts, rt) in stamped {
         let at_clock = (base_time as u128 + rt as u128) * RATE as u128 / 1_000_000_000;
         let expected = ts.wrapping_sub(at_clock as u32);
         assert!(
@@ -172,9 +185,17 @@ fn ntp_clock_is_named_and_sender_reports_follow_it() {
             "offset {offset}, packet says {expected}"
         );
     }
+}
 
-    let srs = sender_reports(&snap, 1);
-    assert!(srs.len() >= 5, "{} reports", srs.len());
+/// Each report's NTP time is the clock's time for its RTP timestamp (within 1 ms), and the
+/// clock's reading when it was sent (`now` pairs an instant with the NTP server's time).
+fn check_reports(
+    srs: &[Sr],
+    offset: u32,
+    stamped: &[(u32, u64)],
+    base_time: u64,
+    (now, now_ntp): (Instant, u64),
+) {
     for (i, sr) in srs.iter().enumerate() {
         // The clock time for the report's RTP timestamp, from the packets' own stamps...
         let &(ts, rt) = stamped
@@ -210,6 +231,74 @@ fn ntp_clock_is_named_and_sender_reports_follow_it() {
     }
 }
 
+/// The `a=mediaclk:direct=` offset of an SDP with one track.
+fn direct_offset(sdp: &str) -> u32 {
+    let direct = attributes(sdp, "mediaclk");
+    assert_eq!(direct.len(), 1, "{sdp}");
+    direct[0]
+        .strip_prefix("direct=")
+        .and_then(|o| o.parse().ok())
+        .unwrap_or_else(|| panic!("mediaclk:direct=<u32>: {sdp}"))
+}
+
+#[test]
+fn a_reconnect_announces_the_same_clock_and_offset() {
+    let server_clock = NtpServer::start(SKEW_NS);
+    let clock = ntp_clock(&server_clock);
+    let server = ScriptedServer::start(Script::new());
+    let p = live_push(
+        &server.url("/cam"),
+        100_000,
+        "publish-clock-mode=clock-and-offset rtcp-interval=300 retry-delay-min=200",
+        Some(&clock),
+    );
+    let stamped = stamps(&p);
+    let stop = StopOnDrop(p.clone());
+    p.set_state(gst::State::Playing).unwrap();
+    assert!(server.wait_frames(30, T));
+    assert!(server.drop_connection());
+    // The second connection records, with media and a few reports.
+    assert!(server.wait_for(
+        |s| s
+            .frames
+            .iter()
+            .filter(|f| f.conn == 1 && f.channel == 1)
+            .count()
+            >= 3,
+        T
+    ));
+    let base_time = p.base_time().expect("playing").nseconds();
+    let (now, now_ntp) = (Instant::now(), server_clock.now());
+    drop(stop);
+
+    let snap = server.snapshot();
+    let announces: Vec<String> = snap
+        .requests
+        .iter()
+        .filter(|r| r.method == "ANNOUNCE")
+        .map(|r| r.body_str())
+        .collect();
+    assert_eq!(announces.len(), 2, "{:?}", snap.methods());
+    let port = server_clock.port();
+    let stamped = stamped.lock().unwrap().clone();
+    for sdp in &announces {
+        assert_eq!(
+            attributes(sdp, "ts-refclk"),
+            [format!("ntp=127.0.0.1:{port}")],
+            "{sdp}"
+        );
+        check_offset(direct_offset(sdp), &stamped, base_time);
+    }
+    let srs = sender_reports(&snap, 1, 1);
+    check_reports(
+        &srs,
+        direct_offset(&announces[1]),
+        &stamped,
+        base_time,
+        (now, now_ntp),
+    );
+}
+
 #[test]
 fn none_gives_no_clock_lines_and_wall_clock_reports() {
     let server_clock = NtpServer::start(SKEW_NS);
@@ -235,7 +324,7 @@ fn none_gives_no_clock_lines_and_wall_clock_reports() {
         .unwrap()
         .as_nanos() as i128
         + 2_208_988_800i128 * 1_000_000_000;
-    let srs = sender_reports(&snap, 1);
+    let srs = sender_reports(&snap, 0, 1);
     assert!(!srs.is_empty());
     for sr in srs {
         let behind = wall - sr.ntp_ns as i128;
