@@ -10,6 +10,7 @@ use crate::ntp_server::NtpServer;
 use crate::record_server::*;
 use crate::scripted_server::*;
 use gst::prelude::*;
+use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -360,4 +361,15 @@ fn gst_rtsp_server_decodes_every_frame_of_an_ntp_clocked_push() {
     assert_eq!(report.tracks.len(), 1, "{report}");
     assert_eq!(report.tracks[0].frames, 150, "{report}");
     assert!(report.errors.is_empty(), "{report}");
+    // The server read the clock lines from the SDP.
+    let caps = gst::Caps::from_str(&report.tracks[0].rtp_caps).unwrap();
+    let s = caps.structure(0).unwrap();
+    let port = server_clock.port();
+    assert_eq!(
+        s.get::<&str>("a-ts-refclk").ok(),
+        Some(format!("ntp=127.0.0.1:{port}").as_str()),
+        "{caps}"
+    );
+    let direct = s.get::<&str>("a-mediaclk").unwrap_or_default();
+    assert!(direct.starts_with("direct="), "{caps}");
 }
