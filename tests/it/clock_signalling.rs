@@ -222,7 +222,12 @@ fn check_reports(
         // The NTP field is the NTP clock's reading, not the wall clock's: the periodic reports
         // are stamped when sent (the first at its packet's time, a latency earlier).
         if i > 0 {
-            let arrival = now_ntp as i128 - (now - sr.at).as_nanos() as i128;
+            // Reports may also arrive after `now` (while the pipeline stops).
+            let arrival = if sr.at >= now {
+                now_ntp as i128 + (sr.at - now).as_nanos() as i128
+            } else {
+                now_ntp as i128 - (now - sr.at).as_nanos() as i128
+            };
             let late = arrival - sr.ntp_ns as i128;
             assert!(
                 (-5_000_000..50_000_000).contains(&late),

@@ -7,9 +7,12 @@
 //! the ending run as tasks on the shared I/O runtime. Every blocking wait here ends on stop,
 //! flush or failure.
 
+mod clock;
 mod ending;
 mod recover;
 mod start;
+
+pub(crate) use clock::anchor_of;
 
 use super::connection::{Connection, SendLimits, Sent};
 use super::hooks::{Hooks, Notice};
@@ -17,7 +20,7 @@ use super::sender::{FrameEvents, NtpMapper, NtpSource};
 use crate::error::{Error, ErrorKind};
 use crate::net::dial::{DialConfig, Dialer};
 use crate::sdp;
-use crate::sdp::clock::{PublishClockMode, Signalling};
+use crate::sdp::clock::PublishClockMode;
 use crate::CAT;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -552,63 +555,6 @@ impl Shared {
         }
     }
 
-    /// What the SDP says about the clock (RFC 7273), None with `publish-clock-mode=none`. The
-    /// direct offset of a track comes from a packet it holds for this handshake or, when it
-    /// holds none (a reconnect), from the last one the previous connection sent: the
-    /// payloader's timestamps are one line against running time, so any packet gives it.
-    fn clock_signalling(&self) -> Option<Signalling> {
-        if self.cfg.publish_clock == PublishClockMode::None {
-            return None;
-        }
-        // Outside the state lock: reading the clock is foreign code.
-        let clock = self.hooks.clock();
-        let st = self.state.lock().unwrap();
-        let offsets = st
-            .tracks
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                if self.cfg.publish_clock != PublishClockMode::ClockAndOffset
-                    || clock.reference.is_none()
-                    || clock.now.is_none()
-                {
-                    return None;
-                }
-                let rate = t
-                    .caps
-                    .as_ref()
-                    .and_then(|c| c.structure(0))
-                    .and_then(|s| s.get::<i32>("clock-rate").ok())
-                    .filter(|r| *r > 0)? as u32;
-                let held = t.held.iter().rev().find_map(|(b, rt)| anchor_of(b, *rt));
-                let anchor = held.or(t.preroll_anchor).or_else(|| {
-                    st.last
-                        .as_ref()
-                        .and_then(|c| c.senders().get(i))
-                        .and_then(|s| s.anchor())
-                });
-                let Some((rtp, running)) = anchor else {
-                    gst::warning!(
-                        CAT,
-                        "{}: no timestamped packet yet, announcing mediaclk:sender",
-                        t.pad_name
-                    );
-                    return None;
-                };
-                Some(sdp::clock::direct_offset(
-                    rtp,
-                    running,
-                    clock.base_time,
-                    rate,
-                ))
-            })
-            .collect();
-        Some(Signalling {
-            refclk: clock.reference,
-            offsets,
-        })
-    }
-
     /// Sends on `conn` from a pad thread, without any lock of ours.
     fn send(
         &self,
@@ -741,14 +687,6 @@ impl Shared {
         };
         snapshot.to_structure()
     }
-}
-
-/// A packet's (RTP timestamp, running time), for the SDP's direct offset.
-pub(crate) fn anchor_of(buffer: &gst::BufferRef, running: Option<u64>) -> Option<(u32, u64)> {
-    let f = crate::rtcp::rtp_facts(buffer.size(), |off, dst| {
-        buffer.copy_to_slice(off, dst).is_ok()
-    })?;
-    Some((f.timestamp, running?))
 }
 
 #[cfg(test)]
