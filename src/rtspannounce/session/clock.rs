@@ -7,8 +7,8 @@ use crate::CAT;
 
 impl Shared {
     /// What the SDP says about the clock (RFC 7273), None with `publish-clock-mode=none`. The
-    /// direct offset of a track comes from a packet it holds for this handshake, else the one
-    /// it prerolled, else (a reconnect) the last one the previous connection sent: the
+    /// direct offset of a track comes from a packet it holds for this handshake, else (a
+    /// reconnect) the last one the previous connection sent, else the one it prerolled: the
     /// payloader's timestamps are one line against running time, so any packet gives it.
     pub(super) fn clock_signalling(&self) -> Option<Signalling> {
         if self.cfg.publish_clock == PublishClockMode::None {
@@ -35,12 +35,14 @@ impl Shared {
                     .and_then(|s| s.get::<i32>("clock-rate").ok())
                     .filter(|r| *r > 0)? as u32;
                 let held = t.held.iter().rev().find_map(|(b, rt)| anchor_of(b, *rt));
-                let anchor = held.or(t.preroll_anchor).or_else(|| {
-                    st.last
-                        .as_ref()
-                        .and_then(|c| c.senders().get(i))
-                        .and_then(|s| s.anchor())
-                });
+                // The last connection's is newer than the preroll's (a flush since may have moved
+                // the payloader's line).
+                let sent = st
+                    .last
+                    .as_ref()
+                    .and_then(|c| c.senders().get(i))
+                    .and_then(|s| s.anchor());
+                let anchor = held.or(sent).or(t.preroll_anchor);
                 let Some((rtp, running)) = anchor else {
                     gst::warning!(
                         CAT,
