@@ -378,3 +378,24 @@ fn gst_rtsp_server_decodes_every_frame_of_an_ntp_clocked_push() {
     let direct = s.get::<&str>("a-mediaclk").unwrap_or_default();
     assert!(direct.starts_with("direct="), "{caps}");
 }
+
+#[test]
+fn ffmpeg_records_every_frame_of_an_ntp_clocked_push() {
+    let server_clock = NtpServer::start(SKEW_NS);
+    let clock = ntp_clock(&server_clock);
+    let dir = crate::peers::temp_dir("ff-ntp");
+    let mut ff = crate::peers::FfmpegListener::start(&dir, "/cam", "ntp.mkv", &[]);
+    let p = live_push(
+        &ff.url(),
+        90,
+        "publish-clock-mode=clock-and-offset",
+        Some(&clock),
+    );
+    let out = run(&p, T);
+    assert!(out.eos, "{out:?}");
+    let st = ff.child.wait_exit(Duration::from_secs(20));
+    assert!(st.is_some_and(|s| s.success()), "ffmpeg: {}", ff.log_text());
+    let streams = crate::peers::ffprobe(&ff.out);
+    assert_eq!(streams.len(), 1, "{streams:?}");
+    assert_eq!(streams[0].frames, 90, "{streams:?}\n{}", ff.log_text());
+}
