@@ -106,7 +106,19 @@ struct Sr {
     rtp: u32,
     /// The NTP field, as nanoseconds since the NTP epoch.
     ntp_ns: u64,
-    at: Instant,
+    /// When it arrived (not recorded for UDP datagrams).
+    at: Option<Instant>,
+}
+
+/// An SR at the start of an RTCP compound.
+fn parse_sr(d: &[u8], at: Option<Instant>) -> Sr {
+    assert_eq!(d[1], 200, "an SR first");
+    let (secs, frac) = (be32(d, 8) as u64, be32(d, 12) as u64);
+    Sr {
+        ntp_ns: secs * 1_000_000_000 + ((frac * 1_000_000_000) >> 32),
+        rtp: be32(d, 16),
+        at,
+    }
 }
 
 /// The sender reports on `channel` of connection `conn`.
@@ -114,16 +126,7 @@ fn sender_reports(snap: &Snapshot, conn: usize, channel: u8) -> Vec<Sr> {
     snap.frames_on(channel)
         .iter()
         .filter(|f| f.conn == conn)
-        .map(|f| {
-            let d = &f.data;
-            assert_eq!(d[1], 200, "an SR first");
-            let (secs, frac) = (be32(d, 8) as u64, be32(d, 12) as u64);
-            Sr {
-                ntp_ns: secs * 1_000_000_000 + ((frac * 1_000_000_000) >> 32),
-                rtp: be32(d, 16),
-                at: f.at,
-            }
-        })
+        .map(|f| parse_sr(&f.data, Some(f.at)))
         .collect()
 }
 
@@ -221,12 +224,12 @@ fn check_reports(
         );
         // The NTP field is the NTP clock's reading, not the wall clock's: the periodic reports
         // are stamped when sent (the first at its packet's time, a latency earlier).
-        if i > 0 {
+        if let (true, Some(at)) = (i > 0, sr.at) {
             // Reports may also arrive after `now` (while the pipeline stops).
-            let arrival = if sr.at >= now {
-                now_ntp as i128 + (sr.at - now).as_nanos() as i128
+            let arrival = if at >= now {
+                now_ntp as i128 + (at - now).as_nanos() as i128
             } else {
-                now_ntp as i128 - (now - sr.at).as_nanos() as i128
+                now_ntp as i128 - (now - at).as_nanos() as i128
             };
             let late = arrival - sr.ntp_ns as i128;
             assert!(
@@ -398,4 +401,34 @@ fn ffmpeg_records_every_frame_of_an_ntp_clocked_push() {
     let streams = crate::peers::ffprobe(&ff.out);
     assert_eq!(streams.len(), 1, "{streams:?}");
     assert_eq!(streams[0].frames, 90, "{streams:?}\n{}", ff.log_text());
+}
+
+#[test]
+fn udp_sender_reports_follow_the_ntp_clock() {
+    let server_clock = NtpServer::start(SKEW_NS);
+    let clock = ntp_clock(&server_clock);
+    let server = ScriptedServer::start(Script::new());
+    let p = live_push(
+        &server.url("/cam").replacen("rtsp://", "rtspu://", 1),
+        60,
+        "publish-clock-mode=clock-and-offset rtcp-interval=300",
+        Some(&clock),
+    );
+    let stamped = stamps(&p);
+    let out = run(&p, T);
+    assert!(out.eos, "{out:?}");
+    let base_time = p.base_time().expect("the pipeline ran").nseconds();
+    let now = (Instant::now(), server_clock.now());
+    let sdp = server.snapshot().first("ANNOUNCE").unwrap().body_str();
+    let offset = direct_offset(&sdp);
+    let stamped = stamped.lock().unwrap().clone();
+    check_offset(offset, &stamped, base_time);
+    let srs: Vec<Sr> = server
+        .udp_datagrams()
+        .iter()
+        .filter(|d| d.rtcp)
+        .map(|d| parse_sr(&d.data, None))
+        .collect();
+    assert!(srs.len() >= 3, "{} reports", srs.len());
+    check_reports(&srs, offset, &stamped, base_time, now);
 }
