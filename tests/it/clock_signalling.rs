@@ -432,3 +432,30 @@ fn udp_sender_reports_follow_the_ntp_clock() {
     assert!(srs.len() >= 3, "{} reports", srs.len());
     check_reports(&srs, offset, &stamped, base_time, now);
 }
+
+#[test]
+fn a_net_client_clock_is_local() {
+    // GStreamer's own network clock: a GstNetTimeProvider serving the system clock, and a
+    // GstNetClientClock following it. RFC 7273 has no name for its protocol.
+    init();
+    let provider =
+        gst_net::NetTimeProvider::new(&gst::SystemClock::obtain(), Some("127.0.0.1"), 0).unwrap();
+    let port = provider.property::<i32>("port");
+    let clock = gst_net::NetClientClock::new(None, "127.0.0.1", port, gst::ClockTime::ZERO);
+    clock
+        .wait_for_sync(gst::ClockTime::from_seconds(10))
+        .expect("the net client clock syncs to the provider");
+    let server = ScriptedServer::start(Script::new());
+    let p = live_push(
+        &server.url("/cam"),
+        10,
+        "publish-clock-mode=clock-and-offset",
+        Some(clock.upcast_ref()),
+    );
+    let out = run(&p, T);
+    assert!(out.eos, "{out:?}");
+    let sdp = server.snapshot().first("ANNOUNCE").unwrap().body_str();
+    assert_eq!(attributes(&sdp, "ts-refclk"), ["local"], "{sdp}");
+    assert_eq!(attributes(&sdp, "mediaclk"), ["sender"], "{sdp}");
+    drop(provider);
+}
