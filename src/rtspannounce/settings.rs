@@ -8,6 +8,7 @@ use crate::rtsp::auth::Credentials;
 use crate::rtsp::url::{redact, ControlStyle, RtspUrl};
 use crate::rtspannounce::connection::SendLimits;
 use crate::rtspannounce::sender::NtpSource;
+use crate::sdp::clock::PublishClockMode as ClockMode;
 use crate::CAT;
 use gst::glib;
 use gst::prelude::*;
@@ -76,6 +77,26 @@ pub enum NtpTimeSource {
     ClockTime = 3,
 }
 
+/// rtspclientsink's `GstRTSPPublishClockMode`, same nicks and values. That type is registered
+/// by libgstrtspserver, which this plugin does not link (see docs/ARCHITECTURE.md).
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstRtspAnnouncePublishClockMode")]
+pub enum PublishClockMode {
+    #[enum_value(name = "Publish nothing about the clock", nick = "none")]
+    None = 0,
+    #[enum_value(
+        name = "Publish the reference clock (RFC 7273 ts-refclk)",
+        nick = "clock"
+    )]
+    Clock = 1,
+    #[enum_value(
+        name = "Publish the reference clock and the RTP offset to it (mediaclk:direct)",
+        nick = "clock-and-offset"
+    )]
+    ClockAndOffset = 2,
+}
+
 #[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
 #[repr(u32)]
 #[enum_type(name = "GstRtspAnnounceCongestionPolicy")]
@@ -106,6 +127,7 @@ pub(super) struct Settings {
     pub(super) max_queue_bytes: u32,
     pub(super) max_queue_time_ms: u32,
     pub(super) ntp_time_source: NtpTimeSource,
+    pub(super) publish_clock_mode: PublishClockMode,
     pub(super) rtcp_interval_ms: u32,
     pub(super) retry_max: i32,
     pub(super) retry_delay_min_ms: u32,
@@ -133,6 +155,7 @@ impl Default for Settings {
             max_queue_bytes: DEFAULT_MAX_QUEUE_BYTES,
             max_queue_time_ms: 0,
             ntp_time_source: NtpTimeSource::Ntp,
+            publish_clock_mode: PublishClockMode::Clock,
             rtcp_interval_ms: 5000,
             retry_max: -1,
             retry_delay_min_ms: 500,
@@ -205,6 +228,11 @@ pub(super) fn properties() -> Vec<glib::ParamSpec> {
         glib::ParamSpecEnum::builder_with_default("ntp-time-source", NtpTimeSource::Ntp)
             .nick("NTP time source")
             .blurb("Clock behind the NTP timestamps of RTCP sender reports (as rtspclientsink's): receivers line tracks up by them")
+            .mutable_ready()
+            .build(),
+        glib::ParamSpecEnum::builder_with_default("publish-clock-mode", PublishClockMode::Clock)
+            .nick("Publish clock mode")
+            .blurb("RFC 7273 clock signalling (as rtspclientsink's): the SDP names the pipeline clock (ts-refclk: ntp=, ptp= or local) and, with clock-and-offset, each track's RTP offset to it (mediaclk:direct); on an NTP or PTP clock sender reports then carry that clock's time, whatever ntp-time-source says")
             .mutable_ready()
             .build(),
         glib::ParamSpecUInt::builder("rtcp-interval")
@@ -320,6 +348,7 @@ impl Settings {
             "announce-timeout" => s.announce_timeout_ms = value.get().unwrap(),
             "max-queue-bytes" => s.max_queue_bytes = value.get().unwrap(),
             "ntp-time-source" => s.ntp_time_source = value.get().unwrap(),
+            "publish-clock-mode" => s.publish_clock_mode = value.get().unwrap(),
             "rtcp-interval" => s.rtcp_interval_ms = value.get().unwrap(),
             "retry-max" => s.retry_max = value.get().unwrap(),
             "congestion-policy" => s.congestion_policy = value.get().unwrap(),
@@ -358,6 +387,7 @@ impl Settings {
             "announce-timeout" => s.announce_timeout_ms.to_value(),
             "max-queue-bytes" => s.max_queue_bytes.to_value(),
             "ntp-time-source" => s.ntp_time_source.to_value(),
+            "publish-clock-mode" => s.publish_clock_mode.to_value(),
             "rtcp-interval" => s.rtcp_interval_ms.to_value(),
             "retry-max" => s.retry_max.to_value(),
             "congestion-policy" => s.congestion_policy.to_value(),
@@ -463,6 +493,11 @@ impl Settings {
                 NtpTimeSource::Unix => NtpSource::Unix,
                 NtpTimeSource::RunningTime => NtpSource::RunningTime,
                 NtpTimeSource::ClockTime => NtpSource::ClockTime,
+            },
+            publish_clock: match s.publish_clock_mode {
+                PublishClockMode::None => ClockMode::None,
+                PublishClockMode::Clock => ClockMode::Clock,
+                PublishClockMode::ClockAndOffset => ClockMode::ClockAndOffset,
             },
             rtcp_interval: Duration::from_millis(s.rtcp_interval_ms as u64),
             retry_max: s.retry_max,

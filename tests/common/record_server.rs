@@ -425,6 +425,9 @@ pub struct TrackReport {
     pub codec: String,
     /// RTP packets that reached the depayloader (after the jitterbuffer).
     pub packets: u64,
+    /// The RTP caps the depayloader got: what the server made of the track's SDP (its `a=`
+    /// lines become `a-<name>` fields).
+    pub rtp_caps: String,
     /// Access units out of the parser: what the muxer and the decoder were fed.
     pub parsed: u64,
     /// Parsed audio AUs that came without a PTS and got one interpolated here (a pusher that
@@ -924,6 +927,7 @@ fn probe_rtp(pad: &gst::Pad, shared: &Arc<Shared>, si: usize, ti: usize, kind: T
                 }
                 Some(gst::PadProbeData::Event(ev)) => {
                     if let gst::EventView::Caps(c) = ev.view() {
+                        shared.lock().sessions[si].tracks[ti].rtp_caps = c.caps().to_string();
                         let enc = c
                             .caps()
                             .structure(0)

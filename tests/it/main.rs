@@ -9,6 +9,8 @@
 mod harness;
 #[path = "../common/klv_source.rs"]
 mod klv_source;
+#[path = "../common/ntp_server.rs"]
+mod ntp_server;
 #[path = "../common/peers.rs"]
 mod peers;
 #[path = "../common/record_server.rs"]
@@ -19,6 +21,7 @@ mod scripted_server;
 mod auth;
 mod av_sync;
 mod caps_change;
+mod clock_signalling;
 mod codec_matrix;
 mod congestion;
 mod defects;

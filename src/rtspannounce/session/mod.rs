@@ -7,9 +7,12 @@
 //! the ending run as tasks on the shared I/O runtime. Every blocking wait here ends on stop,
 //! flush or failure.
 
+mod clock;
 mod ending;
 mod recover;
 mod start;
+
+pub(crate) use clock::anchor_of;
 
 use super::connection::{is_video, Connection, SendLimits, Sent};
 use super::hooks::{Hooks, Notice};
@@ -18,6 +21,7 @@ use super::sender::{FrameEvents, NtpMapper, NtpSource};
 use crate::error::{Error, ErrorKind};
 use crate::net::dial::{DialConfig, Dialer};
 use crate::sdp;
+use crate::sdp::clock::PublishClockMode;
 use crate::CAT;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -30,6 +34,8 @@ pub(crate) struct SessionConfig {
     pub announce_timeout: Duration,
     pub keepalive: bool,
     pub ntp_source: NtpSource,
+    /// RFC 7273 clock lines in the SDP, and sender reports on the reference clock.
+    pub publish_clock: PublishClockMode,
     pub rtcp_interval: Duration,
     /// Reconnect attempts after a loss: -1 for ever, 0 never.
     pub retry_max: i32,
@@ -142,6 +148,9 @@ struct Track {
     /// Buffers (with running times) that arrived before RECORD's answer, sent first once it
     /// comes.
     held: Vec<(gst::Buffer, Option<u64>)>,
+    /// The (RTP timestamp, running time) of the prerolled packet: the direct offset of the
+    /// SDP when the handshake starts from preroll, before anything is held.
+    preroll_anchor: Option<(u32, u64)>,
     eos: bool,
     /// Flush-start on this track's pad, until flush-stop: its waits return at once. Flushing is
     /// per pad; the other tracks go on.
@@ -158,6 +167,7 @@ impl Track {
             caps: None,
             has_buffer: false,
             held: Vec::new(),
+            preroll_anchor: None,
             eos: false,
             flushing: Arc::default(),
             reorder: ReorderWatch::default(),
@@ -354,8 +364,13 @@ impl Shared {
     }
 
     /// Preroll: note caps and that data exists, without sending (the buffer comes again when
-    /// PLAYING renders it).
-    pub(crate) fn preroll(self: &Arc<Self>, id: TrackId, caps: Option<gst::Caps>) {
+    /// PLAYING renders it). `anchor` is the buffer's (RTP timestamp, running time), if known.
+    pub(crate) fn preroll(
+        self: &Arc<Self>,
+        id: TrackId,
+        caps: Option<gst::Caps>,
+        anchor: Option<(u32, u64)>,
+    ) {
         let mut st = self.state.lock().unwrap();
         if !matches!(st.phase, Phase::Waiting) {
             return;
@@ -368,6 +383,7 @@ impl Shared {
             t.caps = caps;
         }
         t.has_buffer = true;
+        t.preroll_anchor = anchor.or(t.preroll_anchor);
         self.note_first_data(&mut st);
         drop(self.maybe_start(st));
     }
@@ -556,11 +572,17 @@ impl Shared {
     /// The pipeline clock as sender reports need it.
     fn ntp_mapper(&self) -> NtpMapper {
         let clock = self.hooks.clock();
+        let signalled = self.cfg.publish_clock != PublishClockMode::None && clock.now.is_some();
         NtpMapper {
             source: self.cfg.ntp_source,
             clock_now: clock.now,
             base_time: clock.base_time,
             wall_now: std::time::SystemTime::now(),
+            reference_era: clock
+                .reference
+                .as_ref()
+                .filter(|_| signalled)
+                .map(|r| r.to_ntp_era()),
         }
     }
 

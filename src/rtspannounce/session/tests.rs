@@ -52,6 +52,7 @@ fn config(announce_timeout: Duration) -> SessionConfig {
         announce_timeout,
         keepalive: true,
         ntp_source: NtpSource::Ntp,
+        publish_clock: crate::sdp::clock::PublishClockMode::Clock,
         rtcp_interval: Duration::from_secs(5),
         retry_max: 0,
         retry_delay_min: Duration::from_millis(100),
@@ -91,7 +92,7 @@ fn a_silent_track_fails_the_session_at_the_announce_timeout() {
         .field("encoding-name", "OPUS")
         .field("clock-rate", 48000i32)
         .build();
-    s.preroll(0, Some(caps));
+    s.preroll(0, Some(caps), None);
     let text = error_text(rx.recv_timeout(Duration::from_secs(5)).unwrap());
     assert!(text.contains("sink_1 (no buffer)"), "{text}");
     assert!(!text.contains("sink_0"), "{text}");
