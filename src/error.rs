@@ -49,6 +49,9 @@ pub enum Error {
     /// A packet the transport cannot carry.
     #[error("{0}")]
     Format(String),
+    /// The HTTP proxy refused the tunnel (407: it wants credentials, or other ones).
+    #[error("{text}")]
+    Proxy { status: u16, text: String },
 }
 
 /// Which GStreamer error (or warning) an [`Error`] is posted as.
@@ -74,6 +77,7 @@ impl Error {
             | Error::Handshake(HandshakeError::Status { status: 401, .. })
             | Error::Handshake(HandshakeError::Status { status: 403, .. }) => R::NotAuthorized,
             Error::Handshake(HandshakeError::Status { status: 404, .. }) => R::NotFound,
+            Error::Proxy { status: 407, .. } => R::NotAuthorized,
             // The server could not prove who it is: as for a refused login, retrying will not
             // help.
             Error::Certificate(_) => R::NotAuthorized,

@@ -5,6 +5,7 @@ pub(crate) mod connection;
 pub(crate) mod dial;
 pub(crate) mod queue;
 pub(crate) mod tls;
+pub(crate) mod tunnel;
 pub(crate) mod udp;
 
 use std::sync::LazyLock;

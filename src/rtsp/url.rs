@@ -11,6 +11,22 @@ pub(crate) enum Scheme {
     RtspU,
     /// `rtsps://`: TLS.
     Rtsps,
+    /// `rtsph://`: tunnelled in HTTP.
+    RtspH,
+    /// `rtspsh://`: tunnelled in HTTPS.
+    RtspsH,
+}
+
+impl Scheme {
+    /// The RTSP connection is in TLS.
+    pub(crate) fn tls(self) -> bool {
+        matches!(self, Scheme::Rtsps | Scheme::RtspsH)
+    }
+
+    /// The RTSP connection is tunnelled in HTTP.
+    pub(crate) fn tunnelled(self) -> bool {
+        matches!(self, Scheme::RtspH | Scheme::RtspsH)
+    }
 }
 
 /// How a track's control is joined to a URL that has a query string.
@@ -79,9 +95,11 @@ impl RtspUrl {
             "rtspt" => Scheme::RtspT,
             "rtspu" => Scheme::RtspU,
             "rtsps" => Scheme::Rtsps,
+            "rtsph" => Scheme::RtspH,
+            "rtspsh" => Scheme::RtspsH,
             other => {
                 return Err(UrlError(format!(
-                    "unsupported URL scheme {other:?} (expected rtsp, rtspt, rtspu or rtsps)"
+                    "unsupported URL scheme {other:?} (expected rtsp, rtspt, rtspu, rtsps, rtsph or rtspsh)"
                 )))
             }
         };
@@ -91,7 +109,8 @@ impl RtspUrl {
             Some(url::Host::Ipv6(a)) => a.to_string(),
             _ => return Err(UrlError(format!("URL {:?} has no host", redact(location)))),
         };
-        let default_port = if scheme == Scheme::Rtsps { 322 } else { 554 };
+        // A tunnel goes to the server's RTSP port, where gst-rtsp-server and MediaMTX serve it.
+        let default_port = if scheme.tls() { 322 } else { 554 };
         let port = url.port().unwrap_or(default_port);
         if port == 0 {
             return Err(UrlError("port 0 is not a valid server port".into()));
@@ -125,7 +144,7 @@ impl RtspUrl {
 
     fn base(&self) -> String {
         let scheme = match self.scheme {
-            Scheme::Rtsps => "rtsps",
+            Scheme::Rtsps | Scheme::RtspsH => "rtsps",
             // Servers only know rtsp:// in Request-URIs; the t/u suffix is ours.
             _ => "rtsp",
         };
@@ -145,6 +164,19 @@ impl RtspUrl {
         match style {
             ControlStyle::NoQuery => format!("{}{}", self.base(), self.path),
             _ => self.request_uri(),
+        }
+    }
+
+    /// `host:port` as a Host header names it.
+    pub(crate) fn host_port(&self) -> String {
+        format!("{}:{}", self.host_for_url(), self.port)
+    }
+
+    /// Path and query, the target of the tunnel's HTTP requests.
+    pub(crate) fn path_and_query(&self) -> String {
+        match &self.query {
+            Some(q) => format!("{}?{q}", self.path),
+            None => self.path.clone(),
         }
     }
 

@@ -35,4 +35,5 @@ mod scripted_server_selftest;
 mod seek;
 mod state_changes;
 mod tls;
+mod tunnel;
 mod udp;

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A CA made for the test, and server certificates it signs.
-struct Pki {
+pub(crate) struct Pki {
     ca: rcgen::Certificate,
     ca_key: rcgen::KeyPair,
     dir: PathBuf,
@@ -23,19 +23,19 @@ struct Pki {
 }
 
 /// A server certificate: the chain and key as gst-rtsp-server's GTlsCertificate wants them.
-struct ServerCert {
+pub(crate) struct ServerCert {
     cert_pem: String,
     key_pem: String,
 }
 
 impl ServerCert {
-    fn gio_pem(&self) -> String {
+    pub(crate) fn gio_pem(&self) -> String {
         format!("{}{}", self.cert_pem, self.key_pem)
     }
 }
 
 impl Pki {
-    fn new(tag: &str) -> Pki {
+    pub(crate) fn new(tag: &str) -> Pki {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -57,7 +57,7 @@ impl Pki {
         }
     }
 
-    fn server_cert(&self, names: &[&str], validity: Option<(i32, i32)>) -> ServerCert {
+    pub(crate) fn server_cert(&self, names: &[&str], validity: Option<(i32, i32)>) -> ServerCert {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut p =
             rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
@@ -77,7 +77,7 @@ impl Pki {
         }
     }
 
-    fn ca_arg(&self) -> String {
+    pub(crate) fn ca_arg(&self) -> String {
         format!("tls-ca-file={}", self.ca_file.display())
     }
 }

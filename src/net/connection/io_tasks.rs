@@ -4,7 +4,7 @@
 use super::SessionError;
 use super::{answer_server_request, log_response, FailureHandler, RequestHandler, RtcpHandler};
 use crate::net::queue::{write_all, SendQueue, Wire, WriteError};
-use crate::net::tls::TlsReader;
+use crate::net::tls::{TlsReader, TlsWire};
 use crate::rtsp::message::{Incoming, Parser, Response};
 use crate::CAT;
 use std::collections::HashMap;
@@ -70,6 +70,9 @@ pub(super) struct ReaderCtx {
 pub(super) enum ReadSide {
     Tcp(OwnedReadHalf),
     Tls(TlsReader),
+    /// A tunnel's GET half over TLS: what rustls has to send goes on its own connection, not
+    /// on the queue's (the POST's).
+    TlsOwn(TlsReader, Arc<TlsWire>),
 }
 
 impl ReadSide {
@@ -84,8 +87,37 @@ impl ReadSide {
                 }
                 res
             }
+            ReadSide::TlsOwn(rd, wire) => {
+                let mut needs_flush = false;
+                let res = rd.read(buf, &mut needs_flush).await;
+                if needs_flush {
+                    // Best effort: TLS alerts and key updates on a half we never write.
+                    let _ = wire.flush();
+                }
+                res
+            }
         }
     }
+}
+
+/// Watches a tunnel's POST connection: a server that took the tunnel sends nothing there, so
+/// an answer (a refusal) or its end stops the session, unless we are closing.
+pub(super) async fn watch_post(
+    mut rd: ReadSide,
+    queue: Arc<SendQueue>,
+    on_failure: FailureHandler,
+    closing: Arc<AtomicBool>,
+    name: String,
+) {
+    let mut buf = [0u8; 256];
+    let res = rd.read(&mut buf, &queue).await;
+    if closing.load(Ordering::SeqCst) {
+        return;
+    }
+    let err = crate::net::tunnel::post_answered(res, &buf);
+    gst::warning!(CAT, "{name}: {err}");
+    on_failure(err.clone());
+    queue.fail(err.to_string());
 }
 
 pub(super) async fn read_loop(mut rd: ReadSide, mut parser: Parser, cx: ReaderCtx) {
