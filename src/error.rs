@@ -102,7 +102,7 @@ impl Error {
     /// located at the caller.
     #[track_caller]
     pub(crate) fn publishing(&self, url: &RtspUrl, streaming: bool) -> gst::ErrorMessage {
-        let target = url.request_uri();
+        let target = url.shown();
         let text = if streaming {
             format!("Publishing to {target} failed: {self}")
         } else {
@@ -121,7 +121,7 @@ impl Error {
     ) -> gst::ErrorMessage {
         let text = format!(
             "Publishing to {} failed: gave up after {attempts} reconnect attempts in {:.1} s; last: {last}",
-            url.request_uri(),
+            url.shown(),
             elapsed.as_secs_f64()
         );
         message(last.kind(true), &text, std::panic::Location::caller())

@@ -184,6 +184,18 @@ impl Dialer {
             None
         };
         let stream = match &tunnel {
+            None if url.scheme.websocket() => {
+                super::websocket::open(
+                    url,
+                    &addrs,
+                    cfg.tcp_timeout,
+                    cfg.send_buffer,
+                    tls,
+                    creds.as_ref(),
+                    &cfg.user_agent,
+                )
+                .await?
+            }
             Some(_) => {
                 super::tunnel::open(
                     url,

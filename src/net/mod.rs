@@ -7,6 +7,7 @@ pub(crate) mod queue;
 pub(crate) mod tls;
 pub(crate) mod tunnel;
 pub(crate) mod udp;
+pub(crate) mod websocket;
 
 use std::sync::LazyLock;
 

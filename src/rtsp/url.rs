@@ -15,12 +15,21 @@ pub(crate) enum Scheme {
     RtspH,
     /// `rtspsh://`: tunnelled in HTTPS.
     RtspsH,
+    /// `rtspws://`: over WebSocket (ONVIF).
+    RtspWs,
+    /// `rtspwss://`: over WebSocket in TLS.
+    RtspWss,
 }
 
 impl Scheme {
     /// The RTSP connection is in TLS.
     pub(crate) fn tls(self) -> bool {
-        matches!(self, Scheme::Rtsps | Scheme::RtspsH)
+        matches!(self, Scheme::Rtsps | Scheme::RtspsH | Scheme::RtspWss)
+    }
+
+    /// The RTSP connection is a WebSocket.
+    pub(crate) fn websocket(self) -> bool {
+        matches!(self, Scheme::RtspWs | Scheme::RtspWss)
     }
 
     /// The RTSP connection is tunnelled in HTTP.
@@ -97,9 +106,11 @@ impl RtspUrl {
             "rtsps" => Scheme::Rtsps,
             "rtsph" => Scheme::RtspH,
             "rtspsh" => Scheme::RtspsH,
+            "rtspws" => Scheme::RtspWs,
+            "rtspwss" => Scheme::RtspWss,
             other => {
                 return Err(UrlError(format!(
-                    "unsupported URL scheme {other:?} (expected rtsp, rtspt, rtspu, rtsps, rtsph or rtspsh)"
+                    "unsupported URL scheme {other:?} (expected rtsp, rtspt, rtspu, rtsps, rtsph, rtspsh, rtspws or rtspwss)"
                 )))
             }
         };
@@ -144,7 +155,7 @@ impl RtspUrl {
 
     fn base(&self) -> String {
         let scheme = match self.scheme {
-            Scheme::Rtsps | Scheme::RtspsH => "rtsps",
+            Scheme::Rtsps | Scheme::RtspsH | Scheme::RtspWss => "rtsps",
             // Servers only know rtsp:// in Request-URIs; the t/u suffix is ours.
             _ => "rtsp",
         };
@@ -157,6 +168,21 @@ impl RtspUrl {
             Some(q) => format!("{}{}?{}", self.base(), self.path, q),
             None => format!("{}{}", self.base(), self.path),
         }
+    }
+
+    /// The location as messages show it: the Request-URI, but with the scheme given for a
+    /// tunnel or a WebSocket (whose requests name `rtsp://`), so the transport is visible.
+    pub(crate) fn shown(&self) -> String {
+        let scheme = match self.scheme {
+            Scheme::RtspH => "rtsph",
+            Scheme::RtspsH => "rtspsh",
+            Scheme::RtspWs => "rtspws",
+            Scheme::RtspWss => "rtspwss",
+            _ => return self.request_uri(),
+        };
+        let uri = self.request_uri();
+        let rest = uri.split_once("://").map(|(_, r)| r).unwrap_or(&uri);
+        format!("{scheme}://{rest}")
     }
 
     /// The aggregate URI for RECORD and TEARDOWN.
@@ -332,6 +358,52 @@ mod tests {
         assert_eq!(
             slash.control_uri("streamid=0", None, ControlStyle::Ffmpeg),
             "rtsp://h:554/live/streamid=0"
+        );
+    }
+
+    #[test]
+    fn tunnel_and_websocket_schemes_speak_rtsp_inside_and_show_their_own() {
+        for (loc, port, tls, request, shown) in [
+            (
+                "rtsph://h/x",
+                554,
+                false,
+                "rtsp://h:554/x",
+                "rtsph://h:554/x",
+            ),
+            (
+                "rtspsh://h/x?a=1",
+                322,
+                true,
+                "rtsps://h:322/x?a=1",
+                "rtspsh://h:322/x?a=1",
+            ),
+            (
+                "rtspws://u:pw@h:8554/x",
+                8554,
+                false,
+                "rtsp://h:8554/x",
+                "rtspws://h:8554/x",
+            ),
+            (
+                "rtspwss://h/x",
+                322,
+                true,
+                "rtsps://h:322/x",
+                "rtspwss://h:322/x",
+            ),
+            ("rtsp://h/x", 554, false, "rtsp://h:554/x", "rtsp://h:554/x"),
+        ] {
+            let u = RtspUrl::parse(loc).unwrap();
+            assert_eq!((u.port, u.scheme.tls()), (port, tls), "{loc}");
+            assert_eq!(u.request_uri(), request, "{loc}");
+            assert_eq!(u.shown(), shown, "{loc}");
+        }
+        let u = RtspUrl::parse("rtsph://h:8554/live/x?k=v").unwrap();
+        assert!(u.scheme.tunnelled() && !u.scheme.websocket());
+        assert_eq!(
+            (u.host_port(), u.path_and_query()),
+            ("h:8554".to_string(), "/live/x?k=v".to_string())
         );
     }
 }

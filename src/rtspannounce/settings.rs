@@ -430,6 +430,12 @@ impl Settings {
             ),
             None => None,
         };
+        if tunnelled && url.scheme.websocket() {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                ("An rtspws:// or rtspwss:// location cannot also be tunnelled in HTTP: remove http from protocols")
+            ));
+        }
         if proxy.is_some() && !tunnelled {
             return Err(gst::error_msg!(
                 gst::ResourceError::Settings,

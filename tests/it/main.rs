@@ -37,3 +37,4 @@ mod state_changes;
 mod tls;
 mod tunnel;
 mod udp;
+mod websocket;

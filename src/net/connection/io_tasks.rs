@@ -5,6 +5,7 @@ use super::SessionError;
 use super::{answer_server_request, log_response, FailureHandler, RequestHandler, RtcpHandler};
 use crate::net::queue::{write_all, SendQueue, Wire, WriteError};
 use crate::net::tls::{TlsReader, TlsWire};
+use crate::net::websocket::WsWire;
 use crate::rtsp::message::{Incoming, Parser, Response};
 use crate::CAT;
 use std::collections::HashMap;
@@ -73,6 +74,8 @@ pub(super) enum ReadSide {
     /// A tunnel's GET half over TLS: what rustls has to send goes on its own connection, not
     /// on the queue's (the POST's).
     TlsOwn(TlsReader, Arc<TlsWire>),
+    /// WebSocket messages over a plain or TLS side; decoded data not yet read.
+    WebSocket(Box<ReadSide>, Arc<WsWire>, Vec<u8>),
 }
 
 impl ReadSide {
@@ -95,6 +98,29 @@ impl ReadSide {
                     let _ = wire.flush();
                 }
                 res
+            }
+            ReadSide::WebSocket(raw, wire, pending) => {
+                let mut chunk = vec![0u8; buf.len()];
+                loop {
+                    if !pending.is_empty() {
+                        let n = pending.len().min(buf.len());
+                        buf[..n].copy_from_slice(&pending[..n]);
+                        pending.drain(..n);
+                        return Ok(n);
+                    }
+                    let n = Box::pin(raw.read(&mut chunk, queue)).await?;
+                    if n == 0 {
+                        return Ok(0);
+                    }
+                    let closed = wire.decode(&chunk[..n], pending)?;
+                    if wire.backlog() {
+                        // A pong waits for room: the writer sends it with what comes next.
+                        queue.flush_wire();
+                    }
+                    if closed && pending.is_empty() {
+                        return Ok(0);
+                    }
+                }
             }
         }
     }

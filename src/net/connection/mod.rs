@@ -6,6 +6,7 @@ mod io_tasks;
 use super::queue::{SendQueue, Wire};
 use super::tls::{TlsReader, TlsWire};
 use super::tunnel::{Base64Wire, Tunnel};
+use super::websocket::{WsStream, WsWire};
 use crate::rtsp::handshake::{Handshake, Negotiated, RequestContext, Step};
 use crate::rtsp::message::{Incoming, Parser, Request, Response};
 use crate::rtsp::server_request;
@@ -176,6 +177,8 @@ pub(crate) enum Stream {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     /// Two connections, each plain or TLS (never a tunnel).
     Tunnel(Box<Tunnel>),
+    /// A plain or TLS connection upgraded to WebSocket.
+    WebSocket(Box<WsStream>),
 }
 
 impl Stream {
@@ -184,6 +187,7 @@ impl Stream {
             Stream::Tcp(s) => s,
             Stream::Tls(s) => s.get_ref().0,
             Stream::Tunnel(t) => t.tcp(),
+            Stream::WebSocket(w) => w.inner.tcp(),
         }
     }
 
@@ -200,6 +204,7 @@ impl Stream {
         let s = match self {
             Stream::Tls(s) => s,
             Stream::Tunnel(t) => return t.get.tls_summary(),
+            Stream::WebSocket(w) => return w.inner.tls_summary(),
             Stream::Tcp(_) => return None,
         };
         let conn = s.get_ref().1;
@@ -228,6 +233,7 @@ impl Stream {
                 let text = base64::engine::general_purpose::STANDARD.encode(bytes);
                 Box::pin(t.post.write_all(text.as_bytes())).await
             }
+            Stream::WebSocket(w) => w.write_all(bytes).await,
         }
     }
 
@@ -256,6 +262,7 @@ impl Stream {
                     r = Box::pin(get.read(buf)) => r,
                 }
             }
+            Stream::WebSocket(w) => w.read(buf).await,
         }
     }
 }
@@ -423,7 +430,9 @@ fn split(stream: Stream) -> (ReadSide, Wire) {
                 Wire::Tls(wire),
             )
         }
-        Stream::Tunnel(_) => unreachable!("a tunnel's halves are plain or TLS"),
+        Stream::Tunnel(_) | Stream::WebSocket(_) => {
+            unreachable!("tunnels and WebSockets run over plain or TLS connections")
+        }
     }
 }
 
@@ -459,6 +468,21 @@ impl Streaming {
                 let (post_rd, post_wire) = split(post);
                 let wire = Wire::Tunnel(Arc::new(Base64Wire::new(post_wire)));
                 (rd, wire, Some((get_wire, post_rd)))
+            }
+            Stream::WebSocket(w) => {
+                let WsStream {
+                    inner,
+                    ctx,
+                    pending,
+                } = *w;
+                parser.feed(&pending);
+                let (raw, inner_wire) = split(inner);
+                let wire = WsWire::new(inner_wire, ctx);
+                (
+                    ReadSide::WebSocket(Box::new(raw), wire.clone(), Vec::new()),
+                    Wire::WebSocket(wire),
+                    None,
+                )
             }
             other => {
                 let (rd, wire) = split(other);

@@ -1,8 +1,9 @@
-//! Where the queued bytes go: the socket (plain, TLS, or a tunnel's POST), written without
-//! blocking.
+//! Where the queued bytes go: the socket (plain, TLS, a tunnel's POST, or WebSocket messages),
+//! written without blocking.
 
 use crate::net::tls::TlsWire;
 use crate::net::tunnel::Base64Wire;
+use crate::net::websocket::WsWire;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,8 @@ pub(crate) enum Wire {
     Tls(Arc<TlsWire>),
     /// The POST half of an HTTP tunnel: bytes go out base64-encoded.
     Tunnel(Arc<Base64Wire>),
+    /// RTSP over WebSocket: one message per RTSP message or interleaved frame.
+    WebSocket(Arc<WsWire>),
 }
 
 impl Wire {
@@ -24,6 +27,7 @@ impl Wire {
             Wire::Tcp(w) => w.try_write(data),
             Wire::Tls(w) => w.try_write(data),
             Wire::Tunnel(w) => w.try_write(data),
+            Wire::WebSocket(w) => w.try_write(data),
         }
     }
 
@@ -34,6 +38,7 @@ impl Wire {
             Wire::Tcp(_) => Ok(()),
             Wire::Tls(w) => w.flush(),
             Wire::Tunnel(w) => w.flush(),
+            Wire::WebSocket(w) => w.flush(),
         }
     }
 
@@ -43,6 +48,7 @@ impl Wire {
             Wire::Tcp(_) => false,
             Wire::Tls(w) => w.backlog(),
             Wire::Tunnel(w) => w.backlog(),
+            Wire::WebSocket(w) => w.backlog(),
         }
     }
 
@@ -51,6 +57,7 @@ impl Wire {
             Wire::Tcp(w) => w.writable().await,
             Wire::Tls(w) => w.writable().await,
             Wire::Tunnel(w) => w.writable().await,
+            Wire::WebSocket(w) => w.writable().await,
         }
     }
 
@@ -61,6 +68,7 @@ impl Wire {
             Wire::Tcp(_) => {}
             Wire::Tls(w) => w.close(stall).await,
             Wire::Tunnel(w) => w.close(stall).await,
+            Wire::WebSocket(w) => w.close(stall).await,
         }
     }
 }

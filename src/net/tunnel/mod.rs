@@ -71,7 +71,7 @@ pub(crate) async fn open(url: &RtspUrl, o: Open<'_>) -> Result<Stream, SessionEr
     let (get, early) = loop {
         let mut get = half(url, &o, &heads, deadline).await?;
         let value = auth.as_mut().map(|a| a.authorization("GET", &heads.target));
-        write(
+        write_head(
             &mut get,
             heads.get(plain_proxy, value.as_deref()).as_bytes(),
             deadline,
@@ -82,28 +82,12 @@ pub(crate) async fn open(url: &RtspUrl, o: Open<'_>) -> Result<Stream, SessionEr
         gst::debug!(CAT, "{what}: GET answered {} {}", head.status, head.reason);
         match head.status {
             200 => break (get, early),
-            401 => {
-                let challenges = parse_challenges(head.all("WWW-Authenticate"));
-                let challenge = head.header("WWW-Authenticate").unwrap_or("").to_string();
-                let method = format!("the tunnel's GET {}", heads.target);
-                match (o.creds, strongest(&challenges), auth.is_some()) {
-                    (Some(c), Some(ch), false) => {
-                        auth = Some(Authenticator::new(ch.clone(), c.clone()));
-                    }
-                    (Some(_), _, true) => {
-                        return Err(SessionError::Handshake(HandshakeError::AuthRefused {
-                            method,
-                            challenge,
-                        }))
-                    }
-                    _ => {
-                        return Err(SessionError::Handshake(HandshakeError::AuthRequired {
-                            method,
-                            challenge,
-                        }))
-                    }
-                }
-            }
+            401 => answer_challenge(
+                &head,
+                o.creds,
+                &mut auth,
+                &format!("the tunnel's GET {}", heads.target),
+            )?,
             407 => return Err(proxy_refused(o.proxy, &head)),
             _ => return Err(refused("GET", url, &heads, &head)),
         }
@@ -112,7 +96,7 @@ pub(crate) async fn open(url: &RtspUrl, o: Open<'_>) -> Result<Stream, SessionEr
     let value = auth
         .as_mut()
         .map(|a| a.authorization("POST", &heads.target));
-    write(
+    write_head(
         &mut post,
         heads.post(plain_proxy, value.as_deref()).as_bytes(),
         deadline,
@@ -182,7 +166,7 @@ async fn half(
     tls_handshake(tcp, &url.host, cfg, deadline, left).await
 }
 
-async fn write(
+pub(crate) async fn write_head(
     s: &mut Stream,
     bytes: &[u8],
     deadline: Instant,
@@ -195,7 +179,7 @@ async fn write(
 }
 
 /// Reads an HTTP answer's head; returns it and the bytes after it.
-async fn read_head(
+pub(crate) async fn read_head(
     s: &mut Stream,
     deadline: Instant,
     method: &str,
@@ -223,6 +207,33 @@ async fn read_head(
             )));
         }
         buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// A 401 to an HTTP request of ours: the authenticator for the retry, once, when we have
+/// credentials; else the error that says what is missing.
+pub(crate) fn answer_challenge(
+    head: &HttpHead,
+    creds: Option<&Credentials>,
+    auth: &mut Option<Authenticator>,
+    method: &str,
+) -> Result<(), SessionError> {
+    let challenges = parse_challenges(head.all("WWW-Authenticate"));
+    let challenge = head.header("WWW-Authenticate").unwrap_or("").to_string();
+    let method = method.to_string();
+    match (creds, strongest(&challenges), auth.is_some()) {
+        (Some(c), Some(ch), false) => {
+            *auth = Some(Authenticator::new(ch.clone(), c.clone()));
+            Ok(())
+        }
+        (Some(_), _, true) => Err(SessionError::Handshake(HandshakeError::AuthRefused {
+            method,
+            challenge,
+        })),
+        _ => Err(SessionError::Handshake(HandshakeError::AuthRequired {
+            method,
+            challenge,
+        })),
     }
 }
 

@@ -24,7 +24,7 @@ pub(crate) fn transports_for(scheme: Scheme, tcp: bool, udp: bool) -> Result<Vec
         Scheme::Rtsps => (tcp, false, Some(("rtsps://", "TCP (with TLS)", "tcp"))),
         Scheme::RtspU => (false, udp, Some(("rtspu://", "UDP", "udp"))),
         // The media go inside the tunnel, interleaved, whatever the tcp flag says.
-        Scheme::RtspH | Scheme::RtspsH => (true, false, None),
+        Scheme::RtspH | Scheme::RtspsH | Scheme::RtspWs | Scheme::RtspWss => (true, false, None),
     };
     let mut v = Vec::new();
     if want_tcp {
