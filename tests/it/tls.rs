@@ -32,6 +32,27 @@ impl ServerCert {
     pub(crate) fn gio_pem(&self) -> String {
         format!("{}{}", self.cert_pem, self.key_pem)
     }
+
+    /// A rustls server configuration with this certificate, for servers of our own.
+    pub(crate) fn rustls_config(&self) -> Arc<rustls::ServerConfig> {
+        use rustls::pki_types::pem::PemObject;
+        let chain =
+            vec![
+                rustls::pki_types::CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
+                    .unwrap(),
+            ];
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).unwrap();
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        Arc::new(cfg)
+    }
 }
 
 impl Pki {
@@ -673,19 +694,7 @@ fn tls_proxy(
     cert: &ServerCert,
     backend: std::net::SocketAddr,
 ) -> Proxy {
-    use rustls::pki_types::pem::PemObject;
-    let chain =
-        vec![rustls::pki_types::CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap()];
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let acceptor = tokio_rustls::TlsAcceptor::from(cert.rustls_config());
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();

@@ -37,8 +37,9 @@ struct Bridge {
 }
 
 impl Bridge {
-    /// `choose`: answer the upgrade with the subprotocol (a strict server must).
-    fn start(upstream: u16, choose: bool) -> Bridge {
+    /// `choose`: answer the upgrade with the subprotocol (a strict server must); `tls`: serve
+    /// `rtspwss://`.
+    fn start(upstream: u16, choose: bool, tls: Option<Arc<rustls::ServerConfig>>) -> Bridge {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -51,9 +52,18 @@ impl Bridge {
                 match listener.accept() {
                     Ok((c, _)) => {
                         c.set_nonblocking(false).unwrap();
-                        let (log, stop) = (log2.clone(), stop2.clone());
+                        let (log, stop, tls) = (log2.clone(), stop2.clone(), tls.clone());
                         conns.push(std::thread::spawn(move || {
-                            bridge_one(c, upstream, choose, &log, &stop)
+                            // Reads time out so that one thread can serve both directions.
+                            c.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+                            match tls {
+                                None => bridge_one(c, upstream, choose, &log, &stop),
+                                Some(cfg) => {
+                                    let conn = rustls::ServerConnection::new(cfg).unwrap();
+                                    let s = rustls::StreamOwned::new(conn, c);
+                                    bridge_one(s, upstream, choose, &log, &stop)
+                                }
+                            }
                         }));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
@@ -71,8 +81,8 @@ impl Bridge {
         }
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("rtspws://127.0.0.1:{}{path}", self.port)
+    fn url(&self, scheme: &str, path: &str) -> String {
+        format!("{scheme}://127.0.0.1:{}{path}", self.port)
     }
 
     fn log(&self) -> BridgeLog {
@@ -108,8 +118,12 @@ fn unit_len(b: &[u8]) -> Option<usize> {
     (b.len() >= end + body).then_some(end + body)
 }
 
-fn bridge_one(
-    client: TcpStream,
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+}
+
+fn bridge_one<S: Read + Write>(
+    client: S,
     upstream: u16,
     choose: bool,
     log: &Mutex<BridgeLog>,
@@ -140,14 +154,19 @@ fn bridge_one(
         }
         Ok(resp)
     };
-    let Ok(mut ws) = tungstenite::accept_hdr(client, check) else {
-        return;
+    // The handshake sees the read timeouts too: it goes on where it stopped.
+    let mut shake = tungstenite::accept_hdr(client, check);
+    let mut ws = loop {
+        match shake {
+            Ok(ws) => break ws,
+            Err(tungstenite::HandshakeError::Interrupted(mid)) if !stop.load(Ordering::SeqCst) => {
+                shake = mid.handshake()
+            }
+            Err(_) => return,
+        }
     };
     let mut up = TcpStream::connect(("127.0.0.1", upstream)).unwrap();
     up.set_nonblocking(true).unwrap();
-    ws.get_mut()
-        .set_read_timeout(Some(Duration::from_millis(5)))
-        .unwrap();
     let violation = |v: String| log.lock().unwrap().violations.push(v);
     let mut from_server = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -180,8 +199,7 @@ fn bridge_one(
             Ok(Message::Text(_)) => violation("a text message".into()),
             Ok(Message::Close(_)) => break,
             Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(tungstenite::Error::Io(e)) if timed_out(&e) => {}
             Err(_) => break,
         }
         match up.read(&mut buf) {
@@ -217,10 +235,10 @@ fn requests(report: &Report) -> Vec<&str> {
 #[test]
 fn rtspws_through_a_strict_bridge_every_frame_decoded_by_gst_rtsp_server() {
     let server = RecordServer::start(RecordServerConfig::new("/live/ws", Tracks::H264Aac)).unwrap();
-    let bridge = Bridge::start(server.port(), true);
+    let bridge = Bridge::start(server.port(), true, None);
     let p = pipeline(&format!(
         "rtspannounce name=sink location={} {} ! sink.sink_0 {} ! sink.sink_1",
-        bridge.url("/live/ws"),
+        bridge.url("rtspws", "/live/ws"),
         h264_branch(150, "vpay"),
         aac_branch(235, "apay")
     ));
@@ -258,11 +276,11 @@ fn rtspws_through_a_strict_bridge_every_frame_decoded_by_gst_rtsp_server() {
 #[test]
 fn a_server_that_does_not_choose_the_subprotocol_is_refused() {
     let server = RecordServer::start(RecordServerConfig::new("/live/ws", Tracks::H264)).unwrap();
-    let bridge = Bridge::start(server.port(), false);
+    let bridge = Bridge::start(server.port(), false, None);
     let out = push(&format!(
         "{} ! rtspannounce location={} retry-max=0",
         h264_branch(30, "vpay"),
-        bridge.url("/live/ws")
+        bridge.url("rtspws", "/live/ws")
     ));
     assert!(!out.eos, "{out:?}");
     let text = out.error_text();
@@ -285,4 +303,24 @@ fn an_rtsp_server_without_websocket_names_the_refusal() {
     assert!(!out.eos, "{out:?}");
     let text = out.error_text();
     assert!(text.contains("WebSocket"), "{text}");
+}
+
+#[test]
+fn rtspwss_in_tls_every_frame_decoded() {
+    let pki = crate::tls::Pki::new("wss");
+    let cert = pki.server_cert(&["localhost", "127.0.0.1"], None);
+    let server = RecordServer::start(RecordServerConfig::new("/live/wss", Tracks::H264)).unwrap();
+    let bridge = Bridge::start(server.port(), true, Some(cert.rustls_config()));
+    let out = push(&format!(
+        "{} ! rtspannounce location={} {}",
+        h264_branch(90, "vpay"),
+        bridge.url("rtspwss", "/live/wss"),
+        pki.ca_arg()
+    ));
+    assert!(out.eos, "{out:?}");
+    let report = server.wait_finished(Duration::from_secs(20)).unwrap();
+    assert_eq!(report.tracks[0].frames, 90, "{report}");
+    let log = bridge.log();
+    assert!(log.violations.is_empty(), "{:?}", log.violations);
+    assert!(log.frames as u64 >= report.tracks[0].packets, "{log:?}");
 }
