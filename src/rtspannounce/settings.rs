@@ -158,7 +158,7 @@ pub(super) fn properties() -> Vec<glib::ParamSpec> {
     vec![
         glib::ParamSpecString::builder("location")
             .nick("Location")
-            .blurb("RTSP URL to publish to: rtsp://[user:pass@]host[:port]/path[?query] (required; rtsps:// for RTSP over TLS). Credentials in the URL are never sent in the Request-URI nor logged")
+            .blurb("RTSP URL to publish to: rtsp://[user:pass@]host[:port]/path[?query] (required; rtsps:// for RTSP over TLS, rtsph:// and rtspsh:// tunnelled in HTTP and HTTPS, rtspws:// and rtspwss:// over WebSocket, the ONVIF transport). Credentials in the URL are never sent in the Request-URI nor logged")
             .mutable_ready()
             .build(),
         glib::ParamSpecString::builder("user-id")
