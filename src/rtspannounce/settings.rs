@@ -138,6 +138,9 @@ pub(super) struct Settings {
     pub(super) port_range: Option<String>,
     pub(super) tls_validation_flags: gio::TlsCertificateFlags,
     pub(super) tls_ca_file: Option<String>,
+    pub(super) proxy: Option<String>,
+    pub(super) proxy_id: Option<String>,
+    pub(super) proxy_pw: Option<String>,
 }
 
 impl Default for Settings {
@@ -166,6 +169,9 @@ impl Default for Settings {
             port_range: None,
             tls_validation_flags: gio::TlsCertificateFlags::VALIDATE_ALL,
             tls_ca_file: None,
+            proxy: None,
+            proxy_id: None,
+            proxy_pw: None,
         }
     }
 }
@@ -175,7 +181,7 @@ pub(super) fn properties() -> Vec<glib::ParamSpec> {
     vec![
         glib::ParamSpecString::builder("location")
             .nick("Location")
-            .blurb("RTSP URL to publish to: rtsp://[user:pass@]host[:port]/path[?query] (required; rtsps:// for RTSP over TLS). Credentials in the URL are never sent in the Request-URI nor logged")
+            .blurb("RTSP URL to publish to: rtsp://[user:pass@]host[:port]/path[?query] (required; rtsps:// for RTSP over TLS, rtsph:// and rtspsh:// tunnelled in HTTP and HTTPS, rtspws:// and rtspwss:// over WebSocket, the ONVIF transport). Credentials in the URL are never sent in the Request-URI nor logged")
             .mutable_ready()
             .build(),
         glib::ParamSpecString::builder("user-id")
@@ -284,7 +290,7 @@ pub(super) fn properties() -> Vec<glib::ParamSpec> {
         glib::ParamSpecFlags::builder::<gst_rtsp::RTSPLowerTrans>("protocols")
             .default_value(DEFAULT_PROTOCOLS)
             .nick("Protocols")
-            .blurb("Allowed lower transports, as rtspclientsink's: TCP interleaved is tried first, then UDP unicast when the server answers SETUP with 461 Unsupported Transport (rtspt:// means tcp only, rtspu:// udp only). udp-mcast is accepted but multicast is not implemented and never chosen; tls puts the RTSP connection in TLS as rtsps:// does (TCP only: media go inside it)")
+            .blurb("Allowed lower transports, as rtspclientsink's: TCP interleaved is tried first, then UDP unicast when the server answers SETUP with 461 Unsupported Transport (rtspt:// means tcp only, rtspu:// udp only). udp-mcast is accepted but multicast is not implemented and never chosen; tls puts the RTSP connection in TLS as rtsps:// does (TCP only: media go inside it); http tunnels it in HTTP as rtsph:// does (media interleaved inside)")
             .mutable_ready()
             .build(),
         glib::ParamSpecString::builder("port-range")
@@ -306,6 +312,21 @@ pub(super) fn properties() -> Vec<glib::ParamSpec> {
         glib::ParamSpecString::builder("tls-ca-file")
             .nick("TLS CA file")
             .blurb("PEM file of the CA certificates to trust for rtsps:// instead of the system store (a private CA)")
+            .mutable_ready()
+            .build(),
+        glib::ParamSpecString::builder("proxy")
+            .nick("Proxy")
+            .blurb("HTTP proxy for RTSP over HTTP (rtsph://, rtspsh://, or the http flag of protocols), as [http://][user:passwd@]host[:port] (port 3128 if none). A TLS tunnel goes through it by CONNECT")
+            .mutable_ready()
+            .build(),
+        glib::ParamSpecString::builder("proxy-id")
+            .nick("Proxy user ID")
+            .blurb("User name for the HTTP proxy (Basic; overrides one in proxy)")
+            .mutable_ready()
+            .build(),
+        glib::ParamSpecString::builder("proxy-pw")
+            .nick("Proxy password")
+            .blurb("Password for the HTTP proxy (never logged)")
             .mutable_ready()
             .build(),
         glib::ParamSpecUInt::builder("max-queue-bytes")
@@ -366,6 +387,9 @@ impl Settings {
             }
             "tls-validation-flags" => s.tls_validation_flags = value.get().unwrap(),
             "tls-ca-file" => s.tls_ca_file = value.get().unwrap(),
+            "proxy" => s.proxy = value.get().unwrap(),
+            "proxy-id" => s.proxy_id = value.get().unwrap(),
+            "proxy-pw" => s.proxy_pw = value.get().unwrap(),
             _ => unreachable!(),
         }
     }
@@ -397,6 +421,9 @@ impl Settings {
             "retry-delay-max" => s.retry_delay_max_ms.to_value(),
             "tls-validation-flags" => s.tls_validation_flags.to_value(),
             "tls-ca-file" => s.tls_ca_file.to_value(),
+            "proxy" => s.proxy.to_value(),
+            "proxy-id" => s.proxy_id.to_value(),
+            "proxy-pw" => s.proxy_pw.to_value(),
             _ => return None,
         })
     }
@@ -414,16 +441,41 @@ impl Settings {
         let url = RtspUrl::parse(location).map_err(|e| {
             gst::error_msg!(gst::ResourceError::Settings, ("Invalid location: {}", e))
         })?;
+        // rtsph://, rtspsh://, or the http flag (as rtspclientsink): RTSP tunnelled in HTTP, the
+        // media interleaved inside whatever the tcp flag says.
+        let tunnelled =
+            url.scheme.tunnelled() || s.protocols.contains(gst_rtsp::RTSPLowerTrans::HTTP);
         let mut transports = crate::rtsp::handshake::transports_for(
             url.scheme,
-            s.protocols.contains(gst_rtsp::RTSPLowerTrans::TCP),
-            s.protocols.contains(gst_rtsp::RTSPLowerTrans::UDP),
+            s.protocols.contains(gst_rtsp::RTSPLowerTrans::TCP) || tunnelled,
+            s.protocols.contains(gst_rtsp::RTSPLowerTrans::UDP) && !tunnelled,
         )
         .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ("{}", e)))?;
+        let proxy = match s.proxy.as_deref().map(str::trim).filter(|p| !p.is_empty()) {
+            Some(p) => Some(
+                crate::net::tunnel::Proxy::parse(p, s.proxy_id.as_deref(), s.proxy_pw.as_deref())
+                    .map_err(|e| {
+                    gst::error_msg!(gst::ResourceError::Settings, ("Invalid proxy: {}", e))
+                })?,
+            ),
+            None => None,
+        };
+        if tunnelled && url.scheme.websocket() {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                ("An rtspws:// or rtspwss:// location cannot also be tunnelled in HTTP: remove http from protocols")
+            ));
+        }
+        if proxy.is_some() && !tunnelled {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                ("proxy is an HTTP proxy for RTSP over HTTP: use an rtsph:// or rtspsh:// location, or add http to protocols")
+            ));
+        }
+        let tunnel = tunnelled.then_some(crate::net::tunnel::TunnelConfig { proxy });
         // rtsps://, or the tls flag (as rtspclientsink): the RTSP connection goes over TLS, and
         // the media with it, interleaved; UDP would send them in the clear.
-        let tls = url.scheme == crate::rtsp::url::Scheme::Rtsps
-            || s.protocols.contains(gst_rtsp::RTSPLowerTrans::TLS);
+        let tls = url.scheme.tls() || s.protocols.contains(gst_rtsp::RTSPLowerTrans::TLS);
         if tls {
             transports.retain(|t| *t == crate::rtsp::headers::Lower::Tcp);
             if transports.is_empty() {
@@ -485,6 +537,7 @@ impl Settings {
                 send_buffer: drop_when_congested
                     .then(|| (max_queue_bytes / 4).clamp(64 * 1024, 1 << 20) as u32),
                 udp_blocking: !drop_when_congested,
+                tunnel,
             },
             announce_timeout: Duration::from_millis(s.announce_timeout_ms as u64),
             keepalive: s.keepalive,

@@ -352,6 +352,8 @@ pub struct RecordServerConfig {
     /// Lower transports the factory accepts (default TCP and UDP); a SETUP asking for another
     /// gets 461 Unsupported Transport.
     pub protocols: gst_rtsp::RTSPLowerTrans,
+    /// The session timeout the server announces (`Session: id;timeout=N`), default 60 s.
+    pub session_timeout: Option<u32>,
     /// Serve RTSPS: certificate chain and private key in PEM (gst-rtsp-server does TLS on
     /// every connection once its RTSPAuth has a certificate).
     pub tls_pem: Option<String>,
@@ -395,7 +397,14 @@ impl RecordServerConfig {
             auth: None,
             protocols: gst_rtsp::RTSPLowerTrans::TCP | gst_rtsp::RTSPLowerTrans::UDP,
             tls_pem: None,
+            session_timeout: None,
         }
+    }
+
+    /// Announce this session timeout, in seconds (a pusher's keep-alives must beat it).
+    pub fn with_session_timeout(mut self, secs: u32) -> RecordServerConfig {
+        self.session_timeout = Some(secs);
+        self
     }
 
     pub fn with_output(mut self, output: impl Into<PathBuf>) -> RecordServerConfig {
@@ -1256,7 +1265,13 @@ impl RecordServer {
 
         {
             let shared = shared.clone();
-            server.connect_client_connected(move |_, client| watch_client(&shared, client));
+            let timeout = cfg.session_timeout;
+            server.connect_client_connected(move |_, client| {
+                watch_client(&shared, client);
+                if let Some(t) = timeout {
+                    client.connect_new_session(move |_, session| session.set_timeout(t));
+                }
+            });
         }
 
         let source = server.attach(Some(&ctx)).with_context(|| {

@@ -41,4 +41,6 @@ mod scripted_server_selftest;
 mod seek;
 mod state_changes;
 mod tls;
+mod tunnel;
 mod udp;
+mod websocket;

@@ -50,7 +50,9 @@ impl URIHandlerImpl for RtspAnnounce {
     const URI_TYPE: gst::URIType = gst::URIType::Sink;
 
     fn protocols() -> &'static [&'static str] {
-        &["rtsp", "rtspt", "rtspu", "rtsps"]
+        &[
+            "rtsp", "rtspt", "rtspu", "rtsps", "rtsph", "rtspsh", "rtspws", "rtspwss",
+        ]
     }
 
     fn uri(&self) -> Option<String> {
