@@ -25,6 +25,16 @@ fn be32(b: &[u8], i: usize) -> u32 {
     u32::from_be_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
 }
 
+/// Network clocks live to the end of the process. GStreamer 1.22's GstNetClientClock (the base
+/// of GstNtpClock) can deadlock when one is disposed while another test's pipeline uses the
+/// system clock: seen in a full run, the test thread in the clock's dispose, the system clock's
+/// thread in gst_clock_id_wait_async from that same dispose path, a third thread's state change
+/// in gst_clock_id_unschedule, all three waiting for good.
+fn keep_alive(clock: &gst::Clock) {
+    static CLOCKS: std::sync::Mutex<Vec<gst::Clock>> = std::sync::Mutex::new(Vec::new());
+    CLOCKS.lock().unwrap().push(clock.clone());
+}
+
 /// A GstNtpClock synced to `server`.
 fn ntp_clock(server: &NtpServer) -> gst::Clock {
     init();
@@ -37,7 +47,9 @@ fn ntp_clock(server: &NtpServer) -> gst::Clock {
     clock
         .wait_for_sync(gst::ClockTime::from_seconds(10))
         .expect("the NTP clock syncs to the test server");
-    clock.upcast()
+    let clock = clock.upcast();
+    keep_alive(&clock);
+    clock
 }
 
 /// A live H.264 push of `frames` frames to `location`, on `clock` if given.
@@ -445,6 +457,7 @@ fn a_net_client_clock_is_local() {
     clock
         .wait_for_sync(gst::ClockTime::from_seconds(10))
         .expect("the net client clock syncs to the provider");
+    keep_alive(clock.upcast_ref());
     let server = ScriptedServer::start(Script::new());
     let p = live_push(
         &server.url("/cam"),
