@@ -151,11 +151,13 @@ impl Connection {
                 .map(|a| a.ip().to_string())
                 .unwrap_or_else(|| "localhost".into())
         );
+        let srtp = dialed.srtp.as_ref();
         let senders = announced
             .iter()
             .zip(&dialed.negotiated.tracks)
             .zip(&dialed.pt_rewrites)
-            .map(|((caps, t), rewrite)| {
+            .enumerate()
+            .map(|(i, ((caps, t), rewrite))| {
                 Arc::new(TrackSender::new(TrackSetup {
                     channel: t.rtp_channel,
                     rtcp_channel: t.rtcp_channel,
@@ -165,6 +167,8 @@ impl Connection {
                     encoding: field(caps, "encoding-name").to_string(),
                     is_video: is_video(caps),
                     wait_keyframe: reconnected && is_video(caps),
+                    srtp: srtp.and_then(|s| s.protectors.get(i).cloned()),
+                    srtcp_in: srtp.and_then(|s| s.unprotectors.get(i).cloned().flatten()),
                 }))
             })
             .collect();
@@ -409,7 +413,10 @@ impl Connection {
             return Vec::new();
         };
         let arrival = crate::rtcp::ntp_middle(ntp.ntp_at(ntp.running_now().unwrap_or(0)));
-        crate::rtcp::report_blocks(data)
+        let Some(data) = tx.readable_rtcp(data) else {
+            return Vec::new();
+        };
+        crate::rtcp::report_blocks(&data)
             .iter()
             .filter_map(|block: &ReportBlock| {
                 tx.receiver_report(block, arrival).map(|lost| LossReport {

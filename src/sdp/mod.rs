@@ -31,7 +31,7 @@
 
 mod describe;
 
-pub(crate) use describe::{describe, Described};
+pub(crate) use describe::{describe, secure, Described};
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
@@ -90,6 +90,8 @@ pub enum SdpError {
     InvalidSessionName(String),
     /// `gst_sdp_media_set_media_from_caps` refused the caps.
     MediaFromCaps { caps: String },
+    /// The SRTP keys could not be added (the text says why).
+    Srtp(String),
 }
 
 impl fmt::Display for SdpError {
@@ -119,6 +121,7 @@ impl fmt::Display for SdpError {
                 f,
                 "invalid control attribute {control:?}: it must be non-empty and contain no whitespace or control characters"
             ),
+            SdpError::Srtp(why) => write!(f, "cannot announce SRTP: {why}"),
             SdpError::InvalidSessionName(name) => write!(
                 f,
                 "invalid session name {name:?}: it must not contain line breaks or other control characters"

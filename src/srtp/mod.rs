@@ -32,6 +32,13 @@ pub enum Suite {
     Aes256Sha1_32 = 3,
 }
 
+/// What the session offers: this suite, and whether plain RTP/AVP may follow a refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Policy {
+    pub suite: Suite,
+    pub allow_plain: bool,
+}
+
 /// Salt length of every AES-CM suite (RFC 3711 4.1).
 const SALT_LEN: usize = 14;
 
@@ -56,14 +63,6 @@ impl Suite {
         match self {
             Suite::Aes128Sha1_80 | Suite::Aes128Sha1_32 => 16 + SALT_LEN,
             Suite::Aes256Sha1_80 | Suite::Aes256Sha1_32 => 32 + SALT_LEN,
-        }
-    }
-
-    /// Bytes the authentication tag adds to each SRTP packet.
-    pub(crate) fn tag_len(self) -> usize {
-        match self {
-            Suite::Aes128Sha1_80 | Suite::Aes256Sha1_80 => 10,
-            Suite::Aes128Sha1_32 | Suite::Aes256Sha1_32 => 4,
         }
     }
 
@@ -111,6 +110,7 @@ impl MasterKey {
         MasterKey(bytes.to_vec())
     }
 
+    #[cfg(test)]
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.0
     }
@@ -182,7 +182,6 @@ mod tests {
         assert_eq!(Suite::default(), Suite::Aes128Sha1_80);
         assert_eq!(Suite::Aes128Sha1_80.master_len(), 30);
         assert_eq!(Suite::Aes256Sha1_32.master_len(), 46);
-        assert_eq!(Suite::Aes128Sha1_32.tag_len(), 4);
         for s in [
             Suite::Aes128Sha1_80,
             Suite::Aes128Sha1_32,

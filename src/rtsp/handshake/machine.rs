@@ -1,6 +1,6 @@
 //! The state machine: what each answer of the server leads to, up to RECORD.
 
-use super::{HandshakeError, Negotiated, NegotiatedTrack, RequestContext, UdpPorts};
+use super::{HandshakeError, Negotiated, NegotiatedTrack, RequestContext, SrtpOffer, UdpPorts};
 use crate::rtsp::auth::{parse_challenges, strongest, Authenticator, Credentials};
 use crate::rtsp::headers::{Lower, Transport};
 use crate::rtsp::message::{Request, Response};
@@ -49,6 +49,9 @@ pub struct Handshake {
     client_ports: Vec<Option<(u16, u16)>>,
     /// Requests sent again because the server said our nonce went stale.
     stale_renewals: u32,
+    /// SRTP keys to offer, and whether SAVP is still what we offer (a fallback turns it off).
+    srtp: Option<SrtpOffer>,
+    secure: bool,
 }
 
 /// A server may retire a nonce during the handshake, but not at every request: past this many
@@ -82,7 +85,17 @@ impl Handshake {
             transport: 0,
             client_ports: Vec::new(),
             stale_renewals: 0,
+            srtp: None,
+            secure: false,
         }
+    }
+
+    /// Offers SRTP: RTP/SAVP transports, each SETUP with its track's MIKEY message in a
+    /// `KeyMgmt` header (the SDP given to `new` already says RTP/SAVP and carries them too).
+    pub fn with_srtp(mut self, offer: Option<SrtpOffer>) -> Self {
+        self.secure = offer.is_some();
+        self.srtp = offer;
+        self
     }
 
     /// The transports to offer, in order of preference (TCP interleaved alone by default). A
@@ -194,9 +207,55 @@ impl Handshake {
         let mut r = self.ctx.request("SETUP", &uri);
         r.headers.push(
             "Transport",
-            Transport::request(lower, (2 * index) as u8, ports),
+            Transport::request(lower, (2 * index) as u8, ports, self.secure),
         );
+        if let (true, Some(offer)) = (self.secure, &self.srtp) {
+            if let Some(mikey) = offer.mikeys.get(index) {
+                r.headers
+                    .push("KeyMgmt", crate::srtp::keymgmt_header(&uri, mikey));
+            }
+        }
         self.send(r)
+    }
+
+    /// A 4xx to an RTP/SAVP SETUP: another transport first on 461 (it may be the transport the
+    /// server refuses, not SRTP), then plain RTP/AVP from ANNOUNCE on, if `profiles` allows it.
+    fn savp_refused(
+        &mut self,
+        index: usize,
+        method: String,
+        uri: String,
+        resp: &Response,
+    ) -> Result<Step, HandshakeError> {
+        if resp.status == 461 && index == 0 && self.transport + 1 < self.transports.len() {
+            self.transport += 1;
+            return Ok(self.setup_request(0));
+        }
+        let plain = self.srtp.as_ref().and_then(|o| o.plain_sdp.clone());
+        if let (0, Some(plain)) = (index, plain) {
+            gst::warning!(
+                crate::CAT,
+                "server refused RTP/SAVP ({method} {uri}: {} {}): announcing RTP/AVP, unencrypted",
+                resp.status,
+                resp.reason
+            );
+            self.secure = false;
+            self.sdp = plain;
+            self.transport = 0;
+            self.tracks.clear();
+            let uri = self.url.request_uri();
+            let mut r = self.ctx.request("ANNOUNCE", &uri);
+            r.headers.push("Content-Type", "application/sdp");
+            r.body = self.sdp.clone().into_bytes();
+            self.phase = Phase::Announce;
+            return Ok(self.send(r));
+        }
+        Err(HandshakeError::EncryptionRefused {
+            method,
+            uri,
+            status: resp.status,
+            reason: resp.reason.clone(),
+        })
     }
 
     /// 461 Unsupported Transport: the next allowed transport, as long as no track is set up
@@ -260,6 +319,11 @@ impl Handshake {
             self.phase = Phase::Options;
             let r = self.ctx.request("OPTIONS", &self.url.request_uri());
             return Ok(self.send(r));
+        }
+        if let (Phase::Setup(i), true) = (self.phase, self.secure) {
+            if (400..500).contains(&resp.status) {
+                return self.savp_refused(i, method, uri, resp);
+            }
         }
         if let (Phase::Setup(i), 461) = (self.phase, resp.status) {
             return self.transport_refused(i, uri, resp);
@@ -326,6 +390,7 @@ impl Handshake {
                         .unwrap_or(60),
                     public: self.public.clone(),
                     lower: self.lower(),
+                    srtp: self.secure,
                 }))
             }
             Phase::Idle | Phase::Done => Err(HandshakeError::BadResponse(
@@ -342,6 +407,12 @@ impl Handshake {
         let control_uri = self.pending_uri_for(index);
         let asked = (2 * index) as u8;
         let lower = self.lower();
+        // The server's own key (for the SRTCP it sends), when it gives one.
+        let keymgmt = resp
+            .headers
+            .get("KeyMgmt")
+            .filter(|_| self.secure)
+            .map(str::to_string);
         let Some(value) = resp.headers.get("Transport") else {
             if lower == Lower::Udp {
                 return Err(HandshakeError::Transport(
@@ -355,9 +426,15 @@ impl Handshake {
                 rtcp_channel: asked.wrapping_add(1),
                 ssrc: None,
                 udp: None,
+                keymgmt: keymgmt.clone(),
             });
         };
         let t = Transport::parse(value).map_err(|e| HandshakeError::Transport(e.0))?;
+        if self.secure && !t.profile.to_ascii_uppercase().starts_with("RTP/SAVP") {
+            return Err(HandshakeError::Transport(format!(
+                "asked for RTP/SAVP (SRTP), server answered {value:?}: it would take the media unencrypted"
+            )));
+        }
         if t.lower != lower {
             return Err(HandshakeError::Transport(format!(
                 "asked for {}, server answered {value:?}",
@@ -392,6 +469,7 @@ impl Handshake {
                     server: (rtp, rtcp),
                     source: t.source.filter(|s| !s.is_empty()),
                 }),
+                keymgmt,
             });
         }
         let (rtp, rtcp) = t.interleaved.unwrap_or((asked, asked.wrapping_add(1)));
@@ -404,6 +482,7 @@ impl Handshake {
             rtcp_channel: rtcp,
             ssrc: t.ssrc,
             udp: None,
+            keymgmt,
         })
     }
 

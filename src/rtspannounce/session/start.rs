@@ -3,7 +3,7 @@
 //! Recording phase with what the pads held meanwhile.
 
 use super::{Attempt, Phase, Shared, State, Track};
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::net::connection::SessionError;
 use crate::net::dial::{Addrs, Dialed};
 use crate::rtspannounce::connection::{Connection, Setup};
@@ -170,7 +170,15 @@ impl Shared {
             attempt.connection = Some(id);
             (id, reconnected)
         };
+        let srtp_warnings = dialed
+            .srtp
+            .as_ref()
+            .map(|s| s.warnings.clone())
+            .unwrap_or_default();
         let conn = Connection::start(self.setup(id, dialed, announced, reconnected));
+        for w in srtp_warnings {
+            self.warn(ErrorKind::Stream(gst::StreamError::DecryptNokey), w);
+        }
         // What arrived before RECORD's answer goes first, in order. A UDP send may block
         // (bounded) on socket room: not under the state lock, which stop() needs. Pads still
         // see the handshake and hold what they bring meanwhile; that goes next, until nothing
