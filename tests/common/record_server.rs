@@ -337,6 +337,9 @@ pub struct RecordServerConfig {
     /// Serve RTSPS: certificate chain and private key in PEM (gst-rtsp-server does TLS on
     /// every connection once its RTSPAuth has a certificate).
     pub tls_pem: Option<String>,
+    /// RTP profiles the factory accepts (default AVP alone); with SAVP gst-rtsp-server takes
+    /// the MIKEY keys of the ANNOUNCE SDP and SETUP's KeyMgmt, and decrypts with srtpdec.
+    pub profiles: gst_rtsp::RTSPProfile,
 }
 
 impl RecordServerConfig {
@@ -363,6 +366,12 @@ impl RecordServerConfig {
         self
     }
 
+    /// Accept only these RTP profiles (SAVP: SRTP).
+    pub fn with_profiles(mut self, profiles: gst_rtsp::RTSPProfile) -> RecordServerConfig {
+        self.profiles = profiles;
+        self
+    }
+
     pub fn with_stock_rtpbin(mut self) -> RecordServerConfig {
         self.stock_rtpbin = true;
         self
@@ -377,6 +386,7 @@ impl RecordServerConfig {
             auth: None,
             protocols: gst_rtsp::RTSPLowerTrans::TCP | gst_rtsp::RTSPLowerTrans::UDP,
             tls_pem: None,
+            profiles: gst_rtsp::RTSPProfile::AVP,
         }
     }
 
@@ -1165,6 +1175,7 @@ impl RecordServer {
         factory.set_eos_shutdown(true);
         factory.set_stop_on_disconnect(true);
         factory.set_protocols(cfg.protocols);
+        factory.set_profiles(cfg.profiles);
         let publisher_role = || {
             gst::Structure::builder("publisher")
                 .field(gst_rtsp_server::RTSP_PERM_MEDIA_FACTORY_ACCESS, true)

@@ -52,6 +52,7 @@ pub struct Handshake {
     /// SRTP keys to offer, and whether SAVP is still what we offer (a fallback turns it off).
     srtp: Option<SrtpOffer>,
     secure: bool,
+    srtp_refused: Option<String>,
 }
 
 /// A server may retire a nonce during the handshake, but not at every request: past this many
@@ -87,6 +88,7 @@ impl Handshake {
             stale_renewals: 0,
             srtp: None,
             secure: false,
+            srtp_refused: None,
         }
     }
 
@@ -233,12 +235,12 @@ impl Handshake {
         }
         let plain = self.srtp.as_ref().and_then(|o| o.plain_sdp.clone());
         if let (0, Some(plain)) = (index, plain) {
-            gst::warning!(
-                crate::CAT,
-                "server refused RTP/SAVP ({method} {uri}: {} {}): announcing RTP/AVP, unencrypted",
-                resp.status,
-                resp.reason
+            let why = format!(
+                "server refused encryption ({method} {uri} with RTP/SAVP: {} {}): publishing unencrypted RTP/AVP, as profiles allows",
+                resp.status, resp.reason
             );
+            gst::info!(crate::CAT, "{why}");
+            self.srtp_refused = Some(why);
             self.secure = false;
             self.sdp = plain;
             self.transport = 0;
@@ -391,6 +393,7 @@ impl Handshake {
                     public: self.public.clone(),
                     lower: self.lower(),
                     srtp: self.secure,
+                    srtp_refused: self.srtp_refused.take(),
                 }))
             }
             Phase::Idle | Phase::Done => Err(HandshakeError::BadResponse(

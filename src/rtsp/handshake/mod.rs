@@ -91,6 +91,8 @@ pub struct Negotiated {
     pub(crate) lower: Lower,
     /// The media go as SRTP (RTP/SAVP was accepted).
     pub(crate) srtp: bool,
+    /// SRTP was offered, refused, and plain RTP/AVP accepted instead: why, for a warning.
+    pub(crate) srtp_refused: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

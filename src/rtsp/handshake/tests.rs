@@ -755,4 +755,9 @@ fn refused_savp_tries_the_next_transport_then_falls_back_to_avp() {
         panic!("not done")
     };
     assert!(!n.srtp);
+    let why = n.srtp_refused.expect("the fallback is reported");
+    assert!(
+        why.contains("server refused encryption") && why.contains("403"),
+        "{why}"
+    );
 }

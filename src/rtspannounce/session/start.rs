@@ -170,14 +170,18 @@ impl Shared {
             attempt.connection = Some(id);
             (id, reconnected)
         };
-        let srtp_warnings = dialed
+        let mut srtp_warnings = dialed
             .srtp
             .as_ref()
             .map(|s| s.warnings.clone())
             .unwrap_or_default();
+        let refused = dialed.negotiated.srtp_refused.clone();
         let conn = Connection::start(self.setup(id, dialed, announced, reconnected));
-        for w in srtp_warnings {
+        for w in srtp_warnings.drain(..) {
             self.warn(ErrorKind::Stream(gst::StreamError::DecryptNokey), w);
+        }
+        if let Some(why) = refused {
+            self.warn(ErrorKind::Resource(gst::ResourceError::OpenWrite), why);
         }
         // What arrived before RECORD's answer goes first, in order. A UDP send may block
         // (bounded) on socket room: not under the state lock, which stop() needs. Pads still

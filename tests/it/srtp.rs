@@ -1,0 +1,234 @@
+//! SRTP (RTP/SAVP with MIKEY keys) against gst-rtsp-server, whose RECORD media decrypt with
+//! srtpdec: every frame decoded there, over TCP interleaved and over UDP; and what happens
+//! when a server refuses encryption.
+
+use crate::harness::*;
+use crate::record_server::*;
+use crate::scripted_server::*;
+use gst::prelude::*;
+use std::time::Duration;
+
+fn savp_server(protocols: gst_rtsp::RTSPLowerTrans) -> RecordServer {
+    RecordServer::start(
+        RecordServerConfig::new("/live/secure", Tracks::H264)
+            .with_profiles(gst_rtsp::RTSPProfile::SAVP)
+            .with_protocols(protocols),
+    )
+    .unwrap()
+}
+
+fn push_savp(server: &RecordServer, frames: u32, extra: &str) -> Outcome {
+    push(&format!(
+        "{} ! rtspannounce name=sink profiles=savp location={} {extra}",
+        h264_branch(frames, "vpay"),
+        server.url()
+    ))
+}
+
+#[test]
+fn tcp_interleaved_srtp_300_of_300_frames() {
+    let server = savp_server(gst_rtsp::RTSPLowerTrans::TCP);
+    let out = push_savp(&server, 300, "protocols=tcp");
+    assert!(out.eos, "{out:?}");
+    let report = server.wait_finished(Duration::from_secs(20)).unwrap();
+    let v = &report.tracks[0];
+    assert_eq!(v.codec, "H.264", "{report}");
+    assert_eq!(v.frames, 300, "{report}");
+    assert!(report.errors.is_empty(), "{report}");
+}
+
+/// The MIKEY message (base64) of every `a=key-mgmt:mikey` line of an SDP.
+fn sdp_keys(sdp: &str) -> Vec<String> {
+    sdp.lines()
+        .filter_map(|l| l.trim().strip_prefix("a=key-mgmt:mikey "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Answers 461 to every RTP/SAVP SETUP, as a server without SRTP does.
+fn refusing_savp() -> Script {
+    Script::new().custom("SETUP", |r| {
+        if r.header("Transport").unwrap_or("").starts_with("RTP/SAVP") {
+            Action::status(461, "Unsupported Transport")
+        } else {
+            Action::Normal
+        }
+    })
+}
+
+#[test]
+fn the_wire_carries_srtp_and_each_track_its_own_key() {
+    let server = ScriptedServer::start(Script::new());
+    let p = pipeline(&format!(
+        "rtspannounce name=s profiles=savp location={} sync=false \
+         {} ! capsfilter ! s.sink_0  {} ! s.sink_1",
+        server.url("/live/x"),
+        h264_branch(30, "vpay"),
+        aac_branch(40, "apay")
+    ));
+    let clear = capture_src(&p.by_name("vpay").unwrap());
+    let out = run(&p, Duration::from_secs(30));
+    assert!(out.eos, "{out:?}");
+    let snap = server.snapshot();
+    let announce = snap.first("ANNOUNCE").unwrap().body_str();
+    assert_eq!(announce.matches(" RTP/SAVP ").count(), 2, "{announce}");
+    assert!(!announce.contains("RTP/AVP"), "{announce}");
+    let keys = sdp_keys(&announce);
+    assert_eq!(keys.len(), 2, "{announce}");
+    assert_ne!(keys[0], keys[1], "two tracks share a key");
+    let setups: Vec<_> = snap
+        .requests
+        .iter()
+        .filter(|r| r.method == "SETUP")
+        .collect();
+    for (i, setup) in setups.iter().enumerate() {
+        let t = setup.header("Transport").unwrap();
+        assert!(t.starts_with("RTP/SAVP/TCP;"), "{t}");
+        let km = setup.header("KeyMgmt").unwrap();
+        assert!(km.starts_with("prot=mikey;"), "{km}");
+        assert!(km.contains(&format!("uri=\"{}\"", setup.uri)), "{km}");
+        assert!(km.contains(&format!("data=\"{}\"", keys[i])), "{km}");
+    }
+    // Every video packet went out, 10 bytes longer (the HMAC-SHA1-80 tag), header clear,
+    // payload encrypted.
+    let clear = clear.lock().unwrap();
+    let wire: Vec<_> = snap.frames.iter().filter(|f| f.channel == 0).collect();
+    assert_eq!(wire.len(), clear.len());
+    for (c, w) in clear.iter().zip(&wire) {
+        assert_eq!(w.data.len(), c.len() + 10);
+        assert_eq!(w.data[..12], c[..12]);
+        assert_ne!(w.data[12..c.len()], c[12..]);
+    }
+    // Our sender reports are SRTCP too: the SR header stays clear, the rest is encrypted; an
+    // E flag and a 31-bit index counting the reports, then the 10-byte tag, follow.
+    let reports: Vec<_> = snap.frames.iter().filter(|f| f.channel == 1).collect();
+    assert!(reports.len() >= 2, "{} reports", reports.len());
+    let mut last_index = None;
+    for r in reports {
+        assert_eq!(r.data[1], 200, "an SR first");
+        let sr_len = 4 * (u16::from_be_bytes([r.data[2], r.data[3]]) as usize + 1);
+        assert!(r.data.len() > sr_len + 14);
+        let at = r.data.len() - 14;
+        let word = u32::from_be_bytes(r.data[at..at + 4].try_into().unwrap());
+        assert_eq!(word & 0x8000_0000, 0x8000_0000, "E flag: encrypted");
+        let index = word & 0x7fff_ffff;
+        if let Some(prev) = last_index {
+            assert_eq!(index, prev + 1, "SRTCP indexes count the reports");
+        }
+        last_index = Some(index);
+    }
+    let stats: gst::Structure = p.by_name("s").unwrap().property("stats");
+    let t0 = stats.get::<gst::Array>("tracks").unwrap().as_slice()[0]
+        .get::<gst::Structure>()
+        .unwrap();
+    assert!(t0.get::<bool>("srtp").unwrap());
+}
+
+#[test]
+fn a_refused_savp_is_an_error_naming_it_when_avp_is_not_allowed() {
+    let server = ScriptedServer::start(refusing_savp());
+    let out = push(&format!(
+        "{} ! rtspannounce profiles=savp location={} protocols=tcp",
+        h264_branch(30, "vpay"),
+        server.url("/live/x")
+    ));
+    assert!(!out.eos);
+    let text = out.error_text();
+    assert!(text.contains("server refused encryption"), "{text}");
+    assert!(text.contains("SETUP rtsp://"), "{text}");
+    assert!(text.contains("461"), "{text}");
+    assert_eq!(out.error_is, Some(gst::ResourceError::OpenWrite));
+    // Nothing went out unencrypted.
+    assert_eq!(server.frame_count(), 0);
+    assert_eq!(server.snapshot().count("ANNOUNCE"), 1);
+}
+
+#[test]
+fn a_refused_savp_falls_back_to_avp_when_allowed_and_says_so() {
+    let server = ScriptedServer::start(refusing_savp());
+    let p = pipeline(&format!(
+        "{} ! rtspannounce name=s profiles=avp+savp location={} protocols=tcp sync=false",
+        h264_branch(30, "vpay"),
+        server.url("/live/x")
+    ));
+    let clear = capture_src(&p.by_name("vpay").unwrap());
+    let out = run(&p, Duration::from_secs(30));
+    assert!(out.eos, "{out:?}");
+    assert!(
+        out.warnings
+            .iter()
+            .any(|w| w.contains("server refused encryption") && w.contains("unencrypted")),
+        "{:?}",
+        out.warnings
+    );
+    let snap = server.snapshot();
+    let announces: Vec<_> = snap
+        .requests
+        .iter()
+        .filter(|r| r.method == "ANNOUNCE")
+        .collect();
+    assert_eq!(announces.len(), 2);
+    assert!(announces[0].body_str().contains("RTP/SAVP"));
+    let plain = announces[1].body_str();
+    assert!(
+        plain.contains("m=video 0 RTP/AVP ") && !plain.contains("key-mgmt"),
+        "{plain}"
+    );
+    let last_setup = snap.last("SETUP").unwrap();
+    assert!(last_setup.header("KeyMgmt").is_none());
+    let wire: Vec<_> = snap.frames.iter().filter(|f| f.channel == 0).collect();
+    let clear = clear.lock().unwrap();
+    assert_eq!(wire.len(), clear.len());
+    assert!(wire.iter().zip(clear.iter()).all(|(w, c)| w.data == *c));
+}
+
+#[test]
+fn an_unusable_keymgmt_answer_is_a_warning_and_its_reports_are_not_misread() {
+    let server = ScriptedServer::start(Script::new().extra_header(
+        "SETUP",
+        "KeyMgmt",
+        "prot=mikey; data=\"AAECAwQFBgc=\"",
+    ));
+    let p = pipeline(&format!(
+        "{} ! rtspannounce name=s profiles=savp location={} protocols=tcp",
+        h264_branch(300, "vpay"),
+        server.url("/live/x")
+    ));
+    let bus = p.bus().unwrap();
+    p.set_state(gst::State::Playing).unwrap();
+    let text = next_message_text(&bus, gst::MessageType::Warning);
+    assert!(text.contains("KeyMgmt answer to SETUP"), "{text}");
+    assert!(text.contains("does not parse"), "{text}");
+    assert!(text.contains("cannot be decrypted"), "{text}");
+    assert!(server.wait_frames(10, Duration::from_secs(10)));
+    // A receiver report we cannot authenticate: counted, never read as one.
+    let sink = p.by_name("s").unwrap();
+    let ssrc = {
+        let s: gst::Structure = sink.property("stats");
+        s.get::<gst::Array>("tracks").unwrap().as_slice()[0]
+            .get::<gst::Structure>()
+            .unwrap()
+            .get::<u32>("ssrc")
+            .unwrap()
+    };
+    let mut rr = vec![0x81, 201, 0, 7, 0, 0, 0, 9];
+    rr.extend_from_slice(&ssrc.to_be_bytes());
+    rr.extend_from_slice(&[25, 0, 0, 3]);
+    rr.extend_from_slice(&[0; 16]);
+    assert!(server.send_interleaved(1, &rr));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let t0 = loop {
+        let s: gst::Structure = sink.property("stats");
+        let t0 = s.get::<gst::Array>("tracks").unwrap().as_slice()[0]
+            .get::<gst::Structure>()
+            .unwrap();
+        if t0.get::<u64>("srtcp-unreadable").unwrap() > 0 || std::time::Instant::now() > deadline {
+            break t0;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(t0.get::<u64>("srtcp-unreadable").unwrap(), 1);
+    assert_eq!(t0.get::<u64>("receiver-reports").unwrap(), 0);
+    assert_eq!(t0.get::<i32>("cumulative-lost").unwrap(), 0);
+    p.set_state(gst::State::Null).unwrap();
+}
