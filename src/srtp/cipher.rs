@@ -23,7 +23,7 @@ impl Lane {
         element: &gst::Element,
         sink: &gst::Pad,
         src: &gst::Pad,
-        caps: gst::Caps,
+        caps: Option<gst::Caps>,
     ) -> Result<Lane, String> {
         let caught = Arc::new(Mutex::new(None));
         let slot = caught.clone();
@@ -43,9 +43,12 @@ impl Lane {
             .set_active(true)
             .and_then(|_| input.set_active(true))
             .map_err(|_| "cannot activate the SRTP pads".to_string())?;
-        let stream_start = gst::event::StreamStart::new("rtspannounce-srtp");
-        let segment = gst::event::Segment::new(&gst::FormattedSegment::<gst::ClockTime>::new());
-        for ev in [stream_start, gst::event::Caps::new(&caps), segment] {
+        let mut events = vec![gst::event::StreamStart::new("rtspannounce-srtp")];
+        events.extend(caps.map(|c| gst::event::Caps::new(&c)));
+        events.push(gst::event::Segment::new(&gst::FormattedSegment::<
+            gst::ClockTime,
+        >::new()));
+        for ev in events {
             if !input.push_event(ev) {
                 return Err(format!("{} refused the stream's events", element.name()));
             }
@@ -114,17 +117,19 @@ impl Protector {
         let (rtp_sink, rtp_src) = pads("rtp")?;
         let (rtcp_sink, rtcp_src) = pads("rtcp")?;
         start(&element)?;
+        // srtpenc wants caps before packets. It copies the key into its output caps, which
+        // srtpenc and GStreamer's core log at DEBUG/INFO level: see docs/RECEIVERS.md (SRTP).
         let rtp = Lane::new(
             &element,
             &rtp_sink,
             &rtp_src,
-            gst::Caps::new_empty_simple("application/x-rtp"),
+            Some(gst::Caps::new_empty_simple("application/x-rtp")),
         )?;
         let rtcp = Lane::new(
             &element,
             &rtcp_sink,
             &rtcp_src,
-            gst::Caps::new_empty_simple("application/x-rtcp"),
+            Some(gst::Caps::new_empty_simple("application/x-rtcp")),
         )?;
         Ok(Protector { element, rtp, rtcp })
     }
@@ -200,7 +205,7 @@ impl Unprotector {
             &element,
             &sink,
             &src,
-            gst::Caps::new_empty_simple("application/x-srtcp"),
+            Some(gst::Caps::new_empty_simple("application/x-srtcp")),
         )?;
         Ok(Unprotector { element, rtcp })
     }

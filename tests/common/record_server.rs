@@ -1108,7 +1108,7 @@ fn use_srtcp_key(media: &gst_rtsp_server::RTSPMedia, key: &Arc<Vec<u8>>) {
 }
 
 /// The MIKEY message (base64) for `key`: AES-CM-128, HMAC-SHA1-80, one crypto session.
-fn mikey_base64(key: &[u8]) -> String {
+pub fn mikey_base64(key: &[u8]) -> String {
     use gst::glib::translate::{from_glib_full, ToGlibPtr};
     let caps = gst::Caps::builder("application/x-srtp")
         .field("srtp-key", gst::Buffer::from_slice(key.to_vec()))

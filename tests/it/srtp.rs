@@ -272,3 +272,134 @@ fn without_the_servers_key_its_srtcp_is_counted_not_misread() {
     assert!(t0.get::<u64>("srtcp-unreadable").unwrap() > 0, "{t0}");
     assert_eq!(t0.get::<u64>("receiver-reports").unwrap(), 0, "{t0}");
 }
+
+/// `target/<profile>`, where cargo put the plugin's `.so` beside this test binary's `deps/`.
+fn plugin_dir() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+/// The master key inside a MIKEY message as GStreamer writes it: the KEMAC payload comes
+/// last, its key data sub-payload (30 bytes for AES-128) then the MAC algorithm byte.
+fn key_in_mikey(b64: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    let m = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    m[m.len() - 31..m.len() - 1].to_vec()
+}
+
+/// Every way a log could show `key`: base64, hex (either case, spaced as GST_MEMDUMP and
+/// GStreamer's buffer serialisation write it), in pieces of 6 bytes.
+fn leaks(log: &str, key: &[u8], b64: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    if log.contains(b64) {
+        found.push(format!("the base64 message {b64}"));
+    }
+    let lower = log.to_ascii_lowercase();
+    for w in key.windows(6) {
+        let joined: String = w.iter().map(|b| format!("{b:02x}")).collect();
+        let spaced: Vec<String> = w.iter().map(|b| format!("{b:02x}")).collect();
+        for form in [joined, spaced.join(" ")] {
+            if lower.contains(&form) {
+                found.push(form);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn at_level_9_keys_show_only_in_srtpenc_caps_never_from_our_code() {
+    init();
+    let server_key = b"server-srtcp-key-30-bytes-long".to_vec();
+    let server_mikey = mikey_base64(&server_key);
+    let server = ScriptedServer::start(Script::new().extra_header(
+        "SETUP",
+        "KeyMgmt",
+        &format!("prot=mikey; data=\"{server_mikey}\""),
+    ));
+    let dir = std::env::temp_dir().join(format!("srtp-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log_file = dir.join("gst.log");
+    let status = std::process::Command::new("gst-launch-1.0")
+        .args([
+            "-q",
+            "videotestsrc",
+            "num-buffers=20",
+            "!",
+            "x264enc",
+            "tune=zerolatency",
+            "!",
+            "rtph264pay",
+            "!",
+            "rtspannounce",
+            "profiles=savp",
+            "protocols=tcp",
+            "sync=false",
+        ])
+        .arg(format!("location={}", server.url("/live/x")))
+        .env("GST_PLUGIN_PATH", plugin_dir())
+        .env("GST_REGISTRY", dir.join("registry.bin"))
+        .env("GST_DEBUG", "*:9")
+        .env("GST_DEBUG_NO_COLOR", "1")
+        .env("GST_DEBUG_FILE", &log_file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("gst-launch-1.0 runs");
+    assert!(status.success(), "gst-launch-1.0: {status}");
+    let log = String::from_utf8_lossy(&std::fs::read(&log_file).unwrap()).into_owned();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        log.contains("rtspannounce"),
+        "the plugin did not log: wrong plugin path?"
+    );
+    assert!(
+        log.contains("a=key-mgmt:mikey <key>"),
+        "the SDP was not logged, masked"
+    );
+    let snap = server.snapshot();
+    let announce = snap.first("ANNOUNCE").unwrap().body_str();
+    let ours = sdp_keys(&announce);
+    assert_eq!(ours.len(), 1);
+    // The server's key (read by srtpdec from our caps) appears nowhere, in no form.
+    let theirs = leaks(&log, &server_key, &server_mikey);
+    assert!(
+        theirs.is_empty(),
+        "the server's key is in the log: {theirs:?}"
+    );
+    // Ours: never as MIKEY, never from our code. The one place it shows is a limit of srtpenc
+    // (gst-plugins-bad 1.22), which copies its key into its output caps, and GStreamer logs
+    // caps at DEBUG (INFO for GST_EVENT): docs/RECEIVERS.md says so. Anything else fails.
+    let forms = leaks(&log, &key_in_mikey(&ours[0]), &ours[0]);
+    assert!(!forms.iter().any(|f| f.contains("base64")), "{forms:?}");
+    let offending: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            let lower = l.to_ascii_lowercase();
+            forms.iter().any(|f| lower.contains(f.as_str()))
+        })
+        .filter(|l| {
+            // Plain or escaped (a caps event or query serialised).
+            let srtpenc_caps = (l.contains("application/x-srtp")
+                || l.contains("application/x-srtcp"))
+                && l.contains("srtp-key");
+            let level_cat: Vec<&str> = l.split_whitespace().skip(3).take(2).collect();
+            let from = level_cat.get(1).copied().unwrap_or("");
+            let level = level_cat.first().copied().unwrap_or("");
+            !(srtpenc_caps
+                && ["srtpenc", "GST_CAPS", "GST_EVENT", "GST_PADS"].contains(&from)
+                && ["INFO", "DEBUG", "LOG", "TRACE"].contains(&level))
+        })
+        .collect();
+    assert!(
+        offending.is_empty(),
+        "keys in the log: {:#?}",
+        &offending[..offending.len().min(3)]
+    );
+    assert!(
+        snap.frames.iter().any(|f| f.channel == 0),
+        "no media went out"
+    );
+}
