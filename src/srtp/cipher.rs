@@ -32,6 +32,19 @@ impl Lane {
                 *slot.lock().unwrap() = Some(buffer);
                 Ok(gst::FlowSuccess::Ok)
             })
+            // Whatever the element outputs is taken.
+            .query_function(|_, _, query| match query.view_mut() {
+                gst::QueryViewMut::AcceptCaps(q) => {
+                    q.set_result(true);
+                    true
+                }
+                gst::QueryViewMut::Caps(q) => {
+                    q.set_result(&gst::Caps::new_any());
+                    true
+                }
+                _ => false,
+            })
+            .event_function(|_, _, _| true)
             .build();
         let input = gst::Pad::builder(gst::PadDirection::Src).build();
         input
