@@ -204,7 +204,13 @@ impl Unprotector {
         element.connect("request-key", false, move |args| {
             let ssrc = args[1].get::<u32>().unwrap_or(0);
             let mut c = caps.clone();
-            c.make_mut().set("ssrc", ssrc);
+            if let Some(s) = c.make_mut().structure_mut(0) {
+                s.set("ssrc", ssrc);
+                s.set("roc", 0u32);
+                // Present but empty (no MKI): srtpdec asks for it, and GStreamer logs the whole
+                // structure, key included, when a field it asks for is missing.
+                s.set("mki", None::<gst::Buffer>);
+            }
             Some(c.to_value())
         });
         let sink = element

@@ -322,11 +322,12 @@ fn at_level_9_keys_show_only_in_srtpenc_caps_never_from_our_code() {
     let dir = std::env::temp_dir().join(format!("srtp-log-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let log_file = dir.join("gst.log");
-    let status = std::process::Command::new("gst-launch-1.0")
+    let mut child = std::process::Command::new("gst-launch-1.0")
         .args([
             "-q",
             "videotestsrc",
-            "num-buffers=20",
+            "is-live=true",
+            "num-buffers=90",
             "!",
             "x264enc",
             "tune=zerolatency",
@@ -336,7 +337,6 @@ fn at_level_9_keys_show_only_in_srtpenc_caps_never_from_our_code() {
             "rtspannounce",
             "profiles=savp",
             "protocols=tcp",
-            "sync=false",
         ])
         .arg(format!("location={}", server.url("/live/x")))
         .env("GST_PLUGIN_PATH", plugin_dir())
@@ -346,11 +346,23 @@ fn at_level_9_keys_show_only_in_srtpenc_caps_never_from_our_code() {
         .env("GST_DEBUG_FILE", &log_file)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
-        .status()
+        .spawn()
         .expect("gst-launch-1.0 runs");
+    // A report from the server: srtpdec asks for its key, which must not be logged either.
+    let got_media = server.wait_frames(3, Duration::from_secs(30));
+    let mut rr = vec![0x81, 201, 0, 7, 0, 0, 0, 9];
+    rr.extend_from_slice(&[0; 28]);
+    let sent_rr = got_media && server.send_interleaved(1, &rr);
+    let status = child.wait().unwrap();
+    assert!(got_media && sent_rr, "no media, or the report was not sent");
     assert!(status.success(), "gst-launch-1.0: {status}");
     let log = String::from_utf8_lossy(&std::fs::read(&log_file).unwrap()).into_owned();
     let _ = std::fs::remove_dir_all(&dir);
+    // srtpdec was asked for the server's key (its own log line, GStreamer 1.22).
+    assert!(
+        log.contains("New stream set with SSRC 9"),
+        "srtpdec never saw the report"
+    );
     assert!(
         log.contains("rtspannounce"),
         "the plugin did not log: wrong plugin path?"
