@@ -415,3 +415,47 @@ fn at_level_9_keys_show_only_in_srtpenc_caps_never_from_our_code() {
         "no media went out"
     );
 }
+
+#[test]
+fn a_server_without_savp_gets_plain_rtp_when_avp_is_allowed() {
+    // An AVP-only factory: gst-rtsp-server answers the SAVP SETUP with 461 on every transport.
+    let server = RecordServer::start(RecordServerConfig::new("/live/plain", Tracks::H264)).unwrap();
+    let p = pipeline(&format!(
+        "{} ! rtspannounce name=s profiles=avp+savp location={}",
+        h264_branch(300, "vpay"),
+        server.url()
+    ));
+    let out = run(&p, Duration::from_secs(60));
+    assert!(out.eos, "{out:?}");
+    assert!(
+        out.warnings
+            .iter()
+            .any(|w| w.contains("server refused encryption")),
+        "{:?}",
+        out.warnings
+    );
+    let report = server.wait_finished(Duration::from_secs(20)).unwrap();
+    assert_eq!(report.tracks[0].frames, 300, "{report}");
+    let stats: gst::Structure = p.by_name("s").unwrap().property("stats");
+    let t0 = stats.get::<gst::Array>("tracks").unwrap().as_slice()[0]
+        .get::<gst::Structure>()
+        .unwrap();
+    assert!(!t0.get::<bool>("srtp").unwrap());
+}
+
+#[test]
+fn a_server_without_savp_refuses_encryption_when_avp_is_not_allowed() {
+    let server = RecordServer::start(RecordServerConfig::new("/live/plain", Tracks::H264)).unwrap();
+    let out = push(&format!(
+        "{} ! rtspannounce profiles=savp location={}",
+        h264_branch(30, "vpay"),
+        server.url()
+    ));
+    assert!(!out.eos);
+    let text = out.error_text();
+    assert!(
+        text.contains("server refused encryption: ANNOUNCE rtsp://127.0.0.1:"),
+        "{text}"
+    );
+    assert!(text.contains("415"), "{text}");
+}

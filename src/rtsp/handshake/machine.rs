@@ -233,30 +233,59 @@ impl Handshake {
             self.transport += 1;
             return Ok(self.setup_request(0));
         }
-        let plain = self.srtp.as_ref().and_then(|o| o.plain_sdp.clone());
-        if let (0, Some(plain)) = (index, plain) {
-            let why = format!(
-                "server refused encryption ({method} {uri} with RTP/SAVP: {} {}): publishing unencrypted RTP/AVP, as profiles allows",
-                resp.status, resp.reason
-            );
-            gst::info!(crate::CAT, "{why}");
-            self.srtp_refused = Some(why);
-            self.secure = false;
-            self.sdp = plain;
-            self.transport = 0;
-            self.tracks.clear();
-            let uri = self.url.request_uri();
-            let mut r = self.ctx.request("ANNOUNCE", &uri);
-            r.headers.push("Content-Type", "application/sdp");
-            r.body = self.sdp.clone().into_bytes();
-            self.phase = Phase::Announce;
-            return Ok(self.send(r));
+        if index == 0 {
+            if let Some(step) = self.fall_back_to_avp(&method, &uri, resp) {
+                return Ok(step);
+            }
         }
         Err(HandshakeError::EncryptionRefused {
             method,
             uri,
             status: resp.status,
             reason: resp.reason.clone(),
+        })
+    }
+
+    /// Plain RTP/AVP from ANNOUNCE on, after the server refused SRTP, if `profiles` allows it.
+    fn fall_back_to_avp(&mut self, method: &str, uri: &str, resp: &Response) -> Option<Step> {
+        let plain = self.srtp.as_ref().and_then(|o| o.plain_sdp.clone())?;
+        let why = format!(
+            "server refused encryption ({method} {uri} with RTP/SAVP: {} {}): publishing unencrypted RTP/AVP, as profiles allows",
+            resp.status, resp.reason
+        );
+        gst::info!(crate::CAT, "{why}");
+        self.srtp_refused = Some(why);
+        self.secure = false;
+        self.sdp = plain;
+        self.transport = 0;
+        self.tracks.clear();
+        let uri = self.url.request_uri();
+        let mut r = self.ctx.request("ANNOUNCE", &uri);
+        r.headers.push("Content-Type", "application/sdp");
+        r.body = self.sdp.clone().into_bytes();
+        self.phase = Phase::Announce;
+        Some(self.send(r))
+    }
+
+    /// A 4xx to an ANNOUNCE whose SDP says RTP/SAVP (gst-rtsp-server answers 415 when the
+    /// factory's profiles lack SAVP): plain RTP if allowed; else, for 415 and 461, the
+    /// encryption error (other refusals are not about SRTP and keep their own error).
+    fn savp_announce_refused(
+        &mut self,
+        method: String,
+        uri: String,
+        resp: &Response,
+    ) -> Option<Result<Step, HandshakeError>> {
+        if let Some(step) = self.fall_back_to_avp(&method, &uri, resp) {
+            return Some(Ok(step));
+        }
+        matches!(resp.status, 415 | 461).then(|| {
+            Err(HandshakeError::EncryptionRefused {
+                method,
+                uri,
+                status: resp.status,
+                reason: resp.reason.clone(),
+            })
         })
     }
 
@@ -310,6 +339,15 @@ impl Handshake {
                     status: resp.status,
                     location: loc.trim().to_string(),
                 });
+            }
+        }
+        if self.phase == Phase::Announce
+            && self.secure
+            && (400..500).contains(&resp.status)
+            && !matches!(resp.status, 401 | 403 | 404)
+        {
+            if let Some(r) = self.savp_announce_refused(method.clone(), uri.clone(), resp) {
+                return r;
             }
         }
         // Some servers want OPTIONS before ANNOUNCE: try that once, then ANNOUNCE again.

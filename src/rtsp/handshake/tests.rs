@@ -761,3 +761,43 @@ fn refused_savp_tries_the_next_transport_then_falls_back_to_avp() {
         "{why}"
     );
 }
+
+#[test]
+fn an_announce_refusing_savp_falls_back_or_says_encryption() {
+    // gst-rtsp-server answers 415 to an SAVP SDP its factory does not take.
+    let mut h = savp_hs(1, true, &[Lower::Tcp]);
+    h.start();
+    let again = send(
+        h.handle_response(&refused(1, 415, "Unsupported Media Type"))
+            .unwrap(),
+    );
+    assert_eq!(again.method, "ANNOUNCE");
+    assert_eq!(again.body, b"v=0\r\nplain\r\n");
+    let s = send(h.handle_response(&ok(2, &[])).unwrap());
+    assert!(s
+        .headers
+        .get("Transport")
+        .unwrap()
+        .starts_with("RTP/AVP/TCP;"));
+
+    let mut h = savp_hs(1, false, &[Lower::Tcp]);
+    h.start();
+    let e = h
+        .handle_response(&refused(1, 415, "Unsupported Media Type"))
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("server refused encryption: ANNOUNCE"),
+        "{e}"
+    );
+    // A refusal that is not about SRTP keeps its own error.
+    let mut h = savp_hs(1, false, &[Lower::Tcp]);
+    h.start();
+    let e = h
+        .handle_response(&refused(1, 403, "Forbidden"))
+        .unwrap_err();
+    assert!(
+        matches!(e, HandshakeError::Status { status: 403, .. }),
+        "{e}"
+    );
+}
