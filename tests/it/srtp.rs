@@ -459,3 +459,57 @@ fn a_server_without_savp_refuses_encryption_when_avp_is_not_allowed() {
     );
     assert!(text.contains("415"), "{text}");
 }
+
+#[test]
+fn a_reconnect_brings_fresh_keys_and_media_goes_on_encrypted() {
+    let server = ScriptedServer::start(Script::new());
+    let p = pipeline(&format!(
+        "videotestsrc is-live=true ! video/x-raw,width=320,height=240,framerate=30/1 ! \
+         x264enc tune=zerolatency key-int-max=15 speed-preset=ultrafast ! rtph264pay ! \
+         rtspannounce name=s profiles=savp protocols=tcp retry-delay-min=50 location={}",
+        server.url("/live/x")
+    ));
+    p.set_state(gst::State::Playing).unwrap();
+    let t = Duration::from_secs(20);
+    assert!(server.wait_frames(10, t));
+    assert!(server.drop_connection());
+    assert!(server.wait_for(
+        |s| s
+            .frames
+            .iter()
+            .filter(|f| f.conn == 1 && f.channel == 0)
+            .count()
+            >= 10,
+        t
+    ));
+    p.set_state(gst::State::Null).unwrap();
+    let snap = server.snapshot();
+    let announces: Vec<_> = snap
+        .requests
+        .iter()
+        .filter(|r| r.method == "ANNOUNCE")
+        .collect();
+    assert!(announces.len() >= 2);
+    let (k0, k1) = (
+        sdp_keys(&announces[0].body_str()),
+        sdp_keys(&announces[1].body_str()),
+    );
+    assert_eq!((k0.len(), k1.len()), (1, 1));
+    assert_ne!(k0, k1, "the reconnect reused the key");
+    // The new connection set up SRTP again, with its new key.
+    let setup = snap
+        .requests
+        .iter()
+        .find(|r| r.method == "SETUP" && r.conn == 1)
+        .unwrap();
+    assert!(setup
+        .header("Transport")
+        .unwrap()
+        .starts_with("RTP/SAVP/TCP;"));
+    assert!(setup
+        .header("KeyMgmt")
+        .unwrap()
+        .contains(&format!("data=\"{}\"", k1[0])));
+    let stats: gst::Structure = p.by_name("s").unwrap().property("stats");
+    assert!(stats.get::<u32>("reconnects").unwrap() >= 1, "{stats}");
+}
