@@ -226,26 +226,33 @@ impl TrackSender {
         self.srtp.is_some()
     }
 
-    /// RTCP from the server about this track, readable: decrypted when SRTP is in use (None
-    /// when it cannot be: no key from the server, or a packet that does not authenticate,
-    /// counted).
-    pub(crate) fn readable_rtcp<'a>(&self, data: &'a [u8]) -> Option<std::borrow::Cow<'a, [u8]>> {
+    /// RTCP from the server about this track, readable: decrypted when SRTP is in use. Err
+    /// when it cannot be (no key from the server, or a packet that does not authenticate:
+    /// counted), with the text of a warning the first time a packet fails with a key.
+    pub(crate) fn readable_rtcp<'a>(
+        &self,
+        data: &'a [u8],
+    ) -> Result<std::borrow::Cow<'a, [u8]>, Option<String>> {
         if self.srtp.is_none() {
-            return Some(std::borrow::Cow::Borrowed(data));
+            return Ok(std::borrow::Cow::Borrowed(data));
         }
         let Some(u) = &self.srtcp_in else {
             self.counters.lock().unwrap().srtcp_unreadable += 1;
-            return None;
+            return Err(None);
         };
         match u.unprotect_rtcp(data) {
-            Ok(clear) => Some(std::borrow::Cow::Owned(clear)),
+            Ok(clear) => Ok(std::borrow::Cow::Owned(clear)),
             Err(e) => {
                 let mut c = self.counters.lock().unwrap();
                 c.srtcp_unreadable += 1;
-                if c.srtcp_unreadable == 1 {
-                    gst::warning!(crate::CAT, "channel {}: {e}", self.rtcp_channel);
-                }
-                None
+                let first = c.srtcp_unreadable == 1;
+                drop(c);
+                Err(first.then(|| {
+                    format!(
+                        "track on channel {}: {e}: its receiver reports are not read (counted in srtcp-unreadable)",
+                        self.channel
+                    )
+                }))
             }
         }
     }

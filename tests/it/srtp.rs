@@ -513,3 +513,49 @@ fn a_reconnect_brings_fresh_keys_and_media_goes_on_encrypted() {
     let stats: gst::Structure = p.by_name("s").unwrap().property("stats");
     assert!(stats.get::<u32>("reconnects").unwrap() >= 1, "{stats}");
 }
+
+#[test]
+fn srtcp_under_another_key_than_the_keymgmt_answer_is_a_warning_and_counted() {
+    init();
+    let server = ScriptedServer::start(Script::new().extra_header(
+        "SETUP",
+        "KeyMgmt",
+        &format!(
+            "prot=mikey; data=\"{}\"",
+            mikey_base64(b"the-key-the-server-announced!!")
+        ),
+    ));
+    let p = pipeline(&format!(
+        "{} ! rtspannounce name=s profiles=savp location={} protocols=tcp",
+        h264_branch(300, "vpay"),
+        server.url("/live/x")
+    ));
+    let bus = p.bus().unwrap();
+    p.set_state(gst::State::Playing).unwrap();
+    assert!(server.wait_frames(10, Duration::from_secs(10)));
+    // A receiver report with an SRTCP index and a tag made under some other key.
+    let mut srtcp = vec![0x81, 201, 0, 7, 0, 0, 0, 9];
+    srtcp.extend_from_slice(&[0x5a; 24]);
+    srtcp.extend_from_slice(&[0x80, 0, 0, 1]);
+    srtcp.extend_from_slice(&[0xa5; 10]);
+    assert!(server.send_interleaved(1, &srtcp));
+    assert!(server.send_interleaved(1, &srtcp));
+    let text = next_message_text(&bus, gst::MessageType::Warning);
+    assert!(text.contains("did not authenticate"), "{text}");
+    assert!(text.contains("srtcp-unreadable"), "{text}");
+    let sink = p.by_name("s").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let t0 = loop {
+        let s: gst::Structure = sink.property("stats");
+        let t0 = s.get::<gst::Array>("tracks").unwrap().as_slice()[0]
+            .get::<gst::Structure>()
+            .unwrap();
+        if t0.get::<u64>("srtcp-unreadable").unwrap() >= 2 || std::time::Instant::now() > deadline {
+            break t0;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(t0.get::<u64>("srtcp-unreadable").unwrap(), 2, "{t0}");
+    assert_eq!(t0.get::<u64>("receiver-reports").unwrap(), 0, "{t0}");
+    p.set_state(gst::State::Null).unwrap();
+}

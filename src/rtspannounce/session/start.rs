@@ -304,7 +304,14 @@ impl Shared {
                 s.loss_reported(loss);
             }
         });
+        let weak = Arc::downgrade(self);
+        let on_srtcp_failure = Arc::new(move |text: String| {
+            if let Some(s) = weak.upgrade() {
+                s.warn(ErrorKind::Stream(gst::StreamError::Decrypt), text);
+            }
+        });
         Setup {
+            on_srtcp_failure,
             id,
             dialed,
             announced,
