@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --example record-server -- [--port N] [--mount /live/cam1]
-//!     [--tracks h264|h264+aac|aac|h264+opus|CODEC] [--output out.mp4] [--sessions K]
+//!     [--tracks h264|h264+aac|aac|h264+opus|h264+klv|CODEC] [--output out.mp4] [--sessions K]
 //!     [--timeout SECONDS] [--tls-cert cert.pem --tls-key key.pem] [--savp]
 //! ```
 //!
@@ -27,7 +27,7 @@ use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
 use record_server::{RecordServer, RecordServerConfig, Tracks};
 
 const USAGE: &str = "usage: record-server [--port N] [--mount /live/cam1] \
-[--tracks h264|h264+aac|aac|h264+opus|h265|vp8|vp9|jpeg|opus|pcmu|pcma|l16|l24|g722|amr-nb|mpa|speex|ac3|vorbis] [--output out.mp4|out.mkv] [--sessions K] [--timeout SECONDS] \
+[--tracks h264|h264+aac|aac|h264+opus|h264+klv|h265|vp8|vp9|jpeg|opus|pcmu|pcma|l16|l24|g722|amr-nb|mpa|speex|ac3|vorbis|klv] [--output out.mp4|out.mkv] [--sessions K] [--timeout SECONDS] \
 [--tls-cert cert.pem --tls-key key.pem] [--savp]";
 
 struct Args {

@@ -10,6 +10,10 @@ export G_DEBUG="${G_DEBUG:+$G_DEBUG,}fatal-criticals"
 echo "== cargo test"
 cargo test --all-targets -- --test-threads=2
 
+echo "== UDP on the portable send path (one send per packet, as on macOS and Windows)"
+cargo test --features portable-udp --lib net::udp -- --test-threads=2
+cargo test --features portable-udp --test it udp:: -- --test-threads=2
+
 echo "== benchmark, short mode (checks it runs and loses nothing; figures are not asserted)"
 cargo run --example bench -- --quick
 

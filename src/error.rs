@@ -49,6 +49,9 @@ pub enum Error {
     /// A packet the transport cannot carry.
     #[error("{0}")]
     Format(String),
+    /// The HTTP proxy refused the tunnel (407: it wants credentials, or other ones).
+    #[error("{text}")]
+    Proxy { status: u16, text: String },
 }
 
 /// Which GStreamer error (or warning) an [`Error`] is posted as.
@@ -74,6 +77,7 @@ impl Error {
             | Error::Handshake(HandshakeError::Status { status: 401, .. })
             | Error::Handshake(HandshakeError::Status { status: 403, .. }) => R::NotAuthorized,
             Error::Handshake(HandshakeError::Status { status: 404, .. }) => R::NotFound,
+            Error::Proxy { status: 407, .. } => R::NotAuthorized,
             // The server could not prove who it is: as for a refused login, retrying will not
             // help.
             Error::Certificate(_) => R::NotAuthorized,
@@ -98,7 +102,7 @@ impl Error {
     /// located at the caller.
     #[track_caller]
     pub(crate) fn publishing(&self, url: &RtspUrl, streaming: bool) -> gst::ErrorMessage {
-        let target = url.request_uri();
+        let target = url.shown();
         let text = if streaming {
             format!("Publishing to {target} failed: {self}")
         } else {
@@ -117,7 +121,7 @@ impl Error {
     ) -> gst::ErrorMessage {
         let text = format!(
             "Publishing to {} failed: gave up after {attempts} reconnect attempts in {:.1} s; last: {last}",
-            url.request_uri(),
+            url.shown(),
             elapsed.as_secs_f64()
         );
         message(last.kind(true), &text, std::panic::Location::caller())

@@ -4,12 +4,13 @@
 
 use super::connection::{Control, SessionError};
 use super::tls::TlsOptions;
+use super::tunnel::TunnelConfig;
 use super::udp::{UdpSession, UdpTrack};
 use crate::rtsp::auth::Credentials;
 use crate::rtsp::handshake::{Handshake, HandshakeError, Negotiated, RequestContext, SrtpOffer};
 use crate::rtsp::headers::Lower;
 use crate::rtsp::message::{Limits, Parser};
-use crate::rtsp::url::{ControlStyle, RtspUrl, Scheme};
+use crate::rtsp::url::{ControlStyle, RtspUrl};
 use crate::sdp::Described;
 use crate::srtp::{Protector, TrackKey, Unprotector};
 use crate::CAT;
@@ -43,6 +44,8 @@ pub(crate) struct DialConfig {
     pub udp_blocking: bool,
     /// SRTP to offer (`profiles` with savp), None: plain RTP/AVP.
     pub srtp: Option<crate::srtp::Policy>,
+    /// RTSP over HTTP (`rtsph://`, `rtspsh://` turn it on for a hop too).
+    pub tunnel: Option<TunnelConfig>,
 }
 
 /// (local, server) addresses the SDP's o= and c= lines name.
@@ -262,19 +265,61 @@ impl Dialer {
         let cfg = &self.cfg;
         // Everything ANNOUNCE needs is written before connecting, from the address the
         // connection will most likely use: the server then waits for nothing once it accepts.
-        let addrs = super::connection::resolve(url, cfg.tcp_timeout).await?;
+        let tunnel = match &cfg.tunnel {
+            Some(t) => Some(t.clone()),
+            None if url.scheme.tunnelled() => Some(TunnelConfig::default()),
+            None => None,
+        };
+        let proxy = tunnel.as_ref().and_then(|t| t.proxy.as_ref());
+        // Through a proxy we connect to the proxy (which resolves the server's name), and the
+        // SDP's addresses are the ones of that connection.
+        let addrs = match proxy {
+            Some(p) => super::connection::resolve_host(&p.host, p.port, cfg.tcp_timeout).await?,
+            None => super::connection::resolve(url, cfg.tcp_timeout).await?,
+        };
         let guess = (
             super::connection::route_local_addr(addrs[0]),
             Some(addrs[0].ip()),
         );
         let mut described = describe(guess).await?;
-        let tls = if cfg.tls || url.scheme == Scheme::Rtsps {
+        let tls = if cfg.tls || url.scheme.tls() {
             Some(self.tls_config()?)
         } else {
             None
         };
-        let stream =
-            super::connection::connect(url, &addrs, cfg.tcp_timeout, cfg.send_buffer, tls).await?;
+        let stream = match &tunnel {
+            None if url.scheme.websocket() => {
+                super::websocket::open(
+                    url,
+                    &addrs,
+                    cfg.tcp_timeout,
+                    cfg.send_buffer,
+                    tls,
+                    creds.as_ref(),
+                    &cfg.user_agent,
+                )
+                .await?
+            }
+            Some(_) => {
+                super::tunnel::open(
+                    url,
+                    super::tunnel::Open {
+                        addrs: &addrs,
+                        timeout: cfg.tcp_timeout,
+                        send_buffer: cfg.send_buffer,
+                        tls,
+                        proxy,
+                        creds: creds.as_ref(),
+                        user_agent: &cfg.user_agent,
+                    },
+                )
+                .await?
+            }
+            None => {
+                super::connection::connect(url, &addrs, cfg.tcp_timeout, cfg.send_buffer, tls)
+                    .await?
+            }
+        };
         let local_addr = stream.local_addr().ok();
         let peer = stream.peer_addr().ok().map(|a| a.ip());
         let actual = (local_addr.map(|a| a.ip()), peer);
@@ -407,7 +452,8 @@ impl PortPairs {
             })?;
             tracks.push(Arc::new(track));
         }
-        Ok(UdpSession::new(tracks, blocking))
+        UdpSession::new(tracks, blocking)
+            .map_err(|e| SessionError::Connect(format!("cannot set up UDP sending: {e}")))
     }
 }
 

@@ -5,7 +5,9 @@ pub(crate) mod connection;
 pub(crate) mod dial;
 pub(crate) mod queue;
 pub(crate) mod tls;
+pub(crate) mod tunnel;
 pub(crate) mod udp;
+pub(crate) mod websocket;
 
 use std::sync::LazyLock;
 

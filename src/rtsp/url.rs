@@ -11,6 +11,31 @@ pub(crate) enum Scheme {
     RtspU,
     /// `rtsps://`: TLS.
     Rtsps,
+    /// `rtsph://`: tunnelled in HTTP.
+    RtspH,
+    /// `rtspsh://`: tunnelled in HTTPS.
+    RtspsH,
+    /// `rtspws://`: over WebSocket (ONVIF).
+    RtspWs,
+    /// `rtspwss://`: over WebSocket in TLS.
+    RtspWss,
+}
+
+impl Scheme {
+    /// The RTSP connection is in TLS.
+    pub(crate) fn tls(self) -> bool {
+        matches!(self, Scheme::Rtsps | Scheme::RtspsH | Scheme::RtspWss)
+    }
+
+    /// The RTSP connection is a WebSocket.
+    pub(crate) fn websocket(self) -> bool {
+        matches!(self, Scheme::RtspWs | Scheme::RtspWss)
+    }
+
+    /// The RTSP connection is tunnelled in HTTP.
+    pub(crate) fn tunnelled(self) -> bool {
+        matches!(self, Scheme::RtspH | Scheme::RtspsH)
+    }
 }
 
 /// How a track's control is joined to a URL that has a query string.
@@ -79,9 +104,13 @@ impl RtspUrl {
             "rtspt" => Scheme::RtspT,
             "rtspu" => Scheme::RtspU,
             "rtsps" => Scheme::Rtsps,
+            "rtsph" => Scheme::RtspH,
+            "rtspsh" => Scheme::RtspsH,
+            "rtspws" => Scheme::RtspWs,
+            "rtspwss" => Scheme::RtspWss,
             other => {
                 return Err(UrlError(format!(
-                    "unsupported URL scheme {other:?} (expected rtsp, rtspt, rtspu or rtsps)"
+                    "unsupported URL scheme {other:?} (expected rtsp, rtspt, rtspu, rtsps, rtsph, rtspsh, rtspws or rtspwss)"
                 )))
             }
         };
@@ -91,7 +120,8 @@ impl RtspUrl {
             Some(url::Host::Ipv6(a)) => a.to_string(),
             _ => return Err(UrlError(format!("URL {:?} has no host", redact(location)))),
         };
-        let default_port = if scheme == Scheme::Rtsps { 322 } else { 554 };
+        // A tunnel goes to the server's RTSP port, where gst-rtsp-server and MediaMTX serve it.
+        let default_port = if scheme.tls() { 322 } else { 554 };
         let port = url.port().unwrap_or(default_port);
         if port == 0 {
             return Err(UrlError("port 0 is not a valid server port".into()));
@@ -125,7 +155,7 @@ impl RtspUrl {
 
     fn base(&self) -> String {
         let scheme = match self.scheme {
-            Scheme::Rtsps => "rtsps",
+            Scheme::Rtsps | Scheme::RtspsH | Scheme::RtspWss => "rtsps",
             // Servers only know rtsp:// in Request-URIs; the t/u suffix is ours.
             _ => "rtsp",
         };
@@ -140,11 +170,39 @@ impl RtspUrl {
         }
     }
 
+    /// The location as messages show it: the Request-URI, but with the scheme given for a
+    /// tunnel or a WebSocket (whose requests name `rtsp://`), so the transport is visible.
+    pub(crate) fn shown(&self) -> String {
+        let scheme = match self.scheme {
+            Scheme::RtspH => "rtsph",
+            Scheme::RtspsH => "rtspsh",
+            Scheme::RtspWs => "rtspws",
+            Scheme::RtspWss => "rtspwss",
+            _ => return self.request_uri(),
+        };
+        let uri = self.request_uri();
+        let rest = uri.split_once("://").map(|(_, r)| r).unwrap_or(&uri);
+        format!("{scheme}://{rest}")
+    }
+
     /// The aggregate URI for RECORD and TEARDOWN.
     pub(crate) fn aggregate_uri(&self, style: ControlStyle) -> String {
         match style {
             ControlStyle::NoQuery => format!("{}{}", self.base(), self.path),
             _ => self.request_uri(),
+        }
+    }
+
+    /// `host:port` as a Host header names it.
+    pub(crate) fn host_port(&self) -> String {
+        format!("{}:{}", self.host_for_url(), self.port)
+    }
+
+    /// Path and query, the target of the tunnel's HTTP requests.
+    pub(crate) fn path_and_query(&self) -> String {
+        match &self.query {
+            Some(q) => format!("{}?{q}", self.path),
+            None => self.path.clone(),
         }
     }
 
@@ -300,6 +358,52 @@ mod tests {
         assert_eq!(
             slash.control_uri("streamid=0", None, ControlStyle::Ffmpeg),
             "rtsp://h:554/live/streamid=0"
+        );
+    }
+
+    #[test]
+    fn tunnel_and_websocket_schemes_speak_rtsp_inside_and_show_their_own() {
+        for (loc, port, tls, request, shown) in [
+            (
+                "rtsph://h/x",
+                554,
+                false,
+                "rtsp://h:554/x",
+                "rtsph://h:554/x",
+            ),
+            (
+                "rtspsh://h/x?a=1",
+                322,
+                true,
+                "rtsps://h:322/x?a=1",
+                "rtspsh://h:322/x?a=1",
+            ),
+            (
+                "rtspws://u:pw@h:8554/x",
+                8554,
+                false,
+                "rtsp://h:8554/x",
+                "rtspws://h:8554/x",
+            ),
+            (
+                "rtspwss://h/x",
+                322,
+                true,
+                "rtsps://h:322/x",
+                "rtspwss://h:322/x",
+            ),
+            ("rtsp://h/x", 554, false, "rtsp://h:554/x", "rtsp://h:554/x"),
+        ] {
+            let u = RtspUrl::parse(loc).unwrap();
+            assert_eq!((u.port, u.scheme.tls()), (port, tls), "{loc}");
+            assert_eq!(u.request_uri(), request, "{loc}");
+            assert_eq!(u.shown(), shown, "{loc}");
+        }
+        let u = RtspUrl::parse("rtsph://h:8554/live/x?k=v").unwrap();
+        assert!(u.scheme.tunnelled() && !u.scheme.websocket());
+        assert_eq!(
+            (u.host_port(), u.path_and_query()),
+            ("h:8554".to_string(), "/live/x?k=v".to_string())
         );
     }
 }

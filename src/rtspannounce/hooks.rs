@@ -28,11 +28,13 @@ pub(crate) enum Notice {
     Eos,
 }
 
-/// The pipeline clock as sender reports read it: now, and the element's base time.
-#[derive(Debug, Clone, Copy, Default)]
+/// The pipeline clock as sender reports and the SDP read it: now, the element's base time, and
+/// which clock it is when RFC 7273 can name it (NTP or PTP).
+#[derive(Debug, Clone, Default)]
 pub(crate) struct ClockReading {
     pub now: Option<u64>,
     pub base_time: u64,
+    pub reference: Option<crate::sdp::clock::RefClock>,
 }
 
 pub(crate) trait Hooks: Send + Sync {

@@ -8,6 +8,7 @@ mod hooks;
 mod imp;
 mod pad;
 mod payloader;
+mod reorder;
 mod sender;
 mod session;
 mod settings;

@@ -31,6 +31,9 @@ pub(crate) struct NtpMapper {
     pub(crate) clock_now: Option<u64>,
     pub(crate) base_time: u64,
     pub(crate) wall_now: SystemTime,
+    /// RFC 7273 signalling is on and the pipeline clock is an NTP or PTP clock: reports carry
+    /// that clock's time, moved to the NTP era by this many nanoseconds, whatever `source` says.
+    pub(crate) reference_era: Option<u64>,
 }
 
 impl NtpMapper {
@@ -41,6 +44,9 @@ impl NtpMapper {
     /// NTP timestamp of the instant the pipeline reaches running time `rt`.
     pub(crate) fn ntp_at(&self, rt: u64) -> u64 {
         let clock_at = self.base_time.saturating_add(rt);
+        if let Some(era) = self.reference_era {
+            return rtcp::ntp_timestamp(Duration::from_nanos(clock_at.saturating_add(era)));
+        }
         match self.source {
             NtpSource::RunningTime => rtcp::ntp_timestamp(Duration::from_nanos(rt)),
             NtpSource::ClockTime => rtcp::ntp_timestamp(Duration::from_nanos(clock_at)),
@@ -84,6 +90,9 @@ pub(crate) struct Counters {
     pub(crate) bytes: u64,
     last_rtp: u32,
     last_running: Option<u64>,
+    /// The last (RTP timestamp as the payloader stamped it, running time): what a new
+    /// connection, which starts without any shift, will stamp on the same timeline.
+    last_raw: Option<(u32, u64)>,
     pub(crate) sender_reports: u64,
     pub(crate) receiver: ReceiverView,
     /// (middle 32 bits of the NTP field, when it was queued) of recent reports: a receiver
@@ -432,6 +441,7 @@ impl TrackSender {
                     c.ssrc = Some(ssrc);
                 }
                 if let Some(rt) = running {
+                    c.last_raw = Some((timestamp.wrapping_sub(ts), rt));
                     c.last_rtp = timestamp;
                     c.last_running = Some(rt);
                     if c.sender_reports == 0 {
@@ -484,6 +494,11 @@ impl TrackSender {
                 }
             },
         }
+    }
+
+    /// The last packet's (payloader's RTP timestamp, running time), if it had one.
+    pub(crate) fn anchor(&self) -> Option<(u32, u64)> {
+        self.counters.lock().unwrap().last_raw
     }
 
     /// A periodic report (or the last one, with BYE): stamped "now" on the pipeline clock, or at
@@ -582,6 +597,7 @@ mod tests {
             clock_now: None,
             base_time: 0,
             wall_now: SystemTime::now(),
+            reference_era: None,
         }
     }
 
@@ -647,5 +663,38 @@ mod tests {
         frame(&tx, &[(3, 6000)], &mut out);
         assert_eq!(sent(&out).len(), 2);
         assert_eq!(sent(&out)[1].0, 2);
+    }
+
+    #[test]
+    fn a_reference_clock_stamps_reports_with_its_own_time() {
+        // A PTP clock (TAI since 1970) at 1.7e9 s; reports say that time in the NTP era,
+        // whatever ntp-time-source asks for.
+        let base = 1_700_000_000_000_000_000u64;
+        for source in [NtpSource::Ntp, NtpSource::RunningTime] {
+            let m = NtpMapper {
+                source,
+                clock_now: Some(base + 9_000_000_000),
+                base_time: base,
+                wall_now: SystemTime::now(),
+                reference_era: Some(rtcp::NTP_UNIX_OFFSET * 1_000_000_000),
+            };
+            let ntp = m.ntp_at(5_500_000_000);
+            assert_eq!(ntp >> 32, 1_700_000_005 + rtcp::NTP_UNIX_OFFSET);
+            assert_eq!(ntp & 0xffff_ffff, 1 << 31, "half a second");
+        }
+    }
+
+    #[test]
+    fn the_anchor_is_the_payloaders_own_timestamp_after_a_flush() {
+        gst::init().unwrap();
+        let tx = sender(true);
+        let mut out = Vec::new();
+        frame(&tx, &[(1, 900_000)], &mut out);
+        assert_eq!(tx.anchor(), Some((900_000, 900_000 * 11_111)));
+        tx.flushed();
+        // Sent shifted, but a new connection starts unshifted: the anchor says what it stamps.
+        frame(&tx, &[(2, 3000)], &mut out);
+        assert_ne!(sent(&out)[1].1, 3000);
+        assert_eq!(tx.anchor(), Some((3000, 3000 * 11_111)));
     }
 }

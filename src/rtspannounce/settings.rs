@@ -8,6 +8,7 @@ use crate::rtsp::auth::Credentials;
 use crate::rtsp::url::{redact, ControlStyle, RtspUrl};
 use crate::rtspannounce::connection::SendLimits;
 use crate::rtspannounce::sender::NtpSource;
+use crate::sdp::clock::PublishClockMode as ClockMode;
 use crate::CAT;
 use gst::glib;
 use gst::prelude::*;
@@ -76,6 +77,26 @@ pub enum NtpTimeSource {
     ClockTime = 3,
 }
 
+/// rtspclientsink's `GstRTSPPublishClockMode`, same nicks and values. That type is registered
+/// by libgstrtspserver, which this plugin does not link (see docs/ARCHITECTURE.md).
+#[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
+#[repr(u32)]
+#[enum_type(name = "GstRtspAnnouncePublishClockMode")]
+pub enum PublishClockMode {
+    #[enum_value(name = "Publish nothing about the clock", nick = "none")]
+    None = 0,
+    #[enum_value(
+        name = "Publish the reference clock (RFC 7273 ts-refclk)",
+        nick = "clock"
+    )]
+    Clock = 1,
+    #[enum_value(
+        name = "Publish the reference clock and the RTP offset to it (mediaclk:direct)",
+        nick = "clock-and-offset"
+    )]
+    ClockAndOffset = 2,
+}
+
 #[derive(Debug, Eq, PartialEq, Ord, PartialOrd, Hash, Clone, Copy, glib::Enum)]
 #[repr(u32)]
 #[enum_type(name = "GstRtspAnnounceCongestionPolicy")]
@@ -106,6 +127,7 @@ pub(super) struct Settings {
     pub(super) max_queue_bytes: u32,
     pub(super) max_queue_time_ms: u32,
     pub(super) ntp_time_source: NtpTimeSource,
+    pub(super) publish_clock_mode: PublishClockMode,
     pub(super) rtcp_interval_ms: u32,
     pub(super) retry_max: i32,
     pub(super) retry_delay_min_ms: u32,
@@ -118,6 +140,9 @@ pub(super) struct Settings {
     pub(super) tls_ca_file: Option<String>,
     pub(super) profiles: gst_rtsp::RTSPProfile,
     pub(super) srtp_suite: crate::srtp::Suite,
+    pub(super) proxy: Option<String>,
+    pub(super) proxy_id: Option<String>,
+    pub(super) proxy_pw: Option<String>,
 }
 
 impl Default for Settings {
@@ -135,6 +160,7 @@ impl Default for Settings {
             max_queue_bytes: DEFAULT_MAX_QUEUE_BYTES,
             max_queue_time_ms: 0,
             ntp_time_source: NtpTimeSource::Ntp,
+            publish_clock_mode: PublishClockMode::Clock,
             rtcp_interval_ms: 5000,
             retry_max: -1,
             retry_delay_min_ms: 500,
@@ -147,6 +173,9 @@ impl Default for Settings {
             tls_ca_file: None,
             profiles: gst_rtsp::RTSPProfile::AVP,
             srtp_suite: crate::srtp::Suite::default(),
+            proxy: None,
+            proxy_id: None,
+            proxy_pw: None,
         }
     }
 }
@@ -156,7 +185,7 @@ pub(super) fn properties() -> Vec<glib::ParamSpec> {
     vec![
         glib::ParamSpecString::builder("location")
             .nick("Location")
-            .blurb("RTSP URL to publish to: rtsp://[user:pass@]host[:port]/path[?query] (required; rtsps:// for RTSP over TLS). Credentials in the URL are never sent in the Request-URI nor logged")
+            .blurb("RTSP URL to publish to: rtsp://[user:pass@]host[:port]/path[?query] (required; rtsps:// for RTSP over TLS, rtsph:// and rtspsh:// tunnelled in HTTP and HTTPS, rtspws:// and rtspwss:// over WebSocket, the ONVIF transport). Credentials in the URL are never sent in the Request-URI nor logged")
             .mutable_ready()
             .build(),
         glib::ParamSpecString::builder("user-id")
@@ -211,6 +240,11 @@ pub(super) fn properties() -> Vec<glib::ParamSpec> {
             .blurb("Clock behind the NTP timestamps of RTCP sender reports (as rtspclientsink's): receivers line tracks up by them")
             .mutable_ready()
             .build(),
+        glib::ParamSpecEnum::builder_with_default("publish-clock-mode", PublishClockMode::Clock)
+            .nick("Publish clock mode")
+            .blurb("RFC 7273 clock signalling (as rtspclientsink's): the SDP names the pipeline clock (ts-refclk: ntp=, ptp= or local) and, with clock-and-offset, each track's RTP offset to it (mediaclk:direct); on an NTP or PTP clock sender reports then carry that clock's time, whatever ntp-time-source says")
+            .mutable_ready()
+            .build(),
         glib::ParamSpecUInt::builder("rtcp-interval")
             .nick("RTCP interval")
             .blurb("Milliseconds between RTCP sender reports, randomised by 0.5 to 1.5 as RFC 3550 asks (the first goes with each track's first packet)")
@@ -260,7 +294,7 @@ pub(super) fn properties() -> Vec<glib::ParamSpec> {
         glib::ParamSpecFlags::builder::<gst_rtsp::RTSPLowerTrans>("protocols")
             .default_value(DEFAULT_PROTOCOLS)
             .nick("Protocols")
-            .blurb("Allowed lower transports, as rtspclientsink's: TCP interleaved is tried first, then UDP unicast when the server answers SETUP with 461 Unsupported Transport (rtspt:// means tcp only, rtspu:// udp only). udp-mcast is accepted but multicast is not implemented and never chosen; tls puts the RTSP connection in TLS as rtsps:// does (TCP only: media go inside it)")
+            .blurb("Allowed lower transports, as rtspclientsink's: TCP interleaved is tried first, then UDP unicast when the server answers SETUP with 461 Unsupported Transport (rtspt:// means tcp only, rtspu:// udp only). udp-mcast is accepted but multicast is not implemented and never chosen; tls puts the RTSP connection in TLS as rtsps:// does (TCP only: media go inside it); http tunnels it in HTTP as rtsph:// does (media interleaved inside)")
             .mutable_ready()
             .build(),
         glib::ParamSpecFlags::builder::<gst_rtsp::RTSPProfile>("profiles")
@@ -293,6 +327,21 @@ pub(super) fn properties() -> Vec<glib::ParamSpec> {
         glib::ParamSpecString::builder("tls-ca-file")
             .nick("TLS CA file")
             .blurb("PEM file of the CA certificates to trust for rtsps:// instead of the system store (a private CA)")
+            .mutable_ready()
+            .build(),
+        glib::ParamSpecString::builder("proxy")
+            .nick("Proxy")
+            .blurb("HTTP proxy for RTSP over HTTP (rtsph://, rtspsh://, or the http flag of protocols), as [http://][user:passwd@]host[:port] (port 3128 if none). A TLS tunnel goes through it by CONNECT")
+            .mutable_ready()
+            .build(),
+        glib::ParamSpecString::builder("proxy-id")
+            .nick("Proxy user ID")
+            .blurb("User name for the HTTP proxy (Basic; overrides one in proxy)")
+            .mutable_ready()
+            .build(),
+        glib::ParamSpecString::builder("proxy-pw")
+            .nick("Proxy password")
+            .blurb("Password for the HTTP proxy (never logged)")
             .mutable_ready()
             .build(),
         glib::ParamSpecUInt::builder("max-queue-bytes")
@@ -335,6 +384,7 @@ impl Settings {
             "announce-timeout" => s.announce_timeout_ms = value.get().unwrap(),
             "max-queue-bytes" => s.max_queue_bytes = value.get().unwrap(),
             "ntp-time-source" => s.ntp_time_source = value.get().unwrap(),
+            "publish-clock-mode" => s.publish_clock_mode = value.get().unwrap(),
             "rtcp-interval" => s.rtcp_interval_ms = value.get().unwrap(),
             "retry-max" => s.retry_max = value.get().unwrap(),
             "congestion-policy" => s.congestion_policy = value.get().unwrap(),
@@ -354,6 +404,9 @@ impl Settings {
             }
             "tls-validation-flags" => s.tls_validation_flags = value.get().unwrap(),
             "tls-ca-file" => s.tls_ca_file = value.get().unwrap(),
+            "proxy" => s.proxy = value.get().unwrap(),
+            "proxy-id" => s.proxy_id = value.get().unwrap(),
+            "proxy-pw" => s.proxy_pw = value.get().unwrap(),
             _ => unreachable!(),
         }
     }
@@ -377,6 +430,7 @@ impl Settings {
             "announce-timeout" => s.announce_timeout_ms.to_value(),
             "max-queue-bytes" => s.max_queue_bytes.to_value(),
             "ntp-time-source" => s.ntp_time_source.to_value(),
+            "publish-clock-mode" => s.publish_clock_mode.to_value(),
             "rtcp-interval" => s.rtcp_interval_ms.to_value(),
             "retry-max" => s.retry_max.to_value(),
             "congestion-policy" => s.congestion_policy.to_value(),
@@ -386,6 +440,9 @@ impl Settings {
             "retry-delay-max" => s.retry_delay_max_ms.to_value(),
             "tls-validation-flags" => s.tls_validation_flags.to_value(),
             "tls-ca-file" => s.tls_ca_file.to_value(),
+            "proxy" => s.proxy.to_value(),
+            "proxy-id" => s.proxy_id.to_value(),
+            "proxy-pw" => s.proxy_pw.to_value(),
             _ => return None,
         })
     }
@@ -403,16 +460,41 @@ impl Settings {
         let url = RtspUrl::parse(location).map_err(|e| {
             gst::error_msg!(gst::ResourceError::Settings, ("Invalid location: {}", e))
         })?;
+        // rtsph://, rtspsh://, or the http flag (as rtspclientsink): RTSP tunnelled in HTTP, the
+        // media interleaved inside whatever the tcp flag says.
+        let tunnelled =
+            url.scheme.tunnelled() || s.protocols.contains(gst_rtsp::RTSPLowerTrans::HTTP);
         let mut transports = crate::rtsp::handshake::transports_for(
             url.scheme,
-            s.protocols.contains(gst_rtsp::RTSPLowerTrans::TCP),
-            s.protocols.contains(gst_rtsp::RTSPLowerTrans::UDP),
+            s.protocols.contains(gst_rtsp::RTSPLowerTrans::TCP) || tunnelled,
+            s.protocols.contains(gst_rtsp::RTSPLowerTrans::UDP) && !tunnelled,
         )
         .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ("{}", e)))?;
+        let proxy = match s.proxy.as_deref().map(str::trim).filter(|p| !p.is_empty()) {
+            Some(p) => Some(
+                crate::net::tunnel::Proxy::parse(p, s.proxy_id.as_deref(), s.proxy_pw.as_deref())
+                    .map_err(|e| {
+                    gst::error_msg!(gst::ResourceError::Settings, ("Invalid proxy: {}", e))
+                })?,
+            ),
+            None => None,
+        };
+        if tunnelled && url.scheme.websocket() {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                ("An rtspws:// or rtspwss:// location cannot also be tunnelled in HTTP: remove http from protocols")
+            ));
+        }
+        if proxy.is_some() && !tunnelled {
+            return Err(gst::error_msg!(
+                gst::ResourceError::Settings,
+                ("proxy is an HTTP proxy for RTSP over HTTP: use an rtsph:// or rtspsh:// location, or add http to protocols")
+            ));
+        }
+        let tunnel = tunnelled.then_some(crate::net::tunnel::TunnelConfig { proxy });
         // rtsps://, or the tls flag (as rtspclientsink): the RTSP connection goes over TLS, and
         // the media with it, interleaved; UDP would send them in the clear.
-        let tls = url.scheme == crate::rtsp::url::Scheme::Rtsps
-            || s.protocols.contains(gst_rtsp::RTSPLowerTrans::TLS);
+        let tls = url.scheme.tls() || s.protocols.contains(gst_rtsp::RTSPLowerTrans::TLS);
         if tls {
             transports.retain(|t| *t == crate::rtsp::headers::Lower::Tcp);
             if transports.is_empty() {
@@ -477,6 +559,7 @@ impl Settings {
                     .then(|| (max_queue_bytes / 4).clamp(64 * 1024, 1 << 20) as u32),
                 udp_blocking: !drop_when_congested,
                 srtp,
+                tunnel,
             },
             announce_timeout: Duration::from_millis(s.announce_timeout_ms as u64),
             keepalive: s.keepalive,
@@ -485,6 +568,11 @@ impl Settings {
                 NtpTimeSource::Unix => NtpSource::Unix,
                 NtpTimeSource::RunningTime => NtpSource::RunningTime,
                 NtpTimeSource::ClockTime => NtpSource::ClockTime,
+            },
+            publish_clock: match s.publish_clock_mode {
+                PublishClockMode::None => ClockMode::None,
+                PublishClockMode::Clock => ClockMode::Clock,
+                PublishClockMode::ClockAndOffset => ClockMode::ClockAndOffset,
             },
             rtcp_interval: Duration::from_millis(s.rtcp_interval_ms as u64),
             retry_max: s.retry_max,

@@ -1,6 +1,7 @@
 //! The SDP a session announces for its tracks' caps: payload types made distinct, one
 //! `streamid=N` control per track, and the application's edits (`update-sdp`).
 
+use super::clock::Signalling;
 use super::{assign_payload_types, build_sdp, sdp_to_string, SdpError, SdpSession, SdpTrack};
 use crate::CAT;
 use std::net::IpAddr;
@@ -38,11 +39,12 @@ pub(crate) fn secure(text: &str, mikeys: &[String]) -> Result<String, SdpError> 
     Ok(sdp_to_string(&msg))
 }
 
-/// The SDP for `caps` with (local, server) addresses; `edit` may change the message before it
-/// is written out.
+/// The SDP for `caps` with (local, server) addresses and the RFC 7273 lines of `clock`, if
+/// any; `edit` may change the message before it is written out.
 pub(crate) fn describe(
     caps: &[gst::Caps],
     (local, server): (Option<IpAddr>, Option<IpAddr>),
+    clock: Option<&Signalling>,
     edit: &dyn Fn(&mut gst_sdp::SDPMessage),
 ) -> Result<Described, SdpError> {
     let caps_pts: Vec<u8> = caps
@@ -72,6 +74,9 @@ pub(crate) fn describe(
         session_name: "rtspannounce",
     };
     let mut msg = build_sdp(&session, &tracks)?;
+    if let Some(clock) = clock {
+        clock.apply(&mut msg);
+    }
     edit(&mut msg);
     let rewrites: Vec<Option<u8>> = caps_pts
         .iter()
@@ -116,7 +121,7 @@ mod tests {
     fn tracks_get_distinct_payload_types_and_stream_controls() {
         gst::init().unwrap();
         let caps = [rtp(96, "H264"), rtp(96, "H265")];
-        let d = describe(&caps, (None, None), &|_| {}).unwrap();
+        let d = describe(&caps, (None, None), None, &|_| {}).unwrap();
         assert_eq!(d.controls, ["streamid=0", "streamid=1"]);
         assert_eq!(d.rewrites[0], None);
         let moved = d.rewrites[1].expect("the second 96 is rewritten");
@@ -129,7 +134,7 @@ mod tests {
         gst::init().unwrap();
         let mut video = rtp(96, "H264");
         video.make_mut().set("ssrc", 0x1234u32);
-        let d = describe(&[video, rtp(97, "H265")], (None, None), &|_| {}).unwrap();
+        let d = describe(&[video, rtp(97, "H265")], (None, None), None, &|_| {}).unwrap();
         assert_eq!(d.ssrcs, [Some(0x1234), None]);
         let text = secure(&d.text, &["AAAA".into(), "BBBB".into()]).unwrap();
         assert!(!text.contains("RTP/AVP"), "{text}");
@@ -143,10 +148,38 @@ mod tests {
     #[test]
     fn edits_reach_the_text() {
         gst::init().unwrap();
-        let d = describe(&[rtp(96, "H264")], (None, None), &|m| {
+        let d = describe(&[rtp(96, "H264")], (None, None), None, &|m| {
             m.add_attribute("tool", Some("edited"));
         })
         .unwrap();
         assert!(d.text.contains("a=tool:edited"), "{}", d.text);
+    }
+
+    #[test]
+    fn clock_lines_per_media_and_none_without_signalling() {
+        gst::init().unwrap();
+        let caps = [rtp(96, "H264"), rtp(97, "H265")];
+        let clock = Signalling {
+            refclk: Some(crate::sdp::clock::RefClock::Ptp {
+                grandmaster: 0x0102_0304_0506_0708,
+                domain: 3,
+            }),
+            offsets: vec![Some(42), None],
+        };
+        let d = describe(&caps, (None, None), Some(&clock), &|_| {}).unwrap();
+        let media: Vec<&str> = d.text.split("m=").skip(1).collect();
+        assert_eq!(media.len(), 2);
+        for m in &media {
+            assert!(
+                m.contains("a=ts-refclk:ptp=IEEE1588-2008:01-02-03-04-05-06-07-08:3\r\n"),
+                "{m}"
+            );
+        }
+        assert!(media[0].contains("a=mediaclk:direct=42\r\n"), "{}", d.text);
+        assert!(media[1].contains("a=mediaclk:sender\r\n"), "{}", d.text);
+        // Not at session level.
+        assert!(!d.text.split("m=").next().unwrap().contains("refclk"));
+        let none = describe(&caps, (None, None), None, &|_| {}).unwrap();
+        assert!(!none.text.contains("ts-refclk") && !none.text.contains("mediaclk"));
     }
 }

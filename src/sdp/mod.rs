@@ -29,6 +29,7 @@
 //! framesize and rtcp-fb all follow a remapped PT without any text rewriting. The copy is also
 //! where junk is removed (see [`sanitize_structure`]).
 
+pub(crate) mod clock;
 mod describe;
 
 pub(crate) use describe::{describe, secure, Described};

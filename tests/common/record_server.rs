@@ -58,12 +58,14 @@ pub enum Tracks {
     Aac,
     /// H.264 video (stream 0) + Opus audio (stream 1).
     H264Opus,
+    /// H.264 video (stream 0) + KLV metadata (stream 1, SMPTE336M).
+    H264Klv,
     /// One track of any codec the server can receive (the codec matrix).
     Single(TrackKind),
 }
 
 impl Tracks {
-    /// Parses `h264`, `h264+aac`, `aac`, `h264+opus`, or any single codec that
+    /// Parses `h264`, `h264+aac`, `aac`, `h264+opus`, `h264+klv`, or any single codec that
     /// [`TrackKind::parse`] knows (`h265`, `vp8`, `pcmu`...), case-insensitive.
     pub fn parse(s: &str) -> Option<Tracks> {
         match s.to_ascii_lowercase().as_str() {
@@ -71,6 +73,7 @@ impl Tracks {
             "h264+aac" => Some(Tracks::H264Aac),
             "aac" => Some(Tracks::Aac),
             "h264+opus" => Some(Tracks::H264Opus),
+            "h264+klv" => Some(Tracks::H264Klv),
             other => TrackKind::parse(other).map(Tracks::Single),
         }
     }
@@ -81,6 +84,7 @@ impl Tracks {
             Tracks::H264Aac => vec![TrackKind::H264, TrackKind::Aac],
             Tracks::Aac => vec![TrackKind::Aac],
             Tracks::H264Opus => vec![TrackKind::H264, TrackKind::Opus],
+            Tracks::H264Klv => vec![TrackKind::H264, TrackKind::Klv],
             Tracks::Single(k) => vec![k],
         }
     }
@@ -107,6 +111,8 @@ pub enum TrackKind {
     Speex,
     Ac3,
     Vorbis,
+    /// SMPTE 336M KLV metadata: depayloaded, not decoded.
+    Klv,
 }
 
 impl TrackKind {
@@ -129,6 +135,7 @@ impl TrackKind {
         TrackKind::Speex,
         TrackKind::Ac3,
         TrackKind::Vorbis,
+        TrackKind::Klv,
     ];
 
     /// The lower-case id used on command lines (`h265`, `pcmu`, `amr-nb`...).
@@ -152,6 +159,7 @@ impl TrackKind {
             TrackKind::Speex => "speex",
             TrackKind::Ac3 => "ac3",
             TrackKind::Vorbis => "vorbis",
+            TrackKind::Klv => "klv",
         }
     }
 
@@ -186,6 +194,7 @@ impl TrackKind {
             TrackKind::Speex => ("rtpspeexdepay", "identity"),
             TrackKind::Ac3 => ("rtpac3depay", "ac3parse"),
             TrackKind::Vorbis => ("rtpvorbisdepay", "vorbisparse"),
+            TrackKind::Klv => ("rtpklvdepay", "identity"),
         }
     }
 
@@ -216,6 +225,7 @@ impl TrackKind {
             TrackKind::Speex => &["SPEEX"],
             TrackKind::Ac3 => &["AC3"],
             TrackKind::Vorbis => &["VORBIS"],
+            TrackKind::Klv => &["SMPTE336M"],
         }
     }
 
@@ -240,6 +250,7 @@ impl TrackKind {
             TrackKind::Speex => "Speex",
             TrackKind::Ac3 => "AC-3",
             TrackKind::Vorbis => "Vorbis",
+            TrackKind::Klv => "KLV",
         }
     }
 
@@ -264,6 +275,8 @@ impl TrackKind {
             TrackKind::Speex => "speexdec",
             TrackKind::Ac3 => "avdec_ac3",
             TrackKind::Vorbis => "vorbisdec",
+            // Metadata: nothing to decode; each depayloaded unit is counted as a frame.
+            TrackKind::Klv => "identity",
         }
     }
 
@@ -275,6 +288,11 @@ impl TrackKind {
             v.extend_from_slice(&["rtpmp4gdepay", "rtpmp4adepay"]);
         }
         v
+    }
+
+    /// A metadata track (`m=application`): neither decoded nor muxed.
+    pub fn is_metadata(self) -> bool {
+        self == TrackKind::Klv
     }
 
     pub fn is_video(self) -> bool {
@@ -334,6 +352,8 @@ pub struct RecordServerConfig {
     /// Lower transports the factory accepts (default TCP and UDP); a SETUP asking for another
     /// gets 461 Unsupported Transport.
     pub protocols: gst_rtsp::RTSPLowerTrans,
+    /// The session timeout the server announces (`Session: id;timeout=N`), default 60 s.
+    pub session_timeout: Option<u32>,
     /// Serve RTSPS: certificate chain and private key in PEM (gst-rtsp-server does TLS on
     /// every connection once its RTSPAuth has a certificate).
     pub tls_pem: Option<String>,
@@ -398,7 +418,14 @@ impl RecordServerConfig {
             tls_pem: None,
             profiles: gst_rtsp::RTSPProfile::AVP,
             answer_keymgmt: false,
+            session_timeout: None,
         }
+    }
+
+    /// Announce this session timeout, in seconds (a pusher's keep-alives must beat it).
+    pub fn with_session_timeout(mut self, secs: u32) -> RecordServerConfig {
+        self.session_timeout = Some(secs);
+        self
     }
 
     pub fn with_output(mut self, output: impl Into<PathBuf>) -> RecordServerConfig {
@@ -428,6 +455,9 @@ pub struct TrackReport {
     pub codec: String,
     /// RTP packets that reached the depayloader (after the jitterbuffer).
     pub packets: u64,
+    /// The RTP caps the depayloader got: what the server made of the track's SDP (its `a=`
+    /// lines become `a-<name>` fields).
+    pub rtp_caps: String,
     /// Access units out of the parser: what the muxer and the decoder were fed.
     pub parsed: u64,
     /// Parsed audio AUs that came without a PTS and got one interpolated here (a pusher that
@@ -437,6 +467,8 @@ pub struct TrackReport {
     pub frames: u64,
     /// Decoded audio samples per channel (0 for video).
     pub samples: u64,
+    /// Bytes of the decoded buffers (for metadata: of the units depayloaded).
+    pub bytes: u64,
     /// PTS of the first / last decoded buffer (running on the receiver's timeline).
     pub first_pts: Option<gst::ClockTime>,
     pub last_pts: Option<gst::ClockTime>,
@@ -451,6 +483,13 @@ pub struct TrackReport {
 }
 
 impl TrackReport {
+    pub fn is_metadata(&self) -> bool {
+        self.caps.starts_with("meta/")
+            || TrackKind::ALL
+                .iter()
+                .any(|k| k.is_metadata() && k.name() == self.expected)
+    }
+
     pub fn is_video(&self) -> bool {
         if self.caps.is_empty() && self.decoded_caps.is_empty() {
             return TrackKind::ALL
@@ -529,7 +568,9 @@ impl fmt::Display for Report {
             writeln!(f, "  output: {}", out.display())?;
         }
         for t in &self.tracks {
-            let params = if t.is_video() {
+            let params = if t.is_metadata() {
+                format!("metadata, {} bytes", t.bytes)
+            } else if t.is_video() {
                 format!(
                     "{}x{}",
                     t.width.map_or("?".into(), |v| v.to_string()),
@@ -542,7 +583,7 @@ impl fmt::Display for Report {
                     t.channels.map_or("?".into(), |v| v.to_string())
                 )
             };
-            let samples = if t.is_video() {
+            let samples = if t.is_video() || t.is_metadata() {
                 String::new()
             } else if t.interpolated_pts > 0 {
                 format!(
@@ -685,6 +726,9 @@ fn launch_line(tracks: Tracks, container: Option<Container>) -> String {
         s += &kind.depay_and_parse(i);
         let dec = kind.decoder();
         match container {
+            Some(_) if kind.is_metadata() => {
+                s += &format!(" ! {Q} ! {dec} ! fakesink name=sink{i} sync=false async=false ")
+            }
             // Name the muxer pad: with parsebin's caps unknown at launch time, "mux." would
             // pick the first template (video_%u) for an audio branch.
             Some(_) => {
@@ -747,6 +791,7 @@ fn codec_name(s: &gst::StructureRef) -> String {
         "audio/AMR" => "AMR-NB".into(),
         "audio/x-speex" => "Speex".into(),
         "audio/x-ac3" | "audio/ac3" => "AC-3".into(),
+        "meta/x-klv" => "KLV".into(),
         other => other.into(),
     }
 }
@@ -851,6 +896,7 @@ fn probe_decoded(pad: &gst::Pad, shared: &Arc<Shared>, si: usize, ti: usize) {
                     let mut st = shared.lock();
                     let t = &mut st.sessions[si].tracks[ti];
                     t.frames += 1;
+                    t.bytes += buf.size() as u64;
                     let bpf = bpf.load(Ordering::Relaxed);
                     // bpf is 0 until the decoder's caps are known.
                     t.samples += (buf.size() as u64).checked_div(bpf).unwrap_or(0);
@@ -911,6 +957,7 @@ fn probe_rtp(pad: &gst::Pad, shared: &Arc<Shared>, si: usize, ti: usize, kind: T
                 }
                 Some(gst::PadProbeData::Event(ev)) => {
                     if let gst::EventView::Caps(c) = ev.view() {
+                        shared.lock().sessions[si].tracks[ti].rtp_caps = c.caps().to_string();
                         let enc = c
                             .caps()
                             .structure(0)
@@ -1320,10 +1367,14 @@ impl RecordServer {
         {
             let shared = shared.clone();
             let srtcp_key = srtcp_key.clone();
+            let timeout = cfg.session_timeout;
             server.connect_client_connected(move |_, client| {
                 watch_client(&shared, client);
                 if let Some(key) = &srtcp_key {
                     answer_keymgmt(client, key.clone());
+                }
+                if let Some(t) = timeout {
+                    client.connect_new_session(move |_, session| session.set_timeout(t));
                 }
             });
         }

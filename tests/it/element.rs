@@ -80,7 +80,9 @@ fn uri_handler_makes_the_element_with_the_location() {
     let f = gst::ElementFactory::find("rtspannounce").unwrap();
     assert_eq!(f.uri_type(), gst::URIType::Sink);
     let protocols: Vec<String> = f.uri_protocols().iter().map(|p| p.to_string()).collect();
-    for p in ["rtsp", "rtspt", "rtspu", "rtsps"] {
+    for p in [
+        "rtsp", "rtspt", "rtspu", "rtsps", "rtsph", "rtspsh", "rtspws", "rtspwss",
+    ] {
         assert!(protocols.iter().any(|x| x == p), "{protocols:?}");
     }
     // Every scheme the handler claims, with and without credentials and a query.

@@ -426,3 +426,79 @@ fn h264_and_aac_encoded_over_udp_at_gst_rtsp_server() {
     assert!((141..=142).contains(&a.frames), "{report}");
     assert!(report.errors.is_empty(), "{report}");
 }
+
+/// x264enc with `bframes` B-frames between references (profile main: negotiated as in front of
+/// rtph264pay, x264enc would otherwise pick constrained-baseline, which has none).
+fn x264_b(bframes: u32) -> String {
+    format!(
+        "x264enc bframes={bframes} key-int-max=30 speed-preset=ultrafast ! video/x-h264,profile=main"
+    )
+}
+
+/// 90 frames through `encoder` into the element at real-time speed (sync=true, the default):
+/// the server's report and the warnings posted.
+fn b_frames_push(encoder: &str, tracks: Tracks) -> (Outcome, Report) {
+    let server = RecordServer::start(RecordServerConfig::new("/live/b", tracks)).unwrap();
+    let started = std::time::Instant::now();
+    let out = push(&format!(
+        "videotestsrc num-buffers=90 ! video/x-raw,width=320,height=240,framerate=30/1 ! \
+         {encoder} ! rtspannounce location={}",
+        server.url()
+    ));
+    // Paced by the clock (the appsinks sync on DTS, which never goes back), not pushed at once.
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(2800),
+        "90 frames at 30/s pushed in {took:?}"
+    );
+    let report = server.wait_finished(Duration::from_secs(20)).unwrap();
+    eprintln!("{encoder}: {report}\nwarnings: {:?}", out.warnings);
+    (out, report)
+}
+
+fn reorder_warnings(out: &Outcome) -> Vec<&String> {
+    out.warnings
+        .iter()
+        .filter(|w| w.contains("presentation order"))
+        .collect()
+}
+
+/// Every frame decoded on their 3 s timeline, and exactly one warning, naming the pad.
+fn assert_b_frames_delivered(out: &Outcome, report: &Report, codec: &str) {
+    assert!(out.eos, "{out:?}");
+    let v = &report.tracks[0];
+    assert_eq!((v.codec.as_str(), v.frames), (codec, 90), "{report}");
+    assert!(report.errors.is_empty(), "{report}");
+    let reorder = reorder_warnings(out);
+    assert_eq!(reorder.len(), 1, "{:?}", out.warnings);
+    assert!(reorder[0].starts_with("sink_0:"), "{}", reorder[0]);
+    assert!(reorder[0].contains("WebRTC"), "{}", reorder[0]);
+    let span = v.duration().unwrap();
+    assert!(
+        span >= gst::ClockTime::from_mseconds(2900) && span <= gst::ClockTime::from_mseconds(3100),
+        "{report}"
+    );
+}
+
+#[test]
+fn b_frames_every_frame_decoded_and_one_warning_naming_the_pad() {
+    let (out, report) = b_frames_push(&x264_b(2), Tracks::H264);
+    assert_b_frames_delivered(&out, &report, "H.264");
+}
+
+#[test]
+fn h265_b_frames_every_frame_decoded_and_one_warning() {
+    let (out, report) = b_frames_push(
+        "x265enc speed-preset=ultrafast key-int-max=30 option-string=bframes=2",
+        Tracks::Single(TrackKind::H265),
+    );
+    assert_b_frames_delivered(&out, &report, "H.265");
+}
+
+#[test]
+fn no_b_frames_no_reorder_warning() {
+    let (out, report) = b_frames_push(&x264_b(0), Tracks::H264);
+    assert!(out.eos, "{out:?}");
+    assert_eq!(report.tracks[0].frames, 90, "{report}");
+    assert!(reorder_warnings(&out).is_empty(), "{:?}", out.warnings);
+}

@@ -7,6 +7,10 @@
 
 #[path = "../common/harness.rs"]
 mod harness;
+#[path = "../common/klv_source.rs"]
+mod klv_source;
+#[path = "../common/ntp_server.rs"]
+mod ntp_server;
 #[path = "../common/peers.rs"]
 mod peers;
 #[path = "../common/record_server.rs"]
@@ -17,6 +21,7 @@ mod scripted_server;
 mod auth;
 mod av_sync;
 mod caps_change;
+mod clock_signalling;
 mod codec_matrix;
 mod congestion;
 mod defects;
@@ -26,6 +31,7 @@ mod examples;
 mod interop_ffmpeg;
 mod interop_gst_rtsp_server;
 mod keepalive;
+mod klv;
 mod protocol;
 mod record_server_selftest;
 mod resilience;
@@ -36,4 +42,6 @@ mod seek;
 mod srtp;
 mod state_changes;
 mod tls;
+mod tunnel;
 mod udp;
+mod websocket;

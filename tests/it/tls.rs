@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A CA made for the test, and server certificates it signs.
-struct Pki {
+pub(crate) struct Pki {
     ca: rcgen::Certificate,
     ca_key: rcgen::KeyPair,
     dir: PathBuf,
@@ -23,19 +23,40 @@ struct Pki {
 }
 
 /// A server certificate: the chain and key as gst-rtsp-server's GTlsCertificate wants them.
-struct ServerCert {
+pub(crate) struct ServerCert {
     cert_pem: String,
     key_pem: String,
 }
 
 impl ServerCert {
-    fn gio_pem(&self) -> String {
+    pub(crate) fn gio_pem(&self) -> String {
         format!("{}{}", self.cert_pem, self.key_pem)
+    }
+
+    /// A rustls server configuration with this certificate, for servers of our own.
+    pub(crate) fn rustls_config(&self) -> Arc<rustls::ServerConfig> {
+        use rustls::pki_types::pem::PemObject;
+        let chain =
+            vec![
+                rustls::pki_types::CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
+                    .unwrap(),
+            ];
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).unwrap();
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        Arc::new(cfg)
     }
 }
 
 impl Pki {
-    fn new(tag: &str) -> Pki {
+    pub(crate) fn new(tag: &str) -> Pki {
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -57,7 +78,7 @@ impl Pki {
         }
     }
 
-    fn server_cert(&self, names: &[&str], validity: Option<(i32, i32)>) -> ServerCert {
+    pub(crate) fn server_cert(&self, names: &[&str], validity: Option<(i32, i32)>) -> ServerCert {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut p =
             rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
@@ -77,7 +98,7 @@ impl Pki {
         }
     }
 
-    fn ca_arg(&self) -> String {
+    pub(crate) fn ca_arg(&self) -> String {
         format!("tls-ca-file={}", self.ca_file.display())
     }
 }
@@ -673,19 +694,7 @@ fn tls_proxy(
     cert: &ServerCert,
     backend: std::net::SocketAddr,
 ) -> Proxy {
-    use rustls::pki_types::pem::PemObject;
-    let chain =
-        vec![rustls::pki_types::CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap()];
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
-    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let acceptor = tokio_rustls::TlsAcceptor::from(cert.rustls_config());
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();

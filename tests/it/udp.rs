@@ -424,7 +424,7 @@ fn scheme_and_protocols_conflicts_are_settings_errors() {
         (
             "rtsp://127.0.0.1:1/x",
             "udp-mcast",
-            "udp-mcast and http tunnelling are not implemented",
+            "udp-mcast is not implemented",
         ),
     ] {
         let e = gst::ElementFactory::make("rtspannounce")

@@ -4,7 +4,8 @@
 use super::SessionError;
 use super::{answer_server_request, log_response, FailureHandler, RequestHandler, RtcpHandler};
 use crate::net::queue::{write_all, SendQueue, Wire, WriteError};
-use crate::net::tls::TlsReader;
+use crate::net::tls::{TlsReader, TlsWire};
+use crate::net::websocket::WsWire;
 use crate::rtsp::message::{Incoming, Parser, Response};
 use crate::CAT;
 use std::collections::HashMap;
@@ -70,6 +71,11 @@ pub(super) struct ReaderCtx {
 pub(super) enum ReadSide {
     Tcp(OwnedReadHalf),
     Tls(TlsReader),
+    /// A tunnel's GET half over TLS: what rustls has to send goes on its own connection, not
+    /// on the queue's (the POST's).
+    TlsOwn(TlsReader, Arc<TlsWire>),
+    /// WebSocket messages over a plain or TLS side; decoded data not yet read.
+    WebSocket(Box<ReadSide>, Arc<WsWire>, Vec<u8>),
 }
 
 impl ReadSide {
@@ -84,8 +90,60 @@ impl ReadSide {
                 }
                 res
             }
+            ReadSide::TlsOwn(rd, wire) => {
+                let mut needs_flush = false;
+                let res = rd.read(buf, &mut needs_flush).await;
+                if needs_flush {
+                    // Best effort: TLS alerts and key updates on a half we never write.
+                    let _ = wire.flush();
+                }
+                res
+            }
+            ReadSide::WebSocket(raw, wire, pending) => {
+                let mut chunk = vec![0u8; buf.len()];
+                loop {
+                    if !pending.is_empty() {
+                        let n = pending.len().min(buf.len());
+                        buf[..n].copy_from_slice(&pending[..n]);
+                        pending.drain(..n);
+                        return Ok(n);
+                    }
+                    let n = Box::pin(raw.read(&mut chunk, queue)).await?;
+                    if n == 0 {
+                        return Ok(0);
+                    }
+                    let closed = wire.decode(&chunk[..n], pending)?;
+                    if wire.backlog() {
+                        // A pong waits for room: the writer sends it with what comes next.
+                        queue.flush_wire();
+                    }
+                    if closed && pending.is_empty() {
+                        return Ok(0);
+                    }
+                }
+            }
         }
     }
+}
+
+/// Watches a tunnel's POST connection: a server that took the tunnel sends nothing there, so
+/// an answer (a refusal) or its end stops the session, unless we are closing.
+pub(super) async fn watch_post(
+    mut rd: ReadSide,
+    queue: Arc<SendQueue>,
+    on_failure: FailureHandler,
+    closing: Arc<AtomicBool>,
+    name: String,
+) {
+    let mut buf = [0u8; 256];
+    let res = rd.read(&mut buf, &queue).await;
+    if closing.load(Ordering::SeqCst) {
+        return;
+    }
+    let err = crate::net::tunnel::post_answered(res, &buf);
+    gst::warning!(CAT, "{name}: {err}");
+    on_failure(err.clone());
+    queue.fail(err.to_string());
 }
 
 pub(super) async fn read_loop(mut rd: ReadSide, mut parser: Parser, cx: ReaderCtx) {

@@ -5,12 +5,14 @@ mod io_tasks;
 
 use super::queue::{SendQueue, Wire};
 use super::tls::{TlsReader, TlsWire};
+use super::tunnel::{Base64Wire, Tunnel};
+use super::websocket::{WsStream, WsWire};
 use crate::rtsp::handshake::{Handshake, Negotiated, RequestContext, Step};
 use crate::rtsp::message::{Incoming, Parser, Request, Response};
 use crate::rtsp::server_request;
 use crate::rtsp::url::RtspUrl;
 use crate::CAT;
-use io_tasks::{read_loop, write_loop, ReadSide, ReaderCtx};
+use io_tasks::{read_loop, watch_post, write_loop, ReadSide, ReaderCtx};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -35,14 +37,22 @@ pub(crate) async fn resolve(
     timeout: Duration,
 ) -> Result<Vec<SocketAddr>, SessionError> {
     let (host, port) = url.connect_target();
-    let addrs: Vec<_> =
-        tokio::time::timeout(timeout, tokio::net::lookup_host((host.as_str(), port)))
-            .await
-            .map_err(|_| {
-                SessionError::Timeout(format!("resolving {host} took longer than {timeout:?}"))
-            })?
-            .map_err(|e| SessionError::Resolve(format!("cannot resolve host {host:?}: {e}")))?
-            .collect();
+    resolve_host(&host, port, timeout).await
+}
+
+/// Resolves `host`, within `timeout`.
+pub(crate) async fn resolve_host(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<Vec<SocketAddr>, SessionError> {
+    let addrs: Vec<_> = tokio::time::timeout(timeout, tokio::net::lookup_host((host, port)))
+        .await
+        .map_err(|_| {
+            SessionError::Timeout(format!("resolving {host} took longer than {timeout:?}"))
+        })?
+        .map_err(|e| SessionError::Resolve(format!("cannot resolve host {host:?}: {e}")))?
+        .collect();
     if addrs.is_empty() {
         return Err(SessionError::Resolve(format!(
             "host {host:?} has no address"
@@ -110,7 +120,7 @@ pub(crate) async fn connect(
     Err(SessionError::Connect(last))
 }
 
-async fn tls_handshake(
+pub(crate) async fn tls_handshake(
     tcp: TcpStream,
     host: &str,
     cfg: Arc<rustls::ClientConfig>,
@@ -161,17 +171,23 @@ fn tls_error_text(e: &std::io::Error) -> String {
     }
 }
 
-/// The RTSP connection, plain or TLS.
+/// The RTSP connection, plain, TLS, or tunnelled in HTTP.
 pub(crate) enum Stream {
     Tcp(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// Two connections, each plain or TLS (never a tunnel).
+    Tunnel(Box<Tunnel>),
+    /// A plain or TLS connection upgraded to WebSocket.
+    WebSocket(Box<WsStream>),
 }
 
 impl Stream {
-    fn tcp(&self) -> &TcpStream {
+    pub(crate) fn tcp(&self) -> &TcpStream {
         match self {
             Stream::Tcp(s) => s,
             Stream::Tls(s) => s.get_ref().0,
+            Stream::Tunnel(t) => t.tcp(),
+            Stream::WebSocket(w) => w.inner.tcp(),
         }
     }
 
@@ -185,7 +201,12 @@ impl Stream {
 
     /// TLS version and cipher suite, e.g. `TLSv1.3 TLS13_AES_256_GCM_SHA384` (None: plain).
     pub(crate) fn tls_summary(&self) -> Option<String> {
-        let Stream::Tls(s) = self else { return None };
+        let s = match self {
+            Stream::Tls(s) => s,
+            Stream::Tunnel(t) => return t.get.tls_summary(),
+            Stream::WebSocket(w) => return w.inner.tls_summary(),
+            Stream::Tcp(_) => return None,
+        };
         let conn = s.get_ref().1;
         let version = match conn.protocol_version() {
             Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
@@ -199,7 +220,7 @@ impl Stream {
         })
     }
 
-    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    pub(crate) async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         match self {
             Stream::Tcp(s) => s.write_all(bytes).await,
             Stream::Tls(s) => {
@@ -207,13 +228,41 @@ impl Stream {
                 // Sealed records must not wait in rustls for the next write.
                 s.flush().await
             }
+            Stream::Tunnel(t) => {
+                use base64::Engine as _;
+                let text = base64::engine::general_purpose::STANDARD.encode(bytes);
+                Box::pin(t.post.write_all(text.as_bytes())).await
+            }
+            Stream::WebSocket(w) => w.write_all(bytes).await,
         }
     }
 
-    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+    /// Reads what the server sends; in a tunnel, from the GET half, while anything on the POST
+    /// half (a refusal, or its end) is an error.
+    pub(crate) async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {
             Stream::Tcp(s) => s.read(buf).await,
             Stream::Tls(s) => s.read(buf).await,
+            Stream::Tunnel(t) => {
+                if !t.early.is_empty() {
+                    let n = t.early.len().min(buf.len());
+                    buf[..n].copy_from_slice(&t.early[..n]);
+                    t.early.drain(..n);
+                    return Ok(n);
+                }
+                let mut probe = [0u8; 256];
+                let Tunnel { get, post, .. } = &mut **t;
+                // The POST first: a server refusing it may close the GET at once too, and the
+                // refusal is the cause worth naming.
+                tokio::select! {
+                    biased;
+                    r = Box::pin(post.read(&mut probe)) => {
+                        Err(std::io::Error::other(super::tunnel::post_answered(r, &probe)))
+                    }
+                    r = Box::pin(get.read(buf)) => r,
+                }
+            }
+            Stream::WebSocket(w) => w.read(buf).await,
         }
     }
 }
@@ -353,6 +402,38 @@ pub(crate) struct Streaming {
     /// Set once TEARDOWN is on its way: the server closing is then expected, not a failure.
     closing: Arc<AtomicBool>,
     name: String,
+    tunnel: Option<TunnelHalves>,
+}
+
+/// What a tunnelled session keeps of the halves the I/O tasks do not use.
+struct TunnelHalves {
+    /// Held, never written: dropping it would end the GET connection's write side.
+    _get_wire: Wire,
+    /// The task that turns anything on the POST connection into a failure.
+    watch: tokio::task::AbortHandle,
+}
+
+/// Splits a plain or TLS connection into the reader's side and the writers' wire.
+fn split(stream: Stream) -> (ReadSide, Wire) {
+    match stream {
+        Stream::Tcp(s) => {
+            let (rd, wr) = s.into_split();
+            (ReadSide::Tcp(rd), Wire::Tcp(Arc::new(wr)))
+        }
+        Stream::Tls(s) => {
+            // From here the reader feeds rustls and the writers seal into it directly.
+            let (tcp, conn) = s.into_inner();
+            let (rd, wr) = tcp.into_split();
+            let wire = TlsWire::new(conn, wr);
+            (
+                ReadSide::Tls(TlsReader::new(rd, wire.clone())),
+                Wire::Tls(wire),
+            )
+        }
+        Stream::Tunnel(_) | Stream::WebSocket(_) => {
+            unreachable!("tunnels and WebSockets run over plain or TLS connections")
+        }
+    }
 }
 
 impl Streaming {
@@ -368,24 +449,44 @@ impl Streaming {
     ) -> Arc<Streaming> {
         let Control {
             stream,
-            parser,
+            mut parser,
             timeout,
             name,
         } = control;
-        let (rd, wire) = match stream {
-            Stream::Tcp(s) => {
-                let (rd, wr) = s.into_split();
-                (ReadSide::Tcp(rd), Wire::Tcp(Arc::new(wr)))
+        // In a tunnel, the GET half reads and the POST half writes; the GET's own write side
+        // must stay open (a server takes its end for the client's), and anything read on the
+        // POST's is a refusal.
+        let (rd, wire, tunnel) = match stream {
+            Stream::Tunnel(t) => {
+                let Tunnel { get, post, early } = *t;
+                parser.feed(&early);
+                let (rd, get_wire) = split(get);
+                let rd = match (rd, &get_wire) {
+                    (ReadSide::Tls(r), Wire::Tls(w)) => ReadSide::TlsOwn(r, w.clone()),
+                    (rd, _) => rd,
+                };
+                let (post_rd, post_wire) = split(post);
+                let wire = Wire::Tunnel(Arc::new(Base64Wire::new(post_wire)));
+                (rd, wire, Some((get_wire, post_rd)))
             }
-            Stream::Tls(s) => {
-                // From here the reader feeds rustls and the writers seal into it directly.
-                let (tcp, conn) = s.into_inner();
-                let (rd, wr) = tcp.into_split();
-                let wire = TlsWire::new(conn, wr);
+            Stream::WebSocket(w) => {
+                let WsStream {
+                    inner,
+                    ctx,
+                    pending,
+                } = *w;
+                parser.feed(&pending);
+                let (raw, inner_wire) = split(inner);
+                let wire = WsWire::new(inner_wire, ctx);
                 (
-                    ReadSide::Tls(TlsReader::new(rd, wire.clone())),
-                    Wire::Tls(wire),
+                    ReadSide::WebSocket(Box::new(raw), wire.clone(), Vec::new()),
+                    Wire::WebSocket(wire),
+                    None,
                 )
+            }
+            other => {
+                let (rd, wire) = split(other);
+                (rd, wire, None)
             }
         };
         let waiting: Arc<Mutex<HashMap<u32, tokio::sync::oneshot::Sender<Response>>>> =
@@ -414,6 +515,20 @@ impl Streaming {
             },
         ))
         .abort_handle();
+        let tunnel = tunnel.map(|(get_wire, post_rd)| {
+            let watch = tokio::spawn(watch_post(
+                post_rd,
+                queue.clone(),
+                on_failure.clone(),
+                closing.clone(),
+                name.clone(),
+            ))
+            .abort_handle();
+            TunnelHalves {
+                _get_wire: get_wire,
+                watch,
+            }
+        });
         queue.set_wire(Some(wire.clone()));
         let writer = tokio::spawn(write_loop(
             wire,
@@ -435,6 +550,7 @@ impl Streaming {
             on_failure,
             closing,
             name,
+            tunnel,
         })
     }
 
@@ -604,6 +720,9 @@ impl Streaming {
             w.abort();
         }
         self.reader.abort();
+        if let Some(t) = &self.tunnel {
+            t.watch.abort();
+        }
     }
 }
 

@@ -1,6 +1,9 @@
-//! Where the queued bytes go: the socket (plain or TLS), written without blocking.
+//! Where the queued bytes go: the socket (plain, TLS, a tunnel's POST, or WebSocket messages),
+//! written without blocking.
 
 use crate::net::tls::TlsWire;
+use crate::net::tunnel::Base64Wire;
+use crate::net::websocket::WsWire;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,46 +14,61 @@ pub(crate) enum Wire {
     Tcp(Arc<OwnedWriteHalf>),
     /// RTSPS: bytes are sealed into TLS records, many frames to a record.
     Tls(Arc<TlsWire>),
+    /// The POST half of an HTTP tunnel: bytes go out base64-encoded.
+    Tunnel(Arc<Base64Wire>),
+    /// RTSP over WebSocket: one message per RTSP message or interleaved frame.
+    WebSocket(Arc<WsWire>),
 }
 
 impl Wire {
     /// A non-blocking write: `WouldBlock` when the socket has no room.
-    pub(super) fn try_write(&self, data: &[u8]) -> io::Result<usize> {
+    pub(crate) fn try_write(&self, data: &[u8]) -> io::Result<usize> {
         match self {
             Wire::Tcp(w) => w.try_write(data),
             Wire::Tls(w) => w.try_write(data),
+            Wire::Tunnel(w) => w.try_write(data),
+            Wire::WebSocket(w) => w.try_write(data),
         }
     }
 
     /// Sends bytes the wire itself still holds (sealed TLS records); `WouldBlock` while some
     /// remain.
-    pub(super) fn flush(&self) -> io::Result<()> {
+    pub(crate) fn flush(&self) -> io::Result<()> {
         match self {
             Wire::Tcp(_) => Ok(()),
             Wire::Tls(w) => w.flush(),
+            Wire::Tunnel(w) => w.flush(),
+            Wire::WebSocket(w) => w.flush(),
         }
     }
 
     /// Whether the wire holds bytes that must still go out even when nothing is pending.
-    pub(super) fn backlog(&self) -> bool {
+    pub(crate) fn backlog(&self) -> bool {
         match self {
             Wire::Tcp(_) => false,
             Wire::Tls(w) => w.backlog(),
+            Wire::Tunnel(w) => w.backlog(),
+            Wire::WebSocket(w) => w.backlog(),
         }
     }
 
-    pub(super) async fn writable(&self) -> io::Result<()> {
+    pub(crate) async fn writable(&self) -> io::Result<()> {
         match self {
             Wire::Tcp(w) => w.writable().await,
             Wire::Tls(w) => w.writable().await,
+            Wire::Tunnel(w) => w.writable().await,
+            Wire::WebSocket(w) => w.writable().await,
         }
     }
 
     /// Ends the write side once everything is written. A TCP half closes when its last
     /// reference goes; TLS says close_notify first, and its reader still holds the socket.
     pub(crate) async fn close(&self, stall: Duration) {
-        if let Wire::Tls(w) = self {
-            w.close(stall).await;
+        match self {
+            Wire::Tcp(_) => {}
+            Wire::Tls(w) => w.close(stall).await,
+            Wire::Tunnel(w) => w.close(stall).await,
+            Wire::WebSocket(w) => w.close(stall).await,
         }
     }
 }

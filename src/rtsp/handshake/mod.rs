@@ -23,6 +23,8 @@ pub(crate) fn transports_for(scheme: Scheme, tcp: bool, udp: bool) -> Result<Vec
         Scheme::RtspT => (tcp, false, Some(("rtspt://", "TCP", "tcp"))),
         Scheme::Rtsps => (tcp, false, Some(("rtsps://", "TCP (with TLS)", "tcp"))),
         Scheme::RtspU => (false, udp, Some(("rtspu://", "UDP", "udp"))),
+        // The media go inside the tunnel, interleaved, whatever the tcp flag says.
+        Scheme::RtspH | Scheme::RtspsH | Scheme::RtspWs | Scheme::RtspWss => (true, false, None),
     };
     let mut v = Vec::new();
     if want_tcp {
@@ -36,7 +38,7 @@ pub(crate) fn transports_for(scheme: Scheme, tcp: bool, udp: bool) -> Result<Vec
             Some((scheme, only, flag)) => format!(
                 "{scheme} means {only} only, but protocols does not allow {flag}: add {flag} to protocols or use rtsp://"
             ),
-            None => "protocols allows neither tcp nor udp (udp-mcast and http tunnelling are not implemented)".into(),
+            None => "protocols allows neither tcp nor udp (udp-mcast is not implemented; http alone needs tcp or an rtsph:// location)".into(),
         });
     }
     Ok(v)

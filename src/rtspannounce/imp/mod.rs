@@ -8,7 +8,7 @@
 mod signals;
 
 use super::pad::RtspAnnouncePad;
-use super::session::{PadError, SessionConfig, Shared, TrackId};
+use super::session::{self, PadError, SessionConfig, Shared, TrackId};
 use super::settings::Settings;
 use crate::rtsp::url::RtspUrl;
 use crate::CAT;
@@ -50,7 +50,9 @@ impl URIHandlerImpl for RtspAnnounce {
     const URI_TYPE: gst::URIType = gst::URIType::Sink;
 
     fn protocols() -> &'static [&'static str] {
-        &["rtsp", "rtspt", "rtspu", "rtsps"]
+        &[
+            "rtsp", "rtspt", "rtspu", "rtsps", "rtsph", "rtspsh", "rtspws", "rtspwss",
+        ]
     }
 
     fn uri(&self) -> Option<String> {
@@ -211,7 +213,18 @@ impl RtspAnnounce {
                     // Copied out first: an `if let` scrutinee's guard would live through the block.
                     let linked = l1.lock().unwrap().clone();
                     if let Some((shared, idx)) = linked {
-                        shared.preroll(idx, sample.caps_owned());
+                        // The packet's place on the timeline, for the SDP's RFC 7273 offset.
+                        let first = sample
+                            .buffer()
+                            .or_else(|| sample.buffer_list().and_then(|l| l.get(0)));
+                        let running = sample
+                            .segment()
+                            .and_then(|s| s.downcast_ref::<gst::ClockTime>())
+                            .zip(first.and_then(|b| b.pts()))
+                            .and_then(|(seg, pts)| seg.to_running_time(pts))
+                            .map(|t| t.nseconds());
+                        let anchor = first.and_then(|b| session::anchor_of(b, running));
+                        shared.preroll(idx, sample.caps_owned(), anchor);
                     }
                     let _ = &w1;
                     Ok(gst::FlowSuccess::Ok)

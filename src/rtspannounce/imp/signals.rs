@@ -5,8 +5,46 @@ use super::CAT;
 use crate::error::ErrorKind;
 use crate::rtsp::message::{Request, Response};
 use crate::rtspannounce::hooks::{ClockReading, Hooks, Notice};
+use crate::sdp::clock::RefClock;
 use gst::glib;
 use gst::prelude::*;
+
+/// The clock forced on the top-level pipeline with `use_clock`, if any: the one every element
+/// gets at PLAYING. Only a forced one: selecting a clock asks every element to provide one.
+fn forced_pipeline_clock(e: &super::super::RtspAnnounce) -> Option<gst::Clock> {
+    let mut top: gst::Object = e.clone().upcast();
+    while let Some(parent) = top.parent() {
+        top = parent;
+    }
+    let pipeline = top.downcast::<gst::Pipeline>().ok()?;
+    if !pipeline
+        .pipeline_flags()
+        .contains(gst::PipelineFlags::FIXED_CLOCK)
+    {
+        return None;
+    }
+    Some(pipeline.pipeline_clock())
+}
+
+/// The pipeline clock as RFC 7273 names it: an NTP clock by its server, a PTP clock by its
+/// grandmaster and domain; any other clock is `local` (None).
+fn reference_clock(clock: &gst::Clock) -> Option<RefClock> {
+    if let Some(ntp) = clock.downcast_ref::<gst_net::NtpClock>() {
+        let address = ntp.property::<Option<String>>("address")?;
+        let port = ntp.property::<i32>("port");
+        return Some(RefClock::Ntp {
+            address,
+            port: u16::try_from(port).ok()?,
+        });
+    }
+    if let Some(ptp) = clock.downcast_ref::<gst_net::PtpClock>() {
+        return Some(RefClock::Ptp {
+            grandmaster: ptp.grandmaster_clock_id(),
+            domain: ptp.domain(),
+        });
+    }
+    None
+}
 
 /// The session's way to the element: every signal emission and bus message of a session.
 pub(super) struct ElementHooks {
@@ -43,15 +81,20 @@ impl Hooks for ElementHooks {
 
     fn clock(&self) -> ClockReading {
         let e = self.element.upgrade();
+        let clock = e.as_ref().and_then(|e| e.clock());
         ClockReading {
-            now: e
-                .as_ref()
-                .and_then(|e| e.clock())
-                .map(|c| c.time().nseconds()),
+            now: clock.as_ref().map(|c| c.time().nseconds()),
             base_time: e
+                .as_ref()
                 .and_then(|e| e.base_time())
                 .map(|t| t.nseconds())
                 .unwrap_or(0),
+            // Before PLAYING the element has no clock yet (a non-live pipeline announces while
+            // it prerolls): a clock the application forced on the pipeline is the one it gets.
+            reference: clock
+                .or_else(|| e.as_ref().and_then(forced_pipeline_clock))
+                .as_ref()
+                .and_then(reference_clock),
         }
     }
 

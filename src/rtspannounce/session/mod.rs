@@ -7,16 +7,21 @@
 //! the ending run as tasks on the shared I/O runtime. Every blocking wait here ends on stop,
 //! flush or failure.
 
+mod clock;
 mod ending;
 mod recover;
 mod start;
 
-use super::connection::{Connection, SendLimits, Sent};
+pub(crate) use clock::anchor_of;
+
+use super::connection::{is_video, Connection, SendLimits, Sent};
 use super::hooks::{Hooks, Notice};
+use super::reorder::{ReorderWatch, Reordered};
 use super::sender::{FrameEvents, NtpMapper, NtpSource};
 use crate::error::{Error, ErrorKind};
 use crate::net::dial::{DialConfig, Dialer};
 use crate::sdp;
+use crate::sdp::clock::PublishClockMode;
 use crate::CAT;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -29,6 +34,8 @@ pub(crate) struct SessionConfig {
     pub announce_timeout: Duration,
     pub keepalive: bool,
     pub ntp_source: NtpSource,
+    /// RFC 7273 clock lines in the SDP, and sender reports on the reference clock.
+    pub publish_clock: PublishClockMode,
     pub rtcp_interval: Duration,
     /// Reconnect attempts after a loss: -1 for ever, 0 never.
     pub retry_max: i32,
@@ -141,10 +148,15 @@ struct Track {
     /// Buffers (with running times) that arrived before RECORD's answer, sent first once it
     /// comes.
     held: Vec<(gst::Buffer, Option<u64>)>,
+    /// The (RTP timestamp, running time) of the prerolled packet: the direct offset of the
+    /// SDP when the handshake starts from preroll, before anything is held.
+    preroll_anchor: Option<(u32, u64)>,
     eos: bool,
     /// Flush-start on this track's pad, until flush-stop: its waits return at once. Flushing is
     /// per pad; the other tracks go on.
     flushing: Arc<AtomicBool>,
+    /// B-frames on this pad, warned about once.
+    reorder: ReorderWatch,
 }
 
 impl Track {
@@ -155,8 +167,10 @@ impl Track {
             caps: None,
             has_buffer: false,
             held: Vec::new(),
+            preroll_anchor: None,
             eos: false,
             flushing: Arc::default(),
+            reorder: ReorderWatch::default(),
         }
     }
 
@@ -350,8 +364,13 @@ impl Shared {
     }
 
     /// Preroll: note caps and that data exists, without sending (the buffer comes again when
-    /// PLAYING renders it).
-    pub(crate) fn preroll(self: &Arc<Self>, id: TrackId, caps: Option<gst::Caps>) {
+    /// PLAYING renders it). `anchor` is the buffer's (RTP timestamp, running time), if known.
+    pub(crate) fn preroll(
+        self: &Arc<Self>,
+        id: TrackId,
+        caps: Option<gst::Caps>,
+        anchor: Option<(u32, u64)>,
+    ) {
         let mut st = self.state.lock().unwrap();
         if !matches!(st.phase, Phase::Waiting) {
             return;
@@ -364,6 +383,7 @@ impl Shared {
             t.caps = caps;
         }
         t.has_buffer = true;
+        t.preroll_anchor = anchor.or(t.preroll_anchor);
         self.note_first_data(&mut st);
         drop(self.maybe_start(st));
     }
@@ -416,7 +436,7 @@ impl Shared {
         id: TrackId,
         caps: Option<gst::Caps>,
         segment: Option<&gst::FormattedSegment<gst::ClockTime>>,
-        buffers: impl Iterator<Item = gst::Buffer>,
+        buffers: impl Iterator<Item = gst::Buffer> + Clone,
     ) -> Result<(), PadError> {
         let buffers = buffers.map(|b| {
             let rt = segment
@@ -430,6 +450,19 @@ impl Shared {
             // Released: its pad is going away.
             return Err(PadError::Flushing);
         };
+        // Video only: audio whose timestamps jitter back is no B-frame stream.
+        let t = &mut st.tracks[track];
+        let video = caps.as_ref().or(t.caps.as_ref()).is_some_and(is_video);
+        let reordered = video
+            .then(|| t.reorder.observe(buffers.clone().map(|(_, rt)| rt)))
+            .flatten();
+        if let Some(r) = reordered {
+            let name = st.tracks[track].pad_name.clone();
+            drop(st);
+            self.warn_reordered(&name, r);
+            st = self.state.lock().unwrap();
+            track = st.position(id).ok_or(PadError::Flushing)?;
+        }
         match &st.phase {
             Phase::Recording(conn) => {
                 let conn = conn.clone();
@@ -522,14 +555,34 @@ impl Shared {
         }
     }
 
+    /// Once per pad, the first time its frames come out of presentation order.
+    #[track_caller]
+    fn warn_reordered(&self, pad: &str, r: Reordered) {
+        let t = |ns| gst::ClockTime::from_nseconds(ns);
+        self.warn(
+            ErrorKind::Stream(gst::StreamError::Format),
+            format!(
+                "{pad}: frames arrive out of presentation order (B-frames: running time {} after {}). They are pushed as they come, but readers that cannot reorder frames (WebRTC, some HLS players) will stutter: encode without B-frames for them (x264enc bframes=0, x265enc option-string=bframes=0)",
+                t(r.to),
+                t(r.from)
+            ),
+        );
+    }
+
     /// The pipeline clock as sender reports need it.
     fn ntp_mapper(&self) -> NtpMapper {
         let clock = self.hooks.clock();
+        let signalled = self.cfg.publish_clock != PublishClockMode::None && clock.now.is_some();
         NtpMapper {
             source: self.cfg.ntp_source,
             clock_now: clock.now,
             base_time: clock.base_time,
             wall_now: std::time::SystemTime::now(),
+            reference_era: clock
+                .reference
+                .as_ref()
+                .filter(|_| signalled)
+                .map(|r| r.to_ntp_era()),
         }
     }
 
@@ -625,6 +678,9 @@ impl Shared {
                 return;
             };
             st.tracks[i].flushing.store(flushing, Ordering::SeqCst);
+            if !flushing {
+                st.tracks[i].reorder.flushed();
+            }
             if flushing && matches!(st.phase, Phase::Waiting | Phase::Connecting(_)) {
                 st.tracks[i].held.clear();
             }

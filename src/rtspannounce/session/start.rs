@@ -8,7 +8,7 @@ use crate::net::connection::SessionError;
 use crate::net::dial::{Addrs, Dialed};
 use crate::rtspannounce::connection::{Connection, Setup};
 use crate::rtspannounce::hooks::Notice;
-use crate::sdp::{self, Described};
+use crate::sdp::{self, clock::Signalling, Described};
 use crate::CAT;
 use std::future::Future;
 use std::sync::{Arc, MutexGuard};
@@ -124,8 +124,10 @@ impl Shared {
 
     /// Dials with an SDP for `caps`.
     pub(super) async fn dial(self: &Arc<Self>, caps: &[gst::Caps]) -> Result<Dialed, Error> {
+        let clock = self.clock_signalling();
+        let clock = clock.as_ref();
         let describe = |addrs: Addrs| -> std::pin::Pin<Box<dyn Future<Output = _> + Send + '_>> {
-            Box::pin(self.described(caps, addrs))
+            Box::pin(self.described(caps, clock, addrs))
         };
         self.dialer.dial(&describe).await
     }
@@ -136,14 +138,15 @@ impl Shared {
     async fn described(
         self: &Arc<Self>,
         caps: &[gst::Caps],
+        clock: Option<&Signalling>,
         addrs: Addrs,
     ) -> Result<Described, SessionError> {
         if !self.hooks.edits_sdp() {
-            return sdp::describe(caps, addrs, &|_| {}).map_err(Error::Sdp);
+            return sdp::describe(caps, addrs, clock, &|_| {}).map_err(Error::Sdp);
         }
-        let (hooks, caps) = (self.hooks.clone(), caps.to_vec());
+        let (hooks, caps, clock) = (self.hooks.clone(), caps.to_vec(), clock.cloned());
         let job = tokio::task::spawn_blocking(move || {
-            sdp::describe(&caps, addrs, &|m| hooks.edit_sdp(m)).map_err(Error::Sdp)
+            sdp::describe(&caps, addrs, clock.as_ref(), &|m| hooks.edit_sdp(m)).map_err(Error::Sdp)
         });
         let timeout = self.cfg.dial.tcp_timeout;
         match tokio::time::timeout(timeout, job).await {
@@ -295,6 +298,7 @@ impl Shared {
                     clock_now: None,
                     base_time: 0,
                     wall_now: std::time::SystemTime::now(),
+                    reference_era: None,
                 },
             )
         });

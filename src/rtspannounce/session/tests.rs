@@ -49,10 +49,12 @@ fn config(announce_timeout: Duration) -> SessionConfig {
             send_buffer: None,
             udp_blocking: true,
             srtp: None,
+            tunnel: None,
         },
         announce_timeout,
         keepalive: true,
         ntp_source: NtpSource::Ntp,
+        publish_clock: crate::sdp::clock::PublishClockMode::Clock,
         rtcp_interval: Duration::from_secs(5),
         retry_max: 0,
         retry_delay_min: Duration::from_millis(100),
@@ -92,7 +94,7 @@ fn a_silent_track_fails_the_session_at_the_announce_timeout() {
         .field("encoding-name", "OPUS")
         .field("clock-rate", 48000i32)
         .build();
-    s.preroll(0, Some(caps));
+    s.preroll(0, Some(caps), None);
     let text = error_text(rx.recv_timeout(Duration::from_secs(5)).unwrap());
     assert!(text.contains("sink_1 (no buffer)"), "{text}");
     assert!(!text.contains("sink_0"), "{text}");
@@ -141,5 +143,82 @@ fn a_flush_ends_only_its_own_pads_wait() {
         Err(PadError::Flushing)
     ));
     s.set_flushing(0, false);
+    s.stop();
+}
+
+#[test]
+fn b_frames_are_warned_about_once_per_pad_naming_it() {
+    let (s, rx) = session(&["sink_0", "sink_1"], Duration::from_secs(60));
+    // Paused: a ready pad returns instead of waiting for the handshake.
+    s.set_paused(true);
+    let caps = gst::Caps::builder("application/x-rtp")
+        .field("media", "video")
+        .field("encoding-name", "VP8")
+        .field("clock-rate", 90000i32)
+        .build();
+    let seg = gst::FormattedSegment::<gst::ClockTime>::new();
+    let frame = |ms: u64| {
+        let mut b = gst::Buffer::from_slice([0x80u8, 96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        b.get_mut()
+            .unwrap()
+            .set_pts(gst::ClockTime::from_mseconds(ms));
+        b
+    };
+    let render = |pad, ms: &[u64]| {
+        let bufs: Vec<gst::Buffer> = ms.iter().map(|&m| frame(m)).collect();
+        assert!(s
+            .render(pad, Some(caps.clone()), Some(&seg), bufs.into_iter())
+            .is_ok());
+    };
+    // In order, then I0 P100 B33 B66: one warning, whichever list the frames come in.
+    render(0, &[0, 100]);
+    assert!(rx.try_recv().is_err());
+    render(0, &[33, 66]);
+    match rx.try_recv() {
+        Ok(Notice::Warning {
+            kind: ErrorKind::Stream(gst::StreamError::Format),
+            text,
+            ..
+        }) => {
+            assert!(text.starts_with("sink_0: "), "{text}");
+            assert!(text.contains("0:00:00.033"), "{text}");
+            assert!(text.contains("WebRTC"), "{text}");
+        }
+        other => panic!("expected the B-frame warning, got {other:?}"),
+    }
+    render(0, &[200, 133, 166]);
+    // After a flush the running time starts again: neither that nor more B-frames warn again.
+    s.set_flushing(0, true);
+    s.set_flushing(0, false);
+    render(0, &[0, 100, 33]);
+    assert!(rx.try_recv().is_err());
+    // Another pad is warned about on its own.
+    render(1, &[0, 100, 33]);
+    assert!(
+        matches!(rx.try_recv(), Ok(Notice::Warning { text, .. }) if text.starts_with("sink_1: "))
+    );
+    s.stop();
+}
+
+#[test]
+fn audio_timestamps_going_back_are_no_b_frames() {
+    let (s, rx) = session(&["sink_0", "sink_1"], Duration::from_secs(60));
+    s.set_paused(true);
+    let caps = gst::Caps::builder("application/x-rtp")
+        .field("media", "audio")
+        .field("encoding-name", "OPUS")
+        .field("clock-rate", 48000i32)
+        .build();
+    let seg = gst::FormattedSegment::<gst::ClockTime>::new();
+    for ms in [0u64, 20, 40, 39, 60] {
+        let mut b = gst::Buffer::from_slice([0x80u8, 96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        b.get_mut()
+            .unwrap()
+            .set_pts(gst::ClockTime::from_mseconds(ms));
+        assert!(s
+            .render(0, Some(caps.clone()), Some(&seg), std::iter::once(b))
+            .is_ok());
+    }
+    assert!(rx.try_recv().is_err());
     s.stop();
 }

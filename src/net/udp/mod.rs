@@ -1,5 +1,6 @@
-//! RTP and RTCP over UDP unicast: a port pair per track, RTP sent from the streaming thread in
-//! `sendmmsg` batches, sender reports sent and the server's RTCP read on the RTCP socket.
+//! RTP and RTCP over UDP unicast: a port pair per track, RTP sent from the streaming thread
+//! (`sendmmsg` batches on Linux, one send per packet elsewhere), sender reports sent and the
+//! server's RTCP read on the RTCP socket.
 //!
 //! The RTSP connection stays what it is in TCP mode (requests, keep-alive, TEARDOWN, loss
 //! detection); this module only carries the media. Frames come as the TCP path frames them
@@ -12,6 +13,21 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+// Linux and Android batch with sendmmsg. FreeBSD, NetBSD and OpenBSD have it too (libc declares
+// it there), but with nowhere to run the tests they take the path every other target takes.
+#[cfg(all(
+    any(target_os = "linux", target_os = "android"),
+    not(feature = "portable-udp")
+))]
+#[path = "send_batch.rs"]
+mod send;
+#[cfg(not(all(
+    any(target_os = "linux", target_os = "android"),
+    not(feature = "portable-udp")
+)))]
+#[path = "send_each.rs"]
+mod send;
 
 /// Largest RTP packet that fits an Ethernet MTU over IPv4 (1500 - 20 - 8): beyond it the
 /// packet is fragmented, and one lost fragment loses all of it.
@@ -169,136 +185,71 @@ impl UdpTrack {
         stop: &dyn Fn() -> bool,
     ) -> Result<(), UdpError> {
         for chunk in frames.chunks(BATCH) {
-            self.send_chunk(chunk, block, stop)?;
+            send::send_chunk(self, chunk, block, stop)?;
         }
         Ok(())
     }
 
-    fn send_chunk(
-        &self,
-        chunk: &[&OutFrame],
-        block: bool,
-        stop: &dyn Fn() -> bool,
-    ) -> Result<(), UdpError> {
-        // Memories are mapped one by one (mapping a multi-memory buffer whole would merge it
-        // into a copy); the maps live on the stack until the call returns.
-        let mut maps: smallvec::SmallVec<
-            [gst::memory::MemoryMap<'_, gst::memory::Readable>; BATCH * 2],
-        > = smallvec::SmallVec::new();
-        // SAFETY: iovec and mmsghdr are plain C structs for which all-zero is valid.
-        let mut iovs: [[libc::iovec; IOV_PER_PACKET]; BATCH] = unsafe { std::mem::zeroed() };
-        let mut hdrs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-        let mut n = 0;
-        for f in chunk {
-            let OutFrame::Rtp {
-                head,
-                head_len,
-                buffer,
-                skip,
-            } = f
-            else {
-                continue;
-            };
-            let len = buffer.size() - *skip as usize + (*head_len as usize - 4);
-            if len > 65_507 {
-                return Err(UdpError::TooLarge(len));
-            }
-            if len > SAFE_UDP_PAYLOAD && !self.warned_size.swap(true, Ordering::Relaxed) {
-                gst::warning!(
-                    CAT,
-                    "RTP packet of {len} bytes to {} exceeds {SAFE_UDP_PAYLOAD} bytes: it will be fragmented (lower the payloader's mtu)",
-                    self.server_rtp
-                );
-            }
-            let iov = &mut iovs[n];
-            let mut k = 0;
-            if *head_len > 4 {
-                iov[0] = libc::iovec {
-                    iov_base: head[4..].as_ptr() as *mut libc::c_void,
-                    iov_len: *head_len as usize - 4,
-                };
-                k = 1;
-            }
-            let mut to_skip = *skip as usize;
-            for m in buffer.iter_memories() {
-                let Ok(map) = m.map_readable() else {
-                    // Never send half a packet.
-                    k = usize::MAX;
-                    break;
-                };
-                let s = map.as_slice();
-                if to_skip >= s.len() {
-                    to_skip -= s.len();
-                    continue;
-                }
-                if k == IOV_PER_PACKET {
-                    // More memories than we have room for: not seen from payloaders.
-                    k = usize::MAX;
-                    break;
-                }
-                iov[k] = libc::iovec {
-                    iov_base: s[to_skip..].as_ptr() as *mut libc::c_void,
-                    iov_len: s.len() - to_skip,
-                };
-                to_skip = 0;
-                k += 1;
-                // The map's data pointer stays valid however the map struct moves.
-                maps.push(map);
-            }
-            if k == usize::MAX {
-                self.note_error(
-                    &io::Error::other("RTP buffer with too many or unmappable memories"),
-                    1,
-                );
-                continue;
-            }
-            hdrs[n].msg_hdr.msg_iov = iov.as_mut_ptr();
-            hdrs[n].msg_hdr.msg_iovlen = k as _;
-            n += 1;
+    /// A packet larger than a datagram can be is an error; one that will be fragmented is
+    /// warned about once.
+    fn check_size(&self, len: usize) -> Result<(), UdpError> {
+        if len > 65_507 {
+            return Err(UdpError::TooLarge(len));
         }
-        let mut done = 0;
-        let flags = if block { 0 } else { libc::MSG_DONTWAIT };
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.rtp);
-        while done < n {
-            // SAFETY: hdrs[done..n] point at iovecs and mapped memories alive until we return.
-            let r = unsafe {
-                libc::sendmmsg(fd, hdrs[done..n].as_mut_ptr(), (n - done) as _, flags as _)
-            };
-            if r > 0 {
-                done += r as usize;
-                continue;
-            }
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => {}
-                Some(libc::EAGAIN) if block => {
-                    if stop() {
-                        return Err(UdpError::Cancelled);
-                    }
-                }
-                Some(libc::EAGAIN) => {
-                    // Drop policy: the kernel has no room, this packet is lost.
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
-                    done += 1;
-                }
-                // An ICMP error about an earlier datagram (nobody listening yet, or any
-                // more): reported once, the packet is tried again.
-                Some(libc::ECONNREFUSED) => self.note_error(&e, 0),
-                Some(libc::EMSGSIZE) => {
-                    let len = (0..hdrs[done].msg_hdr.msg_iovlen as usize)
-                        .map(|i| iovs[done][i].iov_len)
-                        .sum();
-                    return Err(UdpError::TooLarge(len));
-                }
-                _ => {
-                    self.note_error(&e, 1);
-                    done += 1;
-                }
-            }
+        if len > SAFE_UDP_PAYLOAD && !self.warned_size.swap(true, Ordering::Relaxed) {
+            gst::warning!(
+                CAT,
+                "RTP packet of {len} bytes to {} exceeds {SAFE_UDP_PAYLOAD} bytes: it will be fragmented (lower the payloader's mtu)",
+                self.server_rtp
+            );
         }
-        drop(maps);
         Ok(())
     }
+
+    /// A packet whose memories could not be mapped or are too many: dropped, never sent by
+    /// halves.
+    fn unsendable(&self) {
+        self.note_error(
+            &io::Error::other("RTP buffer with too many or unmappable memories"),
+            1,
+        );
+    }
+}
+
+/// Mapped memories of packets being sent, each with the offset its bytes start at.
+type Maps<'a, const N: usize> =
+    smallvec::SmallVec<[(gst::memory::MemoryMap<'a, gst::memory::Readable>, usize); N]>;
+
+/// Maps the memories of `buffer` from byte `skip` on, one by one (mapping a multi-memory buffer
+/// whole would merge it into a copy), appending them to `maps`: the range they take there, or
+/// None if one cannot be mapped or more than `room` are needed.
+fn map_memories<'a, const N: usize>(
+    buffer: &'a gst::BufferRef,
+    skip: u8,
+    room: usize,
+    maps: &mut Maps<'a, N>,
+) -> Option<std::ops::Range<usize>> {
+    let first = maps.len();
+    let mut to_skip = skip as usize;
+    for m in buffer.iter_memories() {
+        let map = m.map_readable().ok();
+        let Some(map) = map else {
+            maps.truncate(first);
+            return None;
+        };
+        let len = map.as_slice().len();
+        if to_skip >= len {
+            to_skip -= len;
+            continue;
+        }
+        if maps.len() - first == room {
+            maps.truncate(first);
+            return None;
+        }
+        maps.push((map, to_skip));
+        to_skip = 0;
+    }
+    Some(first..maps.len())
 }
 
 /// Called with RTCP the server sent: the track's RTCP channel and the packet.
@@ -314,13 +265,20 @@ pub(crate) struct UdpSession {
 }
 
 impl UdpSession {
-    pub(crate) fn new(tracks: Vec<Arc<UdpTrack>>, block: bool) -> Arc<UdpSession> {
-        Arc::new(UdpSession {
+    /// `block`: congestion-policy=block. Under the drop policy the RTP sockets are made
+    /// non-blocking, so a full kernel buffer drops the packet on every platform (the batch path
+    /// also passes `MSG_DONTWAIT`).
+    pub(crate) fn new(tracks: Vec<Arc<UdpTrack>>, block: bool) -> io::Result<Arc<UdpSession>> {
+        for t in &tracks {
+            t.rtp.set_nonblocking(!block)?;
+        }
+        gst::debug!(CAT, "RTP over UDP: {}", send::HOW);
+        Ok(Arc::new(UdpSession {
             tracks,
             block,
             stopped: AtomicBool::new(false),
             readers: Default::default(),
-        })
+        }))
     }
 
     /// Reads what the server sends to our RTCP ports (receiver reports) and hands it on. Only
@@ -455,145 +413,4 @@ pub(crate) fn destination(peer: IpAddr, source: Option<&str>) -> IpAddr {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frame(payload: &[u8], channel: u8, pt: Option<u8>) -> OutFrame {
-        OutFrame::rtp(gst::Buffer::from_slice(payload.to_vec()), channel, pt).unwrap()
-    }
-
-    #[test]
-    fn pairs_are_even_and_adjacent() {
-        let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let mut held = Vec::new();
-        for _ in 0..4 {
-            let (rtp, rtcp) = bind_pair(local, None).unwrap();
-            let p = rtp.local_addr().unwrap().port();
-            assert_eq!(p % 2, 0);
-            assert_eq!(rtcp.local_addr().unwrap().port(), p + 1);
-            held.push((rtp, rtcp));
-        }
-        // A range: the first free pair in it, then the next.
-        let (a, _b) = bind_pair(local, None).unwrap();
-        let base = a.local_addr().unwrap().port();
-        drop(a);
-        drop(_b);
-        let (r1, _c1) = bind_pair(local, Some((base - 1, base + 3))).unwrap();
-        assert_eq!(r1.local_addr().unwrap().port(), base);
-        let (r2, _c2) = bind_pair(local, Some((base - 1, base + 3))).unwrap();
-        assert_eq!(r2.local_addr().unwrap().port(), base + 2);
-        let e = bind_pair(local, Some((base, base + 3))).unwrap_err();
-        assert!(e.to_string().contains("port-range"), "{e}");
-    }
-
-    #[test]
-    fn ipv6_loopback_pair_and_send() {
-        gst::init().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let local: SocketAddr = "[::1]:0".parse().unwrap();
-        let srv_rtp = UdpSocket::bind(local).unwrap();
-        let srv_rtcp = UdpSocket::bind(local).unwrap();
-        srv_rtp
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        let session = rt.block_on(async {
-            let (rtp, rtcp) = bind_pair(local, None).unwrap();
-            assert!(rtp.local_addr().unwrap().is_ipv6());
-            UdpSession::new(
-                vec![Arc::new(
-                    UdpTrack::new(
-                        rtp,
-                        rtcp,
-                        srv_rtp.local_addr().unwrap(),
-                        srv_rtcp.local_addr().unwrap(),
-                    )
-                    .unwrap(),
-                )],
-                false,
-            )
-        });
-        session.send(&[frame(&[0x80, 96, 0, 1], 0, None)]).unwrap();
-        let mut buf = [0u8; 16];
-        let (n, from) = srv_rtp.recv_from(&mut buf).unwrap();
-        assert_eq!(&buf[..n], &[0x80, 96, 0, 1]);
-        assert_eq!(from.port(), session.tracks[0].client_ports.0);
-    }
-
-    #[test]
-    fn source_is_honoured_when_usable() {
-        let peer: IpAddr = "127.0.0.1".parse().unwrap();
-        assert_eq!(destination(peer, None), peer);
-        assert_eq!(
-            destination(peer, Some("127.0.0.2")),
-            "127.0.0.2".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(destination(peer, Some("::1")), peer);
-        assert_eq!(destination(peer, Some("0.0.0.0")), peer);
-        assert_eq!(destination(peer, Some("server.example")), peer);
-    }
-
-    #[test]
-    fn batches_reach_the_right_ports_with_pt_rewrite() {
-        gst::init().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        // The "server": two RTP and two RTCP sockets.
-        let srv: Vec<UdpSocket> = (0..4).map(|_| UdpSocket::bind(local).unwrap()).collect();
-        for s in &srv {
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        }
-        let addr = |i: usize| srv[i].local_addr().unwrap();
-        let session = rt.block_on(async {
-            let t0 = bind_pair(local, None).unwrap();
-            let t1 = bind_pair(local, None).unwrap();
-            UdpSession::new(
-                vec![
-                    Arc::new(UdpTrack::new(t0.0, t0.1, addr(0), addr(1)).unwrap()),
-                    Arc::new(UdpTrack::new(t1.0, t1.1, addr(2), addr(3)).unwrap()),
-                ],
-                true,
-            )
-        });
-        let mut frames: Vec<OutFrame> = (0..40u8)
-            .map(|i| frame(&[0x80, 96, 0, i, 9, 9], 0, None))
-            .collect();
-        frames.push(OutFrame::Control(vec![b'$', 3, 0, 4, 0x80, 200, 0, 0]));
-        frames.push(frame(&[0x80, 0xe0, 7, 7], 2, Some(97)));
-        session.send(&frames).unwrap();
-        let mut buf = [0u8; 64];
-        for i in 0..40u8 {
-            let n = srv[0].recv(&mut buf).unwrap();
-            assert_eq!(&buf[..n], &[0x80, 96, 0, i, 9, 9]);
-        }
-        let n = srv[3].recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], &[0x80, 200, 0, 0]);
-        let n = srv[2].recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], &[0x80, 0x80 | 97, 7, 7]);
-        // RTCP from the server reaches the handler with the track's RTCP channel.
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let client_rtcp = session.tracks[1].client_ports.1;
-        rt.block_on(async {
-            session.start_readers(Arc::new(move |ch, data| {
-                let _ = tx.send((ch, data.to_vec()));
-            }));
-        });
-        srv[3]
-            .send_to(&[0x80, 201, 0, 1, 1, 2, 3, 4], ("127.0.0.1", client_rtcp))
-            .unwrap();
-        let got = rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(5), rx.recv())
-                .await
-                .unwrap()
-                .unwrap()
-        });
-        assert_eq!(got, (3, vec![0x80, 201, 0, 1, 1, 2, 3, 4]));
-        session.close();
-        assert_eq!(session.send(&frames), Err(UdpError::Cancelled));
-    }
-}
+mod tests;
