@@ -559,3 +559,24 @@ fn srtcp_under_another_key_than_the_keymgmt_answer_is_a_warning_and_counted() {
     assert_eq!(t0.get::<u64>("receiver-reports").unwrap(), 0, "{t0}");
     p.set_state(gst::State::Null).unwrap();
 }
+
+#[test]
+fn srtp_inside_an_http_tunnel_300_of_300_frames() {
+    // gst-rtsp-server serves the tunnel on its RTSP port: the SRTP goes interleaved inside it.
+    let server = savp_server(gst_rtsp::RTSPLowerTrans::TCP, true);
+    let url = server.url().replacen("rtsp://", "rtsph://", 1);
+    let p = pipeline(&format!(
+        "{} ! rtspannounce name=s profiles=savp location={url}",
+        h264_branch(300, "vpay")
+    ));
+    let out = run(&p, Duration::from_secs(60));
+    assert!(out.eos, "{out:?}");
+    let report = server.wait_finished(Duration::from_secs(20)).unwrap();
+    assert_eq!(report.tracks[0].frames, 300, "{report}");
+    let stats: gst::Structure = p.by_name("s").unwrap().property("stats");
+    let t0 = stats.get::<gst::Array>("tracks").unwrap().as_slice()[0]
+        .get::<gst::Structure>()
+        .unwrap();
+    assert!(t0.get::<bool>("srtp").unwrap());
+    assert!(t0.get::<u64>("receiver-reports").unwrap() > 0, "{t0}");
+}
