@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --example record-server -- [--port N] [--mount /live/cam1]
 //!     [--tracks h264|h264+aac|aac|h264+opus|h264+klv|CODEC] [--output out.mp4] [--sessions K]
-//!     [--timeout SECONDS] [--tls-cert cert.pem --tls-key key.pem]
+//!     [--timeout SECONDS] [--tls-cert cert.pem --tls-key key.pem] [--savp]
 //! ```
 //!
 //! `CODEC` is one track of any codec of the codec matrix (`h265`, `vp8`, `vp9`, `jpeg`, `opus`,
@@ -15,7 +15,8 @@
 //! per finished session (TEARDOWN or disconnect). Exits 0 after K sessions if every one of
 //! them decoded at least one frame on every track, 1 otherwise, 2 on bad arguments.
 //! Session N ≥ 2 records to `STEM-N.EXT` beside `--output`. With `--tls-cert` and `--tls-key`
-//! (PEM) it serves RTSPS and prints an `rtsps://` URL.
+//! (PEM) it serves RTSPS and prints an `rtsps://` URL. `--savp` takes SRTP pushes only
+//! (`profiles=savp`) and answers SETUP with the key of its own SRTCP, as MediaMTX does.
 
 #[path = "../tests/common/record_server.rs"]
 #[allow(dead_code)] // shared with the tests: the example uses some of it
@@ -27,7 +28,7 @@ use record_server::{RecordServer, RecordServerConfig, Tracks};
 
 const USAGE: &str = "usage: record-server [--port N] [--mount /live/cam1] \
 [--tracks h264|h264+aac|aac|h264+opus|h264+klv|h265|vp8|vp9|jpeg|opus|pcmu|pcma|l16|l24|g722|amr-nb|mpa|speex|ac3|vorbis|klv] [--output out.mp4|out.mkv] [--sessions K] [--timeout SECONDS] \
-[--tls-cert cert.pem --tls-key key.pem]";
+[--tls-cert cert.pem --tls-key key.pem] [--savp]";
 
 struct Args {
     port: u16,
@@ -63,6 +64,13 @@ fn parse_args() -> Result<Args, String> {
                 .ok_or_else(|| format!("{name} needs a value"))
         };
         match name.as_str() {
+            "--savp" => {
+                args.cfg = args
+                    .cfg
+                    .clone()
+                    .with_profiles(gst_rtsp::RTSPProfile::SAVP)
+                    .with_keymgmt_answer();
+            }
             "--port" => args.port = value()?.parse().map_err(|e| format!("--port: {e}"))?,
             "--mount" => {
                 let m = value()?;

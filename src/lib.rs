@@ -11,6 +11,7 @@ mod rtcp;
 mod rtsp;
 mod rtspannounce;
 mod sdp;
+mod srtp;
 
 /// What the fuzz targets (fuzz/) need from the crate's private modules (`cargo fuzz` builds with
 /// `--cfg fuzzing`): the crate's only API otherwise is the plugin. Items reached through these

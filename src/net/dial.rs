@@ -7,11 +7,12 @@ use super::tls::TlsOptions;
 use super::tunnel::TunnelConfig;
 use super::udp::{UdpSession, UdpTrack};
 use crate::rtsp::auth::Credentials;
-use crate::rtsp::handshake::{Handshake, HandshakeError, Negotiated, RequestContext};
+use crate::rtsp::handshake::{Handshake, HandshakeError, Negotiated, RequestContext, SrtpOffer};
 use crate::rtsp::headers::Lower;
 use crate::rtsp::message::{Limits, Parser};
 use crate::rtsp::url::{ControlStyle, RtspUrl};
 use crate::sdp::Described;
+use crate::srtp::{Protector, TrackKey, Unprotector};
 use crate::CAT;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -41,6 +42,8 @@ pub(crate) struct DialConfig {
     pub send_buffer: Option<u32>,
     /// UDP sends wait for socket room (blocking policy) instead of dropping.
     pub udp_blocking: bool,
+    /// SRTP to offer (`profiles` with savp), None: plain RTP/AVP.
+    pub srtp: Option<crate::srtp::Policy>,
     /// RTSP over HTTP (`rtsph://`, `rtspsh://` turn it on for a hop too).
     pub tunnel: Option<TunnelConfig>,
 }
@@ -66,6 +69,107 @@ pub(crate) struct Dialed {
     /// Where RECORD was answered (after redirects).
     pub url: RtspUrl,
     pub udp: Option<Arc<UdpSession>>,
+    /// Set when the media go as SRTP.
+    pub srtp: Option<SrtpTracks>,
+}
+
+/// Each track's SRTP context once the server accepted RTP/SAVP.
+pub(crate) struct SrtpTracks {
+    pub protectors: Vec<Arc<Protector>>,
+    /// For the server's SRTCP, from its KeyMgmt answer (None: it gave none, or one we cannot use).
+    pub unprotectors: Vec<Option<Arc<Unprotector>>>,
+    /// What to warn about: KeyMgmt answers that could not be used, and why.
+    pub warnings: Vec<String>,
+}
+
+/// Keys made for an SRTP offer, before the server answered.
+struct Offered {
+    keys: Vec<TrackKey>,
+    protectors: Vec<Arc<Protector>>,
+}
+
+/// A key and an `srtpenc` per track, their MIKEY messages in the SDP and the handshake's offer.
+fn offer_srtp(
+    policy: crate::srtp::Policy,
+    text: String,
+    ssrcs: &[Option<u32>],
+) -> Result<(String, SrtpOffer, Offered), SessionError> {
+    let bad = |e: String| SessionError::Sdp(crate::sdp::SdpError::Srtp(e));
+    let keys = ssrcs
+        .iter()
+        .enumerate()
+        .map(|(i, ssrc)| {
+            ssrc.map(|ssrc| TrackKey::generate(policy.suite, ssrc)).ok_or_else(|| {
+                bad(format!(
+                    "track {i}'s caps name no ssrc, and the server needs it to find the track's key: set ssrc on the payloader or in the caps"
+                ))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mikeys = keys
+        .iter()
+        .map(crate::srtp::mikey_for)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(bad)?;
+    let protectors = keys
+        .iter()
+        .map(|k| Protector::new(k).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| SessionError::Local(format!("cannot set up SRTP: {e}")))?;
+    let secured = crate::sdp::secure(&text, &mikeys).map_err(SessionError::Sdp)?;
+    gst::info!(
+        CAT,
+        "offering RTP/SAVP ({:?}), {}",
+        policy.suite,
+        if policy.allow_plain {
+            "RTP/AVP if refused"
+        } else {
+            "no unencrypted fallback"
+        }
+    );
+    let offer = SrtpOffer {
+        mikeys,
+        plain_sdp: policy.allow_plain.then_some(text),
+    };
+    Ok((secured, offer, Offered { keys, protectors }))
+}
+
+/// After RECORD: what the server's KeyMgmt answers give for reading its SRTCP.
+fn accepted_srtp(offered: Offered, negotiated: &Negotiated) -> SrtpTracks {
+    let mut warnings = Vec::new();
+    let unprotectors = negotiated
+        .tracks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let header = t.keymgmt.as_deref()?;
+            let made = crate::srtp::parse_keymgmt(header).and_then(|remote| {
+                gst::debug!(
+                    CAT,
+                    "track {i}: the server's SRTCP key ({:?}, SSRCs {:x?})",
+                    remote.suite,
+                    remote.ssrcs
+                );
+                Unprotector::new(&remote)
+            });
+            match made {
+                Ok(u) => Some(Arc::new(u)),
+                Err(why) => {
+                    warnings.push(format!(
+                        "the server's KeyMgmt answer to SETUP {} cannot be used: {why}; its receiver reports for track {i} cannot be decrypted",
+                        t.control_uri
+                    ));
+                    None
+                }
+            }
+        })
+        .collect();
+    drop(offered.keys);
+    SrtpTracks {
+        protectors: offered.protectors,
+        unprotectors,
+        warnings,
+    }
 }
 
 /// Dials for a session; keeps the TLS configuration (the CA store is read once) across
@@ -226,7 +330,15 @@ impl Dialer {
             text,
             controls,
             rewrites,
+            ssrcs,
         } = described;
+        let (text, offer, offered) = match cfg.srtp {
+            Some(policy) => {
+                let (text, offer, offered) = offer_srtp(policy, text, &ssrcs)?;
+                (text, Some(offer), Some(offered))
+            }
+            None => (text, None, None),
+        };
         let mut control = Control {
             stream,
             parser: Parser::new(Limits::default()),
@@ -241,7 +353,8 @@ impl Dialer {
             RequestContext::new(&cfg.user_agent),
         )
         .with_transports(&cfg.transports)
-        .with_credentials(creds);
+        .with_credentials(creds)
+        .with_srtp(offer);
         gst::debug!(CAT, "offering {:?} (tls flag: {})", cfg.transports, cfg.tls);
         let mut sockets = PortPairs {
             local: local_addr,
@@ -259,7 +372,11 @@ impl Dialer {
         } else {
             None
         };
+        let srtp = offered
+            .filter(|_| negotiated.srtp)
+            .map(|o| accepted_srtp(o, &negotiated));
         Ok(Dialed {
+            srtp,
             control,
             negotiated,
             ctx: hs.ctx,

@@ -91,9 +91,9 @@ impl Transport {
     /// The TCP interleaved request for track `index`: channels 2n and 2n+1.
     /// Written by hand: `mode=record` must be lower-case and unquoted (FFmpeg's listener compares
     /// it case-sensitively; rtsp-types would write `mode="RECORD"`).
-    fn tcp_request(rtp_channel: u8) -> String {
+    fn tcp_request(profile: &str, rtp_channel: u8) -> String {
         format!(
-            "RTP/AVP/TCP;unicast;interleaved={}-{};mode=record",
+            "{profile}/TCP;unicast;interleaved={}-{};mode=record",
             rtp_channel,
             rtp_channel.wrapping_add(1)
         )
@@ -101,15 +101,22 @@ impl Transport {
 
     /// The UDP unicast request for a track whose RTP/RTCP sockets are bound to `rtp`/`rtcp`.
     /// Hand-written for the same reason as `tcp_request`.
-    fn udp_request(rtp: u16, rtcp: u16) -> String {
-        format!("RTP/AVP;unicast;client_port={rtp}-{rtcp};mode=record")
+    fn udp_request(profile: &str, rtp: u16, rtcp: u16) -> String {
+        format!("{profile};unicast;client_port={rtp}-{rtcp};mode=record")
     }
 
-    /// The request for `lower`: interleaved channels for TCP, client ports for UDP.
-    pub(crate) fn request(lower: Lower, channel: u8, ports: Option<(u16, u16)>) -> String {
+    /// The request for `lower`: interleaved channels for TCP, client ports for UDP; `secure`
+    /// asks for SRTP (`RTP/SAVP`).
+    pub(crate) fn request(
+        lower: Lower,
+        channel: u8,
+        ports: Option<(u16, u16)>,
+        secure: bool,
+    ) -> String {
+        let profile = if secure { "RTP/SAVP" } else { "RTP/AVP" };
         match (lower, ports) {
-            (Lower::Udp, Some((rtp, rtcp))) => Transport::udp_request(rtp, rtcp),
-            _ => Transport::tcp_request(channel),
+            (Lower::Udp, Some((rtp, rtcp))) => Transport::udp_request(profile, rtp, rtcp),
+            _ => Transport::tcp_request(profile, channel),
         }
     }
 
@@ -201,7 +208,7 @@ mod tests {
     #[test]
     fn tcp_request_is_lower_case_unquoted() {
         assert_eq!(
-            Transport::tcp_request(2),
+            Transport::tcp_request("RTP/AVP", 2),
             "RTP/AVP/TCP;unicast;interleaved=2-3;mode=record"
         );
     }
@@ -209,16 +216,24 @@ mod tests {
     #[test]
     fn udp_request_is_lower_case_unquoted() {
         assert_eq!(
-            Transport::udp_request(5000, 5001),
+            Transport::udp_request("RTP/AVP", 5000, 5001),
             "RTP/AVP;unicast;client_port=5000-5001;mode=record"
         );
         assert_eq!(
-            Transport::request(Lower::Udp, 2, Some((6000, 6001))),
+            Transport::request(Lower::Udp, 2, Some((6000, 6001)), false),
             "RTP/AVP;unicast;client_port=6000-6001;mode=record"
         );
         assert_eq!(
-            Transport::request(Lower::Tcp, 2, None),
+            Transport::request(Lower::Tcp, 2, None, false),
             "RTP/AVP/TCP;unicast;interleaved=2-3;mode=record"
+        );
+        assert_eq!(
+            Transport::request(Lower::Tcp, 2, None, true),
+            "RTP/SAVP/TCP;unicast;interleaved=2-3;mode=record"
+        );
+        assert_eq!(
+            Transport::request(Lower::Udp, 0, Some((6000, 6001)), true),
+            "RTP/SAVP;unicast;client_port=6000-6001;mode=record"
         );
         // What gst-rtsp-server answers a UDP SETUP in record mode.
         let t = Transport::parse(

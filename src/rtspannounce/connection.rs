@@ -86,6 +86,8 @@ pub(crate) struct Setup {
     /// The pipeline clock, for receiver reports' round-trip times.
     pub ntp: Arc<dyn Fn() -> NtpMapper + Send + Sync>,
     pub on_loss: Arc<dyn Fn(LossReport) + Send + Sync>,
+    /// The server's SRTCP does not authenticate with its key: a warning, once per track.
+    pub on_srtcp_failure: Arc<dyn Fn(String) + Send + Sync>,
 }
 
 /// Half the session timeout, at most 10 s: servers that time out on silence (ZLMediaKit 15 s,
@@ -128,6 +130,7 @@ impl Connection {
             on_request,
             ntp,
             on_loss,
+            on_srtcp_failure,
         } = s;
         let local = dialed.control.stream.local_addr().ok();
         let info = ConnectionInfo {
@@ -151,11 +154,13 @@ impl Connection {
                 .map(|a| a.ip().to_string())
                 .unwrap_or_else(|| "localhost".into())
         );
+        let srtp = dialed.srtp.as_ref();
         let senders = announced
             .iter()
             .zip(&dialed.negotiated.tracks)
             .zip(&dialed.pt_rewrites)
-            .map(|((caps, t), rewrite)| {
+            .enumerate()
+            .map(|(i, ((caps, t), rewrite))| {
                 Arc::new(TrackSender::new(TrackSetup {
                     channel: t.rtp_channel,
                     rtcp_channel: t.rtcp_channel,
@@ -165,6 +170,8 @@ impl Connection {
                     encoding: field(caps, "encoding-name").to_string(),
                     is_video: is_video(caps),
                     wait_keyframe: reconnected && is_video(caps),
+                    srtp: srtp.and_then(|s| s.protectors.get(i).cloned()),
+                    srtcp_in: srtp.and_then(|s| s.unprotectors.get(i).cloned().flatten()),
                 }))
             })
             .collect();
@@ -181,8 +188,9 @@ impl Connection {
             let on_rtcp: crate::net::connection::RtcpHandler =
                 Arc::new(move |channel: u8, data: &[u8]| {
                     if let Some(c) = weak.upgrade() {
-                        for loss in c.receiver_report(channel, data, &ntp()) {
-                            on_loss(loss);
+                        match c.receiver_report(channel, data, &ntp()) {
+                            Ok(losses) => losses.into_iter().for_each(|l| on_loss(l)),
+                            Err(warning) => warning.into_iter().for_each(|w| on_srtcp_failure(w)),
                         }
                     }
                 });
@@ -400,16 +408,22 @@ impl Connection {
 
     /// RTCP from the server: report blocks about our tracks update the stats; the new losses
     /// come back.
-    fn receiver_report(&self, channel: u8, data: &[u8], ntp: &NtpMapper) -> Vec<LossReport> {
+    fn receiver_report(
+        &self,
+        channel: u8,
+        data: &[u8],
+        ntp: &NtpMapper,
+    ) -> Result<Vec<LossReport>, Option<String>> {
         let Some(tx) = self
             .senders
             .iter()
             .find(|t| t.rtcp_channel == channel || t.channel == channel)
         else {
-            return Vec::new();
+            return Ok(Vec::new());
         };
         let arrival = crate::rtcp::ntp_middle(ntp.ntp_at(ntp.running_now().unwrap_or(0)));
-        crate::rtcp::report_blocks(data)
+        let data = tx.readable_rtcp(data)?;
+        Ok(crate::rtcp::report_blocks(&data)
             .iter()
             .filter_map(|block: &ReportBlock| {
                 tx.receiver_report(block, arrival).map(|lost| LossReport {
@@ -418,7 +432,7 @@ impl Connection {
                     fraction_percent: block.fraction_lost as u32 * 100 / 256,
                 })
             })
-            .collect()
+            .collect())
     }
 
     /// Nothing more is sent or read: the tasks end, the UDP sockets close, a producer blocked

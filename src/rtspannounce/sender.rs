@@ -4,8 +4,9 @@
 use crate::keyframe::{self, Start};
 use crate::net::queue::OutFrame;
 use crate::rtcp::{self, RtpFacts, SenderInfo};
+use crate::srtp::{Protector, Unprotector};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Which clock the NTP field of sender reports follows (rtspclientsink's `ntp-time-source`).
@@ -116,6 +117,8 @@ pub(crate) struct Counters {
     last_out: Option<LastOut>,
     /// A flush happened: the next packet continues from `last_out`.
     discont: bool,
+    /// SRTCP from the server we could not read (no key, or it did not authenticate).
+    pub(crate) srtcp_unreadable: u64,
 }
 
 /// The last packet sent on a track, as it went out.
@@ -156,6 +159,10 @@ pub(crate) struct TrackSetup {
     pub(crate) is_video: bool,
     /// Hold delta frames back until a keyframe (after a reconnect).
     pub(crate) wait_keyframe: bool,
+    /// SRTP: the track's packets and our reports go out protected by this.
+    pub(crate) srtp: Option<Arc<Protector>>,
+    /// SRTP: reads the server's SRTCP about this track (its KeyMgmt answer's key).
+    pub(crate) srtcp_in: Option<Arc<Unprotector>>,
 }
 
 pub(crate) struct TrackSender {
@@ -169,6 +176,32 @@ pub(crate) struct TrackSender {
     /// Set while delta frames must be held back: the server's first frame must be decodable.
     waiting_keyframe: AtomicBool,
     pub(crate) counters: Mutex<Counters>,
+    srtp: Option<Arc<Protector>>,
+    srtcp_in: Option<Arc<Unprotector>>,
+}
+
+/// The packet exactly as it goes out, before SRTP protects it: the payload type rewritten and
+/// the numbers shifted in a copy (the authentication tag covers the header).
+fn final_packet(buffer: gst::Buffer, pt: Option<u8>, seq: u16, ts: u32) -> gst::Buffer {
+    if pt.is_none() && seq == 0 && ts == 0 {
+        return buffer;
+    }
+    let Ok(map) = buffer.map_readable() else {
+        return buffer;
+    };
+    if map.len() < 12 {
+        drop(map);
+        return buffer;
+    }
+    let mut v = map.to_vec();
+    if let Some(pt) = pt {
+        v[1] = (v[1] & 0x80) | (pt & 0x7f);
+    }
+    let s = u16::from_be_bytes([v[2], v[3]]).wrapping_add(seq);
+    v[2..4].copy_from_slice(&s.to_be_bytes());
+    let t = u32::from_be_bytes([v[4], v[5], v[6], v[7]]).wrapping_add(ts);
+    v[4..8].copy_from_slice(&t.to_be_bytes());
+    gst::Buffer::from_mut_slice(v)
 }
 
 /// An RTCP compound as an interleaved frame.
@@ -193,6 +226,43 @@ impl TrackSender {
             is_video: t.is_video,
             waiting_keyframe: AtomicBool::new(t.wait_keyframe),
             counters: Mutex::new(Counters::default()),
+            srtp: t.srtp,
+            srtcp_in: t.srtcp_in,
+        }
+    }
+
+    pub(crate) fn is_srtp(&self) -> bool {
+        self.srtp.is_some()
+    }
+
+    /// RTCP from the server about this track, readable: decrypted when SRTP is in use. Err
+    /// when it cannot be (no key from the server, or a packet that does not authenticate:
+    /// counted), with the text of a warning the first time a packet fails with a key.
+    pub(crate) fn readable_rtcp<'a>(
+        &self,
+        data: &'a [u8],
+    ) -> Result<std::borrow::Cow<'a, [u8]>, Option<String>> {
+        if self.srtp.is_none() {
+            return Ok(std::borrow::Cow::Borrowed(data));
+        }
+        let Some(u) = &self.srtcp_in else {
+            self.counters.lock().unwrap().srtcp_unreadable += 1;
+            return Err(None);
+        };
+        match u.unprotect_rtcp(data) {
+            Ok(clear) => Ok(std::borrow::Cow::Owned(clear)),
+            Err(e) => {
+                let mut c = self.counters.lock().unwrap();
+                c.srtcp_unreadable += 1;
+                let first = c.srtcp_unreadable == 1;
+                drop(c);
+                Err(first.then(|| {
+                    format!(
+                        "track on channel {}: {e}: its receiver reports are not read (counted in srtcp-unreadable)",
+                        self.channel
+                    )
+                }))
+            }
         }
     }
 
@@ -341,7 +411,18 @@ impl TrackSender {
                 c.discont = false;
             }
             let (seq, ts) = c.shift;
-            let frame = OutFrame::rtp_shifted(buffer, self.channel, self.pt_rewrite, seq, ts)?;
+            let frame = match &self.srtp {
+                None => OutFrame::rtp_shifted(buffer, self.channel, self.pt_rewrite, seq, ts)?,
+                Some(p) => match p.protect_rtp(final_packet(buffer, self.pt_rewrite, seq, ts)) {
+                    Ok(b) => OutFrame::rtp_shifted(b, self.channel, None, 0, 0)?,
+                    Err(e) => {
+                        // Never sent in the clear instead.
+                        gst::warning!(crate::CAT, "channel {}: {e}", self.channel);
+                        c.dropped += 1;
+                        return Ok(());
+                    }
+                },
+            };
             if let Some(RtpFacts {
                 ssrc,
                 timestamp,
@@ -402,7 +483,17 @@ impl TrackSender {
             info.ntp,
             info.packets
         );
-        frame_rtcp(self.rtcp_channel, &rtcp::compound(&info, &self.cname, bye))
+        let compound = rtcp::compound(&info, &self.cname, bye);
+        match &self.srtp {
+            None => frame_rtcp(self.rtcp_channel, &compound),
+            Some(p) => match p.protect_rtcp(&compound) {
+                Ok(srtcp) => frame_rtcp(self.rtcp_channel, &srtcp),
+                Err(e) => {
+                    gst::warning!(crate::CAT, "channel {}: {e}", self.rtcp_channel);
+                    Vec::new()
+                }
+            },
+        }
     }
 
     /// The last packet's (payloader's RTP timestamp, running time), if it had one.
@@ -463,6 +554,8 @@ mod tests {
             encoding: String::new(),
             is_video,
             wait_keyframe: false,
+            srtp: None,
+            srtcp_in: None,
         })
     }
 

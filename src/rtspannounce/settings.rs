@@ -138,6 +138,8 @@ pub(super) struct Settings {
     pub(super) port_range: Option<String>,
     pub(super) tls_validation_flags: gio::TlsCertificateFlags,
     pub(super) tls_ca_file: Option<String>,
+    pub(super) profiles: gst_rtsp::RTSPProfile,
+    pub(super) srtp_suite: crate::srtp::Suite,
     pub(super) proxy: Option<String>,
     pub(super) proxy_id: Option<String>,
     pub(super) proxy_pw: Option<String>,
@@ -169,6 +171,8 @@ impl Default for Settings {
             port_range: None,
             tls_validation_flags: gio::TlsCertificateFlags::VALIDATE_ALL,
             tls_ca_file: None,
+            profiles: gst_rtsp::RTSPProfile::AVP,
+            srtp_suite: crate::srtp::Suite::default(),
             proxy: None,
             proxy_id: None,
             proxy_pw: None,
@@ -293,6 +297,17 @@ pub(super) fn properties() -> Vec<glib::ParamSpec> {
             .blurb("Allowed lower transports, as rtspclientsink's: TCP interleaved is tried first, then UDP unicast when the server answers SETUP with 461 Unsupported Transport (rtspt:// means tcp only, rtspu:// udp only). udp-mcast is accepted but multicast is not implemented and never chosen; tls puts the RTSP connection in TLS as rtsps:// does (TCP only: media go inside it); http tunnels it in HTTP as rtsph:// does (media interleaved inside)")
             .mutable_ready()
             .build(),
+        glib::ParamSpecFlags::builder::<gst_rtsp::RTSPProfile>("profiles")
+            .default_value(gst_rtsp::RTSPProfile::AVP)
+            .nick("Profiles")
+            .blurb("Allowed RTP profiles, as rtspclientsink's: avp (plain RTP) or savp (SRTP: RTP/SAVP with a fresh key per track, sent as MIKEY in the SDP and in each SETUP's KeyMgmt header). With both, SRTP is offered first and plain RTP used only if the server refuses it; savp alone fails instead. avpf/savpf count as avp/savp (no RTCP feedback is sent)")
+            .mutable_ready()
+            .build(),
+        glib::ParamSpecEnum::builder_with_default("srtp-suite", crate::srtp::Suite::default())
+            .nick("SRTP suite")
+            .blurb("SRTP crypto suite for RTP and RTCP when profiles allows savp (AES-GCM is not offered: GStreamer's MIKEY cannot describe it)")
+            .mutable_ready()
+            .build(),
         glib::ParamSpecString::builder("port-range")
             .nick("Port range")
             .blurb("Local UDP ports to use for RTP/RTCP, as FROM-TO (e.g. 5000-5099: an even RTP port and the next one for RTCP, per track); unset: ports the OS picks")
@@ -378,6 +393,8 @@ impl Settings {
             "retry-delay-min" => s.retry_delay_min_ms = value.get().unwrap(),
             "retry-delay-max" => s.retry_delay_max_ms = value.get().unwrap(),
             "protocols" => s.protocols = value.get().unwrap(),
+            "profiles" => s.profiles = value.get().unwrap(),
+            "srtp-suite" => s.srtp_suite = value.get().unwrap(),
             "port-range" => {
                 let v: Option<String> = value.get().unwrap();
                 if let Err(e) = parse_port_range(v.as_deref().unwrap_or("")) {
@@ -403,6 +420,8 @@ impl Settings {
             "user-pw" => s.user_pw.to_value(),
             "user-agent" => s.user_agent.to_value(),
             "protocols" => s.protocols.to_value(),
+            "profiles" => s.profiles.to_value(),
+            "srtp-suite" => s.srtp_suite.to_value(),
             "port-range" => s.port_range.to_value(),
             "tcp-timeout" => s.tcp_timeout_us.to_value(),
             "sync" => s.sync.to_value(),
@@ -515,6 +534,8 @@ impl Settings {
             }),
             _ => None,
         };
+        let srtp = srtp_policy(s.profiles, s.srtp_suite)
+            .map_err(|e| gst::error_msg!(gst::ResourceError::Settings, ("{}", e)))?;
         let drop_when_congested = s.congestion_policy == CongestionPolicy::Drop;
         let max_queue_bytes = s.max_queue_bytes as usize;
         Ok(SessionConfig {
@@ -537,6 +558,7 @@ impl Settings {
                 send_buffer: drop_when_congested
                     .then(|| (max_queue_bytes / 4).clamp(64 * 1024, 1 << 20) as u32),
                 udp_blocking: !drop_when_congested,
+                srtp,
                 tunnel,
             },
             announce_timeout: Duration::from_millis(s.announce_timeout_ms as u64),
@@ -568,9 +590,41 @@ impl Settings {
     }
 }
 
+/// What `profiles` asks for: SRTP (and whether plain RTP may follow a refusal), or plain RTP.
+fn srtp_policy(
+    profiles: gst_rtsp::RTSPProfile,
+    suite: crate::srtp::Suite,
+) -> Result<Option<crate::srtp::Policy>, String> {
+    use gst_rtsp::RTSPProfile as P;
+    let plain = profiles.intersects(P::AVP | P::AVPF);
+    let secure = profiles.intersects(P::SAVP | P::SAVPF);
+    match (secure, plain) {
+        (false, false) => Err("profiles allows neither avp nor savp".into()),
+        (false, true) => Ok(None),
+        (true, allow_plain) => Ok(Some(crate::srtp::Policy { suite, allow_plain })),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::parse_port_range;
+
+    #[test]
+    fn profiles_make_the_srtp_policy() {
+        use gst_rtsp::RTSPProfile as P;
+        let suite = crate::srtp::Suite::Aes128Sha1_32;
+        assert_eq!(super::srtp_policy(P::AVP, suite), Ok(None));
+        let p = super::srtp_policy(P::SAVP, suite).unwrap().unwrap();
+        assert!(!p.allow_plain);
+        assert_eq!(p.suite, suite);
+        assert!(
+            super::srtp_policy(P::AVP | P::SAVP, suite)
+                .unwrap()
+                .unwrap()
+                .allow_plain
+        );
+        assert!(super::srtp_policy(P::empty(), suite).is_err());
+    }
 
     #[test]
     fn port_ranges() {

@@ -48,6 +48,8 @@ impl Snapshot<'_> {
                 "payload-type-rewrite",
                 tx.pt_rewrite.map(u32::from).unwrap_or(0),
             )
+            .field("srtp", tx.is_srtp())
+            .field("srtcp-unreadable", c.srtcp_unreadable)
             .field("packets", c.packets)
             .field("payload-bytes", c.octets)
             .field("bytes", c.bytes)

@@ -14,6 +14,29 @@ pub(crate) struct Described {
     pub controls: Vec<String>,
     /// Per track, the payload type it is sent with when an earlier track already uses its own.
     pub rewrites: Vec<Option<u8>>,
+    /// Per track, the SSRC its caps name (payloaders put theirs there): SRTP keys are bound to it.
+    pub ssrcs: Vec<Option<u32>>,
+}
+
+/// The SDP `text` for SRTP: every `m=` says RTP/SAVP and carries its track's MIKEY message
+/// (`a=key-mgmt:mikey`, RFC 4567). Added after `update-sdp`, so application handlers never
+/// see a key.
+pub(crate) fn secure(text: &str, mikeys: &[String]) -> Result<String, SdpError> {
+    let mut msg = gst_sdp::SDPMessage::parse_buffer(text.as_bytes())
+        .map_err(|e| SdpError::Srtp(format!("our SDP does not read back ({e})")))?;
+    if msg.medias_len() as usize != mikeys.len() {
+        return Err(SdpError::Srtp(format!(
+            "the SDP has {} media for {} tracks (did an update-sdp handler add or remove one?)",
+            msg.medias_len(),
+            mikeys.len()
+        )));
+    }
+    for (i, mikey) in mikeys.iter().enumerate() {
+        let m = msg.media_mut(i as u32).expect("counted above");
+        m.set_proto("RTP/SAVP");
+        m.add_attribute("key-mgmt", Some(&format!("mikey {mikey}")));
+    }
+    Ok(sdp_to_string(&msg))
 }
 
 /// The SDP for `caps` with (local, server) addresses and the RFC 7273 lines of `clock`, if
@@ -69,10 +92,15 @@ pub(crate) fn describe(
             );
         }
     }
+    let ssrcs = caps
+        .iter()
+        .map(|c| c.structure(0).and_then(|s| s.get::<u32>("ssrc").ok()))
+        .collect();
     Ok(Described {
         text: sdp_to_string(&msg),
         controls,
         rewrites,
+        ssrcs,
     })
 }
 
@@ -99,6 +127,22 @@ mod tests {
         let moved = d.rewrites[1].expect("the second 96 is rewritten");
         assert_ne!(moved, 96);
         assert!(d.text.contains(&format!("a=rtpmap:{moved} H265/90000")));
+    }
+
+    #[test]
+    fn srtp_media_say_savp_and_carry_their_keys() {
+        gst::init().unwrap();
+        let mut video = rtp(96, "H264");
+        video.make_mut().set("ssrc", 0x1234u32);
+        let d = describe(&[video, rtp(97, "H265")], (None, None), None, &|_| {}).unwrap();
+        assert_eq!(d.ssrcs, [Some(0x1234), None]);
+        let text = secure(&d.text, &["AAAA".into(), "BBBB".into()]).unwrap();
+        assert!(!text.contains("RTP/AVP"), "{text}");
+        let a = text.find("a=key-mgmt:mikey AAAA\r\n").expect("first key");
+        let b = text.find("a=key-mgmt:mikey BBBB\r\n").expect("second key");
+        let second_m = text.match_indices("m=video 0 RTP/SAVP").nth(1).unwrap().0;
+        assert!(a < second_m && b > second_m, "{text}");
+        assert!(secure(&d.text, &["AAAA".into()]).is_err());
     }
 
     #[test]

@@ -32,7 +32,7 @@
 pub(crate) mod clock;
 mod describe;
 
-pub(crate) use describe::{describe, Described};
+pub(crate) use describe::{describe, secure, Described};
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
@@ -91,6 +91,8 @@ pub enum SdpError {
     InvalidSessionName(String),
     /// `gst_sdp_media_set_media_from_caps` refused the caps.
     MediaFromCaps { caps: String },
+    /// The SRTP keys could not be added (the text says why).
+    Srtp(String),
 }
 
 impl fmt::Display for SdpError {
@@ -120,6 +122,7 @@ impl fmt::Display for SdpError {
                 f,
                 "invalid control attribute {control:?}: it must be non-empty and contain no whitespace or control characters"
             ),
+            SdpError::Srtp(why) => write!(f, "cannot announce SRTP: {why}"),
             SdpError::InvalidSessionName(name) => write!(
                 f,
                 "invalid session name {name:?}: it must not contain line breaks or other control characters"

@@ -357,6 +357,13 @@ pub struct RecordServerConfig {
     /// Serve RTSPS: certificate chain and private key in PEM (gst-rtsp-server does TLS on
     /// every connection once its RTSPAuth has a certificate).
     pub tls_pem: Option<String>,
+    /// RTP profiles the factory accepts (default AVP alone); with SAVP gst-rtsp-server takes
+    /// the MIKEY keys of the ANNOUNCE SDP and SETUP's KeyMgmt, and decrypts with srtpdec.
+    pub profiles: gst_rtsp::RTSPProfile,
+    /// With SAVP, as MediaMTX does: encrypt the SRTCP the server sends with a key of its own
+    /// and give that key in a `KeyMgmt` header of every SETUP answer (gst-rtsp-server 1.22
+    /// picks a random key and tells no one).
+    pub answer_keymgmt: bool,
 }
 
 impl RecordServerConfig {
@@ -383,6 +390,18 @@ impl RecordServerConfig {
         self
     }
 
+    /// Answer SETUP with the key of the server's own SRTCP (see `answer_keymgmt`).
+    pub fn with_keymgmt_answer(mut self) -> RecordServerConfig {
+        self.answer_keymgmt = true;
+        self
+    }
+
+    /// Accept only these RTP profiles (SAVP: SRTP).
+    pub fn with_profiles(mut self, profiles: gst_rtsp::RTSPProfile) -> RecordServerConfig {
+        self.profiles = profiles;
+        self
+    }
+
     pub fn with_stock_rtpbin(mut self) -> RecordServerConfig {
         self.stock_rtpbin = true;
         self
@@ -397,6 +416,8 @@ impl RecordServerConfig {
             auth: None,
             protocols: gst_rtsp::RTSPLowerTrans::TCP | gst_rtsp::RTSPLowerTrans::UDP,
             tls_pem: None,
+            profiles: gst_rtsp::RTSPProfile::AVP,
+            answer_keymgmt: false,
             session_timeout: None,
         }
     }
@@ -1114,6 +1135,77 @@ fn configure_media(
     }
 }
 
+/// The media's srtpenc (its RTCP to the publisher) uses `key` instead of a random one.
+fn use_srtcp_key(media: &gst_rtsp_server::RTSPMedia, key: &Arc<Vec<u8>>) {
+    use gst_rtsp_server::prelude::*;
+    for i in 0..media.n_streams() {
+        let Some(stream) = media.stream(i) else {
+            continue;
+        };
+        let set = {
+            let key = key.clone();
+            move |_: &gst_rtsp_server::RTSPStream, enc: &gst::Element| {
+                enc.set_property("random-key", false);
+                enc.set_property("key", gst::Buffer::from_slice(key.to_vec()));
+            }
+        };
+        stream.connect_new_rtcp_encoder(set.clone());
+        stream.connect_new_rtp_encoder(set);
+    }
+}
+
+/// The MIKEY message (base64) for `key`: AES-CM-128, HMAC-SHA1-80, one crypto session.
+pub fn mikey_base64(key: &[u8]) -> String {
+    use gst::glib::translate::{from_glib_full, ToGlibPtr};
+    let caps = gst::Caps::builder("application/x-srtp")
+        .field("srtp-key", gst::Buffer::from_slice(key.to_vec()))
+        .field("srtp-cipher", "aes-128-icm")
+        .field("srtp-auth", "hmac-sha1-80")
+        .field("srtcp-cipher", "aes-128-icm")
+        .field("srtcp-auth", "hmac-sha1-80")
+        .build();
+    unsafe {
+        let msg = gst_sdp_sys::gst_mikey_message_new_from_caps(caps.to_glib_none().0);
+        assert!(!msg.is_null(), "MIKEY from caps");
+        gst_sdp_sys::gst_mikey_message_add_cs_srtp(msg, 0, 0, 0);
+        let text: glib::GString = from_glib_full(gst_sdp_sys::gst_mikey_message_base64_encode(msg));
+        gst::ffi::gst_mini_object_unref(msg as *mut gst::ffi::GstMiniObject);
+        text.to_string()
+    }
+}
+
+/// Adds `KeyMgmt` with the server's SRTCP key to every SETUP answer (the answers that carry
+/// a Transport header), before gst-rtsp-server sends it.
+fn answer_keymgmt(client: &gst_rtsp_server::RTSPClient, key: Arc<Vec<u8>>) {
+    let header = format!("prot=mikey; data=\"{}\"", mikey_base64(&key));
+    client.connect("send-message", false, move |args| {
+        let msg = args[2].get::<glib::Pointer>().ok()? as *mut gst_rtsp_sys::GstRTSPMessage;
+        if msg.is_null() {
+            return None;
+        }
+        unsafe {
+            if gst_rtsp_sys::gst_rtsp_message_get_type(msg)
+                != gst_rtsp_sys::GST_RTSP_MESSAGE_RESPONSE
+            {
+                return None;
+            }
+            let mut value = std::ptr::null_mut();
+            let transport = gst_rtsp_sys::gst_rtsp_message_get_header(
+                msg,
+                gst_rtsp_sys::GST_RTSP_HDR_TRANSPORT,
+                &mut value,
+                0,
+            );
+            if transport == gst_rtsp_sys::GST_RTSP_OK {
+                let name = std::ffi::CString::new("KeyMgmt").unwrap();
+                let v = std::ffi::CString::new(header.as_str()).unwrap();
+                gst_rtsp_sys::gst_rtsp_message_add_header_by_name(msg, name.as_ptr(), v.as_ptr());
+            }
+        }
+        None
+    });
+}
+
 fn watch_client(shared: &Arc<Shared>, client: &gst_rtsp_server::RTSPClient) {
     let ci = {
         let mut st = shared.lock();
@@ -1196,6 +1288,10 @@ impl RecordServer {
         }
 
         let shared = Arc::new(Shared::default());
+        // One key for all the SRTCP this server sends (AES_CM_128_HMAC_SHA1_80: 30 bytes).
+        let srtcp_key: Option<Arc<Vec<u8>>> = cfg
+            .answer_keymgmt
+            .then(|| Arc::new((0..30).map(|_| rand::random::<u8>()).collect()));
         let ctx = glib::MainContext::new();
         let main_loop = glib::MainLoop::new(Some(&ctx), false);
 
@@ -1212,6 +1308,7 @@ impl RecordServer {
         factory.set_eos_shutdown(true);
         factory.set_stop_on_disconnect(true);
         factory.set_protocols(cfg.protocols);
+        factory.set_profiles(cfg.profiles);
         let publisher_role = || {
             gst::Structure::builder("publisher")
                 .field(gst_rtsp_server::RTSP_PERM_MEDIA_FACTORY_ACCESS, true)
@@ -1253,8 +1350,12 @@ impl RecordServer {
             let tracks = cfg.tracks;
             let output = cfg.output.clone();
             let stock_rtpbin = cfg.stock_rtpbin;
+            let srtcp_key = srtcp_key.clone();
             factory.connect_media_configure(move |_, media| {
                 configure_media(&shared, tracks, output.as_deref(), stock_rtpbin, media);
+                if let Some(key) = &srtcp_key {
+                    use_srtcp_key(media, key);
+                }
             });
         }
 
@@ -1265,9 +1366,13 @@ impl RecordServer {
 
         {
             let shared = shared.clone();
+            let srtcp_key = srtcp_key.clone();
             let timeout = cfg.session_timeout;
             server.connect_client_connected(move |_, client| {
                 watch_client(&shared, client);
+                if let Some(key) = &srtcp_key {
+                    answer_keymgmt(client, key.clone());
+                }
                 if let Some(t) = timeout {
                     client.connect_new_session(move |_, session| session.set_timeout(t));
                 }

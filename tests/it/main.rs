@@ -39,6 +39,7 @@ mod rtcp;
 mod scripted;
 mod scripted_server_selftest;
 mod seek;
+mod srtp;
 mod state_changes;
 mod tls;
 mod tunnel;

@@ -1,6 +1,6 @@
 //! The state machine: what each answer of the server leads to, up to RECORD.
 
-use super::{HandshakeError, Negotiated, NegotiatedTrack, RequestContext, UdpPorts};
+use super::{HandshakeError, Negotiated, NegotiatedTrack, RequestContext, SrtpOffer, UdpPorts};
 use crate::rtsp::auth::{parse_challenges, strongest, Authenticator, Credentials};
 use crate::rtsp::headers::{Lower, Transport};
 use crate::rtsp::message::{Request, Response};
@@ -49,6 +49,10 @@ pub struct Handshake {
     client_ports: Vec<Option<(u16, u16)>>,
     /// Requests sent again because the server said our nonce went stale.
     stale_renewals: u32,
+    /// SRTP keys to offer, and whether SAVP is still what we offer (a fallback turns it off).
+    srtp: Option<SrtpOffer>,
+    secure: bool,
+    srtp_refused: Option<String>,
 }
 
 /// A server may retire a nonce during the handshake, but not at every request: past this many
@@ -82,7 +86,18 @@ impl Handshake {
             transport: 0,
             client_ports: Vec::new(),
             stale_renewals: 0,
+            srtp: None,
+            secure: false,
+            srtp_refused: None,
         }
+    }
+
+    /// Offers SRTP: RTP/SAVP transports, each SETUP with its track's MIKEY message in a
+    /// `KeyMgmt` header (the SDP given to `new` already says RTP/SAVP and carries them too).
+    pub fn with_srtp(mut self, offer: Option<SrtpOffer>) -> Self {
+        self.secure = offer.is_some();
+        self.srtp = offer;
+        self
     }
 
     /// The transports to offer, in order of preference (TCP interleaved alone by default). A
@@ -194,9 +209,84 @@ impl Handshake {
         let mut r = self.ctx.request("SETUP", &uri);
         r.headers.push(
             "Transport",
-            Transport::request(lower, (2 * index) as u8, ports),
+            Transport::request(lower, (2 * index) as u8, ports, self.secure),
         );
+        if let (true, Some(offer)) = (self.secure, &self.srtp) {
+            if let Some(mikey) = offer.mikeys.get(index) {
+                r.headers
+                    .push("KeyMgmt", crate::srtp::keymgmt_header(&uri, mikey));
+            }
+        }
         self.send(r)
+    }
+
+    /// A 4xx to an RTP/SAVP SETUP: another transport first on 461 (it may be the transport the
+    /// server refuses, not SRTP), then plain RTP/AVP from ANNOUNCE on, if `profiles` allows it.
+    fn savp_refused(
+        &mut self,
+        index: usize,
+        method: String,
+        uri: String,
+        resp: &Response,
+    ) -> Result<Step, HandshakeError> {
+        if resp.status == 461 && index == 0 && self.transport + 1 < self.transports.len() {
+            self.transport += 1;
+            return Ok(self.setup_request(0));
+        }
+        if index == 0 {
+            if let Some(step) = self.fall_back_to_avp(&method, &uri, resp) {
+                return Ok(step);
+            }
+        }
+        Err(HandshakeError::EncryptionRefused {
+            method,
+            uri,
+            status: resp.status,
+            reason: resp.reason.clone(),
+        })
+    }
+
+    /// Plain RTP/AVP from ANNOUNCE on, after the server refused SRTP, if `profiles` allows it.
+    fn fall_back_to_avp(&mut self, method: &str, uri: &str, resp: &Response) -> Option<Step> {
+        let plain = self.srtp.as_ref().and_then(|o| o.plain_sdp.clone())?;
+        let why = format!(
+            "server refused encryption ({method} {uri} with RTP/SAVP: {} {}): publishing unencrypted RTP/AVP, as profiles allows",
+            resp.status, resp.reason
+        );
+        gst::info!(crate::CAT, "{why}");
+        self.srtp_refused = Some(why);
+        self.secure = false;
+        self.sdp = plain;
+        self.transport = 0;
+        self.tracks.clear();
+        let uri = self.url.request_uri();
+        let mut r = self.ctx.request("ANNOUNCE", &uri);
+        r.headers.push("Content-Type", "application/sdp");
+        r.body = self.sdp.clone().into_bytes();
+        self.phase = Phase::Announce;
+        Some(self.send(r))
+    }
+
+    /// A 4xx to an ANNOUNCE whose SDP says RTP/SAVP (gst-rtsp-server answers 415 when the
+    /// factory's profiles lack SAVP): plain RTP if allowed; else, for 415 and 461, the
+    /// encryption error (other refusals are not about SRTP and keep their own error).
+    fn savp_announce_refused(
+        &mut self,
+        method: String,
+        uri: String,
+        resp: &Response,
+    ) -> Option<Result<Step, HandshakeError>> {
+        if let Some(step) = self.fall_back_to_avp(&method, &uri, resp) {
+            return Some(Ok(step));
+        }
+        matches!(resp.status, 415 | 461).then(|| {
+            Err(HandshakeError::EncryptionRefused {
+                method,
+                uri,
+                status: resp.status,
+                reason: resp.reason.clone(),
+            })
+        })
     }
 
     /// 461 Unsupported Transport: the next allowed transport, as long as no track is set up
@@ -251,6 +341,15 @@ impl Handshake {
                 });
             }
         }
+        if self.phase == Phase::Announce
+            && self.secure
+            && (400..500).contains(&resp.status)
+            && !matches!(resp.status, 401 | 403 | 404)
+        {
+            if let Some(r) = self.savp_announce_refused(method.clone(), uri.clone(), resp) {
+                return r;
+            }
+        }
         // Some servers want OPTIONS before ANNOUNCE: try that once, then ANNOUNCE again.
         if self.phase == Phase::Announce
             && !self.tried_options
@@ -260,6 +359,11 @@ impl Handshake {
             self.phase = Phase::Options;
             let r = self.ctx.request("OPTIONS", &self.url.request_uri());
             return Ok(self.send(r));
+        }
+        if let (Phase::Setup(i), true) = (self.phase, self.secure) {
+            if (400..500).contains(&resp.status) {
+                return self.savp_refused(i, method, uri, resp);
+            }
         }
         if let (Phase::Setup(i), 461) = (self.phase, resp.status) {
             return self.transport_refused(i, uri, resp);
@@ -326,6 +430,8 @@ impl Handshake {
                         .unwrap_or(60),
                     public: self.public.clone(),
                     lower: self.lower(),
+                    srtp: self.secure,
+                    srtp_refused: self.srtp_refused.take(),
                 }))
             }
             Phase::Idle | Phase::Done => Err(HandshakeError::BadResponse(
@@ -342,6 +448,12 @@ impl Handshake {
         let control_uri = self.pending_uri_for(index);
         let asked = (2 * index) as u8;
         let lower = self.lower();
+        // The server's own key (for the SRTCP it sends), when it gives one.
+        let keymgmt = resp
+            .headers
+            .get("KeyMgmt")
+            .filter(|_| self.secure)
+            .map(str::to_string);
         let Some(value) = resp.headers.get("Transport") else {
             if lower == Lower::Udp {
                 return Err(HandshakeError::Transport(
@@ -355,9 +467,15 @@ impl Handshake {
                 rtcp_channel: asked.wrapping_add(1),
                 ssrc: None,
                 udp: None,
+                keymgmt: keymgmt.clone(),
             });
         };
         let t = Transport::parse(value).map_err(|e| HandshakeError::Transport(e.0))?;
+        if self.secure && !t.profile.to_ascii_uppercase().starts_with("RTP/SAVP") {
+            return Err(HandshakeError::Transport(format!(
+                "asked for RTP/SAVP (SRTP), server answered {value:?}: it would take the media unencrypted"
+            )));
+        }
         if t.lower != lower {
             return Err(HandshakeError::Transport(format!(
                 "asked for {}, server answered {value:?}",
@@ -392,6 +510,7 @@ impl Handshake {
                     server: (rtp, rtcp),
                     source: t.source.filter(|s| !s.is_empty()),
                 }),
+                keymgmt,
             });
         }
         let (rtp, rtcp) = t.interleaved.unwrap_or((asked, asked.wrapping_add(1)));
@@ -404,6 +523,7 @@ impl Handshake {
             rtcp_channel: rtcp,
             ssrc: t.ssrc,
             udp: None,
+            keymgmt,
         })
     }
 

@@ -67,6 +67,18 @@ pub struct NegotiatedTrack {
     pub(crate) ssrc: Option<u32>,
     /// Set when the track goes over UDP.
     pub(crate) udp: Option<UdpPorts>,
+    /// With SRTP: the server's `KeyMgmt` answer (the key of the SRTCP it sends), if any.
+    pub(crate) keymgmt: Option<String>,
+}
+
+/// What a session offers for SRTP.
+#[derive(Debug, Clone)]
+pub struct SrtpOffer {
+    /// Each track's MIKEY message, base64, for its SETUP's `KeyMgmt` header.
+    pub mikeys: Vec<String>,
+    /// The RTP/AVP SDP to announce instead when the server refuses SAVP (`profiles` allows
+    /// avp too); None: a refusal is an error.
+    pub plain_sdp: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +91,10 @@ pub struct Negotiated {
     pub(crate) public: Option<Vec<String>>,
     /// The transport every track uses.
     pub(crate) lower: Lower,
+    /// The media go as SRTP (RTP/SAVP was accepted).
+    pub(crate) srtp: bool,
+    /// SRTP was offered, refused, and plain RTP/AVP accepted instead: why, for a warning.
+    pub(crate) srtp_refused: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +116,13 @@ pub enum HandshakeError {
     AuthRequired { method: String, challenge: String },
     /// 401 again after we answered the challenge.
     AuthRefused { method: String, challenge: String },
+    /// SETUP of RTP/SAVP refused (a 4xx), and `profiles` does not allow plain RTP/AVP.
+    EncryptionRefused {
+        method: String,
+        uri: String,
+        status: u16,
+        reason: String,
+    },
     /// SETUP refused with 461 for every transport we may use (`tried`, in order), or for a
     /// later track after the first was set up (tracks share one transport).
     NoTransport {
@@ -128,6 +151,15 @@ impl fmt::Display for HandshakeError {
                 reason,
             } => write!(f, "server refused {method} {uri}: {status} {reason}"),
             HandshakeError::BadResponse(m) => write!(f, "malformed server response: {m}"),
+            HandshakeError::EncryptionRefused {
+                method,
+                uri,
+                status,
+                reason,
+            } => write!(
+                f,
+                "server refused encryption: {method} {uri} with RTP/SAVP (SRTP) answered {status} {reason}; add avp to profiles to allow unencrypted RTP"
+            ),
             HandshakeError::Transport(m) => write!(f, "unusable SETUP Transport: {m}"),
             HandshakeError::Redirect { status, location } => {
                 write!(f, "redirected ({status}) to {location}")

@@ -627,3 +627,177 @@ fn bad_session_header_is_an_error() {
     h.start();
     assert!(h.handle_response(&ok(1, &[("Session", "")])).is_err());
 }
+
+fn savp_hs(n: usize, plain: bool, transports: &[Lower]) -> Handshake {
+    hs("rtsp://h/live", n)
+        .with_transports(transports)
+        .with_srtp(Some(SrtpOffer {
+            mikeys: (0..n).map(|i| format!("MIKEY{i}")).collect(),
+            plain_sdp: plain.then(|| "v=0\r\nplain\r\n".into()),
+        }))
+}
+
+#[test]
+fn savp_setups_carry_their_track_keys() {
+    let mut h = savp_hs(2, false, &[Lower::Tcp]);
+    h.start();
+    let s0 = send(h.handle_response(&ok(1, &[])).unwrap());
+    assert_eq!(
+        s0.headers.get("Transport"),
+        Some("RTP/SAVP/TCP;unicast;interleaved=0-1;mode=record")
+    );
+    assert_eq!(
+        s0.headers.get("KeyMgmt"),
+        Some("prot=mikey; uri=\"rtsp://h:554/live/streamid=0\"; data=\"MIKEY0\"")
+    );
+    let s1 = send(
+        h.handle_response(&ok(
+            2,
+            &[
+                ("Transport", "RTP/SAVP/TCP;unicast;interleaved=0-1"),
+                ("Session", "s1"),
+                ("KeyMgmt", "prot=mikey; data=\"SERVER\""),
+            ],
+        ))
+        .unwrap(),
+    );
+    assert!(s1.headers.get("KeyMgmt").unwrap().contains("MIKEY1"));
+    let rec = send(
+        h.handle_response(&ok(
+            3,
+            &[("Transport", "RTP/SAVP/TCP;unicast;interleaved=2-3")],
+        ))
+        .unwrap(),
+    );
+    let Step::Done(n) = h
+        .handle_response(&ok(rec.headers.cseq().unwrap(), &[]))
+        .unwrap()
+    else {
+        panic!("not done")
+    };
+    assert!(n.srtp);
+    assert_eq!(
+        n.tracks[0].keymgmt.as_deref(),
+        Some("prot=mikey; data=\"SERVER\"")
+    );
+    assert_eq!(n.tracks[1].keymgmt, None);
+}
+
+#[test]
+fn a_server_answering_savp_with_avp_is_refused() {
+    let mut h = savp_hs(1, false, &[Lower::Tcp]);
+    h.start();
+    send(h.handle_response(&ok(1, &[])).unwrap());
+    let e = h
+        .handle_response(&ok(
+            2,
+            &[("Transport", "RTP/AVP/TCP;unicast;interleaved=0-1")],
+        ))
+        .unwrap_err();
+    assert!(e.to_string().contains("unencrypted"), "{e}");
+}
+
+#[test]
+fn refused_savp_without_avp_allowed_is_an_encryption_error() {
+    let mut h = savp_hs(1, false, &[Lower::Tcp]);
+    h.start();
+    send(h.handle_response(&ok(1, &[])).unwrap());
+    let e = h
+        .handle_response(&refused(2, 461, "Unsupported transport"))
+        .unwrap_err();
+    assert!(matches!(
+        e,
+        HandshakeError::EncryptionRefused { status: 461, .. }
+    ));
+    let text = e.to_string();
+    assert!(text.contains("server refused encryption"), "{text}");
+    assert!(
+        text.contains("SETUP rtsp://h:554/live/streamid=0"),
+        "{text}"
+    );
+    assert!(text.contains("add avp to profiles"), "{text}");
+}
+
+#[test]
+fn refused_savp_tries_the_next_transport_then_falls_back_to_avp() {
+    let mut h = savp_hs(1, true, &[Lower::Tcp, Lower::Udp]);
+    h.start();
+    send(h.handle_response(&ok(1, &[])).unwrap());
+    // 461 on TCP: UDP, still encrypted.
+    assert!(matches!(
+        h.handle_response(&refused(2, 461, "Unsupported transport"))
+            .unwrap(),
+        Step::BindUdp(0)
+    ));
+    let s = send(h.udp_ports_bound(0, 5000, 5001));
+    assert!(s.headers.get("Transport").unwrap().starts_with("RTP/SAVP;"));
+    // Another 4xx: plain RTP from ANNOUNCE on, first transport first.
+    let again = send(h.handle_response(&refused(3, 403, "Forbidden")).unwrap());
+    assert_eq!(again.method, "ANNOUNCE");
+    assert_eq!(again.body, b"v=0\r\nplain\r\n");
+    let s = send(h.handle_response(&ok(4, &[])).unwrap());
+    assert_eq!(
+        s.headers.get("Transport"),
+        Some("RTP/AVP/TCP;unicast;interleaved=0-1;mode=record")
+    );
+    assert_eq!(s.headers.get("KeyMgmt"), None);
+    let rec = send(
+        h.handle_response(&ok(
+            5,
+            &[("Transport", "RTP/AVP/TCP;unicast;interleaved=0-1")],
+        ))
+        .unwrap(),
+    );
+    let Step::Done(n) = h
+        .handle_response(&ok(rec.headers.cseq().unwrap(), &[]))
+        .unwrap()
+    else {
+        panic!("not done")
+    };
+    assert!(!n.srtp);
+    let why = n.srtp_refused.expect("the fallback is reported");
+    assert!(
+        why.contains("server refused encryption") && why.contains("403"),
+        "{why}"
+    );
+}
+
+#[test]
+fn an_announce_refusing_savp_falls_back_or_says_encryption() {
+    // gst-rtsp-server answers 415 to an SAVP SDP its factory does not take.
+    let mut h = savp_hs(1, true, &[Lower::Tcp]);
+    h.start();
+    let again = send(
+        h.handle_response(&refused(1, 415, "Unsupported Media Type"))
+            .unwrap(),
+    );
+    assert_eq!(again.method, "ANNOUNCE");
+    assert_eq!(again.body, b"v=0\r\nplain\r\n");
+    let s = send(h.handle_response(&ok(2, &[])).unwrap());
+    assert!(s
+        .headers
+        .get("Transport")
+        .unwrap()
+        .starts_with("RTP/AVP/TCP;"));
+
+    let mut h = savp_hs(1, false, &[Lower::Tcp]);
+    h.start();
+    let e = h
+        .handle_response(&refused(1, 415, "Unsupported Media Type"))
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("server refused encryption: ANNOUNCE"),
+        "{e}"
+    );
+    // A refusal that is not about SRTP keeps its own error.
+    let mut h = savp_hs(1, false, &[Lower::Tcp]);
+    h.start();
+    let e = h
+        .handle_response(&refused(1, 403, "Forbidden"))
+        .unwrap_err();
+    assert!(
+        matches!(e, HandshakeError::Status { status: 403, .. }),
+        "{e}"
+    );
+}

@@ -96,12 +96,14 @@ impl Request {
         self.write_head(&mut out, |n, v| {
             if n.eq_ignore_ascii_case("Authorization") {
                 mask_authorization(v)
+            } else if n.eq_ignore_ascii_case("KeyMgmt") {
+                mask_keymgmt(v)
             } else {
                 v.to_string()
             }
         });
         out.extend_from_slice(&self.body);
-        String::from_utf8_lossy(&out).into_owned()
+        mask_sdp_keys(&String::from_utf8_lossy(&out))
     }
 
     fn write_head(&self, out: &mut Vec<u8>, value: impl Fn(&str, &str) -> String) {
@@ -177,9 +179,58 @@ impl Response {
         out
     }
 
+    /// The text with SRTP keys hidden (a server's `KeyMgmt` answer carries its key), for logs.
     pub(crate) fn to_log_string(&self) -> String {
-        String::from_utf8_lossy(&self.to_bytes()).into_owned()
+        let mut r = self.clone();
+        for (n, v) in r.headers.0.iter_mut() {
+            if n.eq_ignore_ascii_case("KeyMgmt") {
+                *v = mask_keymgmt(v);
+            }
+        }
+        mask_sdp_keys(&String::from_utf8_lossy(&r.to_bytes()))
     }
+}
+
+/// A KeyMgmt value with every `data=` (a MIKEY message: the key in clear) replaced.
+pub(crate) fn mask_keymgmt(v: &str) -> String {
+    v.split(',')
+        .map(|spec| {
+            spec.split(';')
+                .map(|part| {
+                    if part.trim_start().starts_with("data=") {
+                        " data=\"<mikey>\"".to_string()
+                    } else {
+                        part.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(";")
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Text with the key of every SDP `a=key-mgmt:` line replaced.
+pub(crate) fn mask_sdp_keys(text: &str) -> String {
+    if !text.contains("a=key-mgmt:") {
+        return text.to_string();
+    }
+    text.split_inclusive('\n')
+        .map(|line| match line.find("a=key-mgmt:") {
+            Some(at) => {
+                let end = if line.ends_with("\r\n") {
+                    "\r\n"
+                } else if line.ends_with('\n') {
+                    "\n"
+                } else {
+                    ""
+                };
+                let prot = line[at + 11..].split_whitespace().next().unwrap_or("");
+                format!("{}a=key-mgmt:{prot} <key>{end}", &line[..at])
+            }
+            None => line.to_string(),
+        })
+        .collect()
 }
 
 /// One thing the server sent.

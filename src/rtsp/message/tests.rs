@@ -370,3 +370,25 @@ fn what_cannot_be_rtsp_is_rejected_early() {
         Err(ParseError::HeaderTooLarge(_))
     ));
 }
+
+#[test]
+fn srtp_keys_are_masked_in_logs() {
+    let mut r = Request::new("SETUP", "rtsp://h/x/streamid=0");
+    r.headers.push(
+        "KeyMgmt",
+        "prot=mikey; uri=\"rtsp://h/x/streamid=0\"; data=\"U0VDUkVUS0VZ\"",
+    );
+    r.body = b"v=0\r\nm=video 0 RTP/SAVP 96\r\na=key-mgmt:mikey U0VDUkVUS0VZ\r\na=control:streamid=0\r\n"
+        .to_vec();
+    let s = r.to_log_string();
+    assert!(!s.contains("U0VDUkVUS0VZ"), "{s}");
+    assert!(
+        s.contains("a=key-mgmt:mikey <key>\r\na=control:streamid=0"),
+        "{s}"
+    );
+    assert!(s.contains("uri=\"rtsp://h/x/streamid=0\""), "{s}");
+    let mut a = Response::new(200, "OK");
+    a.headers.push("KeyMgmt", "prot=mikey;data=U0VDUkVUS0VZ");
+    let s = a.to_log_string();
+    assert!(!s.contains("U0VDUkVUS0VZ") && s.contains("<mikey>"), "{s}");
+}

@@ -3,7 +3,7 @@
 //! Recording phase with what the pads held meanwhile.
 
 use super::{Attempt, Phase, Shared, State, Track};
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::net::connection::SessionError;
 use crate::net::dial::{Addrs, Dialed};
 use crate::rtspannounce::connection::{Connection, Setup};
@@ -173,7 +173,19 @@ impl Shared {
             attempt.connection = Some(id);
             (id, reconnected)
         };
+        let mut srtp_warnings = dialed
+            .srtp
+            .as_ref()
+            .map(|s| s.warnings.clone())
+            .unwrap_or_default();
+        let refused = dialed.negotiated.srtp_refused.clone();
         let conn = Connection::start(self.setup(id, dialed, announced, reconnected));
+        for w in srtp_warnings.drain(..) {
+            self.warn(ErrorKind::Stream(gst::StreamError::DecryptNokey), w);
+        }
+        if let Some(why) = refused {
+            self.warn(ErrorKind::Resource(gst::ResourceError::OpenWrite), why);
+        }
         // What arrived before RECORD's answer goes first, in order. A UDP send may block
         // (bounded) on socket room: not under the state lock, which stop() needs. Pads still
         // see the handshake and hold what they bring meanwhile; that goes next, until nothing
@@ -296,7 +308,14 @@ impl Shared {
                 s.loss_reported(loss);
             }
         });
+        let weak = Arc::downgrade(self);
+        let on_srtcp_failure = Arc::new(move |text: String| {
+            if let Some(s) = weak.upgrade() {
+                s.warn(ErrorKind::Stream(gst::StreamError::Decrypt), text);
+            }
+        });
         Setup {
+            on_srtcp_failure,
             id,
             dialed,
             announced,

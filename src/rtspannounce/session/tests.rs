@@ -48,6 +48,7 @@ fn config(announce_timeout: Duration) -> SessionConfig {
             port_range: None,
             send_buffer: None,
             udp_blocking: true,
+            srtp: None,
             tunnel: None,
         },
         announce_timeout,
