@@ -2,7 +2,7 @@
 //! ANNOUNCE/SETUP/RECORD, follows redirects and binds the UDP ports a SETUP asks for. It knows
 //! nothing of the element or the session: what the SDP says comes from the caller.
 
-use super::connection::{Control, SessionError};
+use super::connection::{Control, SessionError, Stream};
 use super::tls::TlsOptions;
 use super::tunnel::TunnelConfig;
 use super::udp::{UdpSession, UdpTrack};
@@ -274,11 +274,11 @@ impl Dialer {
         // Through a proxy we connect to the proxy (which resolves the server's name), and the
         // SDP's addresses are the ones of that connection.
         let addrs = match proxy {
-            Some(p) => super::connection::resolve_host(&p.host, p.port, cfg.tcp_timeout).await?,
-            None => super::connection::resolve(url, cfg.tcp_timeout).await?,
+            Some(p) => super::socket::resolve_host(&p.host, p.port, cfg.tcp_timeout).await?,
+            None => super::socket::resolve(url, cfg.tcp_timeout).await?,
         };
         let guess = (
-            super::connection::route_local_addr(addrs[0]),
+            super::socket::route_local_addr(addrs[0]),
             Some(addrs[0].ip()),
         );
         let mut described = describe(guess).await?;
@@ -288,7 +288,7 @@ impl Dialer {
             None
         };
         let stream = match &tunnel {
-            None if url.scheme.websocket() => {
+            None if url.scheme.websocket() => Stream::WebSocket(Box::new(
                 super::websocket::open(
                     url,
                     &addrs,
@@ -298,9 +298,9 @@ impl Dialer {
                     creds.as_ref(),
                     &cfg.user_agent,
                 )
-                .await?
-            }
-            Some(_) => {
+                .await?,
+            )),
+            Some(_) => Stream::Tunnel(Box::new(
                 super::tunnel::open(
                     url,
                     super::tunnel::Open {
@@ -313,12 +313,11 @@ impl Dialer {
                         user_agent: &cfg.user_agent,
                     },
                 )
-                .await?
-            }
-            None => {
-                super::connection::connect(url, &addrs, cfg.tcp_timeout, cfg.send_buffer, tls)
-                    .await?
-            }
+                .await?,
+            )),
+            None => Stream::Plain(
+                super::socket::connect(url, &addrs, cfg.tcp_timeout, cfg.send_buffer, tls).await?,
+            ),
         };
         let local_addr = stream.local_addr().ok();
         let peer = stream.peer_addr().ok().map(|a| a.ip());

@@ -4,6 +4,7 @@
 pub(crate) mod connection;
 pub(crate) mod dial;
 pub(crate) mod queue;
+pub(crate) mod socket;
 pub(crate) mod tls;
 pub(crate) mod tunnel;
 pub(crate) mod udp;

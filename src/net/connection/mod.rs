@@ -4,21 +4,19 @@
 mod io_tasks;
 
 use super::queue::{SendQueue, Wire};
+use super::socket::{Plain, PlainWire};
 use super::tls::{TlsReader, TlsWire};
 use super::tunnel::{Base64Wire, Tunnel};
 use super::websocket::{WsStream, WsWire};
 use crate::rtsp::handshake::{Handshake, Negotiated, RequestContext, Step};
 use crate::rtsp::message::{Incoming, Parser, Request, Response};
 use crate::rtsp::server_request;
-use crate::rtsp::url::RtspUrl;
 use crate::CAT;
 use io_tasks::{read_loop, watch_post, write_loop, ReadSide, ReaderCtx};
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub(crate) use crate::error::Error as SessionError;
@@ -31,162 +29,18 @@ fn log_response(who: &str, resp: &Response) {
     gst::debug!(CAT, "{who}: received\n{}", resp.to_log_string());
 }
 
-/// Resolves the server name, within `timeout`.
-pub(crate) async fn resolve(
-    url: &RtspUrl,
-    timeout: Duration,
-) -> Result<Vec<SocketAddr>, SessionError> {
-    let (host, port) = url.connect_target();
-    resolve_host(&host, port, timeout).await
-}
-
-/// Resolves `host`, within `timeout`.
-pub(crate) async fn resolve_host(
-    host: &str,
-    port: u16,
-    timeout: Duration,
-) -> Result<Vec<SocketAddr>, SessionError> {
-    let addrs: Vec<_> = tokio::time::timeout(timeout, tokio::net::lookup_host((host, port)))
-        .await
-        .map_err(|_| {
-            SessionError::Timeout(format!("resolving {host} took longer than {timeout:?}"))
-        })?
-        .map_err(|e| SessionError::Resolve(format!("cannot resolve host {host:?}: {e}")))?
-        .collect();
-    if addrs.is_empty() {
-        return Err(SessionError::Resolve(format!(
-            "host {host:?} has no address"
-        )));
-    }
-    Ok(addrs)
-}
-
-/// The local address the kernel would use towards `peer` (a UDP socket's connect only looks the
-/// route up; nothing is sent), so the SDP can be written before the TCP connection exists.
-pub(crate) fn route_local_addr(peer: SocketAddr) -> Option<IpAddr> {
-    let any: SocketAddr = if peer.is_ipv4() {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let s = std::net::UdpSocket::bind(any).ok()?;
-    s.connect(peer).ok()?;
-    s.local_addr().ok().map(|a| a.ip())
-}
-
-/// Connects to the first of `addrs` that accepts, within `timeout`.
-/// `send_buffer` caps the kernel's send buffer (it autotunes up to megabytes, which on a slow
-/// link is seconds of hidden latency a drop policy could not see).
-/// With `tls`, the TLS handshake follows within the same deadline.
-pub(crate) async fn connect(
-    url: &RtspUrl,
-    addrs: &[SocketAddr],
-    timeout: Duration,
-    send_buffer: Option<u32>,
-    tls: Option<Arc<rustls::ClientConfig>>,
-) -> Result<Stream, SessionError> {
-    let (host, port) = url.connect_target();
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut last = String::new();
-    for addr in addrs {
-        let attempt = async {
-            let socket = if addr.is_ipv4() {
-                tokio::net::TcpSocket::new_v4()?
-            } else {
-                tokio::net::TcpSocket::new_v6()?
-            };
-            if let Some(size) = send_buffer {
-                socket.set_send_buffer_size(size)?;
-            }
-            socket.connect(*addr).await
-        };
-        match tokio::time::timeout_at(deadline, attempt).await {
-            Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
-                gst::debug!(CAT, "connected to {addr}");
-                return match tls {
-                    None => Ok(Stream::Tcp(s)),
-                    Some(cfg) => tls_handshake(s, &host, cfg, deadline, timeout).await,
-                };
-            }
-            Ok(Err(e)) => last = format!("cannot connect to {addr}: {e}"),
-            Err(_) => {
-                return Err(SessionError::Timeout(format!(
-                    "connecting to {host}:{port} took longer than {timeout:?}"
-                )))
-            }
-        }
-    }
-    Err(SessionError::Connect(last))
-}
-
-pub(crate) async fn tls_handshake(
-    tcp: TcpStream,
-    host: &str,
-    cfg: Arc<rustls::ClientConfig>,
-    deadline: tokio::time::Instant,
-    timeout: Duration,
-) -> Result<Stream, SessionError> {
-    let name = super::tls::server_name(host).map_err(SessionError::Tls)?;
-    let connector = tokio_rustls::TlsConnector::from(cfg);
-    // The verifier waits for an accept-certificate handler no longer than this deadline.
-    let handshake = super::tls::bounded_handshake(deadline, timeout, connector.connect(name, tcp));
-    match tokio::time::timeout_at(deadline, handshake).await {
-        Ok(Ok(s)) => {
-            let s = Stream::Tls(Box::new(s));
-            gst::debug!(
-                CAT,
-                "TLS established with {host}: {}",
-                s.tls_summary().unwrap_or_default()
-            );
-            Ok(s)
-        }
-        Ok(Err(e)) => Err(match super::tls::rejected(&e) {
-            Some(r) => SessionError::Certificate(r.text.clone()),
-            None => SessionError::Tls(tls_error_text(&e)),
-        }),
-        Err(_) => Err(SessionError::Timeout(format!(
-            "the TLS handshake with {host} took longer than {timeout:?} (is it an RTSPS server?)"
-        ))),
-    }
-}
-
-/// A handshake error in words, with a hint for the usual cause: a plain RTSP server, which
-/// answers a ClientHello with an RTSP error or closes.
-fn tls_error_text(e: &std::io::Error) -> String {
-    let plain_hint =
-        " (the server does not speak TLS on this port: use rtsp:// for a plain server)";
-    let corrupt = e
-        .get_ref()
-        .and_then(|i| i.downcast_ref::<rustls::Error>())
-        .is_some_and(|r| matches!(r, rustls::Error::InvalidMessage(_)));
-    if corrupt {
-        format!("{e}{plain_hint}")
-    } else if e.kind() == std::io::ErrorKind::UnexpectedEof
-        || e.kind() == std::io::ErrorKind::ConnectionReset
-    {
-        format!("the server closed the connection during the handshake ({e}){plain_hint}")
-    } else {
-        e.to_string()
-    }
-}
-
-/// The RTSP connection, plain, TLS, or tunnelled in HTTP.
+/// The RTSP connection: plain or TLS, tunnelled in HTTP, or a WebSocket.
 pub(crate) enum Stream {
-    Tcp(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-    /// Two connections, each plain or TLS (never a tunnel).
+    Plain(Plain),
     Tunnel(Box<Tunnel>),
-    /// A plain or TLS connection upgraded to WebSocket.
     WebSocket(Box<WsStream>),
 }
 
 impl Stream {
-    pub(crate) fn tcp(&self) -> &TcpStream {
+    fn tcp(&self) -> &TcpStream {
         match self {
-            Stream::Tcp(s) => s,
-            Stream::Tls(s) => s.get_ref().0,
-            Stream::Tunnel(t) => t.tcp(),
+            Stream::Plain(p) => p.tcp(),
+            Stream::Tunnel(t) => t.get.tcp(),
             Stream::WebSocket(w) => w.inner.tcp(),
         }
     }
@@ -199,69 +53,27 @@ impl Stream {
         self.tcp().peer_addr()
     }
 
-    /// TLS version and cipher suite, e.g. `TLSv1.3 TLS13_AES_256_GCM_SHA384` (None: plain).
+    /// TLS version and cipher suite (None: plain).
     pub(crate) fn tls_summary(&self) -> Option<String> {
-        let s = match self {
-            Stream::Tls(s) => s,
-            Stream::Tunnel(t) => return t.get.tls_summary(),
-            Stream::WebSocket(w) => return w.inner.tls_summary(),
-            Stream::Tcp(_) => return None,
-        };
-        let conn = s.get_ref().1;
-        let version = match conn.protocol_version() {
-            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
-            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
-            Some(v) => format!("{v:?}"),
-            None => "TLS".to_string(),
-        };
-        Some(match conn.negotiated_cipher_suite() {
-            Some(c) => format!("{version} {:?}", c.suite()),
-            None => version,
-        })
+        match self {
+            Stream::Plain(p) => p.tls_summary(),
+            Stream::Tunnel(t) => t.get.tls_summary(),
+            Stream::WebSocket(w) => w.inner.tls_summary(),
+        }
     }
 
-    pub(crate) async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         match self {
-            Stream::Tcp(s) => s.write_all(bytes).await,
-            Stream::Tls(s) => {
-                s.write_all(bytes).await?;
-                // Sealed records must not wait in rustls for the next write.
-                s.flush().await
-            }
-            Stream::Tunnel(t) => {
-                use base64::Engine as _;
-                let text = base64::engine::general_purpose::STANDARD.encode(bytes);
-                Box::pin(t.post.write_all(text.as_bytes())).await
-            }
+            Stream::Plain(p) => p.write_all(bytes).await,
+            Stream::Tunnel(t) => t.write_all(bytes).await,
             Stream::WebSocket(w) => w.write_all(bytes).await,
         }
     }
 
-    /// Reads what the server sends; in a tunnel, from the GET half, while anything on the POST
-    /// half (a refusal, or its end) is an error.
-    pub(crate) async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {
-            Stream::Tcp(s) => s.read(buf).await,
-            Stream::Tls(s) => s.read(buf).await,
-            Stream::Tunnel(t) => {
-                if !t.early.is_empty() {
-                    let n = t.early.len().min(buf.len());
-                    buf[..n].copy_from_slice(&t.early[..n]);
-                    t.early.drain(..n);
-                    return Ok(n);
-                }
-                let mut probe = [0u8; 256];
-                let Tunnel { get, post, .. } = &mut **t;
-                // The POST first: a server refusing it may close the GET at once too, and the
-                // refusal is the cause worth naming.
-                tokio::select! {
-                    biased;
-                    r = Box::pin(post.read(&mut probe)) => {
-                        Err(std::io::Error::other(super::tunnel::post_answered(r, &probe)))
-                    }
-                    r = Box::pin(get.read(buf)) => r,
-                }
-            }
+            Stream::Plain(p) => p.read(buf).await,
+            Stream::Tunnel(t) => t.read(buf).await,
             Stream::WebSocket(w) => w.read(buf).await,
         }
     }
@@ -408,30 +220,27 @@ pub(crate) struct Streaming {
 /// What a tunnelled session keeps of the halves the I/O tasks do not use.
 struct TunnelHalves {
     /// Held, never written: dropping it would end the GET connection's write side.
-    _get_wire: Wire,
+    _get_wire: PlainWire,
     /// The task that turns anything on the POST connection into a failure.
     watch: tokio::task::AbortHandle,
 }
 
 /// Splits a plain or TLS connection into the reader's side and the writers' wire.
-fn split(stream: Stream) -> (ReadSide, Wire) {
+fn split(stream: Plain) -> (ReadSide, PlainWire) {
     match stream {
-        Stream::Tcp(s) => {
+        Plain::Tcp(s) => {
             let (rd, wr) = s.into_split();
-            (ReadSide::Tcp(rd), Wire::Tcp(Arc::new(wr)))
+            (ReadSide::Tcp(rd), PlainWire::Tcp(Arc::new(wr)))
         }
-        Stream::Tls(s) => {
+        Plain::Tls(s) => {
             // From here the reader feeds rustls and the writers seal into it directly.
             let (tcp, conn) = s.into_inner();
             let (rd, wr) = tcp.into_split();
             let wire = TlsWire::new(conn, wr);
             (
                 ReadSide::Tls(TlsReader::new(rd, wire.clone())),
-                Wire::Tls(wire),
+                PlainWire::Tls(wire),
             )
-        }
-        Stream::Tunnel(_) | Stream::WebSocket(_) => {
-            unreachable!("tunnels and WebSockets run over plain or TLS connections")
         }
     }
 }
@@ -462,7 +271,7 @@ impl Streaming {
                 parser.feed(&early);
                 let (rd, get_wire) = split(get);
                 let rd = match (rd, &get_wire) {
-                    (ReadSide::Tls(r), Wire::Tls(w)) => ReadSide::TlsOwn(r, w.clone()),
+                    (ReadSide::Tls(r), PlainWire::Tls(w)) => ReadSide::TlsOwn(r, w.clone()),
                     (rd, _) => rd,
                 };
                 let (post_rd, post_wire) = split(post);
@@ -484,9 +293,9 @@ impl Streaming {
                     None,
                 )
             }
-            other => {
-                let (rd, wire) = split(other);
-                (rd, wire, None)
+            Stream::Plain(p) => {
+                let (rd, wire) = split(p);
+                (rd, Wire::Plain(wire), None)
             }
         };
         let waiting: Arc<Mutex<HashMap<u32, tokio::sync::oneshot::Sender<Response>>>> =

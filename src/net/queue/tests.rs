@@ -160,7 +160,7 @@ fn direct_writes_and_writer_keep_order() {
     let (server, _) = rt.block_on(listener.accept()).unwrap();
     let (_rd, wr) = client.into_split();
     let q = Arc::new(SendQueue::new(64 * 1024));
-    let wire = Wire::Tcp(Arc::new(wr));
+    let wire = Wire::Plain(crate::net::socket::PlainWire::Tcp(Arc::new(wr)));
     q.set_wire(Some(wire.clone()));
     let writer = {
         let q = q.clone();

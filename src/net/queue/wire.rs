@@ -1,19 +1,17 @@
 //! Where the queued bytes go: the socket (plain, TLS, a tunnel's POST, or WebSocket messages),
 //! written without blocking.
 
-use crate::net::tls::TlsWire;
+use crate::net::socket::PlainWire;
 use crate::net::tunnel::Base64Wire;
 use crate::net::websocket::WsWire;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::tcp::OwnedWriteHalf;
 
 #[derive(Clone)]
 pub(crate) enum Wire {
-    Tcp(Arc<OwnedWriteHalf>),
-    /// RTSPS: bytes are sealed into TLS records, many frames to a record.
-    Tls(Arc<TlsWire>),
+    /// Plain TCP, or RTSPS (bytes sealed into TLS records, many frames to a record).
+    Plain(PlainWire),
     /// The POST half of an HTTP tunnel: bytes go out base64-encoded.
     Tunnel(Arc<Base64Wire>),
     /// RTSP over WebSocket: one message per RTSP message or interleaved frame.
@@ -24,8 +22,7 @@ impl Wire {
     /// A non-blocking write: `WouldBlock` when the socket has no room.
     pub(crate) fn try_write(&self, data: &[u8]) -> io::Result<usize> {
         match self {
-            Wire::Tcp(w) => w.try_write(data),
-            Wire::Tls(w) => w.try_write(data),
+            Wire::Plain(w) => w.try_write(data),
             Wire::Tunnel(w) => w.try_write(data),
             Wire::WebSocket(w) => w.try_write(data),
         }
@@ -35,8 +32,7 @@ impl Wire {
     /// remain.
     pub(crate) fn flush(&self) -> io::Result<()> {
         match self {
-            Wire::Tcp(_) => Ok(()),
-            Wire::Tls(w) => w.flush(),
+            Wire::Plain(w) => w.flush(),
             Wire::Tunnel(w) => w.flush(),
             Wire::WebSocket(w) => w.flush(),
         }
@@ -45,8 +41,7 @@ impl Wire {
     /// Whether the wire holds bytes that must still go out even when nothing is pending.
     pub(crate) fn backlog(&self) -> bool {
         match self {
-            Wire::Tcp(_) => false,
-            Wire::Tls(w) => w.backlog(),
+            Wire::Plain(w) => w.backlog(),
             Wire::Tunnel(w) => w.backlog(),
             Wire::WebSocket(w) => w.backlog(),
         }
@@ -54,8 +49,7 @@ impl Wire {
 
     pub(crate) async fn writable(&self) -> io::Result<()> {
         match self {
-            Wire::Tcp(w) => w.writable().await,
-            Wire::Tls(w) => w.writable().await,
+            Wire::Plain(w) => w.writable().await,
             Wire::Tunnel(w) => w.writable().await,
             Wire::WebSocket(w) => w.writable().await,
         }
@@ -65,8 +59,7 @@ impl Wire {
     /// reference goes; TLS says close_notify first, and its reader still holds the socket.
     pub(crate) async fn close(&self, stall: Duration) {
         match self {
-            Wire::Tcp(_) => {}
-            Wire::Tls(w) => w.close(stall).await,
+            Wire::Plain(w) => w.close(stall).await,
             Wire::Tunnel(w) => w.close(stall).await,
             Wire::WebSocket(w) => w.close(stall).await,
         }

@@ -17,7 +17,7 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::time::Instant;
 
 tokio::task_local! {
-    /// The bound of the TLS handshake being polled, set around it by `connection::connect`.
+    /// The bound of the TLS handshake being polled, set around it by `socket::connect`.
     static HANDSHAKE_BOUND: Bound;
 }
 

@@ -378,7 +378,7 @@ fn writes_are_batched_into_full_records_and_nothing_is_stranded() {
         .unwrap();
     let (wire, _reader, server, go) = tls_pair(&rt);
     let q = Arc::new(SendQueue::new(8 << 20));
-    let w = Wire::Tls(wire.clone());
+    let w = Wire::Plain(crate::net::socket::PlainWire::Tls(wire.clone()));
     q.set_wire(Some(w.clone()));
     // 2000 frames of 1000 bytes (2 MB) queued at once: direct writes until the socket is
     // full, sealed records waiting in rustls, the rest for the writer.
@@ -447,7 +447,7 @@ fn sealed_bytes_left_by_a_direct_write_are_flushed_by_the_writer() {
     }
     assert!(wire.backlog(), "the socket never filled");
     let q = Arc::new(SendQueue::new(8 << 20));
-    let w = Wire::Tls(wire.clone());
+    let w = Wire::Plain(crate::net::socket::PlainWire::Tls(wire.clone()));
     // The queue sees the backlog (as after a producer's direct write) and wakes the writer.
     q.set_wire(Some(w.clone()));
     assert_eq!(q.level(), 0, "bytes queued: the case is not the one tested");

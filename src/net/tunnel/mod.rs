@@ -10,7 +10,8 @@ mod wire;
 pub(crate) use http::Proxy;
 pub(crate) use wire::Base64Wire;
 
-use super::connection::{connect, tls_handshake, SessionError, Stream};
+use super::socket::{connect, tls_handshake, Plain};
+use crate::error::Error as SessionError;
 use crate::rtsp::auth::{parse_challenges, strongest, Authenticator, Credentials};
 use crate::rtsp::handshake::HandshakeError;
 use crate::rtsp::url::RtspUrl;
@@ -20,7 +21,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// How a session tunnels, fixed for the session.
@@ -32,9 +32,9 @@ pub(crate) struct TunnelConfig {
 /// Both halves of an open tunnel.
 pub(crate) struct Tunnel {
     /// Server to us: RTSP answers, requests and interleaved RTCP, as they are.
-    pub(crate) get: Stream,
+    pub(crate) get: Plain,
     /// Us to server, base64 in the body; the server never answers on it unless it refuses.
-    pub(crate) post: Stream,
+    pub(crate) post: Plain,
     /// RTSP bytes that arrived with the GET's answer head.
     pub(crate) early: Vec<u8>,
 }
@@ -53,7 +53,7 @@ pub(crate) struct Open<'a> {
 
 /// Opens the GET half (answering an HTTP authentication challenge once, when we have
 /// credentials), then the POST half.
-pub(crate) async fn open(url: &RtspUrl, o: Open<'_>) -> Result<Stream, SessionError> {
+pub(crate) async fn open(url: &RtspUrl, o: Open<'_>) -> Result<Tunnel, SessionError> {
     let deadline = Instant::now() + o.timeout;
     let host = url.host_port();
     let plain_proxy = o.proxy.filter(|_| o.tls.is_none());
@@ -104,7 +104,7 @@ pub(crate) async fn open(url: &RtspUrl, o: Open<'_>) -> Result<Stream, SessionEr
     )
     .await?;
     gst::debug!(CAT, "{what}: open (cookie {})", heads.cookie);
-    Ok(Stream::Tunnel(Box::new(Tunnel { get, post, early })))
+    Ok(Tunnel { get, post, early })
 }
 
 /// One TCP connection of the tunnel, through the proxy's CONNECT and TLS when asked.
@@ -113,7 +113,7 @@ async fn half(
     o: &Open<'_>,
     heads: &TunnelHeads,
     deadline: Instant,
-) -> Result<Stream, SessionError> {
+) -> Result<Plain, SessionError> {
     let left = deadline.saturating_duration_since(Instant::now());
     let Some(cfg) = o.tls.clone() else {
         return connect(url, o.addrs, left, o.send_buffer, None).await;
@@ -121,7 +121,7 @@ async fn half(
     let Some(proxy) = o.proxy else {
         return connect(url, o.addrs, left, o.send_buffer, Some(cfg)).await;
     };
-    let Stream::Tcp(mut tcp) = connect(url, o.addrs, left, o.send_buffer, None).await? else {
+    let Plain::Tcp(mut tcp) = connect(url, o.addrs, left, o.send_buffer, None).await? else {
         unreachable!("connect without TLS is plain TCP")
     };
     let what = format!("the proxy {}:{}", proxy.host, proxy.port);
@@ -167,7 +167,7 @@ async fn half(
 }
 
 pub(crate) async fn write_head(
-    s: &mut Stream,
+    s: &mut Plain,
     bytes: &[u8],
     deadline: Instant,
     what: &str,
@@ -180,7 +180,7 @@ pub(crate) async fn write_head(
 
 /// Reads an HTTP answer's head; returns it and the bytes after it.
 pub(crate) async fn read_head(
-    s: &mut Stream,
+    s: &mut Plain,
     deadline: Instant,
     method: &str,
     what: &str,
@@ -293,9 +293,30 @@ fn proxy_refused(proxy: Option<&Proxy>, head: &HttpHead) -> SessionError {
 }
 
 impl Tunnel {
-    /// Plain TCP of the GET half (addresses for the SDP and stats).
-    pub(crate) fn tcp(&self) -> &TcpStream {
-        self.get.tcp()
+    /// Sends `bytes` in the POST body.
+    pub(crate) async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use base64::Engine as _;
+        let text = base64::engine::general_purpose::STANDARD.encode(bytes);
+        self.post.write_all(text.as_bytes()).await
+    }
+
+    /// Reads what the server sends on the GET half, while anything on the POST half (a
+    /// refusal, or its end) is an error.
+    pub(crate) async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if !self.early.is_empty() {
+            let n = self.early.len().min(buf.len());
+            buf[..n].copy_from_slice(&self.early[..n]);
+            self.early.drain(..n);
+            return Ok(n);
+        }
+        let mut probe = [0u8; 256];
+        // The POST first: a server refusing it may close the GET at once too, and the refusal
+        // is the cause worth naming.
+        tokio::select! {
+            biased;
+            r = self.post.read(&mut probe) => Err(std::io::Error::other(post_answered(r, &probe))),
+            r = self.get.read(buf) => r,
+        }
     }
 }
 

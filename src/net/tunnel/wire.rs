@@ -1,6 +1,6 @@
 //! The tunnel's write side: what the queue writes goes out base64-encoded in the POST body.
 
-use crate::net::queue::Wire;
+use crate::net::socket::PlainWire;
 use base64::Engine as _;
 use std::io;
 use std::sync::Mutex;
@@ -10,7 +10,7 @@ use std::time::Duration;
 /// base64 quanta, so a padded end between two writes is fine (gst-rtsp-server decodes it so,
 /// and rtspclientsink encodes every message on its own).
 pub(crate) struct Base64Wire {
-    inner: Wire,
+    inner: PlainWire,
     /// Encoded bytes the socket has not taken yet.
     pending: Mutex<Pending>,
 }
@@ -28,7 +28,7 @@ impl Pending {
 }
 
 impl Base64Wire {
-    pub(crate) fn new(inner: Wire) -> Base64Wire {
+    pub(crate) fn new(inner: PlainWire) -> Base64Wire {
         Base64Wire {
             inner,
             pending: Mutex::default(),
@@ -76,12 +76,11 @@ impl Base64Wire {
         !self.pending.lock().unwrap().is_empty() || self.inner.backlog()
     }
 
-    // Boxed: `Wire` holds this type, so the futures would contain themselves.
     pub(crate) async fn writable(&self) -> io::Result<()> {
-        Box::pin(self.inner.writable()).await
+        self.inner.writable().await
     }
 
     pub(crate) async fn close(&self, stall: Duration) {
-        Box::pin(self.inner.close(stall)).await
+        self.inner.close(stall).await
     }
 }

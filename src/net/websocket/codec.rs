@@ -2,7 +2,7 @@
 //! it is handed, call by call, something to read the bytes we received from and something to
 //! write to (the non-blocking wire, or a buffer during the handshake).
 
-use crate::net::queue::Wire;
+use crate::net::socket::PlainWire;
 use std::io::{self, Read, Write};
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::{Error as WsError, Message};
@@ -12,7 +12,7 @@ pub(crate) const SUBPROTOCOL: &str = "rtsp.onvif.org";
 
 /// Where framed bytes go.
 pub(crate) enum Sink<'a> {
-    Wire(&'a Wire),
+    Wire(&'a PlainWire),
     Buffer(&'a mut Vec<u8>),
 }
 

@@ -5,9 +5,9 @@
 mod codec;
 mod split;
 
-use super::connection::{connect, SessionError, Stream};
-use super::queue::Wire;
+use super::socket::{connect, Plain, PlainWire};
 use super::tunnel::{answer_challenge, read_head, write_head};
+use crate::error::Error as SessionError;
 use crate::rtsp::auth::{Authenticator, Credentials};
 use crate::rtsp::handshake::HandshakeError;
 use crate::rtsp::url::RtspUrl;
@@ -79,7 +79,7 @@ pub(crate) async fn open(
     tls: Option<Arc<rustls::ClientConfig>>,
     creds: Option<&Credentials>,
     user_agent: &str,
-) -> Result<Stream, SessionError> {
+) -> Result<WsStream, SessionError> {
     let deadline = Instant::now() + timeout;
     let host = url.host_port();
     let target = url.path_and_query();
@@ -104,11 +104,11 @@ pub(crate) async fn open(
                 check_upgrade(&head, &key).map_err(|e| {
                     SessionError::Handshake(HandshakeError::BadResponse(format!("{what}: {e}")))
                 })?;
-                return Ok(Stream::WebSocket(Box::new(WsStream {
+                return Ok(WsStream {
                     inner: s,
                     ctx: codec::client_context(received),
                     pending: Vec::new(),
-                })));
+                });
             }
             401 => answer_challenge(
                 &head,
@@ -134,8 +134,7 @@ pub(crate) async fn open(
 
 /// The connection during the RTSP handshake: whole messages out, decoded data in.
 pub(crate) struct WsStream {
-    /// Plain or TLS, never another WebSocket.
-    pub(crate) inner: Stream,
+    pub(crate) inner: Plain,
     pub(crate) ctx: WebSocketContext,
     /// Decoded bytes not yet read.
     pub(crate) pending: Vec<u8>,
@@ -146,7 +145,7 @@ impl WsStream {
     pub(crate) async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         let mut out = Vec::new();
         codec::encode(&mut self.ctx, bytes.to_vec(), Sink::Buffer(&mut out))?;
-        Box::pin(self.inner.write_all(&out)).await
+        self.inner.write_all(&out).await
     }
 
     pub(crate) async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -158,7 +157,7 @@ impl WsStream {
                 self.pending.drain(..n);
                 return Ok(n);
             }
-            let n = Box::pin(self.inner.read(&mut raw)).await?;
+            let n = self.inner.read(&mut raw).await?;
             if n == 0 {
                 return Ok(0);
             }
@@ -166,7 +165,7 @@ impl WsStream {
             let Decoded { data, closed, .. } =
                 codec::decode(&mut self.ctx, &raw[..n], Sink::Buffer(&mut pong))?;
             if !pong.is_empty() {
-                Box::pin(self.inner.write_all(&pong)).await?;
+                self.inner.write_all(&pong).await?;
             }
             self.pending.extend(data);
             if closed && self.pending.is_empty() {
@@ -179,7 +178,7 @@ impl WsStream {
 /// The write side while recording: the queue's bytes cut into units, one message each. The
 /// reader decodes through the same context (pings it answers go out here).
 pub(crate) struct WsWire {
-    inner: Wire,
+    inner: PlainWire,
     core: Mutex<Core>,
 }
 
@@ -191,7 +190,7 @@ struct Core {
 }
 
 impl WsWire {
-    pub(crate) fn new(inner: Wire, ctx: WebSocketContext) -> Arc<WsWire> {
+    pub(crate) fn new(inner: PlainWire, ctx: WebSocketContext) -> Arc<WsWire> {
         Arc::new(WsWire {
             inner,
             core: Mutex::new(Core {
@@ -244,9 +243,8 @@ impl WsWire {
         c.unflushed || c.split.holds() || self.inner.backlog()
     }
 
-    // Boxed: `Wire` holds this type, so the futures would contain themselves.
     pub(crate) async fn writable(&self) -> io::Result<()> {
-        Box::pin(self.inner.writable()).await
+        self.inner.writable().await
     }
 
     /// Says goodbye (a close frame, best effort), then closes the connection.
@@ -260,7 +258,7 @@ impl WsWire {
             let _ = c.ctx.close(&mut io, None);
             let _ = c.ctx.flush(&mut io);
         }
-        Box::pin(self.inner.close(stall)).await
+        self.inner.close(stall).await
     }
 
     /// Decodes what the reader received; true with the data when the server closed.
