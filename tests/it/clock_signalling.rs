@@ -472,3 +472,20 @@ fn a_net_client_clock_is_local() {
     assert_eq!(attributes(&sdp, "mediaclk"), ["sender"], "{sdp}");
     drop(provider);
 }
+
+#[test]
+fn a_pipeline_run_without_a_clock_announces_local() {
+    // `use_clock(None)` (as an unsynced push does): no clock to name, nothing to fail on.
+    let server = ScriptedServer::start(Script::new());
+    let p = pipeline(&format!(
+        "{} ! rtspannounce location={} sync=false publish-clock-mode=clock-and-offset",
+        h264_branch(30, "vpay"),
+        server.url("/cam")
+    ));
+    p.use_clock(None::<&gst::Clock>);
+    let out = run(&p, T);
+    assert!(out.eos, "{out:?}");
+    let sdp = server.snapshot().first("ANNOUNCE").unwrap().body_str();
+    assert_eq!(attributes(&sdp, "ts-refclk"), ["local"], "{sdp}");
+    assert!(server.frame_count() > 0);
+}

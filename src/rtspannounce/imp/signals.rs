@@ -23,7 +23,14 @@ fn forced_pipeline_clock(e: &super::super::RtspAnnounce) -> Option<gst::Clock> {
     {
         return None;
     }
-    Some(pipeline.pipeline_clock())
+    // `use_clock(None)` fixes no clock at all: the binding's pipeline_clock() would assert on
+    // the NULL that GStreamer then returns.
+    unsafe {
+        use gst::glib::translate::{from_glib_full, ToGlibPtr};
+        from_glib_full(gst::ffi::gst_pipeline_get_pipeline_clock(
+            pipeline.to_glib_none().0,
+        ))
+    }
 }
 
 /// The pipeline clock as RFC 7273 names it: an NTP clock by its server, a PTP clock by its
