@@ -88,7 +88,7 @@ struct Offered {
     protectors: Vec<Arc<Protector>>,
 }
 
-/// A key and an `srtpenc` per track, their MIKEY messages in the SDP and the handshake's offer.
+/// A key and a `Protector` per track, their MIKEY messages in the SDP and the handshake's offer.
 fn offer_srtp(
     policy: crate::srtp::Policy,
     text: String,

@@ -1,7 +1,7 @@
 //! SRTP for a pusher (RTP/SAVP): the suites, a track's master key, and the MIKEY messages
 //! (RFC 3830) that carry keys in the SDP's `a=key-mgmt` and the SETUP's `KeyMgmt` header
-//! (RFC 4567). Encryption itself is GStreamer's `srtpenc`/`srtpdec` (libsrtp2), driven
-//! synchronously in `cipher`.
+//! (RFC 4567). Encryption itself is ours, in `cipher` (RFC 3711 with RustCrypto's AES and
+//! HMAC-SHA1, checked against libsrtp): GStreamer's srtpenc logs its key with its caps.
 //!
 //! Keys never reach a log line: `MasterKey` prints no bytes in `Debug`, MIKEY messages are
 //! logged as `<mikey>`, and the request log masks `KeyMgmt` (see `rtsp::message`).
@@ -15,7 +15,7 @@ pub(crate) use mikey::{mikey_for, parse_keymgmt, RemoteKey};
 use gst::glib;
 use rand::RngCore;
 
-/// The SRTP crypto suites `srtpenc` and GStreamer's MIKEY code both handle (AES-CM with
+/// The SRTP crypto suites we protect with and GStreamer's MIKEY code describes (AES-CM with
 /// HMAC-SHA1; MIKEY in GStreamer 1.22 describes no AES-GCM).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, glib::Enum)]
 #[repr(u32)]
@@ -43,7 +43,7 @@ pub(crate) struct Policy {
 const SALT_LEN: usize = 14;
 
 impl Suite {
-    /// `srtpenc`'s cipher nick (the same word GStreamer's SRTP caps use).
+    /// The cipher's nick in GStreamer's SRTP caps (MIKEY's `to_caps`, srtpdec).
     pub(crate) fn cipher(self) -> &'static str {
         match self {
             Suite::Aes128Sha1_80 | Suite::Aes128Sha1_32 => "aes-128-icm",
@@ -110,7 +110,6 @@ impl MasterKey {
         MasterKey(bytes.to_vec())
     }
 
-    #[cfg(test)]
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.0
     }
