@@ -49,6 +49,19 @@ fn derive(master: &[u8], salt: &[u8], label: u8, len: usize) -> Vec<u8> {
     out
 }
 
+/// The master key and salt, if of the length `suite` takes (else why not).
+fn checked<'a>(suite: Suite, key: &'a super::MasterKey, whose: &str) -> Result<&'a [u8], String> {
+    let bytes = key.bytes();
+    if bytes.len() != suite.master_len() {
+        return Err(format!(
+            "{whose} master key has {} bytes, its suite takes {}",
+            bytes.len(),
+            suite.master_len()
+        ));
+    }
+    Ok(bytes)
+}
+
 impl SessionKeys {
     /// Labels 0/1/2 for SRTP, 3/4/5 for SRTCP.
     fn new(suite: Suite, master_and_salt: &[u8], rtcp: bool) -> SessionKeys {
@@ -174,14 +187,7 @@ impl std::fmt::Debug for Protector {
 
 impl Protector {
     pub(crate) fn new(track: &TrackKey) -> Result<Protector, String> {
-        let bytes = track.key.bytes();
-        if bytes.len() != track.suite.master_len() {
-            return Err(format!(
-                "a master key of {} bytes for a suite that takes {}",
-                bytes.len(),
-                track.suite.master_len()
-            ));
-        }
+        let bytes = checked(track.suite, &track.key, "the track's")?;
         Ok(Protector {
             suite: track.suite,
             rtp: SessionKeys::new(track.suite, bytes, false),
@@ -254,14 +260,7 @@ impl std::fmt::Debug for Unprotector {
 
 impl Unprotector {
     pub(crate) fn new(remote: &RemoteKey) -> Result<Unprotector, String> {
-        let bytes = remote.key.bytes();
-        if bytes.len() != remote.suite.master_len() {
-            return Err(format!(
-                "the server's master key has {} bytes, its suite takes {}",
-                bytes.len(),
-                remote.suite.master_len()
-            ));
-        }
+        let bytes = checked(remote.suite, &remote.key, "the server's")?;
         Ok(Unprotector {
             suite: remote.suite,
             rtcp: SessionKeys::new(remote.suite, bytes, true),
@@ -420,6 +419,7 @@ mod tests {
 
     #[test]
     fn libsrtp_decrypts_what_we_protect_in_every_suite_across_a_wrap() {
+        gst::init().unwrap();
         for suite in [
             Suite::Aes128Sha1_80,
             Suite::Aes128Sha1_32,
@@ -449,6 +449,7 @@ mod tests {
 
     #[test]
     fn libsrtp_reads_our_srtcp_and_we_read_libsrtps() {
+        gst::init().unwrap();
         for suite in [Suite::Aes128Sha1_80, Suite::Aes256Sha1_32] {
             let key = TrackKey::generate(suite, 0x5e5e_5e5e);
             let rr = receiver_report(0x5e5e_5e5e, 0xabcd_0001);

@@ -156,3 +156,54 @@ pub fn next_message_text(bus: &gst::Bus, kind: gst::MessageType) -> String {
         _ => unreachable!(),
     }
 }
+
+/// A TCP server of a test's own on 127.0.0.1 (a port the OS picks): `handle` runs on a thread
+/// per connection and sees the stop flag. Dropping it stops accepting (a connection of its own
+/// wakes the blocked accept); handlers that loop end when they see the flag.
+pub struct Serve {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Serve {
+    pub fn start(
+        handle: impl Fn(std::net::TcpStream, &std::sync::atomic::AtomicBool) + Send + Sync + 'static,
+    ) -> Serve {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = Arc::new(handle);
+        let stop2 = stop.clone();
+        let accept = std::thread::spawn(move || {
+            for c in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(c) = c else { continue };
+                let (handle, stop) = (handle.clone(), stop2.clone());
+                std::thread::spawn(move || handle(c, &stop));
+            }
+        });
+        Serve {
+            port,
+            stop,
+            accept: Some(accept),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(a) = self.accept.take() {
+            let _ = a.join();
+        }
+    }
+}

@@ -532,6 +532,16 @@ pub struct Report {
 }
 
 impl Report {
+    /// The requests the server saw, keep-alives (GET_PARAMETER) left out: one may fall in any
+    /// push, so assertions on the sequence leave them aside.
+    pub fn requests_but_keepalives(&self) -> Vec<&str> {
+        self.requests
+            .iter()
+            .map(String::as_str)
+            .filter(|m| *m != "GET_PARAMETER")
+            .collect()
+    }
+
     /// Total decoded frames over all video tracks.
     pub fn video_frames(&self) -> u64 {
         self.tracks

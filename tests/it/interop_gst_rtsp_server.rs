@@ -10,16 +10,6 @@ use crate::harness::*;
 use crate::record_server::*;
 use std::time::Duration;
 
-/// The requests the server saw, keep-alives left out (one may fall in a 10 s push).
-fn requests(report: &Report) -> Vec<&str> {
-    report
-        .requests
-        .iter()
-        .map(String::as_str)
-        .filter(|m| *m != "GET_PARAMETER")
-        .collect()
-}
-
 #[test]
 fn h264_alone_300_of_300_frames() {
     let server = RecordServer::start(RecordServerConfig::new("/live/cam1", Tracks::H264)).unwrap();
@@ -31,7 +21,7 @@ fn h264_alone_300_of_300_frames() {
     assert!(out.eos, "{out:?}");
     let report = server.wait_finished(Duration::from_secs(20)).unwrap();
     assert_eq!(
-        requests(&report),
+        report.requests_but_keepalives(),
         ["ANNOUNCE", "SETUP", "RECORD", "TEARDOWN"],
         "{report}"
     );
@@ -60,7 +50,7 @@ fn h264_and_aac_both_pt96_every_frame_decoded_and_recorded() {
     assert!(out.eos, "{out:?}");
     let report = server.wait_finished(Duration::from_secs(20)).unwrap();
     assert_eq!(
-        requests(&report),
+        report.requests_but_keepalives(),
         ["ANNOUNCE", "SETUP", "SETUP", "RECORD", "TEARDOWN"]
     );
     let v = report.tracks.iter().find(|t| t.is_video()).unwrap();

@@ -9,21 +9,11 @@ use crate::tls::Pki;
 use gst_rtsp_server::gst_rtsp::RTSPAuthMethod;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 const FRAMES: u32 = 60;
-
-fn requests(report: &Report) -> Vec<&str> {
-    report
-        .requests
-        .iter()
-        .map(String::as_str)
-        .filter(|m| *m != "GET_PARAMETER")
-        .collect()
-}
 
 /// `rtsp://` of the server as `scheme://`.
 fn with_scheme(url: &str, scheme: &str) -> String {
@@ -43,7 +33,7 @@ fn assert_every_frame(what: &str, out: &Outcome, server: &RecordServer) -> Repor
     let report = server.wait_finished(Duration::from_secs(20)).unwrap();
     println!("{what}: {report}");
     assert_eq!(
-        requests(&report),
+        report.requests_but_keepalives(),
         ["ANNOUNCE", "SETUP", "RECORD", "TEARDOWN"],
         "{what}: {report}"
     );
@@ -167,20 +157,14 @@ fn rtspsh_over_tls_every_frame_decoded() {
 /// A small HTTP proxy: absolute-URI GET/POST are forwarded to the URI's port on 127.0.0.1,
 /// CONNECT is tunnelled; with `basic`, requests without that `Proxy-Authorization` get 407.
 struct TestProxy {
-    port: u16,
+    serve: Serve,
     /// Request lines as received, and whether they carried the right credentials.
     seen: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-    accept: Option<JoinHandle<()>>,
 }
 
 impl TestProxy {
     fn start(basic: Option<&str>) -> TestProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
         let want = basic.map(|b| {
             use base64::Engine as _;
             format!(
@@ -188,38 +172,17 @@ impl TestProxy {
                 base64::engine::general_purpose::STANDARD.encode(b)
             )
         });
-        let (seen2, stop2) = (seen.clone(), stop.clone());
-        let accept = std::thread::spawn(move || {
-            while !stop2.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((c, _)) => {
-                        c.set_nonblocking(false).unwrap();
-                        let (seen, want) = (seen2.clone(), want.clone());
-                        std::thread::spawn(move || proxy_one(c, &seen, want.as_deref()));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-        TestProxy {
-            port,
-            seen,
-            stop,
-            accept: Some(accept),
-        }
+        let seen2 = seen.clone();
+        let serve = Serve::start(move |c, _| proxy_one(c, &seen2, want.as_deref()));
+        TestProxy { serve, seen }
+    }
+
+    fn port(&self) -> u16 {
+        self.serve.port()
     }
 
     fn seen(&self) -> Vec<String> {
         self.seen.lock().unwrap().clone()
-    }
-}
-
-impl Drop for TestProxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(a) = self.accept.take() {
-            let _ = a.join();
-        }
     }
 }
 
@@ -314,7 +277,7 @@ fn through_an_http_proxy_with_credentials() {
         &url,
         &format!(
             "proxy=http://127.0.0.1:{} proxy-id=prox proxy-pw=y-pw",
-            proxy.port
+            proxy.port()
         ),
     );
     assert_every_frame("rtsph:// through a proxy", &out, &server);
@@ -338,7 +301,7 @@ fn rtspsh_through_a_proxy_uses_connect() {
     let proxy = TestProxy::start(None);
     let out = push_frames(
         &with_scheme(&server.url(), "rtspsh"),
-        &format!("proxy=127.0.0.1:{} {}", proxy.port, pki.ca_arg()),
+        &format!("proxy=127.0.0.1:{} {}", proxy.port(), pki.ca_arg()),
     );
     assert_every_frame("rtspsh:// through a proxy", &out, &server);
     let connect = format!("CONNECT 127.0.0.1:{} HTTP/1.1", server.port());
@@ -350,7 +313,7 @@ fn a_proxy_that_wants_credentials_is_a_clear_error() {
     let server = RecordServer::start(RecordServerConfig::new("/live/q", Tracks::H264)).unwrap();
     let proxy = TestProxy::start(Some("prox:y-pw"));
     let url = with_scheme(&server.url(), "rtsph");
-    let p = format!("proxy=127.0.0.1:{}", proxy.port);
+    let p = format!("proxy=127.0.0.1:{}", proxy.port());
     let out = push_frames(&url, &format!("{p} retry-max=0"));
     assert_eq!(
         out.error_is,

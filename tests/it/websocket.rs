@@ -8,10 +8,9 @@
 use crate::harness::*;
 use crate::record_server::*;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::Message;
@@ -30,72 +29,37 @@ struct BridgeLog {
 }
 
 struct Bridge {
-    port: u16,
+    serve: Serve,
     log: Arc<Mutex<BridgeLog>>,
-    stop: Arc<AtomicBool>,
-    accept: Option<JoinHandle<()>>,
 }
 
 impl Bridge {
     /// `choose`: answer the upgrade with the subprotocol (a strict server must); `tls`: serve
     /// `rtspwss://`.
     fn start(upstream: u16, choose: bool, tls: Option<Arc<rustls::ServerConfig>>) -> Bridge {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
         let log = Arc::new(Mutex::new(BridgeLog::default()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (log2, stop2) = (log.clone(), stop.clone());
-        let accept = std::thread::spawn(move || {
-            let mut conns = Vec::new();
-            while !stop2.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((c, _)) => {
-                        c.set_nonblocking(false).unwrap();
-                        let (log, stop, tls) = (log2.clone(), stop2.clone(), tls.clone());
-                        conns.push(std::thread::spawn(move || {
-                            // Reads time out so that one thread can serve both directions.
-                            c.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
-                            match tls {
-                                None => bridge_one(c, upstream, choose, &log, &stop),
-                                Some(cfg) => {
-                                    let conn = rustls::ServerConnection::new(cfg).unwrap();
-                                    let s = rustls::StreamOwned::new(conn, c);
-                                    bridge_one(s, upstream, choose, &log, &stop)
-                                }
-                            }
-                        }));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        let log2 = log.clone();
+        let serve = Serve::start(move |c, stop| {
+            // Reads time out so that one thread can serve both directions.
+            c.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+            match &tls {
+                None => bridge_one(c, upstream, choose, &log2, stop),
+                Some(cfg) => {
+                    let conn = rustls::ServerConnection::new(cfg.clone()).unwrap();
+                    let s = rustls::StreamOwned::new(conn, c);
+                    bridge_one(s, upstream, choose, &log2, stop)
                 }
             }
-            for c in conns {
-                let _ = c.join();
-            }
         });
-        Bridge {
-            port,
-            log,
-            stop,
-            accept: Some(accept),
-        }
+        Bridge { serve, log }
     }
 
     fn url(&self, scheme: &str, path: &str) -> String {
-        format!("{scheme}://127.0.0.1:{}{path}", self.port)
+        format!("{scheme}://127.0.0.1:{}{path}", self.serve.port())
     }
 
     fn log(&self) -> BridgeLog {
         self.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(a) = self.accept.take() {
-            let _ = a.join();
-        }
     }
 }
 
@@ -223,15 +187,6 @@ fn bridge_one<S: Read + Write>(
     }
 }
 
-fn requests(report: &Report) -> Vec<&str> {
-    report
-        .requests
-        .iter()
-        .map(String::as_str)
-        .filter(|m| *m != "GET_PARAMETER")
-        .collect()
-}
-
 #[test]
 fn rtspws_through_a_strict_bridge_every_frame_decoded_by_gst_rtsp_server() {
     let server = RecordServer::start(RecordServerConfig::new("/live/ws", Tracks::H264Aac)).unwrap();
@@ -247,7 +202,7 @@ fn rtspws_through_a_strict_bridge_every_frame_decoded_by_gst_rtsp_server() {
     let report = server.wait_finished(Duration::from_secs(20)).unwrap();
     println!("rtspws:// via the bridge: {report}");
     assert_eq!(
-        requests(&report),
+        report.requests_but_keepalives(),
         ["ANNOUNCE", "SETUP", "SETUP", "RECORD", "TEARDOWN"],
         "{report}"
     );

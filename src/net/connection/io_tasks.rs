@@ -74,8 +74,9 @@ pub(super) enum ReadSide {
     /// A tunnel's GET half over TLS: what rustls has to send goes on its own connection, not
     /// on the queue's (the POST's).
     TlsOwn(TlsReader, Arc<TlsWire>),
-    /// WebSocket messages over a plain or TLS side; decoded data not yet read.
-    WebSocket(Box<ReadSide>, Arc<WsWire>, Vec<u8>),
+    /// WebSocket messages over a plain or TLS side; decoded data not yet read, and the buffer
+    /// raw bytes are read into.
+    WebSocket(Box<ReadSide>, Arc<WsWire>, Vec<u8>, Vec<u8>),
 }
 
 impl ReadSide {
@@ -99,8 +100,8 @@ impl ReadSide {
                 }
                 res
             }
-            ReadSide::WebSocket(raw, wire, pending) => {
-                let mut chunk = vec![0u8; buf.len()];
+            ReadSide::WebSocket(raw, wire, pending, chunk) => {
+                chunk.resize(buf.len(), 0);
                 loop {
                     if !pending.is_empty() {
                         let n = pending.len().min(buf.len());
@@ -108,7 +109,7 @@ impl ReadSide {
                         pending.drain(..n);
                         return Ok(n);
                     }
-                    let n = Box::pin(raw.read(&mut chunk, queue)).await?;
+                    let n = Box::pin(raw.read(chunk, queue)).await?;
                     if n == 0 {
                         return Ok(0);
                     }

@@ -288,7 +288,7 @@ impl Streaming {
                 let (raw, inner_wire) = split(inner);
                 let wire = WsWire::new(inner_wire, ctx);
                 (
-                    ReadSide::WebSocket(Box::new(raw), wire.clone(), Vec::new()),
+                    ReadSide::WebSocket(Box::new(raw), wire.clone(), Vec::new(), Vec::new()),
                     Wire::WebSocket(wire),
                     None,
                 )
