@@ -11,7 +11,7 @@ use crate::net::udp::{UdpError, UdpSession};
 use crate::rtcp::ReportBlock;
 use crate::rtsp::url::ControlStyle;
 use crate::CAT;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -264,13 +264,33 @@ impl Connection {
         };
         FRAMES.with_borrow_mut(|frames| {
             frames.clear();
+            let order = tx.order.lock().unwrap();
             let sent = match &self.udp {
                 Some(udp) => self.send_udp(tx, udp, buffers, ntp, flushing, frames),
                 None => self.send_tcp(tx, buffers, ntp, flushing, frames),
             };
+            if tx.report_due.swap(false, Ordering::AcqRel) {
+                self.send_report(tx, &ntp(), false);
+            }
+            drop(order);
             frames.clear();
             sent
         })
+    }
+
+    /// One track's report, behind everything queued before it. False once the connection is
+    /// gone.
+    fn send_report(&self, tx: &TrackSender, ntp: &NtpMapper, bye: bool) -> bool {
+        let Some(bytes) = tx.report(ntp, bye) else {
+            return true;
+        };
+        match &self.udp {
+            Some(u) => {
+                u.send_rtcp(&bytes);
+                true
+            }
+            None => self.queue().push_control(bytes).is_ok(),
+        }
     }
 
     fn send_tcp(
@@ -381,18 +401,27 @@ impl Connection {
 
     /// One sender report per track (with BYE at the end): over UDP to each track's RTCP port,
     /// else queued after the media. False once the connection is gone.
+    ///
+    /// A periodic report never waits for a producer that is queueing packets: that producer
+    /// sends it after them. The last one (BYE) waits, as it must follow every packet.
     pub(crate) fn send_reports(&self, ntp: &NtpMapper, bye: bool) -> bool {
         for tx in &self.senders {
-            let Some(bytes) = tx.report(ntp, bye) else {
-                continue;
-            };
-            match &self.udp {
-                Some(u) => u.send_rtcp(&bytes),
-                None => {
-                    if self.queue().push_control(bytes).is_err() {
-                        return false;
+            let order = if bye {
+                tx.order.lock().unwrap()
+            } else {
+                match tx.order.try_lock() {
+                    Ok(g) => g,
+                    Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                    Err(std::sync::TryLockError::WouldBlock) => {
+                        tx.report_due.store(true, Ordering::Release);
+                        continue;
                     }
                 }
+            };
+            let ok = self.send_report(tx, ntp, bye);
+            drop(order);
+            if !ok {
+                return false;
             }
         }
         true

@@ -176,6 +176,12 @@ pub(crate) struct TrackSender {
     /// Set while delta frames must be held back: the server's first frame must be decodable.
     waiting_keyframe: AtomicBool,
     pub(crate) counters: Mutex<Counters>,
+    /// Held by a producer from framing its packets (which counts them) until they are queued,
+    /// so that a sender report never counts a packet queued behind it.
+    pub(crate) order: Mutex<()>,
+    /// A periodic report came due while a producer held `order`: it sends the report itself,
+    /// after its packets (the timer never waits on a streaming thread).
+    pub(crate) report_due: AtomicBool,
     srtp: Option<Arc<Protector>>,
     srtcp_in: Option<Arc<Unprotector>>,
 }
@@ -226,6 +232,8 @@ impl TrackSender {
             is_video: t.is_video,
             waiting_keyframe: AtomicBool::new(t.wait_keyframe),
             counters: Mutex::new(Counters::default()),
+            order: Mutex::new(()),
+            report_due: AtomicBool::new(false),
             srtp: t.srtp,
             srtcp_in: t.srtcp_in,
         }
