@@ -392,6 +392,9 @@ fn push_once(rx: &Receiver, input: &Input, who: Who, mode: Mode, round: usize) -
         Mode::RealTime => &input.path,
         Mode::Max => &input.max_path,
     };
+    // The machine drops page cache left unused for a minute or two: read the input whole right
+    // before the run, or whoever comes first after a pause measures the disk.
+    warm(file)?;
     let mut cmd = push_command(who, mode, &url, file)?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -462,6 +465,80 @@ fn push_once(rx: &Receiver, input: &Input, who: Who, mode: Mode, round: usize) -
         println!("    log {}:\n{}", log.display(), indent(&tail(&log, 8)));
     }
     Ok(run)
+}
+
+/// Reads `path` whole (and tells the kernel it is needed), so the timed run reads memory.
+fn warm(path: &Path) -> Result<u64> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid descriptor; the call only advises the kernel.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
+    }
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(total);
+        }
+        total += n as u64;
+    }
+}
+
+/// Per contender, the spread of its unsynced rounds (min/median/max Mbit/s), and every round
+/// more than 1.5x slower than that contender's best, named so that it is not silently averaged.
+fn spread(runs: &[PushRun]) {
+    println!("\nunsynced rounds (Mbit/s at the receiver: min / median / max; slow = over 1.5x the best wall time):");
+    for who in [Who::Announce, Who::ClientSink, Who::Ffmpeg] {
+        let mine: Vec<(&PushRun, f64)> = runs
+            .iter()
+            .filter(|r| r.who == who && r.mode == Mode::Max && r.ok())
+            .filter_map(|r| {
+                let span = r.sessions.first()?.stream_span()?.as_secs_f64();
+                (span > 0.0).then(|| (r, r.rtp_bytes() as f64 * 8.0 / span / 1e6))
+            })
+            .collect();
+        let v: Vec<f64> = mine.iter().map(|(_, m)| *m).collect();
+        let min = v
+            .iter()
+            .copied()
+            .fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.min(x))));
+        let max = v
+            .iter()
+            .copied()
+            .fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))));
+        let best_wall = mine
+            .iter()
+            .map(|(r, _)| r.exit.wall.as_secs_f64())
+            .fold(f64::INFINITY, f64::min);
+        let slow: Vec<String> = mine
+            .iter()
+            .filter(|(r, _)| r.exit.wall.as_secs_f64() > 1.5 * best_wall)
+            .map(|(r, _)| {
+                format!(
+                    "r{} {:.2} s vs best {:.2} s",
+                    r.round,
+                    r.exit.wall.as_secs_f64(),
+                    best_wall
+                )
+            })
+            .collect();
+        println!(
+            "  {:<16} {:>7} / {:>7} / {:>7}{}",
+            who.name(),
+            fmt(min, 0),
+            fmt(median(v.clone()), 0),
+            fmt(max, 0),
+            if slow.is_empty() {
+                String::new()
+            } else {
+                format!("   SLOW: {}", slow.join(", "))
+            }
+        );
+    }
 }
 
 fn indent(s: &str) -> String {
@@ -667,6 +744,7 @@ fn push_bench(
             );
         }
     }
+    spread(&runs);
     let own = figures(&runs, Who::Announce, Some(Who::BasePay));
     println!(
         "\nrtspannounce without its payloaders (minus base-pay instead of base-parse): {} s/GB",
