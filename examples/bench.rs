@@ -491,17 +491,17 @@ fn warm(path: &Path) -> Result<u64> {
 /// Per contender, the spread of its unsynced rounds (min/median/max Mbit/s), and every round
 /// more than 1.5x slower than that contender's best, named so that it is not silently averaged.
 fn spread(runs: &[PushRun]) {
-    println!("\nunsynced rounds (Mbit/s at the receiver: min / median / max; slow = over 1.5x the best wall time):");
+    println!("\nunsynced rounds (Mbit/s at the receiver: min / median / max; slow = streaming over 1.5x as long as the best round):");
     for who in [Who::Announce, Who::ClientSink, Who::Ffmpeg] {
-        let mine: Vec<(&PushRun, f64)> = runs
+        let mine: Vec<(&PushRun, f64, f64)> = runs
             .iter()
             .filter(|r| r.who == who && r.mode == Mode::Max && r.ok())
             .filter_map(|r| {
                 let span = r.sessions.first()?.stream_span()?.as_secs_f64();
-                (span > 0.0).then(|| (r, r.rtp_bytes() as f64 * 8.0 / span / 1e6))
+                (span > 0.0).then(|| (r, span, r.rtp_bytes() as f64 * 8.0 / span / 1e6))
             })
             .collect();
-        let v: Vec<f64> = mine.iter().map(|(_, m)| *m).collect();
+        let v: Vec<f64> = mine.iter().map(|(_, _, m)| *m).collect();
         let min = v
             .iter()
             .copied()
@@ -510,21 +510,16 @@ fn spread(runs: &[PushRun]) {
             .iter()
             .copied()
             .fold(None, |a: Option<f64>, x| Some(a.map_or(x, |a| a.max(x))));
-        let best_wall = mine
+        // The receiver's span, not the child's wall time: an EOS that never comes adds wall
+        // time that says nothing about throughput (it is reported on its own).
+        let best = mine
             .iter()
-            .map(|(r, _)| r.exit.wall.as_secs_f64())
+            .map(|(_, span, _)| *span)
             .fold(f64::INFINITY, f64::min);
         let slow: Vec<String> = mine
             .iter()
-            .filter(|(r, _)| r.exit.wall.as_secs_f64() > 1.5 * best_wall)
-            .map(|(r, _)| {
-                format!(
-                    "r{} {:.2} s vs best {:.2} s",
-                    r.round,
-                    r.exit.wall.as_secs_f64(),
-                    best_wall
-                )
-            })
+            .filter(|(_, span, _)| *span > 1.5 * best)
+            .map(|(r, span, _)| format!("r{} {span:.2} s vs best {best:.2} s", r.round))
             .collect();
         println!(
             "  {:<16} {:>7} / {:>7} / {:>7}{}",
