@@ -16,6 +16,8 @@
 
 #[path = "bench/child.rs"]
 mod child;
+#[path = "bench/floor.rs"]
+mod floor;
 #[path = "bench/proc.rs"]
 mod proc;
 #[path = "bench/receiver.rs"]
@@ -114,6 +116,8 @@ fn main() -> ExitCode {
     let child = match argv.first().map(String::as_str) {
         Some("--push-child") => Some(child::push_child(&argv[1..])),
         Some("--scale-child") => Some(child::scale_child(&argv[1..])),
+        Some("--dump-frames") => Some(floor::dump_child(&argv[1..])),
+        Some("--floor-child") => Some(floor::floor_child(&argv[1..])),
         _ => None,
     };
     if let Some(r) = child {
@@ -157,6 +161,10 @@ struct Input {
     /// fastest contender streams for long enough to be timed.
     max_path: PathBuf,
     repeat: u32,
+    /// `path` and `max_path` as the floor sends them: the RTP packets rtph264pay and
+    /// rtpmp4gpay make of them, framed for the wire (see floor.rs).
+    frames: PathBuf,
+    max_frames: PathBuf,
 }
 
 fn work_dir() -> PathBuf {
@@ -188,13 +196,37 @@ fn make_input(quick: bool) -> Result<Input> {
     if !max_path.exists() {
         concat_input(&path, &max_path, repeat)?;
     }
+    let frames = path.with_extension("frames");
+    let max_frames = max_path.with_extension("frames");
+    for (src, dst) in [(&path, &frames), (&max_path, &max_frames)] {
+        if !dst.exists() {
+            dump_frames(src, dst)?;
+        }
+    }
     Ok(Input {
         path,
         seconds: secs,
         desc,
         max_path,
         repeat,
+        frames,
+        max_frames,
     })
+}
+
+/// The floor's input: `src` payloaded once by the pipeline rtspannounce is given.
+fn dump_frames(src: &Path, dst: &Path) -> Result<()> {
+    println!("making the floor's frames {} ...", dst.display());
+    let status = Command::new(std::env::current_exe()?)
+        .arg("--dump-frames")
+        .arg(src)
+        .arg(dst)
+        .stdout(Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("payloading {} for the floor failed", src.display());
+    }
+    Ok(())
 }
 
 fn encode_input(path: &Path, secs: u32, w: u32, h: u32, kbps: u32) -> Result<()> {
@@ -259,13 +291,16 @@ enum Who {
     BasePay,
     BaseParse,
     BaseFfmpeg,
+    /// The same interleaved frames written by a plain program (floor.rs): the kernel's cost.
+    Floor,
 }
 
 impl Who {
-    const ALL: [Who; 6] = [
+    const ALL: [Who; 7] = [
         Who::Announce,
         Who::ClientSink,
         Who::Ffmpeg,
+        Who::Floor,
         Who::BasePay,
         Who::BaseParse,
         Who::BaseFfmpeg,
@@ -279,6 +314,7 @@ impl Who {
             Who::BasePay => "base-pay",
             Who::BaseParse => "base-parse",
             Who::BaseFfmpeg => "base-ffmpeg",
+            Who::Floor => "floor",
         }
     }
 
@@ -361,6 +397,10 @@ fn push_command(who: Who, mode: Mode, url: &str, input: &Path) -> Result<Command
     let input_s = input.to_str().context("input path is not UTF-8")?;
     let mut cmd;
     match who {
+        Who::Floor => {
+            cmd = Command::new(std::env::current_exe()?);
+            cmd.args(["--floor-child", mode.name(), url, input_s]);
+        }
         Who::Ffmpeg | Who::BaseFfmpeg => {
             cmd = Command::new("ffmpeg");
             cmd.args(["-nostdin", "-hide_banner", "-loglevel", "error"]);
@@ -388,9 +428,11 @@ fn push_once(rx: &Receiver, input: &Input, who: Who, mode: Mode, round: usize) -
     let url = rx.url(&prefix);
     let log = log_path(&tag);
     std::fs::create_dir_all(log.parent().unwrap())?;
-    let file = match mode {
-        Mode::RealTime => &input.path,
-        Mode::Max => &input.max_path,
+    let file = match (mode, who) {
+        (Mode::RealTime, Who::Floor) => &input.frames,
+        (Mode::Max, Who::Floor) => &input.max_frames,
+        (Mode::RealTime, _) => &input.path,
+        (Mode::Max, _) => &input.max_path,
     };
     // The machine drops page cache left unused for a minute or two: read the input whole right
     // before the run, or whoever comes first after a pause measures the disk.
@@ -404,8 +446,15 @@ fn push_once(rx: &Receiver, input: &Input, who: Who, mode: Mode, round: usize) -
         Mode::Max => Duration::from_secs((input.seconds * input.repeat) as u64 + 60),
     };
     let mut p = Proc::spawn(&mut cmd)?;
-    let exit = p.wait(timeout)?;
+    let mut exit = p.wait(timeout)?;
     drop(p);
+    if who == Who::Floor {
+        // Its sending alone: loading and framing the file is not the kernel's cost.
+        match floor::logged_cpu(&std::fs::read_to_string(&log).unwrap_or_default()) {
+            Some(cpu) => exit.cpu_s = cpu,
+            None => exit.code = Some(-1),
+        }
+    }
     rx.wait_closed(&prefix, Duration::from_secs(3));
     let sessions = rx.sessions(&prefix);
     rx.forget(&prefix);
@@ -492,7 +541,7 @@ fn warm(path: &Path) -> Result<u64> {
 /// more than 1.5x slower than that contender's best, named so that it is not silently averaged.
 fn spread(runs: &[PushRun]) {
     println!("\nunsynced rounds (Mbit/s at the receiver: min / median / max; slow = streaming over 1.5x as long as the best round):");
-    for who in [Who::Announce, Who::ClientSink, Who::Ffmpeg] {
+    for who in [Who::Announce, Who::ClientSink, Who::Ffmpeg, Who::Floor] {
         let mine: Vec<(&PushRun, f64, f64)> = runs
             .iter()
             .filter(|r| r.who == who && r.mode == Mode::Max && r.ok())
@@ -534,6 +583,60 @@ fn spread(runs: &[PushRun]) {
             }
         );
     }
+}
+
+/// Unsynced Mbit/s of one run at the receiver.
+fn mbit(r: &PushRun) -> Option<f64> {
+    let span = r.sessions.first()?.stream_span()?.as_secs_f64();
+    (span > 0.0).then(|| r.rtp_bytes() as f64 * 8.0 / span / 1e6)
+}
+
+fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "met",
+        Some(false) => "MISSED",
+        None => "not measured",
+    }
+}
+
+/// The performance targets of docs/BENCHMARKS.md, each with its figure from this run.
+fn targets(runs: &[PushRun], own: &Figures, ann: &Figures, rows: &[(String, Figures)]) {
+    let row = |n: &str| rows.iter().find(|(name, _)| name == n).map(|(_, f)| f);
+    let floor = row("floor").and_then(|f| f.cpu_gb);
+    let ffmpeg = row("ffmpeg").and_then(|f| f.cpu_gb);
+    println!("\ntargets (this run):");
+    let own_vs_floor = own.cpu_gb.zip(floor).map(|(o, f)| o / f);
+    println!(
+        "  1. own cost <= 2x the floor: rtspannounce minus base-pay {} s/GB, floor {} s/GB, {}x: {}",
+        fmt(own.cpu_gb, 2),
+        fmt(floor, 2),
+        fmt(own_vs_floor, 2),
+        verdict(own_vs_floor.map(|x| x <= 2.0))
+    );
+    println!(
+        "  2. real-time CPU <= ffmpeg's (each minus its input stage): rtspannounce {} s/GB, ffmpeg {} s/GB: {}",
+        fmt(ann.cpu_gb, 2),
+        fmt(ffmpeg, 2),
+        verdict(ann.cpu_gb.zip(ffmpeg).map(|(a, f)| a <= f))
+    );
+    let per_round: Vec<f64> = runs
+        .iter()
+        .filter(|r| r.who == Who::Announce && r.mode == Mode::Max && r.ok())
+        .filter_map(|r| {
+            let f = runs.iter().find(|x| {
+                x.who == Who::Ffmpeg && x.mode == Mode::Max && x.round == r.round && x.ok()
+            })?;
+            Some(mbit(r)? / mbit(f)?)
+        })
+        .collect();
+    let worst = per_round.iter().copied().reduce(f64::min);
+    println!(
+        "  3. unsynced >= 1.5x ffmpeg in every round, 0 lost: worst round {}x ({} rounds), lost {}: {}",
+        fmt(worst, 2),
+        per_round.len(),
+        ann.lost,
+        verdict(worst.map(|w| w >= 1.5 && ann.lost == 0))
+    );
 }
 
 fn indent(s: &str) -> String {
@@ -605,6 +708,10 @@ fn figures(runs: &[PushRun], who: Who, sub: Option<Who>) -> Figures {
     let cpu_gb = median(
         rt.iter()
             .filter_map(|r| {
+                if who == Who::Floor {
+                    // Nothing to subtract: its CPU is counted around the sending alone.
+                    return Some(r.exit.cpu_s / (r.rtp_bytes() as f64 / 1e9));
+                }
                 let b = find(sub?, Mode::RealTime, r.round)?;
                 Some((r.exit.cpu_s - b.exit.cpu_s) / (r.rtp_bytes() as f64 / 1e9))
             })
@@ -690,6 +797,7 @@ fn push_bench(
             "ffmpeg".into(),
             figures(&runs, Who::Ffmpeg, Who::Ffmpeg.baseline()),
         ),
+        ("floor".into(), figures(&runs, Who::Floor, None)),
     ];
     println!(
         "\n== push results (medians over {rounds} round(s); ratio = figure / rtspannounce's)\n"
@@ -745,6 +853,7 @@ fn push_bench(
         "\nrtspannounce without its payloaders (minus base-pay instead of base-parse): {} s/GB",
         fmt(own.cpu_gb, 2)
     );
+    targets(&runs, &own, &ann, &rows);
     println!("gross CPU s/GB in real time (nothing subtracted):");
     for (name, f) in &rows {
         println!(
