@@ -7,6 +7,7 @@ use gst::glib;
 mod error;
 mod keyframe;
 mod net;
+mod packetize;
 mod rtcp;
 mod rtsp;
 mod rtspannounce;

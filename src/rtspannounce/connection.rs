@@ -3,7 +3,7 @@
 //! agreed. A frame is framed by a connection's sender and queued on that same connection, so
 //! it can never leave on another one; a reconnect drops the old value as a whole.
 
-use super::sender::{FrameEvents, NtpMapper, Room, TrackSender, TrackSetup};
+use super::sender::{FrameEvents, Media, NtpMapper, Room, TrackSender, TrackSetup};
 use crate::net::connection::{FailureHandler, RequestHandler, Streaming};
 use crate::net::dial::Dialed;
 use crate::net::queue::{OutFrame, SendQueue};
@@ -247,11 +247,11 @@ impl Connection {
         self.announced.get(track)
     }
 
-    /// Frames `buffers` for track `track` and sends them: queued (TCP) or straight out (UDP).
+    /// Frames `media` for track `track` and sends them: queued (TCP) or straight out (UDP).
     pub(crate) fn send(
         &self,
         track: usize,
-        buffers: impl Iterator<Item = (gst::Buffer, Option<u64>)>,
+        media: impl Iterator<Item = (Media, Option<u64>)>,
         ntp: &dyn Fn() -> NtpMapper,
         flushing: &AtomicBool,
     ) -> Sent {
@@ -266,8 +266,8 @@ impl Connection {
             frames.clear();
             let order = tx.order.lock().unwrap();
             let sent = match &self.udp {
-                Some(udp) => self.send_udp(tx, udp, buffers, ntp, flushing, frames),
-                None => self.send_tcp(tx, buffers, ntp, flushing, frames),
+                Some(udp) => self.send_udp(tx, udp, media, ntp, flushing, frames),
+                None => self.send_tcp(tx, media, ntp, flushing, frames),
             };
             if tx.report_due.swap(false, Ordering::AcqRel) {
                 self.send_report(tx, &ntp(), false);
@@ -296,7 +296,7 @@ impl Connection {
     fn send_tcp(
         &self,
         tx: &TrackSender,
-        buffers: impl Iterator<Item = (gst::Buffer, Option<u64>)>,
+        media: impl Iterator<Item = (Media, Option<u64>)>,
         ntp: &dyn Fn() -> NtpMapper,
         flushing: &AtomicBool,
         frames: &mut Vec<OutFrame>,
@@ -324,9 +324,10 @@ impl Connection {
             }
         };
         let framed = tx.frames(
-            buffers,
+            media,
             ntp,
             drop_when_congested.then_some(&room as &dyn Fn() -> Room),
+            true,
             frames,
         );
         let packets = rtp_packets(frames);
@@ -353,12 +354,12 @@ impl Connection {
         &self,
         tx: &TrackSender,
         udp: &UdpSession,
-        buffers: impl Iterator<Item = (gst::Buffer, Option<u64>)>,
+        media: impl Iterator<Item = (Media, Option<u64>)>,
         ntp: &dyn Fn() -> NtpMapper,
         flushing: &AtomicBool,
         frames: &mut Vec<OutFrame>,
     ) -> Sent {
-        let framed = tx.frames(buffers, ntp, None, frames);
+        let framed = tx.frames(media, ntp, None, false, frames);
         let packets = rtp_packets(frames);
         let sent = udp.send_until(frames, flushing);
         match (framed, sent) {
@@ -375,12 +376,12 @@ impl Connection {
     /// per track, in track order).
     pub(crate) fn frame_held(
         &self,
-        held: &mut [&mut Vec<(gst::Buffer, Option<u64>)>],
+        held: &mut [&mut Vec<(Media, Option<u64>)>],
         ntp: &NtpMapper,
         out: &mut Vec<OutFrame>,
     ) {
-        for (tx, buffers) in self.senders.iter().zip(held.iter_mut()) {
-            if let Err(len) = tx.frames(buffers.drain(..), &|| *ntp, None, out) {
+        for (tx, media) in self.senders.iter().zip(held.iter_mut()) {
+            if let Err(len) = tx.frames(media.drain(..), &|| *ntp, None, self.udp.is_none(), out) {
                 gst::warning!(CAT, "dropping {len}-byte packet: too large");
             }
         }
@@ -481,10 +482,7 @@ impl Connection {
 
 /// How many RTP packets `frames` holds (drops are counted per packet, not per buffer list).
 fn rtp_packets(frames: &[OutFrame]) -> u64 {
-    frames
-        .iter()
-        .filter(|f| matches!(f, OutFrame::Rtp { .. }))
-        .count() as u64
+    frames.iter().map(OutFrame::rtp_packets).sum()
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@ use gst::glib;
 use gst::prelude::*;
 
 mod backoff;
+mod builtin;
 mod connection;
 pub(crate) mod handle_request;
 mod hooks;

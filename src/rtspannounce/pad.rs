@@ -11,7 +11,7 @@
 //! `x264enc ! rtph264pay ! ...` does. A later codec change swaps the payloader; a change to or
 //! from RTP input re-targets the ghost pad.
 
-use super::payloader;
+use super::{builtin, payloader};
 use crate::CAT;
 use gst::glib;
 use gst::prelude::*;
@@ -169,6 +169,18 @@ impl RtspAnnouncePad {
         self.parent().and_downcast::<gst::Element>()
     }
 
+    /// Whether our own packetizer takes `caps` (the element's `builtin-payloaders`, and no
+    /// payloader set on the pad).
+    fn builtin_takes(&self, caps: &gst::CapsRef) -> bool {
+        self.explicit().is_none() && self.builtin_enabled() && builtin::takes(caps)
+    }
+
+    fn builtin_enabled(&self) -> bool {
+        self.parent_element()
+            .filter(|e| e.find_property("builtin-payloaders").is_some())
+            .is_some_and(|e| e.property::<bool>("builtin-payloaders"))
+    }
+
     fn explicit(&self) -> Option<gst::Element> {
         self.imp().payloader.lock().unwrap().clone()
     }
@@ -185,7 +197,10 @@ impl RtspAnnouncePad {
             Some(p) => p
                 .static_pad("sink")
                 .is_some_and(|s| s.pad_template_caps().can_intersect(caps)),
-            None => caps.can_intersect(&gst::Caps::new_empty_simple("application/x-rtp")),
+            None => {
+                caps.can_intersect(&gst::Caps::new_empty_simple("application/x-rtp"))
+                    || (self.builtin_enabled() && caps.can_intersect(&builtin::input_caps()))
+            }
         }
     }
 
@@ -197,6 +212,12 @@ impl RtspAnnouncePad {
         let rtp = gst::Caps::new_empty_simple("application/x-rtp");
         if filter.is_any() || filter.is_empty() || filter.can_intersect(&rtp) {
             return None;
+        }
+        if self.explicit().is_none()
+            && self.builtin_enabled()
+            && filter.can_intersect(&builtin::input_caps())
+        {
+            return Some(None).filter(|_| self.current_payloader().is_none());
         }
         let fits = |e: &gst::Element| {
             e.static_pad("sink")
@@ -286,7 +307,7 @@ impl RtspAnnouncePad {
                 .static_pad("sink")
                 .is_some_and(|s| s.query_accept_caps(caps));
         }
-        if payloader::is_rtp_caps(caps) {
+        if payloader::is_rtp_caps(caps) || self.builtin_takes(caps) {
             return true;
         }
         let current = self.current_payloader();
@@ -379,6 +400,17 @@ impl RtspAnnouncePad {
             if self.current_payloader().is_some() {
                 gst::info!(CAT, obj = self, "RTP input now: no payloader");
                 self.install(None)?;
+            }
+            return Ok(());
+        }
+        if self.builtin_takes(caps) {
+            if self.current_payloader().is_some()
+                || self.imp().chain.lock().unwrap().pending.is_some()
+            {
+                gst::info!(CAT, obj = self, "built-in payloader for {caps}");
+                self.install(None)?;
+            } else {
+                gst::debug!(CAT, obj = self, "built-in payloader for {caps}");
             }
             return Ok(());
         }

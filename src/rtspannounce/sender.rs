@@ -3,6 +3,7 @@
 
 use crate::keyframe::{self, Start};
 use crate::net::queue::OutFrame;
+use crate::packetize::Packets;
 use crate::rtcp::{self, RtpFacts, SenderInfo};
 use crate::srtp::{Protector, Unprotector};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -186,6 +187,57 @@ pub(crate) struct TrackSender {
     srtcp_in: Option<Arc<Unprotector>>,
 }
 
+/// Largest packet an interleaved frame can carry.
+const MAX_INTERLEAVED: usize = u16::MAX as usize;
+
+/// What a pad hands its sender: one RTP packet from a payloader, or one access unit our own
+/// packetizer already made into packets (no buffer per packet).
+pub(crate) enum Media {
+    Rtp(gst::Buffer),
+    Packed(Packed),
+}
+
+pub(crate) struct Packed {
+    pub(crate) packets: Packets,
+    /// Not a keyframe: a decoder cannot start here.
+    pub(crate) delta: bool,
+}
+
+impl Packed {
+    /// Whether every packet has its 4 bytes for the interleave header right before it and
+    /// follows the previous one directly: then the buffer is the wire bytes.
+    fn is_wire_ready(&self) -> bool {
+        let mut next = None;
+        self.packets.spans.iter().all(|s| {
+            let ok = s.start >= 4 && next.is_none_or(|n| n == s.start - 4);
+            next = Some(s.start + s.len);
+            ok && s.start + s.len <= self.packets.data.len()
+        })
+    }
+}
+
+impl Media {
+    /// (RTP timestamp, running time) of its first packet: where it sits on the track's line.
+    pub(crate) fn anchor(&self, running: Option<u64>) -> Option<(u32, u64)> {
+        match self {
+            Media::Rtp(b) => crate::rtspannounce::session::anchor_of(b, running),
+            Media::Packed(p) => {
+                let s = p.packets.spans.first()?;
+                let h = p.packets.data.get(s.start + 4..s.start + 8)?;
+                Some((u32::from_be_bytes([h[0], h[1], h[2], h[3]]), running?))
+            }
+        }
+    }
+
+    /// How many RTP packets it holds (drops are counted per packet).
+    pub(crate) fn packets(&self) -> u64 {
+        match self {
+            Media::Rtp(_) => 1,
+            Media::Packed(p) => p.packets.spans.len() as u64,
+        }
+    }
+}
+
 /// The packet exactly as it goes out, before SRTP protects it: the payload type rewritten and
 /// the numbers shifted in a copy (the authentication tag covers the header).
 fn final_packet(buffer: gst::Buffer, pt: Option<u8>, seq: u16, ts: u32) -> gst::Buffer {
@@ -313,78 +365,260 @@ impl TrackSender {
     /// With `room` (the drop policy), a frame only starts when the queue has room; once one is
     /// dropped, video drops everything up to a keyframe that finds room again, so the server
     /// never gets half a frame or a delta frame it cannot decode. Audio drops frame by frame.
+    ///
+    /// `wire`: packed access units may go out as they are (interleaved TCP); otherwise (UDP)
+    /// they are split into one buffer per packet.
     pub(crate) fn frames(
         &self,
-        buffers: impl IntoIterator<Item = (gst::Buffer, Option<u64>)>,
+        media: impl IntoIterator<Item = (Media, Option<u64>)>,
         ntp: &dyn Fn() -> NtpMapper,
         room: Option<&dyn Fn() -> Room>,
+        wire: bool,
         out: &mut Vec<OutFrame>,
     ) -> Result<FrameEvents, usize> {
         let mut c = self.counters.lock().unwrap();
         let mut ev = FrameEvents::default();
-        for (buffer, running) in buffers {
-            let len = buffer.size();
-            let facts = rtcp::rtp_facts(len, |off, dst| buffer.copy_to_slice(off, dst).is_ok());
-            let marker = facts.as_ref().is_none_or(|f| f.marker);
-            let frame_start = !c.mid_frame;
-            c.mid_frame = !marker;
-            if let (Some(room), true) = (room, frame_start) {
-                let r = room();
-                if r == Room::Full && !c.congested {
-                    c.congested = true;
-                    c.keyframe_requested = false;
-                    ev.congestion_started = true;
-                    if self.is_video {
-                        self.waiting_keyframe.store(true, Ordering::Relaxed);
-                    }
-                } else if c.congested && !self.is_video && r != Room::Full {
-                    c.congested = false;
+        for (m, running) in media {
+            match m {
+                Media::Rtp(buffer) => {
+                    self.frame_rtp(&mut c, &mut ev, buffer, running, ntp, room, out)?
                 }
-                if c.congested && !self.is_video {
-                    c.dropped += 1;
-                    c.mid_frame = !marker;
-                    continue;
+                Media::Packed(p) if wire && self.srtp.is_none() && p.is_wire_ready() => {
+                    self.frame_packed(&mut c, &mut ev, p, running, ntp, room, out)?
                 }
-                if c.congested && r == Room::Plenty && !c.keyframe_requested {
-                    c.keyframe_requested = true;
-                    ev.want_keyframe = true;
-                }
-            } else if c.congested && !self.is_video {
-                // The rest of a dropped audio frame.
-                c.dropped += 1;
-                continue;
-            }
-            if self.waiting_keyframe() {
-                if frame_start {
-                    let may_resume = !c.congested || room.is_none_or(|r| r() == Room::Plenty);
-                    c.neutral_prefix = may_resume;
-                    c.dropped += c.prefix.len() as u64;
-                    c.prefix.clear();
-                }
-                match self.start_of(&buffer, facts.as_ref()) {
-                    // Might still be a keyframe: keep it until the frame says.
-                    Start::Neutral if c.neutral_prefix => {
-                        c.prefix.push((buffer, running, facts));
-                        continue;
-                    }
-                    Start::Key if c.neutral_prefix => {
-                        self.waiting_keyframe.store(false, Ordering::Relaxed);
-                        c.congested = false;
-                        for (b, rt, f) in std::mem::take(&mut c.prefix) {
-                            self.emit(&mut c, b, rt, f, ntp, out)?;
+                Media::Packed(p) => {
+                    // SRTP protects and UDP sends packet by packet: one buffer each after all.
+                    for i in 0..p.packets.spans.len() {
+                        let mut b = gst::Buffer::from_slice(p.packets.packet(i).to_vec());
+                        if p.delta {
+                            b.get_mut().unwrap().set_flags(gst::BufferFlags::DELTA_UNIT);
                         }
-                    }
-                    _ => {
-                        c.neutral_prefix = false;
-                        c.dropped += 1 + c.prefix.len() as u64;
-                        c.prefix.clear();
-                        continue;
+                        self.frame_rtp(&mut c, &mut ev, b, running, ntp, room, out)?;
                     }
                 }
             }
-            self.emit(&mut c, buffer, running, facts, ntp, out)?;
         }
         Ok(ev)
+    }
+
+    /// One packet from a payloader.
+    #[allow(clippy::too_many_arguments)]
+    fn frame_rtp(
+        &self,
+        c: &mut Counters,
+        ev: &mut FrameEvents,
+        buffer: gst::Buffer,
+        running: Option<u64>,
+        ntp: &dyn Fn() -> NtpMapper,
+        room: Option<&dyn Fn() -> Room>,
+        out: &mut Vec<OutFrame>,
+    ) -> Result<(), usize> {
+        let len = buffer.size();
+        let facts = rtcp::rtp_facts(len, |off, dst| buffer.copy_to_slice(off, dst).is_ok());
+        let marker = facts.as_ref().is_none_or(|f| f.marker);
+        let frame_start = !c.mid_frame;
+        c.mid_frame = !marker;
+        if let (Some(room), true) = (room, frame_start) {
+            if self.congestion_drops(c, ev, room) {
+                c.dropped += 1;
+                c.mid_frame = !marker;
+                return Ok(());
+            }
+        } else if c.congested && !self.is_video {
+            // The rest of a dropped audio frame.
+            c.dropped += 1;
+            return Ok(());
+        }
+        if self.waiting_keyframe() {
+            if frame_start {
+                let may_resume = !c.congested || room.is_none_or(|r| r() == Room::Plenty);
+                c.neutral_prefix = may_resume;
+                c.dropped += c.prefix.len() as u64;
+                c.prefix.clear();
+            }
+            match self.start_of(&buffer, facts.as_ref()) {
+                // Might still be a keyframe: keep it until the frame says.
+                Start::Neutral if c.neutral_prefix => {
+                    c.prefix.push((buffer, running, facts));
+                    return Ok(());
+                }
+                Start::Key if c.neutral_prefix => {
+                    self.waiting_keyframe.store(false, Ordering::Relaxed);
+                    c.congested = false;
+                    for (b, rt, f) in std::mem::take(&mut c.prefix) {
+                        self.emit(c, b, rt, f, ntp, out)?;
+                    }
+                }
+                _ => {
+                    c.neutral_prefix = false;
+                    c.dropped += 1 + c.prefix.len() as u64;
+                    c.prefix.clear();
+                    return Ok(());
+                }
+            }
+        }
+        self.emit(c, buffer, running, facts, ntp, out)
+    }
+
+    /// The drop policy at a frame's start: whether the frame is dropped here (audio under
+    /// congestion). Starts and ends congestion episodes; video's drops are decided by the
+    /// keyframe wait that an episode starts.
+    fn congestion_drops(
+        &self,
+        c: &mut Counters,
+        ev: &mut FrameEvents,
+        room: &dyn Fn() -> Room,
+    ) -> bool {
+        let r = room();
+        if r == Room::Full && !c.congested {
+            c.congested = true;
+            c.keyframe_requested = false;
+            ev.congestion_started = true;
+            if self.is_video {
+                self.waiting_keyframe.store(true, Ordering::Relaxed);
+            }
+        } else if c.congested && !self.is_video && r != Room::Full {
+            c.congested = false;
+        }
+        if c.congested && !self.is_video {
+            return true;
+        }
+        if c.congested && r == Room::Plenty && !c.keyframe_requested {
+            c.keyframe_requested = true;
+            ev.want_keyframe = true;
+        }
+        false
+    }
+
+    /// One access unit our packetizer made: the same decisions as for a payloader's packets,
+    /// taken once for the whole frame, then its packets are stamped with the interleave header
+    /// in place and go out as one frame.
+    #[allow(clippy::too_many_arguments)]
+    fn frame_packed(
+        &self,
+        c: &mut Counters,
+        ev: &mut FrameEvents,
+        p: Packed,
+        running: Option<u64>,
+        ntp: &dyn Fn() -> NtpMapper,
+        room: Option<&dyn Fn() -> Room>,
+        out: &mut Vec<OutFrame>,
+    ) -> Result<(), usize> {
+        let Packed { mut packets, delta } = p;
+        let n = packets.spans.len() as u64;
+        let (Some(first), Some(last)) = (packets.spans.first(), packets.spans.last()) else {
+            return Ok(());
+        };
+        let (first_start, last_start) = (first.start, last.start);
+        // A whole frame: whatever a payloader's packets left half done is over.
+        c.mid_frame = false;
+        if let Some(room) = room {
+            if self.congestion_drops(c, ev, room) {
+                c.dropped += n;
+                return Ok(());
+            }
+        } else if c.congested && !self.is_video {
+            c.dropped += n;
+            return Ok(());
+        }
+        if self.waiting_keyframe() {
+            c.dropped += c.prefix.len() as u64;
+            c.prefix.clear();
+            let may_resume = !c.congested || room.is_none_or(|r| r() == Room::Plenty);
+            if delta || !may_resume {
+                c.dropped += n;
+                return Ok(());
+            }
+            self.waiting_keyframe.store(false, Ordering::Relaxed);
+            c.congested = false;
+        }
+        let data = &mut packets.data;
+        let head = |d: &[u8], at: usize| {
+            (
+                u16::from_be_bytes([d[at + 2], d[at + 3]]),
+                u32::from_be_bytes([d[at + 4], d[at + 5], d[at + 6], d[at + 7]]),
+            )
+        };
+        let (seq0, ts0) = head(data, first_start);
+        if c.discont {
+            if let Some(l) = c.last_out {
+                c.shift = self.shift_after_flush(l, seq0, ts0);
+            }
+            c.discont = false;
+        }
+        let (dseq, dts) = c.shift;
+        let mut octets = 0;
+        for span in &packets.spans {
+            if span.len > MAX_INTERLEAVED || span.len < 12 || span.start < 4 {
+                return Err(span.len);
+            }
+            let pkt = &mut data[span.start..span.start + span.len];
+            if let Some(pt) = self.pt_rewrite {
+                pkt[1] = (pkt[1] & 0x80) | (pt & 0x7f);
+            }
+            if dseq != 0 || dts != 0 {
+                let (s, t) = head(pkt, 0);
+                pkt[2..4].copy_from_slice(&s.wrapping_add(dseq).to_be_bytes());
+                pkt[4..8].copy_from_slice(&t.wrapping_add(dts).to_be_bytes());
+            }
+            let l = (span.len as u16).to_be_bytes();
+            data[span.start - 4..span.start].copy_from_slice(&[b'$', self.channel, l[0], l[1]]);
+            octets += span.len as u64 - 12;
+        }
+        let (seq, ts) = head(data, last_start);
+        let ssrc = u32::from_be_bytes([
+            data[first_start + 8],
+            data[first_start + 9],
+            data[first_start + 10],
+            data[first_start + 11],
+        ]);
+        c.last_out = Some(LastOut {
+            seq,
+            ts,
+            at: std::time::Instant::now(),
+        });
+        c.ssrc = Some(ssrc);
+        if let Some(rt) = running {
+            c.last_raw = Some((ts0, rt));
+            c.last_rtp = ts;
+            c.last_running = Some(rt);
+            if c.sender_reports == 0 {
+                out.push(OutFrame::Control(self.report_locked(c, rt, &ntp(), false)));
+            }
+        }
+        // The packets sit back to back behind their headers (is_wire_ready).
+        data.truncate(last_start + packets.spans[packets.spans.len() - 1].len);
+        if first_start > 4 {
+            data.drain(..first_start - 4);
+        }
+        let bytes = std::mem::take(data);
+        c.octets += octets;
+        c.packets += n;
+        c.bytes += bytes.len() as u64;
+        out.push(OutFrame::Wire {
+            bytes,
+            packets: n as u32,
+        });
+        Ok(())
+    }
+
+    /// After a flush the payloader's numbers restart where its new segment does: continue from
+    /// the last packet sent, its timestamp advanced by the time since.
+    fn shift_after_flush(&self, last: LastOut, seq: u16, ts: u32) -> (u16, u32) {
+        let ticks =
+            (last.at.elapsed().as_nanos() * self.clock_rate as u128 / 1_000_000_000).max(1) as u32;
+        let shift = (
+            last.seq.wrapping_add(1).wrapping_sub(seq),
+            last.ts.wrapping_add(ticks).wrapping_sub(ts),
+        );
+        gst::debug!(
+            crate::CAT,
+            "channel {}: after a flush, sequence numbers shift by {} and timestamps by {}",
+            self.channel,
+            shift.0,
+            shift.1
+        );
+        shift
     }
 
     /// Frames one packet, counting it (and preceding the track's first packet with a report).
@@ -399,21 +633,7 @@ impl TrackSender {
     ) -> Result<(), usize> {
         {
             if let (true, Some(f), Some(last)) = (c.discont, facts.as_ref(), c.last_out) {
-                // After a flush the payloader's numbers restart where its new segment does:
-                // continue from the last packet sent, its timestamp advanced by the time since.
-                let ticks = (last.at.elapsed().as_nanos() * self.clock_rate as u128 / 1_000_000_000)
-                    .max(1) as u32;
-                c.shift = (
-                    last.seq.wrapping_add(1).wrapping_sub(f.seq),
-                    last.ts.wrapping_add(ticks).wrapping_sub(f.timestamp),
-                );
-                gst::debug!(
-                    crate::CAT,
-                    "channel {}: after a flush, sequence numbers shift by {} and timestamps by {}",
-                    self.channel,
-                    c.shift.0,
-                    c.shift.1
-                );
+                c.shift = self.shift_after_flush(last, f.seq, f.timestamp);
             }
             if facts.is_some() {
                 c.discont = false;
@@ -589,13 +809,30 @@ mod tests {
                     let mut bytes = head[4..*head_len as usize].to_vec();
                     let rest = buffer.map_readable().unwrap();
                     bytes.extend_from_slice(&rest[*skip as usize..]);
-                    Some((
+                    Some(vec![(
                         u16::from_be_bytes([bytes[2], bytes[3]]),
                         u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
-                    ))
+                    )])
+                }
+                OutFrame::Wire { bytes, packets } => {
+                    let mut v = Vec::new();
+                    let mut at = 0;
+                    while at < bytes.len() {
+                        assert_eq!(bytes[at], b'$');
+                        let len = u16::from_be_bytes([bytes[at + 2], bytes[at + 3]]) as usize;
+                        let p = &bytes[at + 4..at + 4 + len];
+                        v.push((
+                            u16::from_be_bytes([p[2], p[3]]),
+                            u32::from_be_bytes([p[4], p[5], p[6], p[7]]),
+                        ));
+                        at += 4 + len;
+                    }
+                    assert_eq!(v.len(), *packets as usize);
+                    Some(v)
                 }
                 OutFrame::Control(_) => None,
             })
+            .flat_map(|v| v.into_iter())
             .collect()
     }
 
@@ -612,8 +849,112 @@ mod tests {
     fn frame(tx: &TrackSender, packets: &[(u16, u32)], out: &mut Vec<OutFrame>) {
         let buffers = packets
             .iter()
-            .map(|&(seq, ts)| (packet(seq, ts), Some(u64::from(ts) * 11_111)));
-        tx.frames(buffers, &ntp, None, out).unwrap();
+            .map(|&(seq, ts)| (Media::Rtp(packet(seq, ts)), Some(u64::from(ts) * 11_111)));
+        tx.frames(buffers, &ntp, None, true, out).unwrap();
+    }
+
+    /// An access unit as our packetizer hands it over: packets behind 4 free bytes each.
+    fn packed(packets: &[(u16, u32)], delta: bool) -> Media {
+        let mut p = Packets::new(4);
+        for (i, &(seq, ts)) in packets.iter().enumerate() {
+            let b = packet(seq, ts);
+            let map = b.map_readable().unwrap();
+            p.data.extend_from_slice(&[0; 4]);
+            let start = p.data.len();
+            p.data.extend_from_slice(&map);
+            p.spans.push(crate::packetize::Span {
+                start,
+                len: map.len(),
+                marker: i + 1 == packets.len(),
+                keyframe_start: !delta && i == 0,
+            });
+        }
+        Media::Packed(Packed { packets: p, delta })
+    }
+
+    fn frame_packed(tx: &TrackSender, au: Media, rt: u64, wire: bool, out: &mut Vec<OutFrame>) {
+        tx.frames([(au, Some(rt))], &ntp, None, wire, out).unwrap();
+    }
+
+    #[test]
+    fn a_packed_access_unit_goes_out_as_one_interleaved_frame() {
+        gst::init().unwrap();
+        let tx = sender(true);
+        let mut out = Vec::new();
+        frame_packed(
+            &tx,
+            packed(&[(10, 1000), (11, 1000), (12, 1000)], false),
+            0,
+            true,
+            &mut out,
+        );
+        // The first packet of the track is preceded by a sender report.
+        assert!(matches!(out[0], OutFrame::Control(_)));
+        assert!(matches!(out[1], OutFrame::Wire { packets: 3, .. }));
+        assert_eq!(sent(&out), [(10, 1000), (11, 1000), (12, 1000)]);
+        let OutFrame::Wire { bytes, .. } = &out[1] else {
+            unreachable!()
+        };
+        assert!(bytes.chunks(4 + 16).all(|f| f[..4] == [b'$', 0, 0, 16]));
+        let c = tx.counters.lock().unwrap();
+        assert_eq!((c.packets, c.octets, c.bytes), (3, 12, 60));
+    }
+
+    #[test]
+    fn a_packed_access_unit_is_split_where_packets_go_one_by_one() {
+        gst::init().unwrap();
+        let tx = sender(true);
+        let mut out = Vec::new();
+        frame_packed(
+            &tx,
+            packed(&[(10, 1000), (11, 1000)], false),
+            0,
+            false,
+            &mut out,
+        );
+        assert_eq!(
+            out.iter()
+                .filter(|f| matches!(f, OutFrame::Rtp { .. }))
+                .count(),
+            2
+        );
+        assert_eq!(sent(&out), [(10, 1000), (11, 1000)]);
+    }
+
+    #[test]
+    fn packed_access_units_continue_across_a_flush_and_restart_on_a_keyframe() {
+        gst::init().unwrap();
+        let tx = sender(true);
+        let mut out = Vec::new();
+        frame_packed(
+            &tx,
+            packed(&[(65534, 900_000), (65535, 900_000)], false),
+            0,
+            true,
+            &mut out,
+        );
+        tx.flushed();
+        frame_packed(&tx, packed(&[(100, 0)], true), 0, true, &mut out);
+        assert_eq!(
+            sent(&out).len(),
+            2,
+            "a delta frame after the flush went out"
+        );
+        frame_packed(
+            &tx,
+            packed(&[(101, 3000), (102, 3000)], false),
+            33_333_333,
+            true,
+            &mut out,
+        );
+        let s = sent(&out);
+        assert_eq!(
+            s.iter().map(|p| p.0).collect::<Vec<_>>(),
+            [65534, 65535, 0, 1]
+        );
+        assert!(s[2].1.wrapping_sub(s[1].1) >= 1 && s[2].1.wrapping_sub(s[1].1) < 90_000);
+        assert_eq!(s[3].1, s[2].1);
+        assert_eq!(tx.counters.lock().unwrap().dropped, 1);
     }
 
     #[test]
@@ -662,7 +1003,8 @@ mod tests {
             .get_mut()
             .unwrap()
             .set_flags(gst::BufferFlags::DELTA_UNIT);
-        tx.frames([(delta, Some(0))], &ntp, None, &mut out).unwrap();
+        tx.frames([(Media::Rtp(delta), Some(0))], &ntp, None, true, &mut out)
+            .unwrap();
         assert_eq!(
             sent(&out).len(),
             1,

@@ -143,6 +143,7 @@ pub(super) struct Settings {
     pub(super) proxy: Option<String>,
     pub(super) proxy_id: Option<String>,
     pub(super) proxy_pw: Option<String>,
+    pub(super) builtin_payloaders: bool,
 }
 
 impl Default for Settings {
@@ -176,6 +177,7 @@ impl Default for Settings {
             proxy: None,
             proxy_id: None,
             proxy_pw: None,
+            builtin_payloaders: true,
         }
     }
 }
@@ -344,6 +346,12 @@ pub(super) fn properties() -> Vec<glib::ParamSpec> {
             .blurb("Password for the HTTP proxy (never logged)")
             .mutable_ready()
             .build(),
+        glib::ParamSpecBoolean::builder("builtin-payloaders")
+            .nick("Built-in payloaders")
+            .blurb("Payload encoded H.264, H.265 and AAC inside the element, straight into the send buffer (byte for byte what rtph264pay/rtph265pay config-interval=1 and rtpmp4gpay make; no new-payloader signal for them). FALSE: GStreamer's payloaders, as for every other codec. A pad's payloader property always wins")
+            .default_value(true)
+            .mutable_ready()
+            .build(),
         glib::ParamSpecUInt::builder("max-queue-bytes")
             .nick("Max queue bytes")
             .blurb("Bytes queued towards the network before upstream blocks (congestion-policy=block) or whole frames are dropped (congestion-policy=drop)")
@@ -407,6 +415,7 @@ impl Settings {
             "proxy" => s.proxy = value.get().unwrap(),
             "proxy-id" => s.proxy_id = value.get().unwrap(),
             "proxy-pw" => s.proxy_pw = value.get().unwrap(),
+            "builtin-payloaders" => s.builtin_payloaders = value.get().unwrap(),
             _ => unreachable!(),
         }
     }
@@ -443,6 +452,7 @@ impl Settings {
             "proxy" => s.proxy.to_value(),
             "proxy-id" => s.proxy_id.to_value(),
             "proxy-pw" => s.proxy_pw.to_value(),
+            "builtin-payloaders" => s.builtin_payloaders.to_value(),
             _ => return None,
         })
     }

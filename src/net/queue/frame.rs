@@ -13,6 +13,12 @@ pub(crate) enum OutFrame {
         buffer: gst::Buffer,
         skip: u8,
     },
+    /// RTP packets our own packetizer wrote already framed (`$`, channel, length, packet, ...):
+    /// one access unit's worth, one allocation, no buffer per packet.
+    Wire {
+        bytes: Vec<u8>,
+        packets: u32,
+    },
     Control(Vec<u8>),
 }
 
@@ -84,12 +90,22 @@ impl OutFrame {
                 *head_len as usize + u16::from_be_bytes([head[2], head[3]]) as usize
                     - *skip as usize
             }
+            OutFrame::Wire { bytes, .. } => bytes.len(),
             OutFrame::Control(v) => v.len(),
         }
     }
 
     pub(super) fn is_media(&self) -> bool {
-        matches!(self, OutFrame::Rtp { .. })
+        matches!(self, OutFrame::Rtp { .. } | OutFrame::Wire { .. })
+    }
+
+    /// How many RTP packets the frame carries.
+    pub(crate) fn rtp_packets(&self) -> u64 {
+        match self {
+            OutFrame::Rtp { .. } => 1,
+            OutFrame::Wire { packets, .. } => *packets as u64,
+            OutFrame::Control(_) => 0,
+        }
     }
 
     /// Appends the frame's wire bytes to `out`, mapping the buffer's memories one by one (mapping
@@ -117,7 +133,7 @@ impl OutFrame {
                     to_skip = 0;
                 }
             }
-            OutFrame::Control(v) => out.extend_from_slice(v),
+            OutFrame::Wire { bytes: v, .. } | OutFrame::Control(v) => out.extend_from_slice(v),
         }
         Ok(())
     }

@@ -361,6 +361,10 @@ impl UdpSession {
                 OutFrame::Control(_) => {
                     gst::debug!(CAT, "RTSP text on the UDP path ignored");
                 }
+                // The senders give UDP one buffer per packet; interleaved frames are TCP's.
+                OutFrame::Wire { .. } => {
+                    gst::warning!(CAT, "interleaved frames on the UDP path dropped");
+                }
             }
         }
         flush(&mut run, run_channel)

@@ -7,7 +7,10 @@
 
 mod signals;
 
+use super::builtin::{self, Builtin};
 use super::pad::RtspAnnouncePad;
+use super::payloader;
+use super::sender::Media;
 use super::session::{self, PadError, SessionConfig, Shared, TrackId};
 use super::settings::Settings;
 use crate::rtsp::url::RtspUrl;
@@ -70,6 +73,32 @@ impl URIHandlerImpl for RtspAnnounce {
         self.settings.lock().unwrap().location = Some(uri.to_string());
         Ok(())
     }
+}
+
+/// A sample of encoded input through the pad's built-in payloader into the session.
+fn packed(
+    own: &Mutex<Builtin>,
+    shared: &Arc<Shared>,
+    idx: TrackId,
+    caps: &gst::Caps,
+    sample: &gst::Sample,
+    segment: Option<&gst::FormattedSegment<gst::ClockTime>>,
+) -> Result<(), PadError> {
+    let mut own = own.lock().unwrap();
+    let rtp = own.fit(caps).map_err(PadError::Error)?;
+    let mut media = smallvec::SmallVec::<[_; 1]>::new();
+    if let Some(list) = sample.buffer_list() {
+        own.packetize(list.iter_owned(), segment, &mut media)
+    } else {
+        own.packetize(sample.buffer_owned().into_iter(), segment, &mut media)
+    }
+    .map_err(PadError::Error)?;
+    drop(own);
+    let times = media
+        .iter()
+        .map(|(_, t)| *t)
+        .collect::<smallvec::SmallVec<[_; 1]>>();
+    shared.render(idx, Some(rtp), media.into_iter(), times.into_iter())
 }
 
 fn pad_result(
@@ -193,8 +222,11 @@ impl RtspAnnounce {
 
     fn make_appsink(&self, link: PadLink) -> gst_app::AppSink {
         let sync = self.settings.lock().unwrap().sync;
+        // RTP, or encoded input pad.rs routes here for the built-in payloaders.
+        let mut caps = gst::Caps::new_empty_simple("application/x-rtp");
+        caps.merge(builtin::input_caps());
         let appsink = gst_app::AppSink::builder()
-            .caps(&gst::Caps::new_empty_simple("application/x-rtp"))
+            .caps(&caps)
             .sync(sync)
             .enable_last_sample(false)
             .buffer_list(true)
@@ -206,6 +238,9 @@ impl RtspAnnounce {
         let weak = self.obj().downgrade();
         let (l1, l2, l3) = (link.clone(), link.clone(), link.clone());
         let (w1, w2, w3) = (weak.clone(), weak.clone(), weak);
+        // Used by this pad's streaming thread only (preroll and render).
+        let own = Arc::new(Mutex::new(Builtin::new(96)));
+        let own2 = own.clone();
         appsink.set_callbacks(
             gst_app::AppSinkCallbacks::builder()
                 .new_preroll(move |sink| {
@@ -217,16 +252,31 @@ impl RtspAnnounce {
                         let first = sample
                             .buffer()
                             .or_else(|| sample.buffer_list().and_then(|l| l.get(0)));
-                        let running = sample
+                        let segment = sample
                             .segment()
-                            .and_then(|s| s.downcast_ref::<gst::ClockTime>())
-                            .zip(first.and_then(|b| b.pts()))
-                            .and_then(|(seg, pts)| seg.to_running_time(pts))
-                            .map(|t| t.nseconds());
-                        let anchor = first.and_then(|b| session::anchor_of(b, running));
-                        shared.preroll(idx, sample.caps_owned(), anchor);
+                            .and_then(|s| s.downcast_ref::<gst::ClockTime>());
+                        let running = session::running_time(segment, first.and_then(|b| b.pts()));
+                        let caps = sample.caps_owned();
+                        if let Some(c) = caps.as_ref().filter(|c| !payloader::is_rtp_caps(c)) {
+                            let mut own = own.lock().unwrap();
+                            let rtp = match own.fit(c) {
+                                Ok(rtp) => rtp,
+                                Err(msg) => {
+                                    drop(own);
+                                    if let Some(e) = w1.upgrade() {
+                                        e.post_error_message(msg);
+                                    }
+                                    return Err(gst::FlowError::NotNegotiated);
+                                }
+                            };
+                            let anchor = own.anchor(running);
+                            drop(own);
+                            shared.preroll(idx, Some(rtp), anchor);
+                        } else {
+                            let anchor = first.and_then(|b| session::anchor_of(b, running));
+                            shared.preroll(idx, caps, anchor);
+                        }
                     }
-                    let _ = &w1;
                     Ok(gst::FlowSuccess::Ok)
                 })
                 .new_sample(move |sink| {
@@ -239,16 +289,30 @@ impl RtspAnnounce {
                         .segment()
                         .and_then(|s| s.downcast_ref::<gst::ClockTime>().cloned());
                     let segment = segment.as_ref();
-                    let res = if let Some(list) = sample.buffer_list_owned() {
+                    let rt = |b: &gst::BufferRef| session::running_time(segment, b.pts());
+                    let res = if let Some(c) = caps.as_ref().filter(|c| !payloader::is_rtp_caps(c))
+                    {
+                        packed(&own2, &shared, idx, c, &sample, segment)
+                    } else if let Some(list) = sample.buffer_list_owned() {
                         let n = list.len();
+                        let times = list.iter().map(rt).collect::<smallvec::SmallVec<[_; 64]>>();
                         shared.render(
                             idx,
                             caps,
-                            segment,
-                            (0..n).filter_map(move |i| list.get_owned(i)),
+                            (0..n)
+                                .filter_map(move |i| list.get_owned(i))
+                                .zip(times.clone())
+                                .map(|(b, t)| (Media::Rtp(b), t)),
+                            times.into_iter(),
                         )
                     } else if let Some(buf) = sample.buffer_owned() {
-                        shared.render(idx, caps, segment, std::iter::once(buf))
+                        let t = rt(&buf);
+                        shared.render(
+                            idx,
+                            caps,
+                            std::iter::once((Media::Rtp(buf), t)),
+                            std::iter::once(t),
+                        )
                     } else {
                         Ok(())
                     };

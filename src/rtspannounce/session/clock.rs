@@ -34,7 +34,7 @@ impl Shared {
                     .and_then(|c| c.structure(0))
                     .and_then(|s| s.get::<i32>("clock-rate").ok())
                     .filter(|r| *r > 0)? as u32;
-                let held = t.held.iter().rev().find_map(|(b, rt)| anchor_of(b, *rt));
+                let held = t.held.iter().rev().find_map(|(m, rt)| m.anchor(*rt));
                 // The last connection's is newer than the preroll's (a flush since may have moved
                 // the payloader's line).
                 let sent = st
@@ -64,6 +64,17 @@ impl Shared {
             offsets,
         })
     }
+}
+
+/// The running time of `pts` in `segment`, in ns.
+pub(crate) fn running_time(
+    segment: Option<&gst::FormattedSegment<gst::ClockTime>>,
+    pts: Option<gst::ClockTime>,
+) -> Option<u64> {
+    segment
+        .zip(pts)
+        .and_then(|(seg, pts)| seg.to_running_time(pts))
+        .map(|t| t.nseconds())
 }
 
 /// A packet's (RTP timestamp, running time), for the SDP's direct offset.

@@ -12,12 +12,12 @@ mod ending;
 mod recover;
 mod start;
 
-pub(crate) use clock::anchor_of;
+pub(crate) use clock::{anchor_of, running_time};
 
 use super::connection::{is_video, Connection, SendLimits, Sent};
 use super::hooks::{Hooks, Notice};
 use super::reorder::{ReorderWatch, Reordered};
-use super::sender::{FrameEvents, NtpMapper, NtpSource};
+use super::sender::{FrameEvents, Media, NtpMapper, NtpSource};
 use crate::error::{Error, ErrorKind};
 use crate::net::dial::{DialConfig, Dialer};
 use crate::sdp;
@@ -147,7 +147,7 @@ struct Track {
     has_buffer: bool,
     /// Buffers (with running times) that arrived before RECORD's answer, sent first once it
     /// comes.
-    held: Vec<(gst::Buffer, Option<u64>)>,
+    held: Vec<(Media, Option<u64>)>,
     /// The (RTP timestamp, running time) of the prerolled packet: the direct offset of the
     /// SDP when the handshake starts from preroll, before anything is held.
     preroll_anchor: Option<(u32, u64)>,
@@ -430,21 +430,37 @@ impl Shared {
         ))
     }
 
-    /// A buffer (or list) rendered on pad `id`: sent, or held until RECORD is answered.
-    pub(crate) fn render(
+    /// Buffers from a payloader on pad `id`, with the segment that gives their running times.
+    #[cfg(test)]
+    pub(crate) fn render_buffers(
         self: &Arc<Self>,
         id: TrackId,
         caps: Option<gst::Caps>,
         segment: Option<&gst::FormattedSegment<gst::ClockTime>>,
         buffers: impl Iterator<Item = gst::Buffer> + Clone,
     ) -> Result<(), PadError> {
-        let buffers = buffers.map(|b| {
-            let rt = segment
-                .zip(b.pts())
-                .and_then(|(seg, pts)| seg.to_running_time(pts))
-                .map(|t| t.nseconds());
-            (b, rt)
-        });
+        let rt = |b: &gst::Buffer| running_time(segment, b.pts());
+        self.render(
+            id,
+            caps,
+            buffers.clone().map(move |b| {
+                let t = rt(&b);
+                (Media::Rtp(b), t)
+            }),
+            buffers.map(move |b| rt(&b)),
+        )
+    }
+
+    /// Packets (or packed access units) rendered on pad `id`, with their running times: sent,
+    /// or held until RECORD is answered. `running` gives the same running times again, read
+    /// before anything is consumed (the B-frame check).
+    pub(crate) fn render(
+        self: &Arc<Self>,
+        id: TrackId,
+        caps: Option<gst::Caps>,
+        buffers: impl Iterator<Item = (Media, Option<u64>)>,
+        running: impl Iterator<Item = Option<u64>>,
+    ) -> Result<(), PadError> {
         let mut st = self.state.lock().unwrap();
         let Some(mut track) = st.position(id) else {
             // Released: its pad is going away.
@@ -453,9 +469,7 @@ impl Shared {
         // Video only: audio whose timestamps jitter back is no B-frame stream.
         let t = &mut st.tracks[track];
         let video = caps.as_ref().or(t.caps.as_ref()).is_some_and(is_video);
-        let reordered = video
-            .then(|| t.reorder.observe(buffers.clone().map(|(_, rt)| rt)))
-            .flatten();
+        let reordered = video.then(|| t.reorder.observe(running)).flatten();
         if let Some(r) = reordered {
             let name = st.tracks[track].pad_name.clone();
             drop(st);
@@ -475,7 +489,7 @@ impl Shared {
                                 "{}: new caps {c}: announcing again",
                                 st.tracks[track].pad_name
                             );
-                            st.dropped_offline += buffers.count() as u64;
+                            st.dropped_offline += buffers.map(|(m, _)| m.packets()).sum::<u64>();
                             drop(st);
                             self.renegotiate(format!("caps changed on track {track}"));
                             return Ok(());
@@ -496,7 +510,7 @@ impl Shared {
                 if let Some(c) = caps {
                     st.tracks[track].caps = Some(c);
                 }
-                st.dropped_offline += buffers.count() as u64;
+                st.dropped_offline += buffers.map(|(m, _)| m.packets()).sum::<u64>();
                 return Ok(());
             }
             Phase::Waiting | Phase::Connecting(_) => {}
@@ -592,7 +606,7 @@ impl Shared {
         conn: &Connection,
         track: usize,
         flushing: &AtomicBool,
-        buffers: impl Iterator<Item = (gst::Buffer, Option<u64>)>,
+        buffers: impl Iterator<Item = (Media, Option<u64>)>,
     ) -> Result<(), PadError> {
         match conn.send(track, buffers, &|| self.ntp_mapper(), flushing) {
             Sent::Ok(ev) => {

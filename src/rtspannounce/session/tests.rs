@@ -107,7 +107,7 @@ fn a_silent_track_fails_the_session_at_the_announce_timeout() {
     // A pad then sees the failure, not a wait.
     let buf = gst::Buffer::from_slice([0u8; 12]);
     assert!(matches!(
-        s.render(0, None, None, std::iter::once(buf)),
+        s.render_buffers(0, None, None, std::iter::once(buf)),
         Err(PadError::Failed)
     ));
 }
@@ -139,7 +139,7 @@ fn a_flush_ends_only_its_own_pads_wait() {
     s.set_flushing(0, true);
     let buf = gst::Buffer::from_slice([0u8; 12]);
     assert!(matches!(
-        s.render(0, None, None, std::iter::once(buf)),
+        s.render_buffers(0, None, None, std::iter::once(buf)),
         Err(PadError::Flushing)
     ));
     s.set_flushing(0, false);
@@ -167,7 +167,7 @@ fn b_frames_are_warned_about_once_per_pad_naming_it() {
     let render = |pad, ms: &[u64]| {
         let bufs: Vec<gst::Buffer> = ms.iter().map(|&m| frame(m)).collect();
         assert!(s
-            .render(pad, Some(caps.clone()), Some(&seg), bufs.into_iter())
+            .render_buffers(pad, Some(caps.clone()), Some(&seg), bufs.into_iter())
             .is_ok());
     };
     // In order, then I0 P100 B33 B66: one warning, whichever list the frames come in.
@@ -216,7 +216,7 @@ fn audio_timestamps_going_back_are_no_b_frames() {
             .unwrap()
             .set_pts(gst::ClockTime::from_mseconds(ms));
         assert!(s
-            .render(0, Some(caps.clone()), Some(&seg), std::iter::once(b))
+            .render_buffers(0, Some(caps.clone()), Some(&seg), std::iter::once(b))
             .is_ok());
     }
     assert!(rx.try_recv().is_err());
