@@ -378,6 +378,7 @@ impl TrackSender {
     ) -> Result<FrameEvents, usize> {
         let mut c = self.counters.lock().unwrap();
         let mut ev = FrameEvents::default();
+        let before = c.packets;
         for (m, running) in media {
             match m {
                 Media::Rtp(buffer) => {
@@ -396,6 +397,12 @@ impl TrackSender {
                         self.frame_rtp(&mut c, &mut ev, b, running, ntp, room, out)?;
                     }
                 }
+            }
+        }
+        if c.packets != before {
+            // When the last packet went out, for the flush continuity: one clock read per call.
+            if let Some(l) = c.last_out.as_mut() {
+                l.at = std::time::Instant::now();
             }
         }
         Ok(ev)
@@ -575,7 +582,8 @@ impl TrackSender {
         c.last_out = Some(LastOut {
             seq,
             ts,
-            at: std::time::Instant::now(),
+            // Stamped once per call, after the loop (frames).
+            at: c.last_out.map_or_else(std::time::Instant::now, |l| l.at),
         });
         c.ssrc = Some(ssrc);
         if let Some(rt) = running {
@@ -663,7 +671,8 @@ impl TrackSender {
                 c.last_out = Some(LastOut {
                     seq: in_seq.wrapping_add(seq),
                     ts: timestamp,
-                    at: std::time::Instant::now(),
+                    // Stamped once per call, after the loop (frames).
+                    at: c.last_out.map_or_else(std::time::Instant::now, |l| l.at),
                 });
                 if c.ssrc != Some(ssrc) {
                     c.ssrc = Some(ssrc);

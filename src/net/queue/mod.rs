@@ -260,6 +260,8 @@ impl SendQueue {
         cancel: &AtomicBool,
     ) -> Result<(), QueueError> {
         let mut inner = self.inner.lock().unwrap();
+        // One clock read per call, again only after a wait for room.
+        let mut now = Instant::now();
         for f in frames {
             loop {
                 Self::check(&inner)?;
@@ -274,8 +276,9 @@ impl SendQueue {
                     break;
                 }
                 inner = self.space.wait(inner).unwrap();
+                now = Instant::now();
             }
-            inner.push(&f, Instant::now())?;
+            inner.push(&f, now)?;
         }
         self.kick(&mut inner);
         Ok(())
