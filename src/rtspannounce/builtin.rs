@@ -14,30 +14,36 @@ const MTU: u32 = 1400;
 /// Interleave header written in front of each packet.
 const PREFIX: usize = 4;
 
-/// The encoded formats the built-in payloaders may take (each caps still has to satisfy
-/// `Packetizer::for_caps`: alignment, codec data).
+/// The encoded formats the built-in payloaders may take, as GStreamer's payloaders' templates
+/// say them (each caps still has to satisfy `Packetizer::for_caps`: codec data, a known
+/// sampling rate). H.264 is offered constrained-baseline first, as rtph264pay answers a caps
+/// query, so an encoder picks the profile it would pick in front of rtph264pay.
 pub(crate) fn input_caps() -> gst::Caps {
+    let h264 = |format: &str, baseline: bool| {
+        let s = gst::Structure::builder("video/x-h264")
+            .field("stream-format", format)
+            .field("alignment", "au");
+        if baseline {
+            s.field("profile", "constrained-baseline").build()
+        } else {
+            s.build()
+        }
+    };
+    let h265 = |format: &str| {
+        gst::Structure::builder("video/x-h265")
+            .field("stream-format", format)
+            .field("alignment", "au")
+            .build()
+    };
     let mut caps = gst::Caps::new_empty();
     {
         let c = caps.get_mut().unwrap();
-        c.append_structure(
-            gst::Structure::builder("video/x-h264")
-                .field("alignment", "au")
-                .field(
-                    "stream-format",
-                    gst::List::new(["avc", "avc3", "byte-stream"]),
-                )
-                .build(),
-        );
-        c.append_structure(
-            gst::Structure::builder("video/x-h265")
-                .field("alignment", "au")
-                .field(
-                    "stream-format",
-                    gst::List::new(["hvc1", "hev1", "byte-stream"]),
-                )
-                .build(),
-        );
+        c.append_structure(h264("avc", true));
+        c.append_structure(h264("byte-stream", true));
+        c.append_structure(h264("avc", false));
+        c.append_structure(h264("byte-stream", false));
+        c.append_structure(h265("hvc1"));
+        c.append_structure(h265("byte-stream"));
         c.append_structure(
             gst::Structure::builder("audio/mpeg")
                 .field("mpegversion", 4i32)
@@ -60,6 +66,7 @@ fn config(pt: u8, ssrc: u32, seq: u16, ts_offset: u32) -> RtpConfig {
         pt,
         ssrc,
         seq,
+        seqnum_offset: seq,
         ts_offset,
         mtu: MTU,
     }
@@ -69,8 +76,12 @@ pub(crate) struct Builtin {
     pt: u8,
     ssrc: u32,
     ts_offset: u32,
-    /// The first sequence number of the next packetizer (continued on caps changes).
+    /// The first sequence number (what the caps say) and that of the next packetizer
+    /// (continued on caps changes).
+    seqnum_offset: u16,
     seq: u16,
+    /// The packetizer's parameter sets behind `rtp_caps`.
+    params_version: u32,
     input: Option<gst::Caps>,
     packetizer: Option<Packetizer>,
     rtp_caps: Option<gst::Caps>,
@@ -79,11 +90,14 @@ pub(crate) struct Builtin {
 impl Builtin {
     /// Numbering as rtpbasepayload picks it: random, per pad.
     pub(crate) fn new(pt: u8) -> Builtin {
+        let seq = rand::random();
         Builtin {
             pt,
             ssrc: rand::random(),
             ts_offset: rand::random(),
-            seq: rand::random(),
+            seqnum_offset: seq,
+            seq,
+            params_version: 0,
             input: None,
             packetizer: None,
             rtp_caps: None,
@@ -93,14 +107,22 @@ impl Builtin {
     /// Makes the packetizer fit `caps` (kept if they did not change): the RTP caps it makes.
     pub(crate) fn fit(&mut self, caps: &gst::Caps) -> Result<gst::Caps, gst::ErrorMessage> {
         if self.input.as_ref() == Some(caps) {
-            if let Some(c) = &self.rtp_caps {
-                return Ok(c.clone());
+            if let (Some(c), Some(p)) = (&self.rtp_caps, &self.packetizer) {
+                if p.params_version() == self.params_version {
+                    return Ok(c.clone());
+                }
+                // In-band parameter sets changed what the SDP would say.
+                let rtp = p.rtp_caps();
+                self.params_version = p.params_version();
+                self.rtp_caps = Some(rtp.clone());
+                return Ok(rtp);
             }
         }
         if let Some(p) = &self.packetizer {
             self.seq = p.next_seq();
         }
-        let cfg = config(self.pt, self.ssrc, self.seq, self.ts_offset);
+        let mut cfg = config(self.pt, self.ssrc, self.seq, self.ts_offset);
+        cfg.seqnum_offset = self.seqnum_offset;
         let Some(p) = Packetizer::for_caps(caps, cfg) else {
             self.packetizer = None;
             self.input = None;
@@ -110,6 +132,7 @@ impl Builtin {
             ));
         };
         let rtp = p.rtp_caps();
+        self.params_version = p.params_version();
         self.packetizer = Some(p);
         self.input = Some(caps.clone());
         self.rtp_caps = Some(rtp.clone());

@@ -875,7 +875,6 @@ mod tests {
                 start,
                 len: map.len(),
                 marker: i + 1 == packets.len(),
-                keyframe_start: !delta && i == 0,
             });
         }
         Media::Packed(Packed { packets: p, delta })

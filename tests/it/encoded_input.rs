@@ -1,5 +1,6 @@
-//! Encoded input: the element payloads it itself (a payloader per pad, chosen from the registry
-//! by caps, or the one set on the pad's `payloader` property), verified at gst-rtsp-server in
+//! Encoded input: the element payloads it itself (H.264, H.265 and AAC with its built-in
+//! payloaders, anything else with a payloader per pad chosen from the registry by caps, or the
+//! one set on the pad's `payloader` property), verified at gst-rtsp-server in
 //! record mode (decoded frames counted), at FFmpeg's listener (ffprobe on the recording) and at
 //! the scripted server (payload types and packet sizes on the wire).
 
@@ -36,15 +37,22 @@ fn payloader_of(p: &gst::Pipeline, sink: &str, pad: &str) -> gst::Element {
         .unwrap_or_else(|| panic!("no payloader for {pad}"))
 }
 
+/// No payloader element in front of `pad`'s appsink: the built-in one payloads.
+fn builtin(p: &gst::Pipeline, sink: &str, pad: &str) -> bool {
+    let bin = p.by_name(sink).unwrap().downcast::<gst::Bin>().unwrap();
+    bin.by_name(&format!("pay-{pad}")).is_none()
+}
+
 fn factory_name(e: &gst::Element) -> String {
     e.factory().unwrap().name().to_string()
 }
 
-#[test]
-fn x264enc_alone_90_of_90_frames_at_gst_rtsp_server() {
+/// x264enc straight into the element at gst-rtsp-server: every frame decoded, with the
+/// built-in payloader (no payloader element, no `new-payloader`) or with GStreamer's.
+fn x264enc_alone(builtin_payloaders: bool) {
     let server = RecordServer::start(RecordServerConfig::new("/live/enc", Tracks::H264)).unwrap();
     let p = pipeline(&format!(
-        "{} ! rtspannounce name=s location={}",
+        "{} ! rtspannounce name=s location={} builtin-payloaders={builtin_payloaders}",
         h264_encoded(90),
         server.url()
     ));
@@ -61,11 +69,20 @@ fn x264enc_alone_90_of_90_frames_at_gst_rtsp_server() {
         });
     let out = run(&p, T);
     assert!(out.eos, "{out:?}");
-    assert_eq!(*seen.lock().unwrap(), ["rtph264pay"]);
-    let pay = payloader_of(&p, "s", "sink_0");
-    assert_eq!(factory_name(&pay), "rtph264pay");
-    // Parameter sets also in-band, at keyframes once a second.
-    assert_eq!(pay.property::<i32>("config-interval"), 1);
+    if builtin_payloaders {
+        assert!(
+            seen.lock().unwrap().is_empty(),
+            "{:?}",
+            seen.lock().unwrap()
+        );
+        assert!(builtin(&p, "s", "sink_0"));
+    } else {
+        assert_eq!(*seen.lock().unwrap(), ["rtph264pay"]);
+        let pay = payloader_of(&p, "s", "sink_0");
+        assert_eq!(factory_name(&pay), "rtph264pay");
+        // Parameter sets also in-band, at keyframes once a second.
+        assert_eq!(pay.property::<i32>("config-interval"), 1);
+    }
     let report = server.wait_finished(Duration::from_secs(20)).unwrap();
     eprintln!("{report}");
     assert_eq!(report.tracks.len(), 1, "{report}");
@@ -74,6 +91,16 @@ fn x264enc_alone_90_of_90_frames_at_gst_rtsp_server() {
     assert_eq!(v.frames, 90, "{report}");
     assert_eq!((v.width, v.height), (Some(320), Some(240)), "{report}");
     assert!(report.errors.is_empty(), "{report}");
+}
+
+#[test]
+fn x264enc_alone_90_of_90_frames_at_gst_rtsp_server() {
+    x264enc_alone(true);
+}
+
+#[test]
+fn x264enc_alone_through_rtph264pay_when_builtin_payloaders_are_off() {
+    x264enc_alone(false);
 }
 
 #[test]
@@ -86,8 +113,9 @@ fn aac_alone_every_frame_at_gst_rtsp_server_as_mpeg4_generic() {
     ));
     let out = run(&p, T);
     assert!(out.eos, "{out:?}");
-    // MPEG4-GENERIC, not MP4A-LATM (better supported by servers and their readers).
-    assert_eq!(factory_name(&payloader_of(&p, "s", "sink_0")), "rtpmp4gpay");
+    // MPEG4-GENERIC (as rtpmp4gpay, not MP4A-LATM: better supported by servers and their
+    // readers), from the built-in payloader.
+    assert!(builtin(&p, "s", "sink_0"));
     let report = server.wait_finished(Duration::from_secs(20)).unwrap();
     eprintln!("{report}");
     let a = &report.tracks[0];
@@ -113,8 +141,7 @@ fn h264_and_aac_encoded_together_at_gst_rtsp_server_and_recorded() {
     ));
     let out = run(&p, T);
     assert!(out.eos, "{out:?}");
-    assert_eq!(factory_name(&payloader_of(&p, "s", "sink_0")), "rtph264pay");
-    assert_eq!(factory_name(&payloader_of(&p, "s", "sink_1")), "rtpmp4gpay");
+    assert!(builtin(&p, "s", "sink_0") && builtin(&p, "s", "sink_1"));
     let report = server.wait_finished(Duration::from_secs(20)).unwrap();
     eprintln!("{report}");
     let v = report.tracks.iter().find(|t| t.is_video()).unwrap();
@@ -360,10 +387,8 @@ fn codec_change_swaps_the_payloader_and_announces_again() {
         "no H.264 frames"
     );
     let bin = p.by_name("s").unwrap().downcast::<gst::Bin>().unwrap();
-    assert_eq!(
-        factory_name(&bin.by_name("pay-sink_0").unwrap()),
-        "rtph264pay"
-    );
+    // H.264 through the built-in payloader; VP8 needs GStreamer's.
+    assert!(bin.by_name("pay-sink_0").is_none());
     sel.set_property("active-pad", sel.static_pad("sink_1").unwrap());
     assert!(
         server.wait_requests("ANNOUNCE", 2, Duration::from_secs(20)),

@@ -85,7 +85,7 @@ fn packed(
     segment: Option<&gst::FormattedSegment<gst::ClockTime>>,
 ) -> Result<(), PadError> {
     let mut own = own.lock().unwrap();
-    let rtp = own.fit(caps).map_err(PadError::Error)?;
+    own.fit(caps).map_err(PadError::Error)?;
     let mut media = smallvec::SmallVec::<[_; 1]>::new();
     if let Some(list) = sample.buffer_list() {
         own.packetize(list.iter_owned(), segment, &mut media)
@@ -93,6 +93,8 @@ fn packed(
         own.packetize(sample.buffer_owned().into_iter(), segment, &mut media)
     }
     .map_err(PadError::Error)?;
+    // After the data: in-band parameter sets may have completed the caps.
+    let rtp = own.fit(caps).map_err(PadError::Error)?;
     drop(own);
     let times = media
         .iter()
