@@ -28,8 +28,14 @@ pub fn push_description(kind: &str, sync: bool, url: &str, input: &str) -> Resul
     let v = "d.video_0 ! queue ! h264parse";
     let a = "d.audio_0 ! queue ! aacparse";
     Ok(match kind {
+        // encoded input: the element's built-in payloaders
         "rtspannounce" => format!(
-            "{demux} {v} ! rtph264pay ! s.sink_0 {a} ! rtpmp4gpay ! s.sink_1 \
+            "{demux} {v} ! s.sink_0 {a} ! s.sink_1 \
+             rtspannounce name=s location=\"{url}\" sync={sync}"
+        ),
+        // RTP input: GStreamer's payloaders in front
+        "rtspannounce-rtp" => format!(
+            "{demux} {v} ! rtph264pay config-interval=1 ! s.sink_0 {a} ! rtpmp4gpay ! s.sink_1 \
              rtspannounce name=s location=\"{url}\" sync={sync}"
         ),
         "rtspclientsink" => format!(
@@ -40,9 +46,9 @@ pub fn push_description(kind: &str, sync: bool, url: &str, input: &str) -> Resul
         "base-parse" => format!(
             "{demux} {v} ! fakesink sync={sync} {a} ! fakesink sync={sync}"
         ),
-        // demux + parse + payloaders into fakesink: what rtspannounce is given
+        // demux + parse + payloaders into fakesink: what rtspannounce-rtp is given
         "base-pay" => format!(
-            "{demux} {v} ! rtph264pay ! fakesink sync={sync} {a} ! rtpmp4gpay ! fakesink sync={sync}"
+            "{demux} {v} ! rtph264pay config-interval=1 ! fakesink sync={sync} {a} ! rtpmp4gpay ! fakesink sync={sync}"
         ),
         _ => bail!("unknown push contender {kind}"),
     })

@@ -1,7 +1,7 @@
 //! The floor: what the kernel alone costs to move the same interleaved frames over loopback.
 //!
-//! `--dump-frames INPUT OUT` runs the pipeline rtspannounce is given (demux, parse, rtph264pay,
-//! rtpmp4gpay) into appsinks once and stores every RTP packet as it would go on the wire, with
+//! `--dump-frames INPUT OUT` runs demux, parse, rtph264pay config-interval=1 and rtpmp4gpay
+//! (the packets rtspannounce's built-in payloaders make, byte for byte) into appsinks once and stores every RTP packet as it would go on the wire, with
 //! its running time. `--floor-child rt|max URL FRAMES` then does a minimal RECORD handshake and
 //! writes those frames: unsynced in 64 KiB writes, or in real time one write per group of
 //! packets with the same running time (one access unit, as our element queues a buffer list).
@@ -32,7 +32,7 @@ pub fn dump_child(args: &[String]) -> Result<()> {
     gst::init()?;
     let desc = format!(
         "filesrc location=\"{input}\" ! qtdemux name=d \
-         d.video_0 ! queue ! h264parse ! rtph264pay ! appsink name=v sync=false \
+         d.video_0 ! queue ! h264parse ! rtph264pay config-interval=1 ! appsink name=v sync=false \
          d.audio_0 ! queue ! aacparse ! rtpmp4gpay ! appsink name=a sync=false"
     );
     let pipeline = gst::parse::launch(&desc)?
