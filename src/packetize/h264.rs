@@ -156,7 +156,7 @@ impl H264 {
                 }
             }
             None => {
-                let units = nal::byte_stream_units(au);
+                let units = nal::byte_stream_units(au, 1);
                 // Parameter sets first, for the whole access unit: in-band ones count as sent.
                 for (_, raw) in &units {
                     if matches!(raw.first().map(|h| h & 0x1f), Some(SPS | PPS)) {

@@ -8,6 +8,7 @@
 
 mod aac;
 mod h264;
+mod h265;
 mod nal;
 mod rtp;
 #[cfg(test)]
@@ -26,6 +27,7 @@ pub(crate) enum PacketizeError {
 
 pub(crate) enum Packetizer {
     H264(h264::H264),
+    H265(h265::H265),
     Aac(aac::Aac),
 }
 
@@ -55,6 +57,17 @@ impl Packetizer {
                 .ok()?;
                 Some(Packetizer::H264(p.with_framerate(framerate)))
             }
+            "video/x-h265" if au => {
+                let cd = codec_data.as_ref().and_then(|b| b.map_readable().ok());
+                let cd = cd.as_ref().map(|m| m.as_slice());
+                let p = match format {
+                    Some("hvc1") => h265::H265::hvcc(Rtp::new(cfg, 90_000), cd?),
+                    Some("byte-stream") => Ok(h265::H265::byte_stream(Rtp::new(cfg, 90_000))),
+                    _ => return None,
+                }
+                .ok()?;
+                Some(Packetizer::H265(p.with_framerate(framerate)))
+            }
             "audio/mpeg"
                 if s.get::<i32>("mpegversion").ok() == Some(4) && format == Some("raw") =>
             {
@@ -71,6 +84,7 @@ impl Packetizer {
     pub(crate) fn rtp_caps(&self) -> gst::Caps {
         match self {
             Packetizer::H264(p) => p.rtp_caps(),
+            Packetizer::H265(p) => p.rtp_caps(),
             Packetizer::Aac(p) => p.rtp_caps(),
         }
     }
@@ -79,6 +93,7 @@ impl Packetizer {
     pub(crate) fn params_version(&self) -> u32 {
         match self {
             Packetizer::H264(p) => p.params_version(),
+            Packetizer::H265(p) => p.params_version(),
             Packetizer::Aac(_) => 0,
         }
     }
@@ -95,6 +110,7 @@ impl Packetizer {
         let _ = delta;
         match self {
             Packetizer::H264(p) => p.push(au, running_time_ns, out),
+            Packetizer::H265(p) => p.push(au, running_time_ns, out),
             Packetizer::Aac(p) => {
                 p.push(au, running_time_ns, out);
                 Ok(())
@@ -105,6 +121,7 @@ impl Packetizer {
     fn rtp(&self) -> &Rtp {
         match self {
             Packetizer::H264(p) => &p.rtp,
+            Packetizer::H265(p) => &p.rtp,
             Packetizer::Aac(p) => &p.rtp,
         }
     }

@@ -11,10 +11,11 @@ pub(super) fn next_start_code(data: &[u8]) -> usize {
 }
 
 /// The NAL units of a byte-stream access unit as rtph264pay/rtph265pay cut them: from each
-/// start code to the next, trailing zero bytes dropped (they belong to a 4-byte start code);
-/// anything before the first start code and a last unit of one byte or less are skipped.
-/// Each unit comes with its untrimmed form too (what parameter-set parsing sees).
-pub(super) fn byte_stream_units(au: &[u8]) -> Vec<(&[u8], &[u8])> {
+/// start code to the next, trailing zero bytes dropped (they belong to a 4-byte start code)
+/// down to `keep` bytes; anything before the first start code and a last unit of one byte or
+/// less are skipped. Each unit comes with its untrimmed form too (what parameter-set parsing
+/// sees).
+pub(super) fn byte_stream_units(au: &[u8], keep: usize) -> Vec<(&[u8], &[u8])> {
     let mut out = Vec::new();
     let mut data = &au[next_start_code(au)..];
     while data.len() > 4 {
@@ -22,7 +23,7 @@ pub(super) fn byte_stream_units(au: &[u8]) -> Vec<(&[u8], &[u8])> {
         let next = next_start_code(data);
         let raw = &data[..next];
         let mut n = raw.len();
-        while n > 1 && raw[n - 1] == 0 {
+        while n > keep && raw[n - 1] == 0 {
             n -= 1;
         }
         out.push((&raw[..n], raw));

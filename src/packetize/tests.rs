@@ -240,6 +240,27 @@ fn h264_big_frames_in_fu_a_as_rtph264pay() {
 }
 
 #[test]
+fn h265_as_rtph265pay_in_hvc1_and_byte_stream() {
+    for format in ["hvc1", "byte-stream"] {
+        assert_identical(
+            &format!(
+                "{RAW} ! x265enc key-int-max=12 speed-preset=ultrafast ! h265parse ! video/x-h265,stream-format={format},alignment=au"
+            ),
+            "rtph265pay config-interval=1",
+        );
+    }
+}
+
+#[test]
+fn h265_big_frames_in_fu_as_rtph265pay() {
+    let n = assert_identical(
+        "videotestsrc num-buffers=8 pattern=snow ! video/x-raw,width=1280,height=720,framerate=25/1,format=I420 ! x265enc speed-preset=ultrafast bitrate=30000 key-int-max=4 ! h265parse",
+        "rtph265pay config-interval=1",
+    );
+    assert!(n > 8 * 20, "{n} packets: frames were not fragmented");
+}
+
+#[test]
 fn aac_as_rtpmp4gpay() {
     for (rate, channels) in [(48000, 2), (44100, 1)] {
         assert_identical(
