@@ -362,6 +362,134 @@ struct PushRun {
     round: usize,
     exit: Exit,
     sessions: Vec<Session>,
+    latency: Option<Latency>,
+}
+
+/// Added latency of one real-time run, per access unit, in ms (see `latency_of`).
+#[derive(Default, Clone)]
+struct Latency {
+    video: Vec<f64>,
+    audio: Vec<f64>,
+    /// Access units seen on one side only (pad vs receiver).
+    unmatched: usize,
+}
+
+/// The clock rate of each channel of the bench input (video first, then 48 kHz AAC).
+fn channel_rate(ch: u8) -> f64 {
+    if ch == 0 {
+        90_000.0
+    } else {
+        48_000.0
+    }
+}
+
+/// Pairs each access unit as it reached the sink's pad (the child's file) with the arrival of
+/// its last packet at the receiver, in order per track (pad k -> channel 2k). The start is the
+/// later of reaching the pad and being due (base time + running time): with sync=true a buffer
+/// reaches the pad early and waits for its time there, which is not latency we add. ffmpeg,
+/// which has no pad: each packet's arrival against its RTP timestamp, relative to the track's
+/// first packet.
+fn latency_of(who: Who, file: Option<&str>, session: &Session) -> Option<Latency> {
+    let mut lat = Latency::default();
+    let arrivals = |ch: u8| session.markers.iter().filter(move |m| m.0 == ch);
+    if who == Who::Ffmpeg {
+        for ch in [0u8, 2] {
+            let mut it = arrivals(ch);
+            let Some(&(_, a0, t0)) = it.next() else {
+                continue;
+            };
+            let out = if ch == 0 {
+                &mut lat.video
+            } else {
+                &mut lat.audio
+            };
+            for &(_, a, t) in it {
+                let media = t.wrapping_sub(t0) as f64 / channel_rate(ch) * 1e9;
+                out.push(((a - a0) as f64 - media) / 1e6);
+            }
+        }
+        return Some(lat);
+    }
+    let text = file?;
+    let mut lines = text.lines();
+    let base: u64 = lines.next()?.strip_prefix("base ")?.parse().ok()?;
+    let mut pads: [Vec<u64>; 2] = Default::default();
+    for l in lines {
+        let v: Vec<u64> = l.split(' ').filter_map(|x| x.parse().ok()).collect();
+        if let [pad, now, rt] = v[..] {
+            if let Some(p) = pads.get_mut(pad as usize) {
+                p.push(now.max(base + rt));
+            }
+        }
+    }
+    for (k, starts) in pads.iter().enumerate() {
+        let arr: Vec<u64> = arrivals(2 * k as u8).map(|m| m.1).collect();
+        lat.unmatched += starts.len().abs_diff(arr.len());
+        let out = if k == 0 {
+            &mut lat.video
+        } else {
+            &mut lat.audio
+        };
+        for (s, a) in starts.iter().zip(&arr) {
+            out.push((*a as f64 - *s as f64) / 1e6);
+        }
+    }
+    Some(lat)
+}
+
+/// (p50, p99, max) of `v`.
+fn percentiles(v: &[f64]) -> Option<(f64, f64, f64)> {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = v.len();
+    Some((v[n / 2], v[(n * 99 / 100).min(n - 1)], v[n - 1]))
+}
+
+fn latency_table(runs: &[PushRun]) {
+    println!(
+        "\nadded latency, real time (ms, all rt rounds pooled): from the later of reaching the sink's pad \
+         and being due (sync=true) to the last packet's arrival at the receiver over loopback, an upper \
+         bound on when its last byte was written; ffmpeg: arrival against the packet's RTP timestamp, \
+         relative to its first packet"
+    );
+    println!(
+        "  {:<16} {:>26} {:>26} {:>10}",
+        "contender", "video p50 / p99 / max", "audio p50 / p99 / max", "unmatched"
+    );
+    for who in [
+        Who::Announce,
+        Who::AnnounceRtp,
+        Who::ClientSink,
+        Who::Ffmpeg,
+    ] {
+        let mut all = Latency::default();
+        for l in runs
+            .iter()
+            .filter(|r| r.who == who && r.mode == Mode::RealTime && r.ok())
+            .filter_map(|r| r.latency.as_ref())
+        {
+            all.video.extend(&l.video);
+            all.audio.extend(&l.audio);
+            all.unmatched += l.unmatched;
+        }
+        // Pairs in order are only right when both sides saw the same units.
+        let paired = all.unmatched * 100 <= all.video.len() + all.audio.len();
+        let f = |v: &[f64]| match percentiles(v) {
+            Some(_) if !paired => "n/a (units do not pair)".into(),
+            Some((a, b, c)) => format!("{a:.2} / {b:.2} / {c:.2}"),
+            None => "n/a".into(),
+        };
+        println!(
+            "  {:<16} {:>26} {:>26} {:>10}",
+            who.name(),
+            f(&all.video),
+            f(&all.audio),
+            all.unmatched
+        );
+    }
 }
 
 impl PushRun {
@@ -444,6 +572,11 @@ fn push_once(rx: &Receiver, input: &Input, who: Who, mode: Mode, round: usize) -
     // before the run, or whoever comes first after a pause measures the disk.
     warm(file)?;
     let mut cmd = push_command(who, mode, &url, file)?;
+    let lat_file = log.with_extension("latency");
+    let _ = std::fs::remove_file(&lat_file);
+    if mode == Mode::RealTime && matches!(who, Who::Announce | Who::AnnounceRtp | Who::ClientSink) {
+        cmd.env(child::LATENCY_ENV, &lat_file);
+    }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?);
@@ -464,12 +597,19 @@ fn push_once(rx: &Receiver, input: &Input, who: Who, mode: Mode, round: usize) -
     rx.wait_closed(&prefix, Duration::from_secs(3));
     let sessions = rx.sessions(&prefix);
     rx.forget(&prefix);
+    let latency = match (mode, sessions.as_slice()) {
+        (Mode::RealTime, [s]) => {
+            latency_of(who, std::fs::read_to_string(&lat_file).ok().as_deref(), s)
+        }
+        _ => None,
+    };
     let run = PushRun {
         who,
         mode,
         round,
         exit,
         sessions,
+        latency,
     };
     let mut line = format!(
         "[r{round} {:>3}] {:<14} {:<10} cpu {:>6.2} s  wall {:>6.2} s",
@@ -654,6 +794,22 @@ fn targets(runs: &[PushRun], own: &Figures, ann: &Figures, rows: &[(String, Figu
         per_round.len(),
         ann.lost,
         verdict(worst.map(|w| w >= 1.5 && ann.lost == 0))
+    );
+    let mut lat = Vec::new();
+    for l in runs
+        .iter()
+        .filter(|r| r.who == Who::Announce && r.mode == Mode::RealTime && r.ok())
+        .filter_map(|r| r.latency.as_ref())
+    {
+        lat.extend(&l.video);
+        lat.extend(&l.audio);
+    }
+    let p = percentiles(&lat);
+    println!(
+        "  4. added latency p99 < 1 ms at real time, no multi-ms tail (sync=true): p99 {} ms, max {} ms: {}",
+        fmt(p.map(|p| p.1), 2),
+        fmt(p.map(|p| p.2), 2),
+        verdict(p.map(|p| p.1 < 1.0 && p.2 < 2.0))
     );
 }
 
@@ -870,6 +1026,7 @@ fn push_bench(
         }
     }
     spread(&runs);
+    latency_table(&runs);
     let own = figures(&runs, Who::AnnounceRtp, Some(Who::BasePay));
     println!(
         "\nthe sink alone (rtspannounce-rtp minus base-pay, i.e. without GStreamer's payloaders): {} s/GB",

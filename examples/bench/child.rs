@@ -77,6 +77,56 @@ pub fn push_child(args: &[String]) -> Result<()> {
     // Count EOS events reaching the sink's own pads: rtspclientsink sometimes never posts its
     // EOS message (nor sends TEARDOWN) after its input ended; we then stop it ourselves.
     let sink = pipeline.by_name("s");
+    let latency = std::env::var_os(LATENCY_ENV).map(std::path::PathBuf::from);
+    let units: Arc<std::sync::Mutex<Vec<(usize, u64, u64)>>> = Arc::default();
+    if let (Some(sink), true) = (&sink, latency.is_some()) {
+        let mut by_name = sink.sink_pads();
+        by_name.sort_by_key(|p| p.name());
+        let rtp = kind == "rtspannounce-rtp";
+        for (i, pad) in by_name.iter().enumerate() {
+            let units = units.clone();
+            pad.add_probe(
+                gst::PadProbeType::BUFFER | gst::PadProbeType::BUFFER_LIST,
+                move |pad, info| {
+                    let now = proc::mono_ns();
+                    let seg = pad
+                        .sticky_event::<gst::event::Segment>(0)
+                        .and_then(|e| e.segment().downcast_ref::<gst::ClockTime>().cloned());
+                    let mut u = units.lock().unwrap();
+                    let mut one = |b: &gst::BufferRef| {
+                        // An access unit: one encoded buffer, or the RTP packet that ends it.
+                        let mut head = [0u8; 2];
+                        if rtp && (b.copy_to_slice(0, &mut head).is_err() || head[1] & 0x80 == 0) {
+                            return;
+                        }
+                        let rt = seg
+                            .as_ref()
+                            .zip(b.pts())
+                            .and_then(|(s, p)| s.to_running_time(p))
+                            .map(|t| t.nseconds())
+                            .unwrap_or(0);
+                        u.push((i, now, rt));
+                    };
+                    match &info.data {
+                        Some(gst::PadProbeData::Buffer(b)) => one(b),
+                        Some(gst::PadProbeData::BufferList(l)) => l.iter().for_each(one),
+                        _ => {}
+                    }
+                    gst::PadProbeReturn::Ok
+                },
+            );
+        }
+    }
+    let write_latency = |pipeline: &gst::Pipeline| {
+        if let Some(path) = &latency {
+            let base = pipeline.base_time().map(|t| t.nseconds()).unwrap_or(0);
+            let mut text = format!("base {base}\n");
+            for (pad, now, rt) in units.lock().unwrap().iter() {
+                text += &format!("{pad} {now} {rt}\n");
+            }
+            let _ = std::fs::write(path, text);
+        }
+    };
     let eos_pads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut pads = 0;
     if let Some(sink) = &sink {
@@ -107,6 +157,7 @@ pub fn push_child(args: &[String]) -> Result<()> {
                 "bench child: no EOS message {} s after EOS reached every pad of the sink; stopping it",
                 EOS_GRACE.as_secs()
             );
+            write_latency(&pipeline);
             pipeline.set_state(gst::State::Null)?;
             std::process::exit(EOS_HANG_EXIT);
         }
@@ -130,9 +181,14 @@ pub fn push_child(args: &[String]) -> Result<()> {
             _ => {}
         }
     }
+    write_latency(&pipeline);
     pipeline.set_state(gst::State::Null)?;
     result
 }
+
+/// Set (to a file) for the real-time runs: the child records when each access unit reached the
+/// sink's pads (CLOCK_MONOTONIC ns, with its running time) and writes it there.
+pub const LATENCY_ENV: &str = "BENCH_LATENCY_OUT";
 
 /// How long after EOS reached every sink pad the sink may take to post its EOS message.
 pub const EOS_GRACE: Duration = Duration::from_secs(3);

@@ -127,6 +127,18 @@ impl Drop for Proc {
     }
 }
 
+/// CLOCK_MONOTONIC in ns: the clock GStreamer's system clock reads, comparable across the
+/// processes of one machine.
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// user + sys CPU seconds of this process so far.
 pub fn self_cpu_s() -> f64 {
     // SAFETY: plain FFI with a valid out-pointer.

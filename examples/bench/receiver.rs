@@ -50,6 +50,9 @@ pub struct Session {
     pub teardown: bool,
     pub closed: Option<Instant>,
     pub error: Option<String>,
+    /// (channel, CLOCK_MONOTONIC ns, RTP timestamp) of every packet with the marker bit (the
+    /// last of an access unit), when its last byte was read: for the latency figures.
+    pub markers: Vec<(u8, u64, u32)>,
 }
 
 impl Session {
@@ -73,6 +76,7 @@ impl Session {
             teardown: false,
             closed: None,
             error: None,
+            markers: Vec::new(),
         }
     }
 
@@ -139,6 +143,10 @@ impl Session {
             self.first_packet = Some(now);
         }
         self.last_packet = Some(now);
+        if pkt[1] & 0x80 != 0 {
+            let ts = u32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]);
+            self.markers.push((ch, crate::proc::mono_ns(), ts));
+        }
         match self.ssrc.get_mut(&ssrc) {
             None => {
                 self.ssrc.insert(
