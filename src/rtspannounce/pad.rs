@@ -213,9 +213,11 @@ impl RtspAnnouncePad {
         if filter.is_any() || filter.is_empty() || filter.can_intersect(&rtp) {
             return None;
         }
+        // Only what the built-in payloaders take whole (x264enc's own caps): a filter that is
+        // merely compatible (lamemp3enc's `audio/mpeg` without a version) goes on below.
         if self.explicit().is_none()
             && self.builtin_enabled()
-            && filter.can_intersect(&builtin::input_caps())
+            && filter.is_subset(&builtin::input_caps())
         {
             return Some(None).filter(|_| self.current_payloader().is_none());
         }
