@@ -35,10 +35,22 @@ pub(crate) struct Packets {
 }
 
 impl Packets {
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn new(prefix: usize) -> Packets {
         Packets {
             data: Vec::new(),
             spans: Vec::new(),
+            prefix,
+        }
+    }
+
+    /// Room for an access unit of `bytes` in packets of at most `mtu`, so writing it never
+    /// grows (and copies) the vector.
+    pub(crate) fn with_room(prefix: usize, bytes: usize, mtu: u32) -> Packets {
+        let packets = bytes / (mtu as usize).saturating_sub(HEADER + 3).max(1) + 4;
+        Packets {
+            data: Vec::with_capacity(bytes + packets * (prefix + HEADER + 4)),
+            spans: Vec::with_capacity(packets),
             prefix,
         }
     }

@@ -164,7 +164,8 @@ impl Builtin {
             let map = b.map_readable().map_err(|_| {
                 gst::error_msg!(gst::StreamError::Failed, ("cannot map an input buffer"))
             })?;
-            let mut packets = Packets::new(PREFIX);
+            // Parameter sets inserted before a keyframe are small: the margin covers them.
+            let mut packets = Packets::with_room(PREFIX, map.len() + 256, MTU);
             p.push(map.as_slice(), running, delta, &mut packets)
                 .map_err(|e| {
                     gst::error_msg!(
