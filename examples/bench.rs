@@ -655,6 +655,20 @@ fn push_once(rx: &Receiver, input: &Input, who: Who, mode: Mode, round: usize) -
             v => line += &format!("  {} sessions at the receiver", v.len()),
         }
     }
+    if let Some(l) = &run.latency {
+        // Where the worst unit sits tells a start-up delay from a tail in the stream.
+        let worst = l
+            .video
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.partial_cmp(b.1).unwrap());
+        if let (Some((p50, p99, max)), Some((i, _))) = (percentiles(&l.video), worst) {
+            line += &format!(
+                "\n    video latency p50 {p50:.2} p99 {p99:.2} max {max:.2} ms (unit {i} of {})",
+                l.video.len()
+            );
+        }
+    }
     println!("{line}");
     if !run.ok() {
         println!("    log {}:\n{}", log.display(), indent(&tail(&log, 8)));
