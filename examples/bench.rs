@@ -655,7 +655,11 @@ fn push_once(rx: &Receiver, input: &Input, who: Who, mode: Mode, round: usize) -
             v => line += &format!("  {} sessions at the receiver", v.len()),
         }
     }
-    if let Some(l) = &run.latency {
+    if let Some(l) = run
+        .latency
+        .as_ref()
+        .filter(|l| l.unmatched * 100 <= l.video.len() + l.audio.len())
+    {
         // Where the worst unit sits tells a start-up delay from a tail in the stream.
         let worst = l
             .video
