@@ -11,9 +11,6 @@ const SPS: u8 = 7;
 const PPS: u8 = 8;
 const FU_A: u8 = 28;
 
-/// Parameter sets go out again when the last ones are this old (config-interval=1).
-const INTERVAL_NS: u64 = 1_000_000_000;
-
 pub(crate) struct H264 {
     pub(super) rtp: Rtp,
     /// Length prefix size (avc), or None for byte-stream.
@@ -191,51 +188,39 @@ impl H264 {
             // Aggregation types are not NAL units a stream may carry.
             return;
         }
-        if kind == IDR {
-            let due = match self.last_params {
-                None => true,
-                Some(last) => running.unwrap_or(u64::MAX).saturating_sub(last) >= INTERVAL_NS,
-            };
-            if due {
-                let sets: Vec<Vec<u8>> = self
-                    .sps
-                    .iter()
-                    .chain(self.pps.iter())
-                    .map(<[u8]>::to_vec)
-                    .collect();
-                for set in &sets {
-                    self.fragment(set, false, ts, out);
-                }
-                if running.is_some() {
-                    self.last_params = running;
-                }
+        if kind == IDR && nal::params_due(self.last_params, running) {
+            for set in self.sps.iter().chain(self.pps.iter()) {
+                fragment(&mut self.rtp, set, false, ts, out);
+            }
+            if running.is_some() {
+                self.last_params = running;
             }
         }
-        self.fragment(nal, end_of_au, ts, out);
+        fragment(&mut self.rtp, nal, end_of_au, ts, out);
     }
+}
 
-    /// One NAL unit: a single packet if it fits, else FU-A fragments.
-    fn fragment(&mut self, nal: &[u8], end_of_au: bool, ts: u32, out: &mut Packets) {
-        if nal.len() + HEADER <= self.rtp.cfg.mtu as usize {
-            self.rtp.packet(out, end_of_au, ts, &[nal]);
-            return;
-        }
-        let max = self.rtp.max_payload().saturating_sub(2).max(1);
-        let indicator = (nal[0] & 0x60) | FU_A;
-        let mut pos = 1;
-        while pos < nal.len() {
-            let left = nal.len() - pos;
-            let n = left.min(max);
-            let last = left <= max;
-            let header = (u8::from(pos == 1) << 7) | (u8::from(last) << 6) | (nal[0] & 0x1f);
-            self.rtp.packet(
-                out,
-                last && end_of_au,
-                ts,
-                &[&[indicator, header], &nal[pos..pos + n]],
-            );
-            pos += n;
-        }
+/// One NAL unit: a single packet if it fits, else FU-A fragments.
+fn fragment(rtp: &mut Rtp, nal: &[u8], end_of_au: bool, ts: u32, out: &mut Packets) {
+    if nal.len() + HEADER <= rtp.cfg.mtu as usize {
+        rtp.packet(out, end_of_au, ts, &[nal]);
+        return;
+    }
+    let max = rtp.max_payload().saturating_sub(2).max(1);
+    let indicator = (nal[0] & 0x60) | FU_A;
+    let mut pos = 1;
+    while pos < nal.len() {
+        let left = nal.len() - pos;
+        let n = left.min(max);
+        let last = left <= max;
+        let header = (u8::from(pos == 1) << 7) | (u8::from(last) << 6) | (nal[0] & 0x1f);
+        rtp.packet(
+            out,
+            last && end_of_au,
+            ts,
+            &[&[indicator, header], &nal[pos..pos + n]],
+        );
+        pos += n;
     }
 }
 

@@ -12,8 +12,6 @@ const SPS: u8 = 33;
 const PPS: u8 = 34;
 const FU: u8 = 49;
 
-const INTERVAL_NS: u64 = 1_000_000_000;
-
 /// The slice types before which rtph265pay looks at the parameter-set interval (RADL is not
 /// among them).
 fn checks_interval(kind: u8) -> bool {
@@ -197,56 +195,48 @@ impl H265 {
             let Some(k) = kind(nal).filter(|_| nal.len() >= 2) else {
                 continue;
             };
-            if !sent_params && checks_interval(k) {
-                let due = match self.last_params {
-                    None => true,
-                    Some(l) => running.unwrap_or(u64::MAX).saturating_sub(l) >= INTERVAL_NS,
-                };
-                if due {
-                    sent_params = true;
-                    let sets: Vec<Vec<u8>> = self
-                        .vps
-                        .iter()
-                        .chain(self.sps.iter())
-                        .chain(self.pps.iter())
-                        .map(<[u8]>::to_vec)
-                        .collect();
-                    for set in sets.iter().filter(|s| s.len() >= 2) {
-                        self.fragment(set, false, ts, out);
-                    }
-                    if running.is_some() {
-                        self.last_params = running;
-                    }
+            if !sent_params && checks_interval(k) && nal::params_due(self.last_params, running) {
+                sent_params = true;
+                let sets = self
+                    .vps
+                    .iter()
+                    .chain(self.sps.iter())
+                    .chain(self.pps.iter());
+                for set in sets.filter(|s| s.len() >= 2) {
+                    fragment(&mut self.rtp, set, false, ts, out);
+                }
+                if running.is_some() {
+                    self.last_params = running;
                 }
             }
-            self.fragment(nal, last, ts, out);
+            fragment(&mut self.rtp, nal, last, ts, out);
         }
         Ok(())
     }
+}
 
-    /// One NAL unit: a single packet if it fits (strictly under the mtu, as rtph265pay
-    /// decides), else FU fragments.
-    fn fragment(&mut self, nal: &[u8], marker: bool, ts: u32, out: &mut Packets) {
-        if nal.len() + HEADER < self.rtp.cfg.mtu as usize {
-            self.rtp.packet(out, marker, ts, &[nal]);
-            return;
-        }
-        let max = self.rtp.max_payload().saturating_sub(3).max(1);
-        let head = [(nal[0] & 0x81) | (FU << 1), nal[1]];
-        let k = (nal[0] >> 1) & 0x3f;
-        let mut pos = 2;
-        while pos < nal.len() {
-            let left = nal.len() - pos;
-            let n = left.min(max);
-            let last = left <= max;
-            let fu = (u8::from(pos == 2) << 7) | (u8::from(last) << 6) | k;
-            self.rtp.packet(
-                out,
-                last && marker,
-                ts,
-                &[&[head[0], head[1], fu], &nal[pos..pos + n]],
-            );
-            pos += n;
-        }
+/// One NAL unit: a single packet if it fits (strictly under the mtu, as rtph265pay decides),
+/// else FU fragments.
+fn fragment(rtp: &mut Rtp, nal: &[u8], marker: bool, ts: u32, out: &mut Packets) {
+    if nal.len() + HEADER < rtp.cfg.mtu as usize {
+        rtp.packet(out, marker, ts, &[nal]);
+        return;
+    }
+    let max = rtp.max_payload().saturating_sub(3).max(1);
+    let head = [(nal[0] & 0x81) | (FU << 1), nal[1]];
+    let k = (nal[0] >> 1) & 0x3f;
+    let mut pos = 2;
+    while pos < nal.len() {
+        let left = nal.len() - pos;
+        let n = left.min(max);
+        let last = left <= max;
+        let fu = (u8::from(pos == 2) << 7) | (u8::from(last) << 6) | k;
+        rtp.packet(
+            out,
+            last && marker,
+            ts,
+            &[&[head[0], head[1], fu], &nal[pos..pos + n]],
+        );
+        pos += n;
     }
 }

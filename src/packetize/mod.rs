@@ -98,16 +98,14 @@ impl Packetizer {
         }
     }
 
-    /// One access unit (what a parser hands a payloader), its running time in ns and whether
-    /// it is a delta unit: its packets are appended to `out`.
+    /// One access unit (what a parser hands a payloader) and its running time in ns: its
+    /// packets are appended to `out`.
     pub(crate) fn push(
         &mut self,
         au: &[u8],
         running_time_ns: Option<u64>,
-        delta: bool,
         out: &mut Packets,
     ) -> Result<(), PacketizeError> {
-        let _ = delta;
         match self {
             Packetizer::H264(p) => p.push(au, running_time_ns, out),
             Packetizer::H265(p) => p.push(au, running_time_ns, out),

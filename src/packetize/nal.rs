@@ -135,3 +135,13 @@ pub(super) fn trim_zeros(mut nal: &[u8]) -> &[u8] {
     }
     nal
 }
+
+/// Parameter sets go out again when the last ones are this old (config-interval=1).
+const INTERVAL_NS: u64 = 1_000_000_000;
+
+/// Whether the parameter sets are due before a slice at `running`, the last ones having gone
+/// out (or been seen in-band) at `last`. Without a running time the payloaders compute a huge
+/// one, so they are due.
+pub(super) fn params_due(last: Option<u64>, running: Option<u64>) -> bool {
+    last.is_none_or(|l| running.unwrap_or(u64::MAX).saturating_sub(l) >= INTERVAL_NS)
+}

@@ -55,12 +55,6 @@ impl Packets {
         }
     }
 
-    #[allow(dead_code)]
-    pub(crate) fn clear(&mut self) {
-        self.data.clear();
-        self.spans.clear();
-    }
-
     pub(crate) fn packet(&self, i: usize) -> &[u8] {
         let s = self.spans[i];
         &self.data[s.start..s.start + s.len]

@@ -26,7 +26,6 @@ fn cfg() -> RtpConfig {
 struct Au {
     data: Vec<u8>,
     running: Option<u64>,
-    delta: bool,
 }
 
 struct Run {
@@ -101,7 +100,6 @@ fn run(src: &str, pay: &str) -> Run {
                     .zip(b.pts())
                     .and_then(|(g, pts)| g.to_running_time(pts))
                     .map(|t| t.nseconds()),
-                delta: b.flags().contains(gst::BufferFlags::DELTA_UNIT),
             }
         })
         .collect();
@@ -123,8 +121,7 @@ fn ours(r: &Run) -> (Vec<Vec<u8>>, gst::Caps) {
     let mut out = Vec::new();
     for au in &r.aus {
         let mut packets = Packets::new(4);
-        p.push(&au.data, au.running, au.delta, &mut packets)
-            .unwrap();
+        p.push(&au.data, au.running, &mut packets).unwrap();
         let mut next = 4;
         for i in 0..packets.spans.len() {
             // Back to back, each behind its 4 bytes: the buffer is the wire bytes.
@@ -315,7 +312,6 @@ fn aac_access_units_larger_than_a_packet_are_fragmented_as_rtpmp4gpay() {
         aus.push(Au {
             data,
             running: Some(pts.nseconds()),
-            delta: false,
         });
     }
     src.end_of_stream().unwrap();
@@ -415,14 +411,14 @@ fn malformed_input_never_panics() {
         for n in [0, 1, 2, 3, 4, 5, 17, 1500, 100_000] {
             let mut out = Packets::new(4);
             let au = noise(n);
-            let _ = p.push(&au, Some(n as u64), true, &mut out);
+            let _ = p.push(&au, Some(n as u64), &mut out);
             for s in &out.spans {
                 assert!(s.len <= 1400);
             }
         }
         let mut out = Packets::new(4);
         // Start codes and nothing else, a length prefix far past the end.
-        let _ = p.push(&[0, 0, 1, 0, 0, 1, 0, 0, 0, 1], None, false, &mut out);
-        let _ = p.push(&[0xff, 0xff, 0xff, 0xff, 0x65], None, false, &mut out);
+        let _ = p.push(&[0, 0, 1, 0, 0, 1, 0, 0, 0, 1], None, &mut out);
+        let _ = p.push(&[0xff, 0xff, 0xff, 0xff, 0x65], None, &mut out);
     }
 }

@@ -166,20 +166,19 @@ impl Builtin {
             })?;
             // Parameter sets inserted before a keyframe are small: the margin covers them.
             let mut packets = Packets::with_room(PREFIX, map.len() + 256, MTU);
-            p.push(map.as_slice(), running, delta, &mut packets)
-                .map_err(|e| {
-                    gst::error_msg!(
-                        gst::StreamError::Format,
-                        (
-                            "cannot payload {}: {}",
-                            self.input
-                                .as_ref()
-                                .map(|c| c.to_string())
-                                .unwrap_or_default(),
-                            e
-                        )
+            p.push(map.as_slice(), running, &mut packets).map_err(|e| {
+                gst::error_msg!(
+                    gst::StreamError::Format,
+                    (
+                        "cannot payload {}: {}",
+                        self.input
+                            .as_ref()
+                            .map(|c| c.to_string())
+                            .unwrap_or_default(),
+                        e
                     )
-                })?;
+                )
+            })?;
             out.extend(std::iter::once((
                 Media::Packed(Packed { packets, delta }),
                 running,
