@@ -330,12 +330,11 @@ impl Connection {
             true,
             frames,
         );
-        let packets = rtp_packets(frames);
         // Drop policy: never wait for room (frames were only started when there was some).
         let queued = if drop_when_congested {
-            queue.push_all_nowait(frames.drain(..))
+            queue.push_all_nowait(frames)
         } else {
-            queue.push_all_until(frames.drain(..), flushing)
+            queue.push_all_until(frames, flushing)
         };
         match (framed, queued) {
             (Err(len), _) => Sent::TooLarge {
@@ -343,7 +342,14 @@ impl Connection {
                 how: "interleaved (at most 65535 bytes)",
             },
             (Ok(ev), Ok(())) => Sent::Ok(ev),
-            (Ok(_), Err(_)) => Sent::Lost { packets },
+            (Ok(ev), Err((_, queued))) => {
+                // A flush (or the connection's end) came between framing and queueing: what
+                // was not queued never goes out, so the track continues from what was.
+                tx.not_queued(frames, queued, ev.resume);
+                Sent::Lost {
+                    packets: rtp_packets(&frames[queued..]),
+                }
+            }
         }
     }
 

@@ -124,7 +124,7 @@ pub(crate) struct Counters {
 
 /// The last packet sent on a track, as it went out.
 #[derive(Debug, Clone, Copy)]
-struct LastOut {
+pub(crate) struct LastOut {
     seq: u16,
     ts: u32,
     at: std::time::Instant,
@@ -137,6 +137,9 @@ pub(crate) struct FrameEvents {
     pub(crate) congestion_started: bool,
     /// Room is back while waiting for a keyframe: ask the encoder for one.
     pub(crate) want_keyframe: bool,
+    /// The track's last packet before this call: where it resumes if none of what was framed
+    /// is queued ([`TrackSender::not_queued`]).
+    pub(crate) resume: Option<LastOut>,
 }
 
 /// How full the queue is, as the drop policy sees it.
@@ -377,7 +380,10 @@ impl TrackSender {
         out: &mut Vec<OutFrame>,
     ) -> Result<FrameEvents, usize> {
         let mut c = self.counters.lock().unwrap();
-        let mut ev = FrameEvents::default();
+        let mut ev = FrameEvents {
+            resume: c.last_out,
+            ..FrameEvents::default()
+        };
         let before = c.packets;
         for (m, running) in media {
             match m {
@@ -406,6 +412,33 @@ impl TrackSender {
             }
         }
         Ok(ev)
+    }
+
+    /// `frames` were framed by one [`Self::frames`] call, but only the first `queued` went out:
+    /// the counters forget the rest and the track's numbering continues from the last packet
+    /// that did go out, so a flush that interrupts a send leaves no gap in sequence numbers.
+    pub(crate) fn not_queued(&self, frames: &[OutFrame], queued: usize, resume: Option<LastOut>) {
+        let mut c = self.counters.lock().unwrap();
+        for f in &frames[queued.min(frames.len())..] {
+            let packets = f.rtp_packets();
+            if packets == 0 {
+                continue;
+            }
+            let bytes = f.len() as u64;
+            c.packets = c.packets.saturating_sub(packets);
+            c.bytes = c.bytes.saturating_sub(bytes);
+            // Headers as the packetizers write them: 4 interleave + 12 RTP bytes a packet.
+            c.octets = c.octets.saturating_sub(bytes.saturating_sub(16 * packets));
+        }
+        let at = c.last_out.map(|l| l.at);
+        let last = frames[..queued.min(frames.len())]
+            .iter()
+            .rev()
+            .find_map(OutFrame::last_seq_ts);
+        c.last_out = match (last, at) {
+            (Some((seq, ts)), Some(at)) => Some(LastOut { seq, ts, at }),
+            _ => resume,
+        };
     }
 
     /// One packet from a payloader.
@@ -997,6 +1030,70 @@ mod tests {
         tx.flushed();
         frame(&tx, &[(7, 50)], &mut out);
         assert_eq!(sent(&out)[5].0, 3);
+    }
+
+    #[test]
+    fn frames_a_flush_kept_from_the_queue_leave_no_gap_in_sequence_numbers() {
+        gst::init().unwrap();
+        let tx = sender(true);
+        let mut out = Vec::new();
+        frame(&tx, &[(10, 1000), (11, 1000)], &mut out);
+        // Framed, then flush-start came before the last two were queued.
+        let mut batch = Vec::new();
+        let ev = tx
+            .frames(
+                [12, 13, 14].map(|s| (Media::Rtp(packet(s, 4000)), Some(0))),
+                &ntp,
+                None,
+                true,
+                &mut batch,
+            )
+            .unwrap();
+        assert_eq!(tx.counters.lock().unwrap().packets, 5);
+        tx.not_queued(&batch, 1, ev.resume);
+        assert_eq!(tx.counters.lock().unwrap().packets, 3);
+        tx.flushed();
+        frame(&tx, &[(500, 0)], &mut out);
+        assert_eq!(sent(&out).last().unwrap().0, 13, "continues after 12");
+
+        // Nothing of a packed access unit queued: back to what went out before it.
+        let mut batch = Vec::new();
+        let ev = tx
+            .frames(
+                [(packed(&[(501, 3000), (502, 3000)], false), Some(0))],
+                &ntp,
+                None,
+                true,
+                &mut batch,
+            )
+            .unwrap();
+        tx.not_queued(&batch, 0, ev.resume);
+        assert_eq!(tx.counters.lock().unwrap().packets, 4);
+        tx.flushed();
+        frame(&tx, &[(9, 0)], &mut out);
+        assert_eq!(sent(&out).last().unwrap().0, 14);
+
+        // A packed unit that did go out is where the next one continues from (9 went out as 14:
+        // 10 and 11 go out as 15 and 16).
+        let mut batch = Vec::new();
+        let ev = tx
+            .frames(
+                [(packed(&[(10, 3000), (11, 3000)], false), Some(0))],
+                &ntp,
+                None,
+                true,
+                &mut batch,
+            )
+            .unwrap();
+        batch.push(OutFrame::rtp(packet(12, 3000), 0, None).unwrap());
+        tx.not_queued(&batch, 1, ev.resume);
+        tx.flushed();
+        frame(&tx, &[(1, 0)], &mut out);
+        assert_eq!(
+            sent(&out).last().unwrap().0,
+            17,
+            "after the packed unit's 15, 16"
+        );
     }
 
     #[test]

@@ -108,6 +108,39 @@ impl OutFrame {
         }
     }
 
+    /// The sequence number and timestamp of the last RTP packet the frame carries, as they go
+    /// out: where a track resumes when frames it framed were never queued.
+    pub(crate) fn last_seq_ts(&self) -> Option<(u16, u32)> {
+        let at = |d: &[u8], i: usize| {
+            d.get(i..i + 6).map(|h| {
+                (
+                    u16::from_be_bytes([h[0], h[1]]),
+                    u32::from_be_bytes([h[2], h[3], h[4], h[5]]),
+                )
+            })
+        };
+        match self {
+            OutFrame::Rtp { head, head_len, .. } if *head_len == 12 => at(head, 6),
+            OutFrame::Rtp { buffer, .. } => {
+                let mut h = [0u8; 6];
+                buffer.copy_to_slice(2, &mut h).ok()?;
+                at(&h, 0)
+            }
+            OutFrame::Wire { bytes, .. } => {
+                // Walk the `$`-framed packets to the last one.
+                let mut i = 0;
+                let mut last = None;
+                while i + 4 <= bytes.len() {
+                    let len = u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize;
+                    last = Some(i + 4);
+                    i += 4 + len;
+                }
+                at(bytes, last? + 2)
+            }
+            OutFrame::Control(_) => None,
+        }
+    }
+
     /// Appends the frame's wire bytes to `out`, mapping the buffer's memories one by one (mapping
     /// a multi-memory buffer whole would merge it into a fresh allocation first).
     pub(super) fn append_to(&self, out: &mut Vec<u8>) -> Result<(), QueueError> {

@@ -249,24 +249,27 @@ impl SendQueue {
         &self,
         frames: impl IntoIterator<Item = OutFrame>,
     ) -> Result<(), QueueError> {
-        self.push_all_until(frames, &AtomicBool::new(false))
+        let frames: Vec<OutFrame> = frames.into_iter().collect();
+        self.push_all_until(&frames, &AtomicBool::new(false))
+            .map_err(|(e, _)| e)
     }
 
     /// [`Self::push_all`] for one producer that may be flushed: `cancel` set (then [`Self::wake`])
-    /// makes its wait return `Cancelled`. Other producers go on: flushing is per pad.
+    /// makes its wait return `Cancelled`. Other producers go on: flushing is per pad. An error
+    /// comes with how many of the frames were queued before it (the rest never go out).
     pub(crate) fn push_all_until(
         &self,
-        frames: impl IntoIterator<Item = OutFrame>,
+        frames: &[OutFrame],
         cancel: &AtomicBool,
-    ) -> Result<(), QueueError> {
+    ) -> Result<(), (QueueError, usize)> {
         let mut inner = self.inner.lock().unwrap();
         // One clock read per call, again only after a wait for room.
         let mut now = Instant::now();
-        for f in frames {
+        for (queued, f) in frames.iter().enumerate() {
             loop {
-                Self::check(&inner)?;
+                Self::check(&inner).map_err(|e| (e, queued))?;
                 if cancel.load(Ordering::Relaxed) {
-                    return Err(QueueError::Cancelled);
+                    return Err((QueueError::Cancelled, queued));
                 }
                 if inner.level() < self.max_bytes || inner.pending.is_empty() {
                     break;
@@ -278,7 +281,7 @@ impl SendQueue {
                 inner = self.space.wait(inner).unwrap();
                 now = Instant::now();
             }
-            inner.push(&f, now)?;
+            inner.push(f, now).map_err(|e| (e, queued))?;
         }
         self.kick(&mut inner);
         Ok(())
@@ -286,15 +289,12 @@ impl SendQueue {
 
     /// Queues frames without waiting for room: for the drop policy, which decides itself what
     /// fits (it may overshoot the bound by the rest of a frame already started).
-    pub(crate) fn push_all_nowait(
-        &self,
-        frames: impl IntoIterator<Item = OutFrame>,
-    ) -> Result<(), QueueError> {
+    pub(crate) fn push_all_nowait(&self, frames: &[OutFrame]) -> Result<(), (QueueError, usize)> {
         let mut inner = self.inner.lock().unwrap();
-        Self::check(&inner)?;
+        Self::check(&inner).map_err(|e| (e, 0))?;
         let now = Instant::now();
-        for f in frames {
-            inner.push(&f, now)?;
+        for (queued, f) in frames.iter().enumerate() {
+            inner.push(f, now).map_err(|e| (e, queued))?;
         }
         self.kick(&mut inner);
         Ok(())
