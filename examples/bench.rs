@@ -413,28 +413,61 @@ fn latency_of(who: Who, file: Option<&str>, session: &Session) -> Option<Latency
     let text = file?;
     let mut lines = text.lines();
     let base: u64 = lines.next()?.strip_prefix("base ")?.parse().ok()?;
-    let mut pads: [Vec<u64>; 2] = Default::default();
+    // Per pad: (start, running time) of each unit.
+    let mut pads: [Vec<(u64, u64)>; 2] = Default::default();
     for l in lines {
         let v: Vec<u64> = l.split(' ').filter_map(|x| x.parse().ok()).collect();
         if let [pad, now, rt] = v[..] {
             if let Some(p) = pads.get_mut(pad as usize) {
-                p.push(now.max(base + rt));
+                p.push((now.max(base + rt), rt));
             }
         }
     }
-    for (k, starts) in pads.iter().enumerate() {
-        let arr: Vec<u64> = arrivals(2 * k as u8).map(|m| m.1).collect();
-        lat.unmatched += starts.len().abs_diff(arr.len());
+    for (k, units) in pads.iter().enumerate() {
+        let ch = 2 * k as u8;
+        let arr: Vec<(u64, u32)> = arrivals(ch).map(|m| (m.1, m.2)).collect();
         let out = if k == 0 {
             &mut lat.video
         } else {
             &mut lat.audio
         };
-        for (s, a) in starts.iter().zip(&arr) {
-            out.push((*a as f64 - *s as f64) / 1e6);
+        if units.len() == arr.len() {
+            for ((s, _), (a, _)) in units.iter().zip(&arr) {
+                out.push((*a as f64 - *s as f64) / 1e6);
+            }
+        } else {
+            lat.unmatched += pair_by_time(units, &arr, channel_rate(ch), out);
         }
     }
     Some(lat)
+}
+
+/// Pairs pad units with arrivals by their place on the media timeline: the unit's running time
+/// since the track's first unit against the marker packet's RTP timestamp since the track's
+/// first, within a millisecond. For a contender whose receiver-side units are not its pad's
+/// buffers one to one (rtspclientsink, which drops or splits some): the units that do match are
+/// measured, the rest counted. Returns how many went unmatched on either side.
+fn pair_by_time(units: &[(u64, u64)], arr: &[(u64, u32)], rate: f64, out: &mut Vec<f64>) -> usize {
+    let (Some(&(_, rt0)), Some(&(_, ts0))) = (units.first(), arr.first()) else {
+        return units.len() + arr.len();
+    };
+    let media = |ts: u32| (ts.wrapping_sub(ts0) as f64 / rate * 1e9) as i64;
+    let (mut i, mut j, mut matched) = (0, 0, 0);
+    while i < units.len() && j < arr.len() {
+        let u = units[i].1.wrapping_sub(rt0) as i64;
+        let a = media(arr[j].1);
+        if (u - a).abs() <= 1_000_000 {
+            out.push((arr[j].0 as f64 - units[i].0 as f64) / 1e6);
+            matched += 1;
+            i += 1;
+            j += 1;
+        } else if u < a {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    units.len() + arr.len() - 2 * matched
 }
 
 /// (p50, p99, max) of `v`.
@@ -475,8 +508,8 @@ fn latency_table(runs: &[PushRun]) {
             all.audio.extend(&l.audio);
             all.unmatched += l.unmatched;
         }
-        // Pairs in order are only right when both sides saw the same units.
-        let paired = all.unmatched * 100 <= all.video.len() + all.audio.len();
+        // Too few pairs (a track whose timestamps do not line up) say nothing.
+        let paired = all.unmatched * 10 <= all.video.len() + all.audio.len();
         let f = |v: &[f64]| match percentiles(v) {
             Some(_) if !paired => "n/a (units do not pair)".into(),
             Some((a, b, c)) => format!("{a:.2} / {b:.2} / {c:.2}"),
@@ -658,7 +691,7 @@ fn push_once(rx: &Receiver, input: &Input, who: Who, mode: Mode, round: usize) -
     if let Some(l) = run
         .latency
         .as_ref()
-        .filter(|l| l.unmatched * 100 <= l.video.len() + l.audio.len())
+        .filter(|l| l.unmatched * 10 <= l.video.len() + l.audio.len())
     {
         // Where the worst unit sits tells a start-up delay from a tail in the stream.
         let worst = l
