@@ -423,20 +423,39 @@ fn latency_of(who: Who, file: Option<&str>, session: &Session) -> Option<Latency
             }
         }
     }
+    let channels: std::collections::BTreeSet<u8> = session.markers.iter().map(|m| m.0).collect();
     for (k, units) in pads.iter().enumerate() {
-        let ch = 2 * k as u8;
-        let arr: Vec<(u64, u32)> = arrivals(ch).map(|m| (m.1, m.2)).collect();
+        // Pad 0 is the video (90 kHz), pad 1 the audio (48 kHz).
+        let rate = channel_rate(2 * k as u8);
         let out = if k == 0 {
             &mut lat.video
         } else {
             &mut lat.audio
         };
+        let on = |ch: u8| -> Vec<(u64, u32)> { arrivals(ch).map(|m| (m.1, m.2)).collect() };
+        let arr = on(2 * k as u8);
         if units.len() == arr.len() {
             for ((s, _), (a, _)) in units.iter().zip(&arr) {
                 out.push((*a as f64 - *s as f64) / 1e6);
             }
-        } else {
-            lat.unmatched += pair_by_time(units, &arr, channel_rate(ch), out);
+            continue;
+        }
+        // Not the same units (rtspclientsink, which also sets its streams up in its own order,
+        // audio first): by timestamp, on whichever channel matches the most.
+        let best = channels
+            .iter()
+            .map(|&ch| {
+                let mut v = Vec::new();
+                let unmatched = pair_by_time(units, &on(ch), rate, &mut v);
+                (v, unmatched)
+            })
+            .max_by_key(|(v, _)| v.len());
+        match best {
+            Some((v, unmatched)) => {
+                out.extend(v);
+                lat.unmatched += unmatched;
+            }
+            None => lat.unmatched += units.len(),
         }
     }
     Some(lat)
