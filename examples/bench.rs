@@ -374,6 +374,14 @@ struct Latency {
     unmatched: usize,
 }
 
+impl Latency {
+    /// Whether enough units paired for the figures to mean something (a track whose
+    /// timestamps do not line up leaves most unmatched).
+    fn paired(&self) -> bool {
+        self.unmatched * 10 <= self.video.len() + self.audio.len()
+    }
+}
+
 /// The clock rate of each channel of the bench input (video first, then 48 kHz AAC).
 fn channel_rate(ch: u8) -> f64 {
     if ch == 0 {
@@ -527,8 +535,7 @@ fn latency_table(runs: &[PushRun]) {
             all.audio.extend(&l.audio);
             all.unmatched += l.unmatched;
         }
-        // Too few pairs (a track whose timestamps do not line up) say nothing.
-        let paired = all.unmatched * 10 <= all.video.len() + all.audio.len();
+        let paired = all.paired();
         let f = |v: &[f64]| match percentiles(v) {
             Some(_) if !paired => "n/a (units do not pair)".into(),
             Some((a, b, c)) => format!("{a:.2} / {b:.2} / {c:.2}"),
@@ -707,11 +714,7 @@ fn push_once(rx: &Receiver, input: &Input, who: Who, mode: Mode, round: usize) -
             v => line += &format!("  {} sessions at the receiver", v.len()),
         }
     }
-    if let Some(l) = run
-        .latency
-        .as_ref()
-        .filter(|l| l.unmatched * 10 <= l.video.len() + l.audio.len())
-    {
+    if let Some(l) = run.latency.as_ref().filter(|l| l.paired()) {
         // Where the worst unit sits tells a start-up delay from a tail in the stream.
         let worst = l
             .video

@@ -418,8 +418,9 @@ impl TrackSender {
     /// the counters forget the rest and the track's numbering continues from the last packet
     /// that did go out, so a flush that interrupts a send leaves no gap in sequence numbers.
     pub(crate) fn not_queued(&self, frames: &[OutFrame], queued: usize, resume: Option<LastOut>) {
+        let (kept, lost) = frames.split_at(queued.min(frames.len()));
         let mut c = self.counters.lock().unwrap();
-        for f in &frames[queued.min(frames.len())..] {
+        for f in lost {
             let packets = f.rtp_packets();
             if packets == 0 {
                 continue;
@@ -431,10 +432,7 @@ impl TrackSender {
             c.octets = c.octets.saturating_sub(bytes.saturating_sub(16 * packets));
         }
         let at = c.last_out.map(|l| l.at);
-        let last = frames[..queued.min(frames.len())]
-            .iter()
-            .rev()
-            .find_map(OutFrame::last_seq_ts);
+        let last = kept.iter().rev().find_map(OutFrame::last_seq_ts);
         c.last_out = match (last, at) {
             (Some((seq, ts)), Some(at)) => Some(LastOut { seq, ts, at }),
             _ => resume,
@@ -913,6 +911,22 @@ mod tests {
         Media::Packed(Packed { packets: p, delta })
     }
 
+    /// One `frames` call on its own batch, for the queue to take part of: the batch and where
+    /// the track resumes if none of it is queued.
+    fn batch(tx: &TrackSender, media: Vec<Media>) -> (Vec<OutFrame>, Option<LastOut>) {
+        let mut out = Vec::new();
+        let ev = tx
+            .frames(
+                media.into_iter().map(|m| (m, Some(0))),
+                &ntp,
+                None,
+                true,
+                &mut out,
+            )
+            .unwrap();
+        (out, ev.resume)
+    }
+
     fn frame_packed(tx: &TrackSender, au: Media, rt: u64, wire: bool, out: &mut Vec<OutFrame>) {
         tx.frames([(au, Some(rt))], &ntp, None, wire, out).unwrap();
     }
@@ -1039,35 +1053,20 @@ mod tests {
         let mut out = Vec::new();
         frame(&tx, &[(10, 1000), (11, 1000)], &mut out);
         // Framed, then flush-start came before the last two were queued.
-        let mut batch = Vec::new();
-        let ev = tx
-            .frames(
-                [12, 13, 14].map(|s| (Media::Rtp(packet(s, 4000)), Some(0))),
-                &ntp,
-                None,
-                true,
-                &mut batch,
-            )
-            .unwrap();
+        let (units, resume) = batch(
+            &tx,
+            [12, 13, 14].map(|s| Media::Rtp(packet(s, 4000))).into(),
+        );
         assert_eq!(tx.counters.lock().unwrap().packets, 5);
-        tx.not_queued(&batch, 1, ev.resume);
+        tx.not_queued(&units, 1, resume);
         assert_eq!(tx.counters.lock().unwrap().packets, 3);
         tx.flushed();
         frame(&tx, &[(500, 0)], &mut out);
         assert_eq!(sent(&out).last().unwrap().0, 13, "continues after 12");
 
         // Nothing of a packed access unit queued: back to what went out before it.
-        let mut batch = Vec::new();
-        let ev = tx
-            .frames(
-                [(packed(&[(501, 3000), (502, 3000)], false), Some(0))],
-                &ntp,
-                None,
-                true,
-                &mut batch,
-            )
-            .unwrap();
-        tx.not_queued(&batch, 0, ev.resume);
+        let (units, resume) = batch(&tx, vec![packed(&[(501, 3000), (502, 3000)], false)]);
+        tx.not_queued(&units, 0, resume);
         assert_eq!(tx.counters.lock().unwrap().packets, 4);
         tx.flushed();
         frame(&tx, &[(9, 0)], &mut out);
@@ -1075,18 +1074,9 @@ mod tests {
 
         // A packed unit that did go out is where the next one continues from (9 went out as 14:
         // 10 and 11 go out as 15 and 16).
-        let mut batch = Vec::new();
-        let ev = tx
-            .frames(
-                [(packed(&[(10, 3000), (11, 3000)], false), Some(0))],
-                &ntp,
-                None,
-                true,
-                &mut batch,
-            )
-            .unwrap();
-        batch.push(OutFrame::rtp(packet(12, 3000), 0, None).unwrap());
-        tx.not_queued(&batch, 1, ev.resume);
+        let (mut units, resume) = batch(&tx, vec![packed(&[(10, 3000), (11, 3000)], false)]);
+        units.push(OutFrame::rtp(packet(12, 3000), 0, None).unwrap());
+        tx.not_queued(&units, 1, resume);
         tx.flushed();
         frame(&tx, &[(1, 0)], &mut out);
         assert_eq!(
