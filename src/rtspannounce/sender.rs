@@ -637,6 +637,7 @@ impl TrackSender {
         out.push(OutFrame::Wire {
             bytes,
             packets: n as u32,
+            last: (seq, ts),
         });
         Ok(())
     }
@@ -854,7 +855,7 @@ mod tests {
                         u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]),
                     )])
                 }
-                OutFrame::Wire { bytes, packets } => {
+                OutFrame::Wire { bytes, packets, .. } => {
                     let mut v = Vec::new();
                     let mut at = 0;
                     while at < bytes.len() {

@@ -18,6 +18,9 @@ pub(crate) enum OutFrame {
     Wire {
         bytes: Vec<u8>,
         packets: u32,
+        /// The last packet's sequence number and timestamp (the bytes may be moved out once
+        /// queued).
+        last: (u16, u32),
     },
     Control(Vec<u8>),
 }
@@ -95,6 +98,15 @@ impl OutFrame {
         }
     }
 
+    /// Where a packetized frame's bytes live (tests check they were moved, not copied).
+    #[cfg(test)]
+    pub(super) fn bytes_ptr(&self) -> *const u8 {
+        match self {
+            OutFrame::Wire { bytes, .. } | OutFrame::Control(bytes) => bytes.as_ptr(),
+            OutFrame::Rtp { .. } => std::ptr::null(),
+        }
+    }
+
     pub(super) fn is_media(&self) -> bool {
         matches!(self, OutFrame::Rtp { .. } | OutFrame::Wire { .. })
     }
@@ -126,17 +138,7 @@ impl OutFrame {
                 buffer.copy_to_slice(2, &mut h).ok()?;
                 at(&h, 0)
             }
-            OutFrame::Wire { bytes, .. } => {
-                // Walk the `$`-framed packets to the last one.
-                let mut i = 0;
-                let mut last = None;
-                while i + 4 <= bytes.len() {
-                    let len = u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize;
-                    last = Some(i + 4);
-                    i += 4 + len;
-                }
-                at(bytes, last? + 2)
-            }
+            OutFrame::Wire { last, .. } => Some(*last),
             OutFrame::Control(_) => None,
         }
     }

@@ -73,7 +73,18 @@ struct Inner {
 }
 
 impl Inner {
-    fn push(&mut self, f: &OutFrame, at: Instant) -> Result<(), QueueError> {
+    fn push(&mut self, f: &mut OutFrame, at: Instant) -> Result<(), QueueError> {
+        if let (true, OutFrame::Wire { bytes, .. }) = (self.pending.is_empty(), &mut *f) {
+            // Nothing waits: the packetizer's buffer becomes the send buffer, no copy. The
+            // frame keeps the old (empty) one, which goes with it.
+            std::mem::swap(&mut self.pending, bytes);
+            self.segments.push_back(Segment {
+                len: self.pending.len() as u32,
+                media: true,
+                queued_at: at,
+            });
+            return Ok(());
+        }
         let before = self.pending.len();
         if let Err(e) = f.append_to(&mut self.pending) {
             self.pending.truncate(before);
@@ -249,23 +260,24 @@ impl SendQueue {
         &self,
         frames: impl IntoIterator<Item = OutFrame>,
     ) -> Result<(), QueueError> {
-        let frames: Vec<OutFrame> = frames.into_iter().collect();
-        self.push_all_until(&frames, &AtomicBool::new(false))
+        let mut frames: Vec<OutFrame> = frames.into_iter().collect();
+        self.push_all_until(&mut frames, &AtomicBool::new(false))
             .map_err(|(e, _)| e)
     }
 
     /// [`Self::push_all`] for one producer that may be flushed: `cancel` set (then [`Self::wake`])
     /// makes its wait return `Cancelled`. Other producers go on: flushing is per pad. An error
-    /// comes with how many of the frames were queued before it (the rest never go out).
+    /// comes with how many of the frames were queued before it (the rest never go out). The
+    /// bytes of a queued [`OutFrame::Wire`] may be taken (moved into the queue).
     pub(crate) fn push_all_until(
         &self,
-        frames: &[OutFrame],
+        frames: &mut [OutFrame],
         cancel: &AtomicBool,
     ) -> Result<(), (QueueError, usize)> {
         let mut inner = self.inner.lock().unwrap();
         // One clock read per call, again only after a wait for room.
         let mut now = Instant::now();
-        for (queued, f) in frames.iter().enumerate() {
+        for (queued, f) in frames.iter_mut().enumerate() {
             loop {
                 Self::check(&inner).map_err(|e| (e, queued))?;
                 if cancel.load(Ordering::Relaxed) {
@@ -289,11 +301,14 @@ impl SendQueue {
 
     /// Queues frames without waiting for room: for the drop policy, which decides itself what
     /// fits (it may overshoot the bound by the rest of a frame already started).
-    pub(crate) fn push_all_nowait(&self, frames: &[OutFrame]) -> Result<(), (QueueError, usize)> {
+    pub(crate) fn push_all_nowait(
+        &self,
+        frames: &mut [OutFrame],
+    ) -> Result<(), (QueueError, usize)> {
         let mut inner = self.inner.lock().unwrap();
         Self::check(&inner).map_err(|e| (e, 0))?;
         let now = Instant::now();
-        for (queued, f) in frames.iter().enumerate() {
+        for (queued, f) in frames.iter_mut().enumerate() {
             inner.push(f, now).map_err(|e| (e, queued))?;
         }
         self.kick(&mut inner);
@@ -308,17 +323,17 @@ impl SendQueue {
             QState::Cancelled => return Err(QueueError::Cancelled),
             _ => {}
         }
-        inner.push(&OutFrame::Control(bytes), Instant::now())?;
+        inner.push(&mut OutFrame::Control(bytes), Instant::now())?;
         self.kick(&mut inner);
         Ok(())
     }
 
     /// Queues frames without waiting for space: for what was held back before RECORD, already
     /// bounded by the caller.
-    pub(crate) fn preload(&self, frames: Vec<OutFrame>) {
+    pub(crate) fn preload(&self, mut frames: Vec<OutFrame>) {
         let mut inner = self.inner.lock().unwrap();
         let now = Instant::now();
-        for f in &frames {
+        for f in &mut frames {
             // An unmappable buffer is skipped; nothing else can fail here.
             let _ = inner.push(f, now);
         }
@@ -336,7 +351,7 @@ impl SendQueue {
             return;
         }
         inner.clear();
-        let _ = inner.push(&OutFrame::Control(last), Instant::now());
+        let _ = inner.push(&mut OutFrame::Control(last), Instant::now());
         inner.state = QState::Closing;
         self.space.notify_all();
         self.kick(&mut inner);

@@ -226,3 +226,36 @@ fn direct_writes_and_writer_keep_order() {
     }
     assert_eq!(next, [PER_THREAD; 2]);
 }
+
+#[test]
+fn packetized_frames_into_an_empty_queue_are_moved_not_copied() {
+    gst::init().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let au = |b: u8| OutFrame::Wire {
+        bytes: vec![b'$', 0, 0, 1, b],
+        packets: 1,
+        last: (b as u16, 0),
+    };
+    let q = SendQueue::new(1000);
+    let mut frames = vec![au(1), au(2), OutFrame::Control(b"c".to_vec()), au(3)];
+    let at = frames[0].bytes_ptr();
+    q.push_all_until(&mut frames, &AtomicBool::new(false))
+        .unwrap();
+    // The first frame's allocation is now the queue's; the others queued behind it are copied
+    // and keep their bytes. What a frame says about its last packet survives the move.
+    assert_eq!(frames[0].len(), 0);
+    assert_eq!(frames[0].last_seq_ts(), Some((1, 0)));
+    assert_eq!(frames[1].len(), 5);
+    assert_eq!(frames[3].len(), 5);
+    q.close();
+    rt.block_on(async {
+        let mut out = Vec::new();
+        assert_eq!(q.take(&mut out).await, Some(true));
+        assert_eq!(out.as_ptr(), at);
+        assert_eq!(out, b"$\0\0\x01\x01$\0\0\x01\x02c$\0\0\x01\x03");
+        q.written(&mut out);
+        assert_eq!(q.take(&mut out).await, None);
+    });
+}
