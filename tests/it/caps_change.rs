@@ -164,6 +164,14 @@ fn a_codec_change_during_the_handshake_is_announced() {
         server.wait_for(|s| s.count("ANNOUNCE") == 1, Duration::from_secs(10)),
         "no ANNOUNCE"
     );
+    // PLAYING first (the first buffer waits in render for RECORD): a pause while the pipeline
+    // still continues from its preroll to PLAYING can leave GStreamer 1.22's bin in an async
+    // state change that never completes, and the pad never waits in render at all.
+    let (res, state, _) = p.state(gst::ClockTime::from_seconds(10));
+    assert_eq!(
+        (res, state),
+        (Ok(gst::StateChangeSuccess::Success), gst::State::Playing)
+    );
     // The pad waiting for RECORD returns on the pause; the new caps come with the next buffer.
     p.set_state(gst::State::Paused).unwrap();
     src.set_caps(Some(&l16_caps(8000)));
