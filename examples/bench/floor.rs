@@ -6,7 +6,9 @@
 //! writes those frames: unsynced in 64 KiB writes, or in real time one write per group of
 //! packets with the same running time (one access unit, as our element queues a buffer list).
 //! Its own CPU is measured around the sending alone (loading the file is not the floor's cost)
-//! and printed as `floor: send cpu S s` on stderr, which the bench reads back.
+//! and printed as `floor: send cpu S s` on stderr, which the bench reads back. With
+//! `FLOOR_PER_PACKET` set, the rt floor writes each packet of a group on its own (as FFmpeg's
+//! RTSP muxer does), to compare what the write size costs at the same pacing.
 
 use std::io::{BufWriter, Read, Write};
 use std::net::TcpStream;
@@ -203,7 +205,16 @@ pub fn floor_child(args: &[String]) -> Result<()> {
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
                 }
-                sock.write_all(&wire[from..end])?;
+                if std::env::var_os("FLOOR_PER_PACKET").is_some() {
+                    let mut at = from;
+                    while at < end {
+                        let len = 4 + u16::from_be_bytes([wire[at + 2], wire[at + 3]]) as usize;
+                        sock.write_all(&wire[at..at + len])?;
+                        at += len;
+                    }
+                } else {
+                    sock.write_all(&wire[from..end])?;
+                }
                 from = end;
             }
         }
