@@ -66,6 +66,12 @@ struct Inner {
     /// Direct writes since `window_start` (see DIRECT_BURST).
     window_start: Instant,
     direct_in_window: u32,
+    /// Capacity of the writer's batch buffer after its last batch, and direct writes since
+    /// then: see RELEASE_AFTER.
+    batch_capacity: usize,
+    direct_since_batch: u32,
+    /// Set for the writer: free the batch buffer.
+    release_batch: bool,
     /// Recent need of the pending buffer and of the writer's batch (see `trim`).
     pending_peak: usize,
     batch_peak: usize,
@@ -143,7 +149,14 @@ pub(crate) struct SendQueue {
     space: Condvar,
     data: tokio::sync::Notify,
     max_bytes: usize,
+    release_after: u32,
 }
+
+/// After this many direct writes in a row the idle writer frees its batch buffer: a burst (the
+/// backlog after the handshake, a stall) grows it, and once a live stream's writes go direct
+/// again it would keep that size for the session's life (a thousand sessions, a thousand
+/// bursts). Counted in writes, not time, so that no timer runs per batch.
+const RELEASE_AFTER: u32 = 64;
 
 /// At most this many direct writes per DIRECT_WINDOW; beyond, the writer task takes over.
 const DIRECT_BURST: u32 = 16;
@@ -177,6 +190,9 @@ impl SendQueue {
                 wire: None,
                 window_start: Instant::now(),
                 direct_in_window: 0,
+                batch_capacity: 0,
+                direct_since_batch: 0,
+                release_batch: false,
                 pending_peak: 0,
                 batch_peak: 0,
                 state: QState::Open,
@@ -184,7 +200,14 @@ impl SendQueue {
             space: Condvar::new(),
             data: tokio::sync::Notify::new(),
             max_bytes,
+            release_after: RELEASE_AFTER,
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn with_release_after(mut self, writes: u32) -> Self {
+        self.release_after = writes;
+        self
     }
 
     fn check(inner: &Inner) -> Result<(), QueueError> {
@@ -223,6 +246,13 @@ impl SendQueue {
                         inner.direct_in_window += 1;
                         if let Ok(n) = wire.try_write(&inner.pending) {
                             inner.consume(n);
+                            inner.direct_since_batch += 1;
+                            if inner.direct_since_batch == self.release_after
+                                && inner.batch_capacity > KEEP_CAPACITY
+                            {
+                                inner.release_batch = true;
+                                self.data.notify_one();
+                            }
                         }
                     }
                 } else {
@@ -460,6 +490,10 @@ impl SendQueue {
                     QState::Cancelled | QState::Failed(_) => return None,
                     _ => {}
                 }
+                if std::mem::take(&mut inner.release_batch) {
+                    *out = Vec::new();
+                    inner.batch_capacity = 0;
+                }
                 if !inner.pending.is_empty() {
                     std::mem::swap(&mut inner.pending, out);
                     inner.in_flight = out.len();
@@ -467,6 +501,7 @@ impl SendQueue {
                     inner.in_flight_since = inner.segments.front().map(|s| s.queued_at);
                     inner.segments.clear();
                     inner.writing = true;
+                    inner.direct_since_batch = 0;
                     return Some(inner.in_flight_media);
                 }
                 if inner.writes_allowed() && inner.wire.as_ref().is_some_and(Wire::backlog) {
@@ -490,6 +525,7 @@ impl SendQueue {
         out.clear();
         let mut inner = self.inner.lock().unwrap();
         trim(out, used, &mut inner.batch_peak);
+        inner.batch_capacity = out.capacity();
         inner.in_flight = 0;
         inner.in_flight_media = false;
         inner.in_flight_since = None;

@@ -259,3 +259,45 @@ fn packetized_frames_into_an_empty_queue_are_moved_not_copied() {
         assert_eq!(q.take(&mut out).await, None);
     });
 }
+
+#[test]
+fn an_idle_writer_frees_its_batch_buffer_after_a_run_of_direct_writes() {
+    gst::init().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let client = rt
+        .block_on(tokio::net::TcpStream::connect(
+            listener.local_addr().unwrap(),
+        ))
+        .unwrap();
+    let (_server, _) = rt.block_on(listener.accept()).unwrap();
+    let (_rd, wr) = client.into_split();
+    let q = SendQueue::new(1 << 20).with_release_after(4);
+    rt.block_on(async {
+        // A burst, before the socket is there: the writer's batch grows to hold it.
+        q.push_control(vec![7; 200_000]).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(q.take(&mut out).await, Some(false));
+        q.written(&mut out);
+        assert!(out.capacity() >= 200_000);
+        q.set_wire(Some(Wire::Plain(crate::net::socket::PlainWire::Tcp(
+            Arc::new(wr),
+        ))));
+        // Three direct writes: the writer keeps its buffer (a burst may come back).
+        for _ in 0..3 {
+            q.push_control(vec![1; 100]).unwrap();
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(50), q.take(&mut out)).await;
+        assert!(out.capacity() >= 200_000);
+        // The fourth in a row: it is freed the next time the writer looks.
+        q.push_control(vec![1; 100]).unwrap();
+        assert_eq!(q.level(), 0, "written directly");
+        let _ = tokio::time::timeout(Duration::from_millis(50), q.take(&mut out)).await;
+        assert_eq!(out.capacity(), 0);
+    });
+}
