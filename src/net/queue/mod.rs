@@ -246,7 +246,7 @@ impl SendQueue {
                         inner.direct_in_window += 1;
                         if let Ok(n) = wire.try_write(&inner.pending) {
                             inner.consume(n);
-                            inner.direct_since_batch += 1;
+                            inner.direct_since_batch = inner.direct_since_batch.saturating_add(1);
                             if inner.direct_since_batch == self.release_after
                                 && inner.batch_capacity > KEEP_CAPACITY
                             {
