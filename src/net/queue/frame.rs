@@ -98,15 +98,6 @@ impl OutFrame {
         }
     }
 
-    /// Where a packetized frame's bytes live (tests check they were moved, not copied).
-    #[cfg(test)]
-    pub(super) fn bytes_ptr(&self) -> *const u8 {
-        match self {
-            OutFrame::Wire { bytes, .. } | OutFrame::Control(bytes) => bytes.as_ptr(),
-            OutFrame::Rtp { .. } => std::ptr::null(),
-        }
-    }
-
     pub(super) fn is_media(&self) -> bool {
         matches!(self, OutFrame::Rtp { .. } | OutFrame::Wire { .. })
     }

@@ -5,6 +5,31 @@ fn buf(bytes: &[u8]) -> gst::Buffer {
     gst::Buffer::from_slice(bytes.to_vec())
 }
 
+/// A runtime for driving the writer's side by hand.
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A connected loopback pair on `rt`: the accepted side, and the client's write half as the
+/// queue's wire (nothing is read on the client side).
+fn tcp_pair(rt: &tokio::runtime::Runtime) -> (tokio::net::TcpStream, Wire) {
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let client = rt
+        .block_on(tokio::net::TcpStream::connect(
+            listener.local_addr().unwrap(),
+        ))
+        .unwrap();
+    let (server, _) = rt.block_on(listener.accept()).unwrap();
+    let (_rd, wr) = client.into_split();
+    let wire = Wire::Plain(crate::net::socket::PlainWire::Tcp(Arc::new(wr)));
+    (server, wire)
+}
+
 fn wire(frames: &[OutFrame]) -> Vec<u8> {
     let mut out = Vec::new();
     for f in frames {
@@ -76,9 +101,7 @@ fn backpressure_and_cancel() {
 #[test]
 fn writer_drains_then_ends_on_close() {
     gst::init().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let rt = current_thread();
     let q = SendQueue::new(1000);
     q.push_control(b"a".to_vec()).unwrap();
     q.push_control(b"b".to_vec()).unwrap();
@@ -112,9 +135,7 @@ fn fail_after_control_keeps_only_control_messages() {
         q.push_control(vec![1]),
         Err(QueueError::Failed("server TEARDOWN".into()))
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let rt = current_thread();
     rt.block_on(async {
         let mut out = Vec::new();
         assert_eq!(q.take(&mut out).await, Some(false));
@@ -152,15 +173,8 @@ fn direct_writes_and_writer_keep_order() {
         .enable_all()
         .build()
         .unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let client = rt.block_on(tokio::net::TcpStream::connect(addr)).unwrap();
-    let (server, _) = rt.block_on(listener.accept()).unwrap();
-    let (_rd, wr) = client.into_split();
+    let (server, wire) = tcp_pair(&rt);
     let q = Arc::new(SendQueue::new(64 * 1024));
-    let wire = Wire::Plain(crate::net::socket::PlainWire::Tcp(Arc::new(wr)));
     q.set_wire(Some(wire.clone()));
     let writer = {
         let q = q.clone();
@@ -230,9 +244,7 @@ fn direct_writes_and_writer_keep_order() {
 #[test]
 fn packetized_frames_into_an_empty_queue_are_moved_not_copied() {
     gst::init().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let rt = current_thread();
     let au = |b: u8| OutFrame::Wire {
         bytes: vec![b'$', 0, 0, 1, b],
         packets: 1,
@@ -240,7 +252,10 @@ fn packetized_frames_into_an_empty_queue_are_moved_not_copied() {
     };
     let q = SendQueue::new(1000);
     let mut frames = vec![au(1), au(2), OutFrame::Control(b"c".to_vec()), au(3)];
-    let at = frames[0].bytes_ptr();
+    let OutFrame::Wire { bytes, .. } = &frames[0] else {
+        unreachable!()
+    };
+    let at = bytes.as_ptr();
     q.push_all_until(&mut frames, &AtomicBool::new(false))
         .unwrap();
     // The first frame's allocation is now the queue's; the others queued behind it are copied
@@ -263,20 +278,8 @@ fn packetized_frames_into_an_empty_queue_are_moved_not_copied() {
 #[test]
 fn an_idle_writer_frees_its_batch_buffer_after_a_run_of_direct_writes() {
     gst::init().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let client = rt
-        .block_on(tokio::net::TcpStream::connect(
-            listener.local_addr().unwrap(),
-        ))
-        .unwrap();
-    let (_server, _) = rt.block_on(listener.accept()).unwrap();
-    let (_rd, wr) = client.into_split();
+    let rt = current_thread();
+    let (_server, wr) = tcp_pair(&rt);
     let q = SendQueue::new(1 << 20).with_release_after(4);
     rt.block_on(async {
         // A burst, before the socket is there: the writer's batch grows to hold it.
@@ -285,9 +288,7 @@ fn an_idle_writer_frees_its_batch_buffer_after_a_run_of_direct_writes() {
         assert_eq!(q.take(&mut out).await, Some(false));
         q.written(&mut out);
         assert!(out.capacity() >= 200_000);
-        q.set_wire(Some(Wire::Plain(crate::net::socket::PlainWire::Tcp(
-            Arc::new(wr),
-        ))));
+        q.set_wire(Some(wr));
         // Three direct writes: the writer keeps its buffer (a burst may come back).
         for _ in 0..3 {
             q.push_control(vec![1; 100]).unwrap();
