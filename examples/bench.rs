@@ -469,6 +469,45 @@ fn latency_of(who: Who, file: Option<&str>, session: &Session) -> Option<Latency
     Some(lat)
 }
 
+/// base-parse's fakesinks: from the later of reaching the pad and being due to the render
+/// (the `handoff` after the clock wait), per unit in order. GStreamer's sync wake-up on this
+/// machine, with no network and none of our code: the floor under every GStreamer contender's
+/// added latency.
+fn sync_wake_of(text: &str) -> Option<Latency> {
+    let mut lines = text.lines();
+    let base: u64 = lines.next()?.strip_prefix("base ")?.parse().ok()?;
+    let mut due: [Vec<u64>; 2] = Default::default();
+    let mut rendered: [Vec<u64>; 2] = Default::default();
+    for l in lines {
+        let (list, rest) = match l.strip_prefix("render ") {
+            Some(rest) => (&mut rendered, rest),
+            None => (&mut due, l),
+        };
+        let v: Vec<u64> = rest.split(' ').filter_map(|x| x.parse().ok()).collect();
+        match (
+            &v[..],
+            list.get_mut(v.first().copied().unwrap_or(9) as usize),
+        ) {
+            (&[_, now, rt], Some(d)) => d.push(now.max(base + rt)),
+            (&[_, now], Some(r)) => r.push(now),
+            _ => {}
+        }
+    }
+    let mut lat = Latency::default();
+    for (k, out) in [&mut lat.video, &mut lat.audio].into_iter().enumerate() {
+        if due[k].len() != rendered[k].len() {
+            lat.unmatched += due[k].len().abs_diff(rendered[k].len());
+        }
+        out.extend(
+            due[k]
+                .iter()
+                .zip(&rendered[k])
+                .map(|(d, r)| (*r as f64 - *d as f64) / 1e6),
+        );
+    }
+    Some(lat)
+}
+
 /// Pairs pad units with arrivals by their place on the media timeline: the unit's running time
 /// since the track's first unit against the marker packet's RTP timestamp since the track's
 /// first, within a millisecond. For a contender whose receiver-side units are not its pad's
@@ -513,7 +552,8 @@ fn latency_table(runs: &[PushRun]) {
         "\nadded latency, real time (ms, all rt rounds pooled): from the later of reaching the sink's pad \
          and being due (sync=true) to the last packet's arrival at the receiver over loopback, an upper \
          bound on when its last byte was written; ffmpeg: arrival against the packet's RTP timestamp, \
-         relative to its first packet"
+         relative to its first packet; base-parse: from the same start to fakesink's render, GStreamer's \
+         own wake-up from the clock wait (no network, none of our code)"
     );
     println!(
         "  {:<16} {:>26} {:>26} {:>10}",
@@ -524,6 +564,7 @@ fn latency_table(runs: &[PushRun]) {
         Who::AnnounceRtp,
         Who::ClientSink,
         Who::Ffmpeg,
+        Who::BaseParse,
     ] {
         let mut all = Latency::default();
         for l in runs
@@ -633,7 +674,12 @@ fn push_once(rx: &Receiver, input: &Input, who: Who, mode: Mode, round: usize) -
     let mut cmd = push_command(who, mode, &url, file)?;
     let lat_file = log.with_extension("latency");
     let _ = std::fs::remove_file(&lat_file);
-    if mode == Mode::RealTime && matches!(who, Who::Announce | Who::AnnounceRtp | Who::ClientSink) {
+    if mode == Mode::RealTime
+        && matches!(
+            who,
+            Who::Announce | Who::AnnounceRtp | Who::ClientSink | Who::BaseParse
+        )
+    {
         cmd.env(child::LATENCY_ENV, &lat_file);
     }
     cmd.stdin(Stdio::null())
@@ -659,6 +705,9 @@ fn push_once(rx: &Receiver, input: &Input, who: Who, mode: Mode, round: usize) -
     let latency = match (mode, sessions.as_slice()) {
         (Mode::RealTime, [s]) => {
             latency_of(who, std::fs::read_to_string(&lat_file).ok().as_deref(), s)
+        }
+        (Mode::RealTime, []) if who == Who::BaseParse => {
+            sync_wake_of(&std::fs::read_to_string(&lat_file).unwrap_or_default())
         }
         _ => None,
     };
@@ -721,11 +770,19 @@ fn push_once(rx: &Receiver, input: &Input, who: Who, mode: Mode, round: usize) -
             .iter()
             .enumerate()
             .max_by(|a, b| a.1.partial_cmp(b.1).unwrap());
+        let what = if run.who == Who::BaseParse {
+            "sync wake-up"
+        } else {
+            "latency"
+        };
         if let (Some((p50, p99, max)), Some((i, _))) = (percentiles(&l.video), worst) {
             line += &format!(
-                "\n    video latency p50 {p50:.2} p99 {p99:.2} max {max:.2} ms (unit {i} of {})",
+                "\n    video {what} p50 {p50:.2} p99 {p99:.2} max {max:.2} ms (unit {i} of {})",
                 l.video.len()
             );
+        }
+        if let Some((p50, p99, max)) = percentiles(&l.audio) {
+            line += &format!(", audio p50 {p50:.2} p99 {p99:.2} max {max:.2} ms");
         }
     }
     println!("{line}");
@@ -884,6 +941,20 @@ fn targets(runs: &[PushRun], own: &Figures, ann: &Figures, rows: &[(String, Figu
         fmt(p.map(|p| p.2), 2),
         verdict(p.map(|p| p.1 < 1.0 && p.2 < 2.0))
     );
+    let mut wake = Vec::new();
+    for l in runs
+        .iter()
+        .filter(|r| r.who == Who::BaseParse && r.mode == Mode::RealTime && r.ok())
+        .filter_map(|r| r.latency.as_ref())
+    {
+        wake.extend(&l.video);
+        wake.extend(&l.audio);
+    }
+    if let Some((_, p99, max)) = percentiles(&wake) {
+        println!(
+            "     (GStreamer's own sync wake-up, base-parse's fakesinks in the same rounds: p99 {p99:.2} ms, max {max:.2} ms)"
+        );
+    }
 }
 
 fn indent(s: &str) -> String {

@@ -44,7 +44,7 @@ pub fn push_description(kind: &str, sync: bool, url: &str, input: &str) -> Resul
         ),
         // demux + parse into fakesink: what rtspclientsink and ffmpeg are given
         "base-parse" => format!(
-            "{demux} {v} ! fakesink sync={sync} {a} ! fakesink sync={sync}"
+            "{demux} {v} ! fakesink name=f0 sync={sync} {a} ! fakesink name=f1 sync={sync}"
         ),
         // demux + parse + payloaders into fakesink: what rtspannounce-rtp is given
         "base-pay" => format!(
@@ -117,12 +117,47 @@ pub fn push_child(args: &[String]) -> Result<()> {
             );
         }
     }
+    // base-parse: when each fakesink renders, after its clock wait. Against when the unit was
+    // due, that is GStreamer's own wake-up from the sync, with no network and none of our code.
+    let renders: Arc<std::sync::Mutex<Vec<(usize, u64)>>> = Arc::default();
+    if kind == "base-parse" && latency.is_some() {
+        for i in 0..2 {
+            let Some(fakesink) = pipeline.by_name(&format!("f{i}")) else {
+                continue;
+            };
+            let units = units.clone();
+            fakesink.static_pad("sink").unwrap().add_probe(
+                gst::PadProbeType::BUFFER,
+                move |pad, info| {
+                    let now = proc::mono_ns();
+                    let rt = pad
+                        .sticky_event::<gst::event::Segment>(0)
+                        .and_then(|e| e.segment().downcast_ref::<gst::ClockTime>().cloned())
+                        .zip(info.buffer().and_then(|b| b.pts()))
+                        .and_then(|(s, p)| s.to_running_time(p))
+                        .map(|t| t.nseconds())
+                        .unwrap_or(0);
+                    units.lock().unwrap().push((i, now, rt));
+                    gst::PadProbeReturn::Ok
+                },
+            );
+            fakesink.set_property("signal-handoffs", true);
+            let renders = renders.clone();
+            fakesink.connect("handoff", false, move |_| {
+                renders.lock().unwrap().push((i, proc::mono_ns()));
+                None
+            });
+        }
+    }
     let write_latency = |pipeline: &gst::Pipeline| {
         if let Some(path) = &latency {
             let base = pipeline.base_time().map(|t| t.nseconds()).unwrap_or(0);
             let mut text = format!("base {base}\n");
             for (pad, now, rt) in units.lock().unwrap().iter() {
                 text += &format!("{pad} {now} {rt}\n");
+            }
+            for (pad, now) in renders.lock().unwrap().iter() {
+                text += &format!("render {pad} {now}\n");
             }
             let _ = std::fs::write(path, text);
         }

@@ -124,16 +124,27 @@ fn l16_caps(rate: i32) -> gst::Caps {
         .build()
 }
 
-/// Caps that change while ANNOUNCE waits for its answer (here across a pause, when the pad
-/// returns from its wait) are not what the SDP on its way describes: once recording, the
-/// element announces again with the new ones instead of sending a codec the server was never
-/// told of.
+/// Caps that change while ANNOUNCE waits for its answer are not what the SDP on its way
+/// describes: once recording, the element announces again with the new ones instead of sending a
+/// codec the server was never told of. (The first buffer waits in preroll for RECORD; the new
+/// caps and the next buffer queue behind it in appsrc and reach the element once recording.)
 #[test]
 fn a_codec_change_during_the_handshake_is_announced() {
     use scripted_server::*;
     harness::init();
     // The first ANNOUNCE is answered only once the test has changed the caps.
     let gate = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+    let open_gate = |gate: &(std::sync::Mutex<bool>, std::sync::Condvar)| {
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+    };
+    // Opened however the test ends, or a failed assertion would leave the server thread waiting.
+    struct OpenOnDrop<F: Fn()>(F);
+    impl<F: Fn()> Drop for OpenOnDrop<F> {
+        fn drop(&mut self) {
+            (self.0)()
+        }
+    }
     let g = gate.clone();
     let server = ScriptedServer::start(Script::new().custom("ANNOUNCE", move |req| {
         if req.conn == 0 {
@@ -145,6 +156,8 @@ fn a_codec_change_during_the_handshake_is_announced() {
         }
         Action::Normal
     }));
+    let g = gate.clone();
+    let _open = OpenOnDrop(move || open_gate(&g));
     let p = gst::parse::launch(&format!(
         "appsrc name=src format=time ! rtspannounce location={} sync=false",
         server.url("/live/a")
@@ -164,25 +177,12 @@ fn a_codec_change_during_the_handshake_is_announced() {
         server.wait_for(|s| s.count("ANNOUNCE") == 1, Duration::from_secs(10)),
         "no ANNOUNCE"
     );
-    // PLAYING first (the first buffer waits in render for RECORD): a pause while the pipeline
-    // still continues from its preroll to PLAYING can leave GStreamer 1.22's bin in an async
-    // state change that never completes, and the pad never waits in render at all.
-    let (res, state, _) = p.state(gst::ClockTime::from_seconds(10));
-    assert_eq!(
-        (res, state),
-        (Ok(gst::StateChangeSuccess::Success), gst::State::Playing)
-    );
-    // The pad waiting for RECORD returns on the pause; the new caps come with the next buffer.
-    p.set_state(gst::State::Paused).unwrap();
+    // The preroll waits for RECORD: the pipeline is not PLAYING before the server takes data.
+    let (res, _, _) = p.state(gst::ClockTime::from_mseconds(0));
+    assert_eq!(res, Ok(gst::StateChangeSuccess::Async));
     src.set_caps(Some(&l16_caps(8000)));
     src.push_buffer(l16_packet(1)).unwrap();
-    let _ = p.state(gst::ClockTime::from_seconds(5));
-    p.set_state(gst::State::Playing).unwrap();
-    {
-        let (lock, cond) = &*gate;
-        *lock.lock().unwrap() = true;
-        cond.notify_all();
-    }
+    open_gate(&gate);
     let announced = server.wait_for(|s| s.count("ANNOUNCE") >= 2, Duration::from_secs(10));
     for seq in 2..10 {
         src.push_buffer(l16_packet(seq)).unwrap();

@@ -249,6 +249,7 @@ impl RtspAnnounce {
                     let sample = sink.pull_preroll().map_err(|_| gst::FlowError::Flushing)?;
                     // Copied out first: an `if let` scrutinee's guard would live through the block.
                     let linked = l1.lock().unwrap().clone();
+                    let mut res = Ok(());
                     if let Some((shared, idx)) = linked {
                         // The packet's place on the timeline, for the SDP's RFC 7273 offset.
                         let first = sample
@@ -273,13 +274,16 @@ impl RtspAnnounce {
                             };
                             let anchor = own.anchor(running);
                             drop(own);
-                            shared.preroll(idx, Some(rtp), anchor);
+                            res = shared.preroll(idx, Some(rtp), anchor);
                         } else {
                             let anchor = first.and_then(|b| session::anchor_of(b, running));
-                            shared.preroll(idx, caps, anchor);
+                            res = shared.preroll(idx, caps, anchor);
                         }
                     }
-                    Ok(gst::FlowSuccess::Ok)
+                    let Some(element) = w1.upgrade() else {
+                        return Err(gst::FlowError::Flushing);
+                    };
+                    pad_result(&l1, element.upcast_ref(), res)
                 })
                 .new_sample(move |sink| {
                     let sample = sink.pull_sample().map_err(|_| gst::FlowError::Flushing)?;

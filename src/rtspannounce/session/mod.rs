@@ -24,7 +24,7 @@ use crate::sdp;
 use crate::sdp::clock::PublishClockMode;
 use crate::CAT;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// What a session needs from the element's settings, fixed when it starts.
@@ -365,27 +365,36 @@ impl Shared {
 
     /// Preroll: note caps and that data exists, without sending (the buffer comes again when
     /// PLAYING renders it). `anchor` is the buffer's (RTP timestamp, running time), if known.
+    ///
+    /// Once every track is ready the handshake starts, and the preroll that started it (or any
+    /// later one) waits for RECORD's answer: the pipeline then reaches PLAYING, and takes its
+    /// base time, when the server takes data, so that the first buffers are not late by the
+    /// handshake. A preroll never waits for a track that is not ready yet: that track may need
+    /// data only PLAYING brings (parameter sets in-band), and waiting would deadlock it.
     pub(crate) fn preroll(
         self: &Arc<Self>,
         id: TrackId,
         caps: Option<gst::Caps>,
         anchor: Option<(u32, u64)>,
-    ) {
+    ) -> Result<(), PadError> {
         let mut st = self.state.lock().unwrap();
-        if !matches!(st.phase, Phase::Waiting) {
-            return;
+        if !matches!(st.phase, Phase::Waiting | Phase::Connecting(_)) {
+            return Ok(());
         }
         let Some(track) = st.position(id) else {
-            return;
+            return Ok(());
         };
-        let t = &mut st.tracks[track];
-        if caps.is_some() {
-            t.caps = caps;
+        if matches!(st.phase, Phase::Waiting) {
+            let t = &mut st.tracks[track];
+            if caps.is_some() {
+                t.caps = caps;
+            }
+            t.has_buffer = true;
+            t.preroll_anchor = anchor.or(t.preroll_anchor);
+            self.note_first_data(&mut st);
+            st = self.maybe_start(st);
         }
-        t.has_buffer = true;
-        t.preroll_anchor = anchor.or(t.preroll_anchor);
-        self.note_first_data(&mut st);
-        drop(self.maybe_start(st));
+        self.wait_for_record(st, id, false)
     }
 
     /// Arms the announce-timeout at the first buffer on any pad. A timer, not the pad threads,
@@ -544,18 +553,29 @@ impl Shared {
         t.has_buffer = true;
         t.held.extend(buffers);
         self.note_first_data(&mut st);
-        st = self.maybe_start(st);
+        let st = self.maybe_start(st);
         // A track still waiting for its parameter sets must keep its data flowing so the payloader
         // can update its caps; other tracks wait here (backpressure) for RECORD's answer. The
         // announce-timeout timer ends a wait that would otherwise last for ever.
+        self.wait_for_record(st, id, true)
+    }
+
+    /// Waits on pad `id`'s streaming thread while the handshake is in flight (and, with
+    /// `while_waiting`, while it has yet to start): until recording, a failure, a stop, a flush
+    /// of this pad, or a pause (which must not wait on the network).
+    fn wait_for_record(
+        &self,
+        mut st: MutexGuard<'_, State>,
+        id: TrackId,
+        while_waiting: bool,
+    ) -> Result<(), PadError> {
         loop {
             // Other pads' tracks may have gone while this one waited.
-            let Some(now) = st.position(id) else {
+            let Some(track) = st.position(id) else {
                 return Err(PadError::Flushing);
             };
-            track = now;
             match st.phase {
-                Phase::Waiting if !st.tracks[track].ready() => return Ok(()),
+                Phase::Waiting if !while_waiting || !st.tracks[track].ready() => return Ok(()),
                 Phase::Waiting | Phase::Connecting(_) if st.paused => return Ok(()),
                 Phase::Waiting | Phase::Connecting(_) => {}
                 Phase::Failed => return Err(PadError::Failed),

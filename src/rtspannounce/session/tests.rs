@@ -69,10 +69,14 @@ fn config(announce_timeout: Duration) -> SessionConfig {
 }
 
 fn session(pads: &[&str], timeout: Duration) -> (Arc<Shared>, mpsc::Receiver<Notice>) {
+    session_with(config(timeout), pads)
+}
+
+fn session_with(cfg: SessionConfig, pads: &[&str]) -> (Arc<Shared>, mpsc::Receiver<Notice>) {
     gst::init().unwrap();
     let (tx, rx) = mpsc::channel();
     let s = Shared::new(
-        config(timeout),
+        cfg,
         pads.iter().map(|p| p.to_string()).collect(),
         Arc::new(Recorder(Mutex::new(tx))),
     );
@@ -89,12 +93,7 @@ fn error_text(n: Notice) -> String {
 #[test]
 fn a_silent_track_fails_the_session_at_the_announce_timeout() {
     let (s, rx) = session(&["sink_0", "sink_1"], Duration::from_millis(50));
-    let caps = gst::Caps::builder("application/x-rtp")
-        .field("media", "audio")
-        .field("encoding-name", "OPUS")
-        .field("clock-rate", 48000i32)
-        .build();
-    s.preroll(0, Some(caps), None);
+    assert!(s.preroll(0, Some(opus_caps()), None).is_ok());
     let text = error_text(rx.recv_timeout(Duration::from_secs(5)).unwrap());
     assert!(text.contains("sink_1 (no buffer)"), "{text}");
     assert!(!text.contains("sink_0"), "{text}");
@@ -110,6 +109,67 @@ fn a_silent_track_fails_the_session_at_the_announce_timeout() {
         s.render_buffers(0, None, None, std::iter::once(buf)),
         Err(PadError::Failed)
     ));
+}
+
+fn opus_caps() -> gst::Caps {
+    gst::Caps::builder("application/x-rtp")
+        .field("media", "audio")
+        .field("encoding-name", "OPUS")
+        .field("clock-rate", 48000i32)
+        .field("payload", 96i32)
+        .build()
+}
+
+#[test]
+fn a_preroll_waits_for_the_handshake_it_started_and_a_stop_ends_the_wait() {
+    use std::io::Read;
+    // A server that reads the ANNOUNCE and never answers it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut cfg = config(Duration::from_secs(60));
+    cfg.dial.url = RtspUrl::parse(&format!("rtsp://127.0.0.1:{port}/x")).unwrap();
+    cfg.dial.tcp_timeout = Duration::from_secs(60);
+    let (s, _rx) = session_with(cfg, &["sink_0", "sink_1"]);
+    // The first track alone starts nothing: its preroll does not wait for the other.
+    assert!(s.preroll(0, Some(opus_caps()), None).is_ok());
+    assert_eq!(s.phase(), PhaseName::Waiting);
+    let s2 = s.clone();
+    let waiting = std::thread::spawn(move || s2.preroll(1, Some(opus_caps()), None));
+    // Accepted on a thread: a handshake that never dials fails the test instead of hanging it.
+    let (tx, accepted) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(listener.accept().map(|(c, _)| c));
+    });
+    let mut conn = accepted
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the handshake never connected")
+        .unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before a whole request");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&got).starts_with("ANNOUNCE "));
+    // The request is out and unanswered: the preroll that started it is still waiting.
+    assert!(!waiting.is_finished());
+    assert_eq!(s.phase(), PhaseName::Connecting);
+    s.stop();
+    assert!(matches!(waiting.join().unwrap(), Err(PadError::Flushing)));
+}
+
+#[test]
+fn a_preroll_returns_the_handshakes_failure() {
+    // Nothing listens on the configured port: the connection is refused.
+    let (s, _rx) = session(&["sink_0"], Duration::from_secs(60));
+    assert!(matches!(
+        s.preroll(0, Some(opus_caps()), None),
+        Err(PadError::Failed)
+    ));
+    assert_eq!(s.phase(), PhaseName::Failed);
 }
 
 #[test]
