@@ -9,6 +9,7 @@
 //! and printed as `floor: send cpu S s` on stderr, which the bench reads back. With
 //! `FLOOR_PER_PACKET` set, the rt floor writes each packet of a group on its own (as FFmpeg's
 //! RTSP muxer does), to compare what the write size costs at the same pacing.
+//! `FLOOR_NAGLE` leaves Nagle's algorithm on (FFmpeg's default; we set TCP_NODELAY).
 
 use std::io::{BufWriter, Read, Write};
 use std::net::TcpStream;
@@ -128,7 +129,7 @@ fn handshake(url: &str) -> Result<TcpStream> {
     let rest = url.strip_prefix("rtsp://").context("rtsp:// URL")?;
     let host = rest.split('/').next().unwrap_or(rest);
     let mut sock = TcpStream::connect(host)?;
-    sock.set_nodelay(true)?;
+    sock.set_nodelay(std::env::var_os("FLOOR_NAGLE").is_none())?;
     let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=floor\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
                m=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=control:streamid=0\r\n\
                m=audio 0 RTP/AVP 97\r\na=rtpmap:97 MPEG4-GENERIC/48000/2\r\na=control:streamid=1\r\n";
