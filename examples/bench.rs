@@ -731,6 +731,10 @@ fn push_once(rx: &Receiver, input: &Input, who: Who, mode: Mode, round: usize) -
         run.exit.cpu_s,
         run.exit.wall.as_secs_f64()
     );
+    let crit = criticals(&log);
+    if crit > 0 {
+        line += &format!("  {crit} GStreamer-CRITICALs in {}", log.display());
+    }
     if !who.is_baseline() {
         match run.sessions.as_slice() {
             [s] => {
@@ -1279,6 +1283,13 @@ fn kv(line: &str, key: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// The GStreamer-CRITICALs a child wrote to its log: any is a bug to chase, not a figure.
+fn criticals(log: &std::path::Path) -> usize {
+    std::fs::read_to_string(log)
+        .map(|t| t.matches("GStreamer-CRITICAL").count())
+        .unwrap_or(0)
+}
+
 fn scale_once(
     rx: &Receiver,
     kind: &str,
@@ -1387,7 +1398,11 @@ fn scale_once(
     if run.errors > 0 {
         run.note += &format!("{} pipelines posted errors; ", run.errors);
     }
-    run.ok = result.is_ok() && run.errors == 0 && run.streaming == n;
+    let crit = criticals(&log);
+    if crit > 0 {
+        run.note += &format!("{crit} GStreamer-CRITICALs in {}; ", log.display());
+    }
+    run.ok = result.is_ok() && run.errors == 0 && run.streaming == n && crit == 0;
     println!(
         "[r{round} scale {asked:>4}] {kind:<14} n={n:<4} streaming {:<4} cpu {:>6.2} s / {:.1} s  rss {:>8.1} MiB  threads {:>5}  \
          window {:>7.1} Mbit/s  lost {}  sessions {} (TEARDOWN {})  {}",

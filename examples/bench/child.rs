@@ -379,6 +379,9 @@ pub fn scale_child(args: &[String]) -> Result<()> {
         p.set_state(gst::State::Playing)?;
     }
     // One feeder thread for every session: the source side is identical for all contenders.
+    // Every frame is fresh memory, as an encoder's output is: a GstMemory counts its maps in 8
+    // bits, so 1000 sessions mapping one shared memory at once overflow that count (a
+    // gst_mini_object_unlock CRITICAL), and one shared copy would sit in cache for everyone.
     let stop = Arc::new(AtomicBool::new(false));
     let feeder = {
         let stop = stop.clone();
@@ -388,7 +391,9 @@ pub fn scale_child(args: &[String]) -> Result<()> {
                 let mut next = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
                     for s in &srcs {
-                        let _ = s.push_buffer(jpeg.copy());
+                        if let Ok(frame) = jpeg.copy_deep() {
+                            let _ = s.push_buffer(frame);
+                        }
                     }
                     next += period;
                     let now = Instant::now();
