@@ -1256,7 +1256,7 @@ fn push_bench(
 // ---------------------------------------------------------------------------------------------
 // Scale runs
 
-const SCALE_KINDS: [&str; 4] = ["base-raw", "base-pay", "rtspannounce", "rtspclientsink"];
+const SCALE_KINDS: [&str; 5] = ["base-raw", "base-pay", "floor", "rtspannounce", "rtspclientsink"];
 
 #[derive(Clone, Debug, Default)]
 struct ScaleRun {
@@ -1457,8 +1457,8 @@ fn aggregate(runs: &[&ScaleRun]) -> ScaleRun {
 
 fn scale_bench(rx: &Receiver, args: &Args, failures: &mut Vec<String>) -> Result<()> {
     println!(
-        "\n== scale: N live sessions in one process, 500 kbit/s MJPEG each (one pre-encoded 320x240 \
-         JPEG pushed through a live appsrc at 10 frames/s), {} round(s), {:.0} s window",
+        "\n== scale: N live sessions in one process, 500 kbit/s MJPEG each (a fresh copy of one pre-encoded \
+         320x240 JPEG per frame through a live appsrc at 10 frames/s), {} round(s), {:.0} s window",
         args.scale_rounds, args.window
     );
     let mut raw_runs: Vec<ScaleRun> = Vec::new();
@@ -1500,7 +1500,8 @@ fn scale_bench(rx: &Receiver, args: &Args, failures: &mut Vec<String>) -> Result
     }
     println!(
         "\n== scale results (medians over {} round(s)); per-session figures over the baseline named \
-         in `over`\n(base-raw = appsrc ! fakesink; base-pay = appsrc ! rtpjpegpay ! fakesink)\n",
+         in `over`\n(base-raw = appsrc ! fakesink; base-pay = appsrc ! rtpjpegpay ! fakesink; floor = rtpjpegpay's \
+         packets written by one thread over N bare sessions, one write per frame: the kernel's cost)\n",
         args.scale_rounds
     );
     println!(
@@ -1557,6 +1558,9 @@ fn scale_bench(rx: &Receiver, args: &Args, failures: &mut Vec<String>) -> Result
         for r in runs.iter().filter(|r| r.kind.starts_with("base")) {
             row(&r.kind, r, None, None);
         }
+        if let Some(f) = get("floor", n) {
+            row("floor (bare writer)", f, None, None);
+        }
         let mut ann_cpu = None;
         if let Some(a) = get("rtspannounce", n) {
             // per session, to compare with a capped rtspclientsink run
@@ -1598,7 +1602,7 @@ fn scale_bench(rx: &Receiver, args: &Args, failures: &mut Vec<String>) -> Result
                     r.kind, r.asked, r.lost
                 ));
             }
-            if (r.kind == "rtspannounce" || r.kind.starts_with("base")) && !r.ok {
+            if (r.kind == "rtspannounce" || r.kind == "floor" || r.kind.starts_with("base")) && !r.ok {
                 failures.push(format!("scale {} N={}: {}", r.kind, r.asked, r.note));
             }
         }

@@ -368,6 +368,9 @@ pub fn scale_child(args: &[String]) -> Result<()> {
     let (jpeg, caps, period) = make_jpeg()?;
     let jpeg_bytes = jpeg.size();
     let idle = (proc::self_rss_kib(), proc::self_threads());
+    if kind == "floor" {
+        return scale_floor(n, prefix, window, &jpeg, &caps, period, idle);
+    }
     let mut pipes = Vec::with_capacity(n);
     let mut srcs = Vec::with_capacity(n);
     for i in 0..n {
@@ -440,4 +443,136 @@ pub fn scale_child(args: &[String]) -> Result<()> {
         let _ = p.set_state(gst::State::Null);
     }
     Ok(())
+}
+
+/// The scale floor: the same frames rtpjpegpay makes of the JPEG, written by one thread over N
+/// bare RECORD sessions, one write per frame per session at the same pacing. No pipeline, no
+/// wake-ups: what the kernel alone costs to move 1000 sessions' bytes in these writes.
+fn scale_floor(
+    n: usize,
+    prefix: &str,
+    window: Duration,
+    jpeg: &gst::Buffer,
+    caps: &gst::Caps,
+    period: Duration,
+    idle: (u64, usize),
+) -> Result<()> {
+    use std::io::Write;
+    let packets = jpeg_packets(jpeg, caps)?;
+    // One frame on the wire and where each packet's sequence number sits in it.
+    let mut template = Vec::new();
+    let mut seq_at = Vec::new();
+    for p in &packets {
+        template.extend_from_slice(&[b'$', 0]);
+        template.extend_from_slice(&(p.len() as u16).to_be_bytes());
+        seq_at.push(template.len() + 2);
+        template.extend_from_slice(p);
+    }
+    let mut sessions = Vec::with_capacity(n);
+    for i in 0..n {
+        let sock = crate::floor::handshake(&format!("{prefix}/{i}"))?;
+        // Its own copy of the frame, as each session writes its own memory.
+        sessions.push((sock, template.clone(), 0u16));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("floor-writer".into())
+            .spawn(move || -> Result<Vec<std::net::TcpStream>> {
+                let mut next = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    for (sock, frame, seq) in sessions.iter_mut() {
+                        for &at in &seq_at {
+                            frame[at..at + 2].copy_from_slice(&seq.to_be_bytes());
+                            *seq = seq.wrapping_add(1);
+                        }
+                        sock.write_all(frame)?;
+                    }
+                    next += period;
+                    let now = Instant::now();
+                    if next > now {
+                        std::thread::sleep(next - now);
+                    } else {
+                        next = now;
+                    }
+                }
+                Ok(sessions.into_iter().map(|s| s.0).collect())
+            })?
+    };
+    println!(
+        "ready jpeg_bytes={} frame_period_ms={:.1} idle_rss_kib={} idle_threads={}",
+        jpeg.size(),
+        period.as_secs_f64() * 1e3,
+        idle.0,
+        idle.1
+    );
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    if line.trim() != "start" {
+        bail!("expected start, got {line:?}");
+    }
+    let (c0, t0) = (proc::self_cpu_s(), Instant::now());
+    std::thread::sleep(window);
+    let (c1, wall) = (proc::self_cpu_s(), t0.elapsed());
+    let (rss, threads) = (proc::self_rss_kib(), proc::self_threads());
+    stop.store(true, Ordering::Relaxed);
+    let res = writer.join().map_err(|_| anyhow!("floor writer panicked"))?;
+    let errors = usize::from(res.is_err());
+    println!(
+        "result cpu_s={:.4} wall_s={:.4} rss_kib={rss} threads={threads} errors={errors}",
+        c1 - c0,
+        wall.as_secs_f64()
+    );
+    for (i, mut sock) in res?.into_iter().enumerate() {
+        let url = format!("{prefix}/{i}");
+        let _ = crate::floor::request(
+            &mut sock,
+            &format!("TEARDOWN {url} RTSP/1.0\r\nCSeq: 5\r\n\r\n"),
+        );
+    }
+    Ok(())
+}
+
+/// The RTP packets rtpjpegpay (default settings, as in the scale pipelines) makes of `jpeg`.
+fn jpeg_packets(jpeg: &gst::Buffer, caps: &gst::Caps) -> Result<Vec<Vec<u8>>> {
+    let p = gst::parse::launch("appsrc name=src ! rtpjpegpay ! appsink name=out sync=false")?
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| anyhow!("not a pipeline"))?;
+    let src = p
+        .by_name("src")
+        .unwrap()
+        .downcast::<gst_app::AppSrc>()
+        .map_err(|_| anyhow!("not an appsrc"))?;
+    let sink = p
+        .by_name("out")
+        .unwrap()
+        .downcast::<gst_app::AppSink>()
+        .map_err(|_| anyhow!("not an appsink"))?;
+    src.set_caps(Some(caps));
+    src.set_format(gst::Format::Time);
+    p.set_state(gst::State::Playing)?;
+    let mut b = jpeg.copy();
+    b.make_mut().set_pts(gst::ClockTime::ZERO);
+    src.push_buffer(b)?;
+    src.end_of_stream()?;
+    let mut packets = Vec::new();
+    while let Ok(sample) = sink.pull_sample() {
+        let mut push = |b: &gst::BufferRef| -> Result<()> {
+            packets.push(b.map_readable()?.as_slice().to_vec());
+            Ok(())
+        };
+        if let Some(list) = sample.buffer_list() {
+            for b in list.iter() {
+                push(b)?;
+            }
+        } else if let Some(b) = sample.buffer() {
+            push(b)?;
+        }
+    }
+    p.set_state(gst::State::Null)?;
+    if packets.is_empty() {
+        bail!("rtpjpegpay made no packets");
+    }
+    Ok(packets)
 }

@@ -107,7 +107,7 @@ pub fn dump_child(args: &[String]) -> Result<()> {
 }
 
 /// Sends one request and reads its answer's head, returning it.
-fn request(sock: &mut TcpStream, text: &str) -> Result<String> {
+pub fn request(sock: &mut TcpStream, text: &str) -> Result<String> {
     sock.write_all(text.as_bytes())?;
     let mut got = Vec::new();
     let mut b = [0u8; 1024];
@@ -125,7 +125,7 @@ fn request(sock: &mut TcpStream, text: &str) -> Result<String> {
     Ok(head)
 }
 
-fn handshake(url: &str) -> Result<TcpStream> {
+pub fn handshake(url: &str) -> Result<TcpStream> {
     let rest = url.strip_prefix("rtsp://").context("rtsp:// URL")?;
     let host = rest.split('/').next().unwrap_or(rest);
     let mut sock = TcpStream::connect(host)?;
