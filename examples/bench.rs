@@ -1256,7 +1256,13 @@ fn push_bench(
 // ---------------------------------------------------------------------------------------------
 // Scale runs
 
-const SCALE_KINDS: [&str; 5] = ["base-raw", "base-pay", "floor", "rtspannounce", "rtspclientsink"];
+const SCALE_KINDS: [&str; 5] = [
+    "base-raw",
+    "base-pay",
+    "floor",
+    "rtspannounce",
+    "rtspclientsink",
+];
 
 #[derive(Clone, Debug, Default)]
 struct ScaleRun {
@@ -1267,12 +1273,18 @@ struct ScaleRun {
     cpu_s: f64,
     wall_s: f64,
     rss_kib: f64,
+    /// RSS after malloc_trim(0): live memory, without what the allocator kept.
+    rss_trim_kib: f64,
     threads: f64,
     errors: usize,
     window_mbit: f64,
     lost: u64,
     sessions: usize,
     teardowns: usize,
+    /// From the child's `ready` to every session streaming, and the slowest handshake (connect
+    /// to RECORD's 200) at the receiver: how long the sources' first frames waited.
+    ramp_s: f64,
+    hs_max_ms: f64,
     note: String,
     ok: bool,
 }
@@ -1355,6 +1367,11 @@ fn scale_once(
             }
         }
         run.streaming = if baseline { n } else { rx.streaming(&prefix) };
+        run.ramp_s = if baseline {
+            0.0
+        } else {
+            t0.elapsed().as_secs_f64()
+        };
         if run.streaming < n {
             run.note += &format!(
                 "only {}/{n} streaming after {:.0} s; ",
@@ -1375,6 +1392,7 @@ fn scale_once(
         run.cpu_s = kv(&res, "cpu_s").unwrap_or(f64::NAN);
         run.wall_s = kv(&res, "wall_s").unwrap_or(f64::NAN);
         run.rss_kib = kv(&res, "rss_kib").unwrap_or(f64::NAN);
+        run.rss_trim_kib = kv(&res, "rss_trim_kib").unwrap_or(f64::NAN);
         run.threads = kv(&res, "threads").unwrap_or(f64::NAN);
         run.errors = kv(&res, "errors").unwrap_or(0.0) as usize;
         Ok(())
@@ -1389,6 +1407,11 @@ fn scale_once(
     run.sessions = sessions.len();
     run.lost = sessions.iter().map(|s| s.lost()).sum();
     run.teardowns = sessions.iter().filter(|s| s.teardown).count();
+    run.hs_max_ms = sessions
+        .iter()
+        .filter_map(|s| s.handshake())
+        .map(|d| d.as_secs_f64() * 1e3)
+        .fold(0.0, f64::max);
     if let Err(e) = &result {
         run.note += &format!("{e:#}; ");
     }
@@ -1405,7 +1428,8 @@ fn scale_once(
     run.ok = result.is_ok() && run.errors == 0 && run.streaming == n && crit == 0;
     println!(
         "[r{round} scale {asked:>4}] {kind:<14} n={n:<4} streaming {:<4} cpu {:>6.2} s / {:.1} s  rss {:>8.1} MiB  threads {:>5}  \
-         window {:>7.1} Mbit/s  lost {}  sessions {} (TEARDOWN {})  {}",
+         window {:>7.1} Mbit/s  lost {}  sessions {} (TEARDOWN {})  all streaming after {:.1} s, \
+         slowest handshake {:.0} ms  {}",
         run.streaming,
         run.cpu_s,
         run.wall_s,
@@ -1415,6 +1439,8 @@ fn scale_once(
         run.lost,
         run.sessions,
         run.teardowns,
+        run.ramp_s,
+        run.hs_max_ms,
         run.note
     );
     if result.is_err() || !exit.success() {
@@ -1444,12 +1470,15 @@ fn aggregate(runs: &[&ScaleRun]) -> ScaleRun {
         cpu_s: med(&|r| r.cpu_s / r.wall_s),
         wall_s: 1.0,
         rss_kib: med(&|r| r.rss_kib),
+        rss_trim_kib: med(&|r| r.rss_trim_kib),
         threads: med(&|r| r.threads),
         errors: runs.iter().map(|r| r.errors).sum(),
         window_mbit: med(&|r| r.window_mbit),
         lost: runs.iter().map(|r| r.lost).sum(),
         sessions: runs.iter().map(|r| r.sessions).max().unwrap_or(0),
         teardowns: runs.iter().map(|r| r.teardowns).min().unwrap_or(0),
+        ramp_s: med(&|r| r.ramp_s),
+        hs_max_ms: med(&|r| r.hs_max_ms),
         note: notes.join("; "),
         ok: runs.iter().all(|r| r.ok),
     }
@@ -1505,7 +1534,7 @@ fn scale_bench(rx: &Receiver, args: &Args, failures: &mut Vec<String>) -> Result
         args.scale_rounds
     );
     println!(
-        "{:>5} {:<27} {:>5} {:>9} {:>8} {:>7} {:>9} {:>9} {:>9} {:>8} {:>7} {:>9} {:>5}",
+        "{:>5} {:<27} {:>5} {:>9} {:>8} {:>7} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>9} {:>5}",
         "N",
         "contender",
         "n",
@@ -1514,6 +1543,7 @@ fn scale_bench(rx: &Receiver, args: &Args, failures: &mut Vec<String>) -> Result
         "CPU %",
         "over",
         "KiB/sess",
+        "trimmed",
         "+threads",
         "+CPU %",
         "ratio",
@@ -1524,17 +1554,18 @@ fn scale_bench(rx: &Receiver, args: &Args, failures: &mut Vec<String>) -> Result
         let get = |k: &str, m: usize| runs.iter().find(|r| r.kind == k && r.n == m);
         let cpu_pct = |r: &ScaleRun| r.cpu_s / r.wall_s * 100.0;
         let row = |label: &str, r: &ScaleRun, base: Option<&ScaleRun>, cmp: Option<f64>| {
-            let (over, kib, thr, cpu) = match base {
+            let (over, kib, trim, thr, cpu) = match base {
                 Some(b) => (
                     b.kind.clone(),
                     format!("{:.0}", (r.rss_kib - b.rss_kib) / r.n as f64),
+                    format!("{:.0}", (r.rss_trim_kib - b.rss_trim_kib) / r.n as f64),
                     format!("{:+.0}", r.threads - b.threads),
                     Some(cpu_pct(r) - cpu_pct(b)),
                 ),
-                None => ("-".into(), "-".into(), "-".into(), None),
+                None => ("-".into(), "-".into(), "-".into(), "-".into(), None),
             };
             println!(
-                "{:>5} {:<27} {:>5} {:>9.1} {:>8.0} {:>7.1} {:>9} {:>9} {:>9} {:>8} {:>7} {:>9.1} {:>5}",
+                "{:>5} {:<27} {:>5} {:>9.1} {:>8.0} {:>7.1} {:>9} {:>9} {:>9} {:>9} {:>8} {:>7} {:>9.1} {:>5}",
                 n,
                 label,
                 r.n,
@@ -1543,6 +1574,7 @@ fn scale_bench(rx: &Receiver, args: &Args, failures: &mut Vec<String>) -> Result
                 cpu_pct(r),
                 over,
                 kib,
+                trim,
                 thr,
                 fmt(cpu, 1),
                 match (cpu, cmp) {
@@ -1602,7 +1634,9 @@ fn scale_bench(rx: &Receiver, args: &Args, failures: &mut Vec<String>) -> Result
                     r.kind, r.asked, r.lost
                 ));
             }
-            if (r.kind == "rtspannounce" || r.kind == "floor" || r.kind.starts_with("base")) && !r.ok {
+            if (r.kind == "rtspannounce" || r.kind == "floor" || r.kind.starts_with("base"))
+                && !r.ok
+            {
                 failures.push(format!("scale {} N={}: {}", r.kind, r.asked, r.note));
             }
         }

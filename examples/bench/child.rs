@@ -313,6 +313,11 @@ fn scale_pipeline(
         .do_timestamp(true)
         .format(gst::Format::Time)
         .build();
+    // A camera's few buffers, not an unbounded queue: while a sink holds its streaming thread
+    // (a handshake in flight) a live source drops its oldest frames. Unbounded, every frame of
+    // a slow start stayed queued, and the allocator kept that memory after the burst went out.
+    src.set_property("max-buffers", 5u64);
+    src.set_property_from_str("leaky-type", "downstream");
     let mut chain: Vec<gst::Element> = vec![src.clone().upcast()];
     match kind {
         "rtspannounce" => {
@@ -424,6 +429,7 @@ pub fn scale_child(args: &[String]) -> Result<()> {
     std::thread::sleep(window);
     let (c1, wall) = (proc::self_cpu_s(), t0.elapsed());
     let (rss, threads) = (proc::self_rss_kib(), proc::self_threads());
+    let trimmed = trimmed_rss_kib();
     let errors = pipes
         .iter()
         .filter(|p| {
@@ -433,7 +439,7 @@ pub fn scale_child(args: &[String]) -> Result<()> {
         })
         .count();
     println!(
-        "result cpu_s={:.4} wall_s={:.4} rss_kib={rss} threads={threads} errors={errors}",
+        "result cpu_s={:.4} wall_s={:.4} rss_kib={rss} rss_trim_kib={trimmed} threads={threads} errors={errors}",
         c1 - c0,
         wall.as_secs_f64()
     );
@@ -516,11 +522,14 @@ fn scale_floor(
     std::thread::sleep(window);
     let (c1, wall) = (proc::self_cpu_s(), t0.elapsed());
     let (rss, threads) = (proc::self_rss_kib(), proc::self_threads());
+    let trimmed = trimmed_rss_kib();
     stop.store(true, Ordering::Relaxed);
-    let res = writer.join().map_err(|_| anyhow!("floor writer panicked"))?;
+    let res = writer
+        .join()
+        .map_err(|_| anyhow!("floor writer panicked"))?;
     let errors = usize::from(res.is_err());
     println!(
-        "result cpu_s={:.4} wall_s={:.4} rss_kib={rss} threads={threads} errors={errors}",
+        "result cpu_s={:.4} wall_s={:.4} rss_kib={rss} rss_trim_kib={trimmed} threads={threads} errors={errors}",
         c1 - c0,
         wall.as_secs_f64()
     );
@@ -575,4 +584,12 @@ fn jpeg_packets(jpeg: &gst::Buffer, caps: &gst::Caps) -> Result<Vec<Vec<u8>>> {
         bail!("rtpjpegpay made no packets");
     }
     Ok(packets)
+}
+
+/// RSS once glibc has given back the free memory it can: what is live, without the allocator's
+/// retention of a past burst (read after the plain RSS, which is the figure that counts).
+fn trimmed_rss_kib() -> u64 {
+    // SAFETY: malloc_trim only releases free memory; no pointer is involved.
+    unsafe { libc::malloc_trim(0) };
+    proc::self_rss_kib()
 }
