@@ -194,8 +194,14 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start() -> Result<Receiver> {
-        let std_listener =
-            std::net::TcpListener::bind("127.0.0.1:0").context("bind 127.0.0.1:0")?;
+        // A backlog for a thousand sessions connecting at once (std's is 128): a full accept
+        // queue drops SYNs, and the clients' retransmissions then add whole seconds to their
+        // handshakes, which is the receiver's doing, not theirs.
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        sock.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .context("bind 127.0.0.1:0")?;
+        sock.listen(4096)?;
+        let std_listener: std::net::TcpListener = sock.into();
         std_listener.set_nonblocking(true)?;
         let port = std_listener.local_addr()?.port();
         let sessions: Registry = Arc::default();
