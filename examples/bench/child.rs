@@ -396,40 +396,17 @@ pub fn scale_child(args: &[String]) -> Result<()> {
         std::thread::Builder::new()
             .name("feeder".into())
             .spawn(move || {
-                let mut next = Instant::now();
-                while !stop.load(Ordering::Relaxed) {
+                paced(period, &stop, || {
                     for s in &srcs {
                         if let Ok(frame) = jpeg.copy_deep() {
                             let _ = s.push_buffer(frame);
                         }
                     }
-                    next += period;
-                    let now = Instant::now();
-                    if next > now {
-                        std::thread::sleep(next - now);
-                    } else {
-                        next = now;
-                    }
-                }
+                    Ok(())
+                })
             })?
     };
-    println!(
-        "ready jpeg_bytes={} frame_period_ms={:.1} idle_rss_kib={} idle_threads={}",
-        jpeg_bytes,
-        period.as_secs_f64() * 1e3,
-        idle.0,
-        idle.1
-    );
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
-    if line.trim() != "start" {
-        bail!("expected start, got {line:?}");
-    }
-    let (c0, t0) = (proc::self_cpu_s(), Instant::now());
-    std::thread::sleep(window);
-    let (c1, wall) = (proc::self_cpu_s(), t0.elapsed());
-    let (rss, threads) = (proc::self_rss_kib(), proc::self_threads());
-    let trimmed = trimmed_rss_kib();
+    let measured = measure_window(jpeg_bytes, period, idle, window)?;
     let errors = pipes
         .iter()
         .filter(|p| {
@@ -438,11 +415,7 @@ pub fn scale_child(args: &[String]) -> Result<()> {
                 .is_some()
         })
         .count();
-    println!(
-        "result cpu_s={:.4} wall_s={:.4} rss_kib={rss} rss_trim_kib={trimmed} threads={threads} errors={errors}",
-        c1 - c0,
-        wall.as_secs_f64()
-    );
+    measured.report(errors);
     stop.store(true, Ordering::Relaxed);
     let _ = feeder.join();
     for p in &pipes {
@@ -486,8 +459,7 @@ fn scale_floor(
         std::thread::Builder::new()
             .name("floor-writer".into())
             .spawn(move || -> Result<Vec<std::net::TcpStream>> {
-                let mut next = Instant::now();
-                while !stop.load(Ordering::Relaxed) {
+                paced(period, &stop, || {
                     for (sock, frame, seq) in sessions.iter_mut() {
                         for &at in &seq_at {
                             frame[at..at + 2].copy_from_slice(&seq.to_be_bytes());
@@ -495,44 +467,17 @@ fn scale_floor(
                         }
                         sock.write_all(frame)?;
                     }
-                    next += period;
-                    let now = Instant::now();
-                    if next > now {
-                        std::thread::sleep(next - now);
-                    } else {
-                        next = now;
-                    }
-                }
+                    Ok(())
+                })?;
                 Ok(sessions.into_iter().map(|s| s.0).collect())
             })?
     };
-    println!(
-        "ready jpeg_bytes={} frame_period_ms={:.1} idle_rss_kib={} idle_threads={}",
-        jpeg.size(),
-        period.as_secs_f64() * 1e3,
-        idle.0,
-        idle.1
-    );
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
-    if line.trim() != "start" {
-        bail!("expected start, got {line:?}");
-    }
-    let (c0, t0) = (proc::self_cpu_s(), Instant::now());
-    std::thread::sleep(window);
-    let (c1, wall) = (proc::self_cpu_s(), t0.elapsed());
-    let (rss, threads) = (proc::self_rss_kib(), proc::self_threads());
-    let trimmed = trimmed_rss_kib();
+    let measured = measure_window(jpeg.size(), period, idle, window)?;
     stop.store(true, Ordering::Relaxed);
     let res = writer
         .join()
         .map_err(|_| anyhow!("floor writer panicked"))?;
-    let errors = usize::from(res.is_err());
-    println!(
-        "result cpu_s={:.4} wall_s={:.4} rss_kib={rss} rss_trim_kib={trimmed} threads={threads} errors={errors}",
-        c1 - c0,
-        wall.as_secs_f64()
-    );
+    measured.report(usize::from(res.is_err()));
     for (i, mut sock) in res?.into_iter().enumerate() {
         let url = format!("{prefix}/{i}");
         let _ = crate::floor::request(
@@ -592,4 +537,75 @@ fn trimmed_rss_kib() -> u64 {
     // SAFETY: malloc_trim only releases free memory; no pointer is involved.
     unsafe { libc::malloc_trim(0) };
     proc::self_rss_kib()
+}
+
+/// Runs `tick` once per `period` until `stop`, catching up without bursts after a late tick.
+fn paced(period: Duration, stop: &AtomicBool, mut tick: impl FnMut() -> Result<()>) -> Result<()> {
+    let mut next = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        tick()?;
+        next += period;
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        } else {
+            next = now;
+        }
+    }
+    Ok(())
+}
+
+/// What a scale child measured over its window.
+struct Measured {
+    cpu_s: f64,
+    wall: Duration,
+    rss_kib: u64,
+    rss_trim_kib: u64,
+    threads: usize,
+}
+
+impl Measured {
+    fn report(&self, errors: usize) {
+        println!(
+            "result cpu_s={:.4} wall_s={:.4} rss_kib={} rss_trim_kib={} threads={} errors={errors}",
+            self.cpu_s,
+            self.wall.as_secs_f64(),
+            self.rss_kib,
+            self.rss_trim_kib,
+            self.threads
+        );
+    }
+}
+
+/// Prints `ready`, waits for the parent's `start`, then measures the child's CPU over `window`
+/// and its RSS and threads at the end of it.
+fn measure_window(
+    jpeg_bytes: usize,
+    period: Duration,
+    idle: (u64, usize),
+    window: Duration,
+) -> Result<Measured> {
+    println!(
+        "ready jpeg_bytes={} frame_period_ms={:.1} idle_rss_kib={} idle_threads={}",
+        jpeg_bytes,
+        period.as_secs_f64() * 1e3,
+        idle.0,
+        idle.1
+    );
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    if line.trim() != "start" {
+        bail!("expected start, got {line:?}");
+    }
+    let (c0, t0) = (proc::self_cpu_s(), Instant::now());
+    std::thread::sleep(window);
+    let (c1, wall) = (proc::self_cpu_s(), t0.elapsed());
+    let (rss_kib, threads) = (proc::self_rss_kib(), proc::self_threads());
+    Ok(Measured {
+        cpu_s: c1 - c0,
+        wall,
+        rss_kib,
+        threads,
+        rss_trim_kib: trimmed_rss_kib(),
+    })
 }
